@@ -1,0 +1,91 @@
+//! The kubelet's part, played by tests: the environment has a control plane but no kubelet.
+
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+use tempfile::TempDir;
+
+/// A stand-in kubelet for one node: a temporary kubelet root with the directory layout a real
+/// kubelet keeps (`<root>/pods/<pod uid>/volumes/<plugin>/<volume>`), a Node object, and the
+/// bindings and status updates a scheduler and kubelet would make.
+#[derive(Debug)]
+pub struct FakeKubelet {
+    node_name: String,
+    root: TempDir,
+}
+
+impl FakeKubelet {
+    /// Registers a Node named `node_name` (if it does not exist yet) and creates an empty kubelet root.
+    pub async fn start(client: &Client, node_name: &str) -> FakeKubelet {
+        let node = Node {
+            metadata: ObjectMeta {
+                name: Some(node_name.to_owned()),
+                labels: Some([("kubernetes.io/hostname".to_owned(), node_name.to_owned())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        match Api::<Node>::all(client.clone()).create(&PostParams::default(), &node).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(error) => panic!("registering node {node_name}: {error}"),
+        }
+        let root = tempfile::Builder::new().prefix("ferry-kubelet-").tempdir().expect("a kubelet root");
+        FakeKubelet { node_name: node_name.to_owned(), root }
+    }
+
+    pub fn node_name(&self) -> &str {
+        &self.node_name
+    }
+
+    /// The kubelet root, what the agent's `--kubelet-root` points at.
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// Creates and returns the directory where the kubelet would mount volume `volume` of plugin
+    /// `plugin` (e.g. `kubernetes.io~empty-dir`) for the pod with UID `pod_uid`.
+    pub fn volume_dir(&self, pod_uid: &str, plugin: &str, volume: &str) -> PathBuf {
+        let dir = self.root().join("pods").join(pod_uid).join("volumes").join(plugin).join(volume);
+        std::fs::create_dir_all(&dir).expect("creating a volume directory");
+        dir
+    }
+
+    /// Creates and returns the mount directory of a CSI volume: CSI volumes are mounted one level
+    /// deeper, under `.../kubernetes.io~csi/<pv name>/mount`.
+    pub fn csi_volume_dir(&self, pod_uid: &str, pv_name: &str) -> PathBuf {
+        let dir = self.volume_dir(pod_uid, "kubernetes.io~csi", pv_name).join("mount");
+        std::fs::create_dir_all(&dir).expect("creating a CSI mount directory");
+        dir
+    }
+
+    /// Binds a pod to this node, as the scheduler would, and marks it Running, as the kubelet
+    /// would once its containers started. Returns the pod as it is then.
+    pub async fn run_pod(&self, client: &Client, namespace: &str, pod_name: &str) -> Pod {
+        let pods = Api::<Pod>::namespaced(client.clone(), namespace);
+        let binding = Binding {
+            metadata: ObjectMeta { name: Some(pod_name.to_owned()), ..Default::default() },
+            target: ObjectReference {
+                kind: Some("Node".to_owned()),
+                name: Some(self.node_name.clone()),
+                ..Default::default()
+            },
+        };
+        let body = serde_json::to_vec(&binding).expect("a Binding serializes");
+        pods.create_subresource::<serde_json::Value>("binding", pod_name, &PostParams::default(), body)
+            .await
+            .unwrap_or_else(|error| panic!("binding pod {namespace}/{pod_name} to {}: {error}", self.node_name));
+        let status = json!({
+            "status": {
+                "phase": "Running",
+                "conditions": [{"type": "Ready", "status": "True"}],
+            }
+        });
+        pods.patch_status(pod_name, &PatchParams::default(), &Patch::Merge(status))
+            .await
+            .unwrap_or_else(|error| panic!("marking pod {namespace}/{pod_name} running: {error}"))
+    }
+}

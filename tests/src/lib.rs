@@ -1,0 +1,32 @@
+//! The harness Ferry's integration tests share.
+//!
+//! Tests run against real servers on loopback that `tests/env/up` builds and starts: etcd,
+//! kube-apiserver and kube-controller-manager, MinIO, and moto's server as the EC2 endpoint. `up`
+//! writes an env file naming their endpoints; [`TestEnv::load`] reads it and fails, with the command
+//! to run, when the environment is not up. Nothing here fakes a server.
+//!
+//! Each test takes what it touches for itself, so tests run in parallel and leave nothing behind:
+//! - [`TestNamespace`]: a fresh namespace, deleted when dropped;
+//! - [`BucketPrefix`]: a fresh prefix in the test bucket, emptied when dropped;
+//! - [`FakeKubelet`]: there is no kubelet in the environment, so tests play its part: a kubelet
+//!   root directory with a volume directory per pod UID, Node objects, and pod bindings.
+
+mod env;
+mod kubelet;
+mod namespace;
+mod s3;
+
+pub use env::TestEnv;
+pub use kubelet::FakeKubelet;
+pub use namespace::TestNamespace;
+pub use s3::BucketPrefix;
+
+/// How long a test waits for the control plane to act (a namespace to finalize, a PVC to bind)
+/// before it fails. Generous, because CI's two cores also compile and run other tests meanwhile.
+pub const CONVERGENCE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
+
+/// A name no other test (or earlier run) uses: `prefix` and a random suffix, valid as a DNS label.
+pub fn unique_name(prefix: &str) -> String {
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}-{}", &suffix[..10])
+}

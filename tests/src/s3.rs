@@ -1,0 +1,61 @@
+//! A prefix of the test bucket of a test's own, emptied when the test ends.
+
+use std::time::Duration;
+
+use crate::{TestEnv, unique_name};
+
+/// A fresh prefix (`tests/<name>-<random>/`) in the test bucket. Dropping it deletes every object
+/// under it.
+#[derive(Debug)]
+pub struct BucketPrefix {
+    bucket: String,
+    prefix: String,
+}
+
+impl BucketPrefix {
+    pub fn new(env: &TestEnv, name: &str) -> BucketPrefix {
+        BucketPrefix { bucket: env.s3_bucket().to_owned(), prefix: format!("tests/{}/", unique_name(name)) }
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// The prefix, ending in `/`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `s3://bucket/prefix`, the form `ferry --repo` takes.
+    pub fn url(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.prefix.trim_end_matches('/'))
+    }
+
+    /// The full key of `name` under this prefix.
+    pub fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+}
+
+impl Drop for BucketPrefix {
+    fn drop(&mut self) {
+        let (bucket, prefix) = (self.bucket.clone(), self.prefix.clone());
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            runtime.block_on(tokio::time::timeout(Duration::from_secs(30), empty_prefix(bucket, prefix))).ok()
+        });
+        let _ = cleanup.join();
+    }
+}
+
+async fn empty_prefix(bucket: String, prefix: String) {
+    let client = TestEnv::get().s3_client();
+    let mut pages = client.list_objects_v2().bucket(&bucket).prefix(&prefix).into_paginator().send();
+    while let Some(Ok(page)) = pages.next().await {
+        for object in page.contents() {
+            if let Some(key) = object.key() {
+                let _ = client.delete_object().bucket(&bucket).key(key).send().await;
+            }
+        }
+    }
+}
