@@ -1,0 +1,10 @@
+//! Ferry's benchmarks: the comparison harness against restic and kopia (`compare` binary) and
+//! its building blocks; the criterion micro-benchmarks are in `benches/`.
+
+pub mod dataset;
+pub mod measure;
+pub mod report;
+pub mod rng;
+pub mod tools;
+pub mod tree;
+pub mod units;
