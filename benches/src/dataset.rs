@@ -54,9 +54,30 @@ impl Layout {
     pub fn new(size: u64, seed: u64) -> Self {
         let frac = |f: f64| ((size as f64 * f) as u64 / PAGE as u64) * PAGE as u64;
         let large = vec![
-            ("large/vm-disk.img", frac(0.22), Mix { random: 0.45, zero: 0.15 }),
-            ("large/logs.tar", frac(0.13), Mix { random: 0.10, zero: 0.0 }),
-            ("large/dataset.csv", frac(0.09), Mix { random: 0.25, zero: 0.0 }),
+            (
+                "large/vm-disk.img",
+                frac(0.22),
+                Mix {
+                    random: 0.45,
+                    zero: 0.15,
+                },
+            ),
+            (
+                "large/logs.tar",
+                frac(0.13),
+                Mix {
+                    random: 0.10,
+                    zero: 0.0,
+                },
+            ),
+            (
+                "large/dataset.csv",
+                frac(0.09),
+                Mix {
+                    random: 0.25,
+                    zero: 0.0,
+                },
+            ),
         ];
         let db_pages = frac(0.20) / PAGE as u64;
         // 20,000 small files at 2 GiB, proportionally fewer (at least 200) for smaller sets.
@@ -67,11 +88,22 @@ impl Layout {
         let mut rest = size.saturating_sub(used).max(MIB);
         let mut media = Vec::new();
         while rest > 0 {
-            let n = if rest >= MEDIA_FILE + MIB { MEDIA_FILE } else { rest };
+            let n = if rest >= MEDIA_FILE + MIB {
+                MEDIA_FILE
+            } else {
+                rest
+            };
             media.push(n);
             rest -= n;
         }
-        Layout { size, seed, large, db_pages, small_files, media }
+        Layout {
+            size,
+            seed,
+            large,
+            db_pages,
+            small_files,
+            media,
+        }
     }
 }
 
@@ -172,7 +204,13 @@ impl Dict {
 
 fn small_path(i: u64) -> String {
     const EXT: [&str; 6] = ["txt", "json", "yaml", "log", "conf", "png"];
-    format!("small/d{:02}/e{:02}/f{:06}.{}", i / 1000, (i / 100) % 10, i, EXT[(i % 6) as usize])
+    format!(
+        "small/d{:02}/e{:02}/f{:06}.{}",
+        i / 1000,
+        (i / 100) % 10,
+        i,
+        EXT[(i % 6) as usize]
+    )
 }
 
 /// Content of small file `label`: 100 B..32 KiB, text or (for `.png`) random.
@@ -197,7 +235,11 @@ fn create(path: &Path) -> anyhow::Result<BufWriter<File>> {
 }
 
 /// Writes `len` bytes produced by `gen` (called with 1 MiB buffers) to `path`.
-fn write_generated(path: &Path, len: u64, mut generate: impl FnMut(&mut [u8])) -> anyhow::Result<()> {
+fn write_generated(
+    path: &Path,
+    len: u64,
+    mut generate: impl FnMut(&mut [u8]),
+) -> anyhow::Result<()> {
     let mut w = create(path)?;
     let mut buf = vec![0u8; MIB as usize];
     let mut left = len;
@@ -240,7 +282,11 @@ pub fn generate(layout: &Layout, dir: &Path) -> anyhow::Result<Stats> {
     for i in 0..layout.small_files {
         let path = small_path(i);
         // About 2% of small files duplicate an earlier one (vendored copies, repeated configs).
-        let label = if i > 10 && i % 50 == 17 { small_path(i - 7) } else { path.clone() };
+        let label = if i > 10 && i % 50 == 17 {
+            small_path(i - 7)
+        } else {
+            path.clone()
+        };
         let content = small_content(&dict, layout.seed, &label);
         let mut w = create(&dir.join(&path))?;
         w.write_all(&content)?;
@@ -292,7 +338,9 @@ pub fn mutate(layout: &Layout, dir: &Path) -> anyhow::Result<Mutation> {
 
     // Database: scattered page overwrites with new LSNs.
     {
-        let mut f = fs::OpenOptions::new().write(true).open(dir.join("db/pages.db"))?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("db/pages.db"))?;
         let mut page = vec![0u8; PAGE];
         let n = (layout.db_pages / 50).max(1);
         for k in 0..n {
@@ -345,7 +393,9 @@ pub fn mutate(layout: &Layout, dir: &Path) -> anyhow::Result<Mutation> {
         let n = (layout.size / 500).max(4096);
         let mut buf = vec![0u8; n as usize];
         dict.fill_text(&mut r, &mut buf);
-        let mut f = fs::OpenOptions::new().append(true).open(dir.join("large/logs.tar"))?;
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join("large/logs.tar"))?;
         f.write_all(&buf)?;
         m.bytes_appended += n;
         m.bytes_changed += n;
@@ -407,7 +457,57 @@ pub fn mutate(layout: &Layout, dir: &Path) -> anyhow::Result<Mutation> {
 pub fn generate_big_file(path: &Path, len: u64, seed: u64) -> anyhow::Result<()> {
     let dict = Dict::new(seed);
     let mut r = Rng::derive(seed, "big-file");
-    write_generated(path, len, |b| dict.fill_mixed(&mut r, Mix { random: 0.45, zero: 0.15 }, b))
+    write_generated(path, len, |b| {
+        dict.fill_mixed(
+            &mut r,
+            Mix {
+                random: 0.45,
+                zero: 0.15,
+            },
+            b,
+        )
+    })
+}
+
+/// Kinds of sample content for the micro-benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Content {
+    /// The large files' mix: 45% random, 15% zero, 40% text, by 64 KiB segment.
+    Mixed,
+    /// Text only (compresses about 3x with zstd).
+    Text,
+    /// Random bytes (incompressible media).
+    Random,
+}
+
+impl Content {
+    pub fn name(self) -> &'static str {
+        match self {
+            Content::Mixed => "mixed",
+            Content::Text => "text",
+            Content::Random => "random",
+        }
+    }
+}
+
+/// `len` bytes of deterministic sample content, generated like the data set's.
+pub fn sample(content: Content, len: usize, seed: u64) -> Vec<u8> {
+    let dict = Dict::new(seed);
+    let mut r = Rng::derive(seed, content.name());
+    let mut buf = vec![0u8; len];
+    match content {
+        Content::Mixed => dict.fill_mixed(
+            &mut r,
+            Mix {
+                random: 0.45,
+                zero: 0.15,
+            },
+            &mut buf,
+        ),
+        Content::Text => dict.fill_text(&mut r, &mut buf),
+        Content::Random => r.fill(&mut buf),
+    }
+    buf
 }
 
 /// The small-files part of the set, for per-byte restore comparisons.
@@ -427,7 +527,10 @@ mod tests {
             + l.db_pages * PAGE as u64
             + l.small_files * 5_700
             + l.media.iter().sum::<u64>();
-        assert!((total as f64 / (2u64 << 30) as f64 - 1.0).abs() < 0.02, "{total}");
+        assert!(
+            (total as f64 / (2u64 << 30) as f64 - 1.0).abs() < 0.02,
+            "{total}"
+        );
     }
 
     #[test]
@@ -437,13 +540,25 @@ mod tests {
         let layout = Layout::new(8 << 20, 7);
         generate(&layout, &a).unwrap();
         generate(&layout, &b).unwrap();
-        for p in ["large/vm-disk.img", "db/pages.db", "media/clip-000.mp4", &small_path(5)] {
-            assert_eq!(fs::read(a.join(p)).unwrap(), fs::read(b.join(p)).unwrap(), "{p}");
+        for p in [
+            "large/vm-disk.img",
+            "db/pages.db",
+            "media/clip-000.mp4",
+            &small_path(5),
+        ] {
+            assert_eq!(
+                fs::read(a.join(p)).unwrap(),
+                fs::read(b.join(p)).unwrap(),
+                "{p}"
+            );
         }
         let ma = mutate(&layout, &a).unwrap();
         let mb = mutate(&layout, &b).unwrap();
         assert_eq!(ma.bytes_changed, mb.bytes_changed);
-        assert_eq!(fs::read(a.join("large/vm-disk.img")).unwrap(), fs::read(b.join("large/vm-disk.img")).unwrap());
+        assert_eq!(
+            fs::read(a.join("large/vm-disk.img")).unwrap(),
+            fs::read(b.join("large/vm-disk.img")).unwrap()
+        );
         fs::remove_dir_all(a).unwrap();
         fs::remove_dir_all(b).unwrap();
     }

@@ -1,6 +1,7 @@
 //! Ferry's benchmarks: the comparison harness against restic and kopia (`compare` binary) and
 //! its building blocks; the criterion micro-benchmarks are in `benches/`.
 
+pub mod chunkdiff;
 pub mod dataset;
 pub mod measure;
 pub mod report;

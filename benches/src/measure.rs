@@ -55,13 +55,17 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<Measured> {
 
 fn tail(s: &str, n: usize) -> &str {
     let start = s.len().saturating_sub(n);
-    let start = (start..=s.len()).find(|&i| s.is_char_boundary(i)).unwrap_or(s.len());
+    let start = (start..=s.len())
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(s.len());
     &s[start..]
 }
 
 /// Runs `cmd` to completion and measures it, whatever its exit status.
 pub fn run_unchecked(cmd: &mut Command) -> anyhow::Result<Measured> {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let start = Instant::now();
     let mut child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
     let pid = child.id();
@@ -108,7 +112,10 @@ pub fn run_unchecked(cmd: &mut Command) -> anyhow::Result<Measured> {
 /// Drops the page cache (dentries, inodes and pages) so that every measured phase starts cold.
 /// Returns whether it worked (it needs root and a writable /proc/sys, which a sandbox may deny).
 pub fn drop_caches() -> bool {
-    let synced = Command::new("sync").status().map(|s| s.success()).unwrap_or(false);
+    let synced = Command::new("sync")
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
     synced && std::fs::write("/proc/sys/vm/drop_caches", "3\n").is_ok()
 }
 
@@ -134,7 +141,12 @@ mod sys {
             // SAFETY: `info` is a valid, writable siginfo_t that outlives the call; waitid does not
             // retain the pointer.
             let rc = unsafe {
-                libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT)
+                libc::waitid(
+                    libc::P_PID,
+                    pid as libc::id_t,
+                    &mut info,
+                    libc::WEXITED | libc::WNOWAIT,
+                )
             };
             if rc == 0 {
                 return Ok(());
@@ -168,7 +180,11 @@ mod sys {
                 };
                 return Ok((
                     code,
-                    Usage { user: tv(ru.ru_utime), sys: tv(ru.ru_stime), max_rss_kib: ru.ru_maxrss as u64 },
+                    Usage {
+                        user: tv(ru.ru_utime),
+                        sys: tv(ru.ru_stime),
+                        max_rss_kib: ru.ru_maxrss as u64,
+                    },
                 ));
             }
             let e = io::Error::last_os_error();
@@ -185,12 +201,15 @@ mod tests {
 
     #[test]
     fn measures_a_child() {
-        let m = run(Command::new("sh").args(["-c", "head -c 3000000 /dev/zero | cat > /dev/null; echo hi"]))
+        let m =
+            run(Command::new("sh")
+                .args(["-c", "head -c 3000000 /dev/zero | cat > /dev/null; echo hi"]))
             .unwrap();
         assert_eq!(m.stdout.trim(), "hi");
         assert!(m.max_rss > 0);
         assert!(m.wall > Duration::ZERO);
-        let m = run(Command::new("dd").args(["if=/dev/zero", "of=/dev/null", "bs=1M", "count=8"])).unwrap();
+        let m = run(Command::new("dd").args(["if=/dev/zero", "of=/dev/null", "bs=1M", "count=8"]))
+            .unwrap();
         assert!(m.rchar >= 8 << 20, "rchar {}", m.rchar);
         assert!(run(&mut Command::new("false")).is_err());
     }

@@ -50,7 +50,14 @@ impl Phase {
     }
 
     pub fn is_backup(self) -> bool {
-        matches!(self, Phase::FullBackup | Phase::NoopBackup | Phase::MutationBackup | Phase::SmallBackup | Phase::BigBackup)
+        matches!(
+            self,
+            Phase::FullBackup
+                | Phase::NoopBackup
+                | Phase::MutationBackup
+                | Phase::SmallBackup
+                | Phase::BigBackup
+        )
     }
 }
 
@@ -102,7 +109,9 @@ fn opt_mib(x: Option<u64>) -> String {
 
 impl Report {
     pub fn get(&self, phase: Phase, tool: Kind) -> Option<&Row> {
-        self.rows.iter().find(|r| r.phase == phase && r.tool == tool)
+        self.rows
+            .iter()
+            .find(|r| r.phase == phase && r.tool == tool)
     }
 
     fn tools(&self) -> Vec<Kind> {
@@ -156,7 +165,11 @@ impl Report {
     /// Ferry's figure divided by the peer's, per phase: below 1 means Ferry is faster, smaller or
     /// leaner.
     pub fn ratio_table(&self) -> Option<Table> {
-        let peers: Vec<Kind> = self.tools().into_iter().filter(|&k| k != Kind::Ferry).collect();
+        let peers: Vec<Kind> = self
+            .tools()
+            .into_iter()
+            .filter(|&k| k != Kind::Ferry)
+            .collect();
         if !self.tools().contains(&Kind::Ferry) || peers.is_empty() {
             return None;
         }
@@ -169,7 +182,9 @@ impl Report {
         let mut t = Table::new();
         t.load_style(presets::ASCII_MARKDOWN).set_header(header);
         for phase in Phase::ALL {
-            let Some(f) = self.get(phase, Kind::Ferry) else { continue };
+            let Some(f) = self.get(phase, Kind::Ferry) else {
+                continue;
+            };
             let mut row = vec![phase.name().to_string()];
             let ratio = |a: f64, b: f64| if b > 0.0 { f2(a / b) } else { "-".into() };
             type Metric = fn(&Row) -> f64;
@@ -214,23 +229,52 @@ impl Report {
             (Some(f), Some(r)) => line(
                 Some(wall(f) * 3.0 <= wall(r)),
                 "full backup throughput >= 3x restic",
-                format!("ferry {:.1} MiB/s, restic {:.1} MiB/s: {:.2}x", f.throughput_mib_s(), r.throughput_mib_s(), wall(r) / wall(f)),
+                format!(
+                    "ferry {:.1} MiB/s, restic {:.1} MiB/s: {:.2}x",
+                    f.throughput_mib_s(),
+                    r.throughput_mib_s(),
+                    wall(r) / wall(f)
+                ),
             ),
-            _ => line(None, "full backup throughput >= 3x restic", "not measured".into()),
+            _ => line(
+                None,
+                "full backup throughput >= 3x restic",
+                "not measured".into(),
+            ),
         }
         match (f(Phase::FullBackup), k(Phase::FullBackup)) {
             (Some(f), Some(k)) => line(
                 Some(wall(f) * 2.0 <= wall(k)),
                 "full backup throughput >= 2x kopia",
-                format!("ferry {:.1} MiB/s, kopia {:.1} MiB/s: {:.2}x", f.throughput_mib_s(), k.throughput_mib_s(), wall(k) / wall(f)),
+                format!(
+                    "ferry {:.1} MiB/s, kopia {:.1} MiB/s: {:.2}x",
+                    f.throughput_mib_s(),
+                    k.throughput_mib_s(),
+                    wall(k) / wall(f)
+                ),
             ),
-            _ => line(None, "full backup throughput >= 2x kopia", "not measured".into()),
+            _ => line(
+                None,
+                "full backup throughput >= 2x kopia",
+                "not measured".into(),
+            ),
         }
         if let Some(fb) = f(Phase::FullBackup) {
-            let peers: Vec<&Row> = [r(Phase::FullBackup), k(Phase::FullBackup)].into_iter().flatten().collect();
+            let peers: Vec<&Row> = [r(Phase::FullBackup), k(Phase::FullBackup)]
+                .into_iter()
+                .flatten()
+                .collect();
             if peers.is_empty() {
-                line(None, "repository no larger than the peers'", "no peer measured".into());
-                line(None, "peak RSS at most half of either peer's", "no peer measured".into());
+                line(
+                    None,
+                    "repository no larger than the peers'",
+                    "no peer measured".into(),
+                );
+                line(
+                    None,
+                    "peak RSS at most half of either peer's",
+                    "no peer measured".into(),
+                );
             } else {
                 let detail = |get: fn(&Row) -> u64| {
                     let mut s = format!("ferry {}", fmt_bytes(get(fb)));
@@ -245,7 +289,11 @@ impl Report {
                     detail(|r| r.repo_after),
                 );
                 line(
-                    Some(peers.iter().all(|p| fb.measured.max_rss * 2 <= p.measured.max_rss)),
+                    Some(
+                        peers
+                            .iter()
+                            .all(|p| fb.measured.max_rss * 2 <= p.measured.max_rss),
+                    ),
                     "full backup peak RSS at most half of either peer's",
                     detail(|r| r.measured.max_rss),
                 );
@@ -256,9 +304,18 @@ impl Report {
             (Some(f), Some(r)) => line(
                 Some(wall(f) * 4.0 <= wall(r)),
                 "no-op backup >= 4x faster than restic",
-                format!("ferry {:.2} s, restic {:.2} s: {:.2}x", wall(f), wall(r), wall(r) / wall(f)),
+                format!(
+                    "ferry {:.2} s, restic {:.2} s: {:.2}x",
+                    wall(f),
+                    wall(r),
+                    wall(r) / wall(f)
+                ),
             ),
-            _ => line(None, "no-op backup >= 4x faster than restic", "not measured".into()),
+            _ => line(
+                None,
+                "no-op backup >= 4x faster than restic",
+                "not measured".into(),
+            ),
         }
         // Mutation.
         match (f(Phase::MutationBackup), r(Phase::MutationBackup)) {
@@ -272,16 +329,29 @@ impl Report {
                     f.repo_delta as f64 / r.repo_delta.max(1) as f64
                 ),
             ),
-            _ => line(None, "bytes added after the 1% mutation <= half of restic's", "not measured".into()),
+            _ => line(
+                None,
+                "bytes added after the 1% mutation <= half of restic's",
+                "not measured".into(),
+            ),
         }
         // Restore.
         match (f(Phase::FullRestore), r(Phase::FullRestore)) {
             (Some(f), Some(r)) => line(
                 Some(wall(f) * 2.0 <= wall(r)),
                 "full restore throughput >= 2x restic",
-                format!("ferry {:.1} MiB/s, restic {:.1} MiB/s: {:.2}x", f.throughput_mib_s(), r.throughput_mib_s(), wall(r) / wall(f)),
+                format!(
+                    "ferry {:.1} MiB/s, restic {:.1} MiB/s: {:.2}x",
+                    f.throughput_mib_s(),
+                    r.throughput_mib_s(),
+                    wall(r) / wall(f)
+                ),
             ),
-            _ => line(None, "full restore throughput >= 2x restic", "not measured".into()),
+            _ => line(
+                None,
+                "full restore throughput >= 2x restic",
+                "not measured".into(),
+            ),
         }
         match (f(Phase::BigRestore), f(Phase::SmallRestore)) {
             (Some(b), Some(s)) => line(
@@ -308,19 +378,34 @@ impl Report {
                     (Some(down), Some((bound, how))) => line(
                         Some(down <= *bound),
                         "restore into drifted copy downloads only truly differing chunks",
-                        format!("downloaded {} ({} B), bound {} ({} B; {how})", fmt_bytes(down), down, fmt_bytes(*bound), bound),
+                        format!(
+                            "downloaded {} ({} B), bound {} ({} B; {how})",
+                            fmt_bytes(down),
+                            down,
+                            fmt_bytes(*bound),
+                            bound
+                        ),
                     ),
                     (None, _) => line(
                         Some(false),
                         "restore into drifted copy downloads only truly differing chunks",
                         "ferry reported no bytes_downloaded".into(),
                     ),
-                    (_, None) => line(None, "restore into drifted copy downloads only truly differing chunks", "no bound computed".into()),
+                    (_, None) => line(
+                        None,
+                        "restore into drifted copy downloads only truly differing chunks",
+                        "no bound computed".into(),
+                    ),
                 }
                 line(
                     Some(wall(d) * 4.0 <= wall(full)),
                     "restore into drifted copy <= 25% of a full restore's time",
-                    format!("{:.2} s vs {:.2} s: {:.0}%", wall(d), wall(full), 100.0 * wall(d) / wall(full)),
+                    format!(
+                        "{:.2} s vs {:.2} s: {:.0}%",
+                        wall(d),
+                        wall(full),
+                        100.0 * wall(d) / wall(full)
+                    ),
                 );
             }
             _ => line(None, "restore into drifted copy", "not measured".into()),

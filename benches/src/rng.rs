@@ -79,6 +79,9 @@ mod tests {
         let first: Vec<u64> = (0..3).map(|_| r.next_u64()).collect();
         let mut again = Rng::new(1);
         assert_eq!(first, (0..3).map(|_| again.next_u64()).collect::<Vec<_>>());
-        assert_ne!(Rng::derive(1, "a").next_u64(), Rng::derive(1, "b").next_u64());
+        assert_ne!(
+            Rng::derive(1, "a").next_u64(),
+            Rng::derive(1, "b").next_u64()
+        );
     }
 }

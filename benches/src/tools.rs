@@ -36,6 +36,9 @@ pub struct Tool {
     /// The tool's private directory: HOME, caches, config, logs, and `repo/`.
     pub dir: PathBuf,
     pub version: String,
+    /// Extra arguments for `ferry repo init` (a chunk-size sweep; empty for the comparison, which
+    /// uses every tool's defaults).
+    pub init_args: Vec<String>,
 }
 
 /// The result of one backup.
@@ -65,7 +68,13 @@ impl Tool {
             Kind::Ferry => out(Command::new(&bin).arg("--version"))?,
         };
         let version = version.lines().next().unwrap_or("").trim().to_string();
-        Ok(Tool { kind, bin, dir, version })
+        Ok(Tool {
+            kind,
+            bin,
+            dir,
+            version,
+            init_args: Vec::new(),
+        })
     }
 
     pub fn repo(&self) -> PathBuf {
@@ -89,7 +98,8 @@ impl Tool {
                 }
             }
             Kind::Restic => {
-                c.env("RESTIC_PASSWORD", PASSWORD).env("RESTIC_REPOSITORY", self.repo());
+                c.env("RESTIC_PASSWORD", PASSWORD)
+                    .env("RESTIC_REPOSITORY", self.repo());
             }
             Kind::Kopia => {
                 c.env("KOPIA_PASSWORD", PASSWORD)
@@ -110,9 +120,14 @@ impl Tool {
         let repo = self.repo();
         let mut c = self.cmd();
         match self.kind {
-            Kind::Ferry => c.args(["repo", "init", "--repo"]).arg(&repo),
+            Kind::Ferry => c
+                .args(["repo", "init", "--repo"])
+                .arg(&repo)
+                .args(&self.init_args),
             Kind::Restic => c.arg("init"),
-            Kind::Kopia => c.args(["repository", "create", "filesystem", "--path"]).arg(&repo),
+            Kind::Kopia => c
+                .args(["repository", "create", "filesystem", "--path"])
+                .arg(&repo),
         };
         measure::run(&mut c)
     }
@@ -121,7 +136,11 @@ impl Tool {
         let mut c = self.cmd();
         match self.kind {
             Kind::Ferry => {
-                c.args(["volume", "backup"]).arg(source).arg("--repo").arg(self.repo()).args(["-o", "json"]);
+                c.args(["volume", "backup"])
+                    .arg(source)
+                    .arg("--repo")
+                    .arg(self.repo())
+                    .args(["-o", "json"]);
             }
             // From inside the source, so that the snapshot's root is the source's content and a
             // restore writes it at the target's top level, like the others.
@@ -136,7 +155,10 @@ impl Tool {
         let (snapshot, reported_added) = match self.kind {
             Kind::Ferry => {
                 let v = last_json(&measured.stdout)?;
-                let id = v["snapshot_id"].as_str().context("ferry printed no snapshot_id")?.to_string();
+                let id = v["snapshot_id"]
+                    .as_str()
+                    .context("ferry printed no snapshot_id")?
+                    .to_string();
                 (id, v["summary"]["bytes_added"].as_u64())
             }
             Kind::Restic => {
@@ -146,22 +168,37 @@ impl Tool {
                     .filter_map(|l| serde_json::from_str::<Value>(l).ok())
                     .find(|v| v["message_type"] == "summary")
                     .context("restic printed no summary")?;
-                let id = v["snapshot_id"].as_str().context("restic summary has no snapshot_id")?.to_string();
+                let id = v["snapshot_id"]
+                    .as_str()
+                    .context("restic summary has no snapshot_id")?
+                    .to_string();
                 (id, v["data_added"].as_u64())
             }
             Kind::Kopia => {
                 let v = last_json(&measured.stdout)?;
-                let id = v["id"].as_str().context("kopia printed no snapshot id")?.to_string();
+                let id = v["id"]
+                    .as_str()
+                    .context("kopia printed no snapshot id")?
+                    .to_string();
                 (id, None)
             }
         };
-        Ok(Backup { measured, snapshot, reported_added })
+        Ok(Backup {
+            measured,
+            snapshot,
+            reported_added,
+        })
     }
 
     /// Restores `snapshot` into `target`. `into_existing` is the restore into a drifted copy:
     /// Ferry is asked for its incremental restore (reuse what the target has, delete what the
     /// snapshot lacks); restic 0.14 and kopia have no such mode and restore as they always do.
-    pub fn restore(&self, snapshot: &str, target: &Path, into_existing: bool) -> anyhow::Result<Restore> {
+    pub fn restore(
+        &self,
+        snapshot: &str,
+        target: &Path,
+        into_existing: bool,
+    ) -> anyhow::Result<Restore> {
         let mut c = self.cmd();
         match self.kind {
             Kind::Ferry => {
@@ -186,7 +223,10 @@ impl Tool {
             Kind::Ferry => {
                 let v = last_json(&measured.stdout)?;
                 if let Some(errors) = v.get("errors")
-                    && errors.as_u64().map(|n| n > 0).unwrap_or(errors.as_array().map(|a| !a.is_empty()).unwrap_or(false))
+                    && errors
+                        .as_u64()
+                        .map(|n| n > 0)
+                        .unwrap_or(errors.as_array().map(|a| !a.is_empty()).unwrap_or(false))
                 {
                     bail!("ferry restore reported errors: {errors}");
                 }
@@ -194,7 +234,11 @@ impl Tool {
             }
             _ => (None, None),
         };
-        Ok(Restore { measured, downloaded, reused })
+        Ok(Restore {
+            measured,
+            downloaded,
+            reused,
+        })
     }
 }
 
@@ -206,14 +250,22 @@ fn last_json(stdout: &str) -> anyhow::Result<Value> {
     }
     // Scanning back from the end, the first `{` from which the rest parses as one object starts
     // the last top-level object (an inner `{` leaves its parent's closing braces as trailing junk).
-    for (i, _) in stdout.match_indices('{').collect::<Vec<_>>().into_iter().rev() {
+    for (i, _) in stdout
+        .match_indices('{')
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+    {
         if let Ok(v) = serde_json::from_str::<Value>(stdout[i..].trim())
             && v.is_object()
         {
             return Ok(v);
         }
     }
-    bail!("no JSON object in output: {}", &stdout[..stdout.len().min(500)])
+    bail!(
+        "no JSON object in output: {}",
+        &stdout[..stdout.len().min(500)]
+    )
 }
 
 fn out(c: &mut Command) -> anyhow::Result<String> {
@@ -260,7 +312,8 @@ mod tests {
     fn finds_last_json() {
         let v = last_json("progress...\n{\"a\": {\"b\": 1}, \"c\": 2}\n").unwrap();
         assert_eq!(v["c"], 2);
-        let v = last_json("{\n  \"snapshot_id\": \"x\",\n  \"summary\": {\"bytes_added\": 5}\n}\n").unwrap();
+        let v = last_json("{\n  \"snapshot_id\": \"x\",\n  \"summary\": {\"bytes_added\": 5}\n}\n")
+            .unwrap();
         assert_eq!(v["summary"]["bytes_added"], 5);
     }
 }

@@ -11,7 +11,9 @@ pub const GIB: u64 = 1024 * MIB;
 /// Parses `2GiB`, `200MiB`, `4096`, `1.5GiB`, `10KiB` (binary units; `GB`/`MB` also mean binary).
 pub fn parse_size(s: &str) -> anyhow::Result<u64> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let num: f64 = num.parse().with_context(|| format!("bad size {s:?}"))?;
     let mult = match unit.trim().to_ascii_lowercase().as_str() {

@@ -45,6 +45,10 @@ struct Args {
     /// Do not drop the page cache before each measured command.
     #[arg(long)]
     no_drop_caches: bool,
+    /// Chunk sizes MIN,AVG,MAX (bytes) for Ferry's repository instead of its defaults, for a
+    /// chunk-size sweep (`--tools ferry`); the drifted-restore bound is computed with the same.
+    #[arg(long, value_delimiter = ',', num_args = 3)]
+    ferry_chunk: Option<Vec<u32>>,
     /// Keep the restored trees and repositories afterwards (default: remove the restores).
     #[arg(long)]
     keep: bool,
@@ -68,14 +72,34 @@ fn main() -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
 
     let mut tools_list = Vec::new();
-    let peers: Vec<Kind> = kinds.iter().copied().filter(|&k| k != Kind::Ferry).collect();
+    let peers: Vec<Kind> = kinds
+        .iter()
+        .copied()
+        .filter(|&k| k != Kind::Ferry)
+        .collect();
     let peer_bins = tools::install_peers(&peers)?;
     for &k in &kinds {
         let bin = match k {
             Kind::Ferry => ferry_bin(args.ferry.clone())?,
-            _ => peer_bins.iter().find(|(p, _)| *p == k).expect("installed").1.clone(),
+            _ => peer_bins
+                .iter()
+                .find(|(p, _)| *p == k)
+                .expect("installed")
+                .1
+                .clone(),
         };
-        tools_list.push(Tool::new(k, bin, &work)?);
+        let mut tool = Tool::new(k, bin, &work)?;
+        if let (Kind::Ferry, Some(c)) = (k, &args.ferry_chunk) {
+            tool.init_args = vec![
+                "--chunk-min".into(),
+                c[0].to_string(),
+                "--chunk-avg".into(),
+                c[1].to_string(),
+                "--chunk-max".into(),
+                c[2].to_string(),
+            ];
+        }
+        tools_list.push(tool);
     }
 
     let mut report = Report::default();
@@ -85,7 +109,11 @@ fn main() -> anyhow::Result<()> {
     let layout = Layout::new(args.size, args.seed);
     let data = work.join("data");
     let marker = dataset::marker(args.size, args.seed);
-    if fs::read_to_string(data.join(dataset::MARKER_FILE)).ok().as_deref() == Some(marker.as_str()) {
+    if fs::read_to_string(data.join(dataset::MARKER_FILE))
+        .ok()
+        .as_deref()
+        == Some(marker.as_str())
+    {
         eprintln!("reusing data set in {}", data.display());
     } else {
         if data.exists() {
@@ -93,7 +121,12 @@ fn main() -> anyhow::Result<()> {
         }
         let t = Instant::now();
         let s = dataset::generate(&layout, &data)?;
-        eprintln!("generated {} in {} files in {:.1} s", fmt_bytes(s.bytes), s.files, t.elapsed().as_secs_f64());
+        eprintln!(
+            "generated {} in {} files in {:.1} s",
+            fmt_bytes(s.bytes),
+            s.files,
+            t.elapsed().as_secs_f64()
+        );
     }
     let (data_bytes, _, data_files) = tree::du(&data)?;
     report.notes.push(format!(
@@ -120,20 +153,43 @@ fn main() -> anyhow::Result<()> {
     };
 
     for t in &tools_list {
-        t.init().with_context(|| format!("initialising {}", t.kind.name()))?;
+        t.init()
+            .with_context(|| format!("initialising {}", t.kind.name()))?;
     }
     let mut snapshots: Vec<Vec<String>> = vec![Vec::new(); tools_list.len()];
     let restore_dir = |t: &Tool| work.join("restore").join(t.kind.name());
 
-    let backup_phase = |report: &mut Report, snaps: &mut Vec<Vec<String>>, phase: Phase, src: &Path| -> anyhow::Result<()> {
+    let backup_phase = |report: &mut Report,
+                        snaps: &mut Vec<Vec<String>>,
+                        phase: Phase,
+                        src: &Path|
+     -> anyhow::Result<()> {
         let (bytes, _, _) = tree::du(src)?;
         for (i, t) in tools_list.iter().enumerate() {
             let before = tree::du(&t.repo())?.0;
             cold();
             eprintln!("{}: {} ...", phase.name(), t.kind.name());
-            let b = t.backup(src).with_context(|| format!("{}: {}", phase.name(), t.kind.name()))?;
+            let b = match t.backup(src) {
+                Ok(b) => b,
+                Err(e) => {
+                    // Record the failure and go on: the other tools' figures still count.
+                    eprintln!("  FAILED: {e:#}");
+                    report.notes.push(format!(
+                        "{} by {} FAILED: {}",
+                        phase.name(),
+                        t.kind.name(),
+                        first_line(&e)
+                    ));
+                    snaps[i].push(String::new());
+                    continue;
+                }
+            };
             let after = tree::du(&t.repo())?.0;
-            eprintln!("  {:.2} s, snapshot {}", b.measured.wall.as_secs_f64(), b.snapshot);
+            eprintln!(
+                "  {:.2} s, snapshot {}",
+                b.measured.wall.as_secs_f64(),
+                b.snapshot
+            );
             snaps[i].push(b.snapshot.clone());
             report.rows.push(Row {
                 phase,
@@ -168,7 +224,27 @@ fn main() -> anyhow::Result<()> {
             let repo = tree::du(&t.repo())?.0;
             cold();
             eprintln!("{}: {} ...", phase.name(), t.kind.name());
-            let r = t.restore(&snaps[i], &target, into_existing).with_context(|| format!("{}: {}", phase.name(), t.kind.name()))?;
+            if snaps[i].is_empty() {
+                report.notes.push(format!(
+                    "{} by {} skipped: its backup failed",
+                    phase.name(),
+                    t.kind.name()
+                ));
+                continue;
+            }
+            let r = match t.restore(&snaps[i], &target, into_existing) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("  FAILED: {e:#}");
+                    report.notes.push(format!(
+                        "{} by {} FAILED: {}",
+                        phase.name(),
+                        t.kind.name(),
+                        first_line(&e)
+                    ));
+                    continue;
+                }
+            };
             eprintln!("  {:.2} s", r.measured.wall.as_secs_f64());
             let diff = tree::compare(source, &target)?;
             let verify = if diff.is_exact() {
@@ -179,7 +255,12 @@ fn main() -> anyhow::Result<()> {
                 format!("WRONG: {}", diff.summary())
             };
             if !diff.content_ok() {
-                report.notes.push(format!("{} by {} is wrong: {}", phase.name(), t.kind.name(), diff.summary()));
+                report.notes.push(format!(
+                    "{} by {} is wrong: {}",
+                    phase.name(),
+                    t.kind.name(),
+                    diff.summary()
+                ));
             }
             let after = tree::du(&t.repo())?.0;
             report.rows.push(Row {
@@ -202,7 +283,38 @@ fn main() -> anyhow::Result<()> {
     backup_phase(&mut report, &mut snapshots, Phase::NoopBackup, &data)?;
     // Restore the first snapshot into an empty directory: this tree then becomes the drifted copy.
     let first: Vec<String> = snapshots.iter().map(|s| s[0].clone()).collect();
-    restore_phase(&mut report, Phase::FullRestore, &first, &data, &restore_dir, false)?;
+    restore_phase(
+        &mut report,
+        Phase::FullRestore,
+        &first,
+        &data,
+        &restore_dir,
+        false,
+    )?;
+
+    // Ferry's chunks of the drifted copy's content (the data set before the mutation), to compute
+    // afterwards which chunks of the latest snapshot truly differ from it.
+    let old_chunks = if kinds.contains(&Kind::Ferry) {
+        let t = Instant::now();
+        let c = ferry_benches::chunkdiff::Chunks::of_tree(
+            &data,
+            args.ferry_chunk
+                .as_ref()
+                .map(|c| ferry_agent::ChunkerParams {
+                    min_size: c[0],
+                    avg_size: c[1],
+                    max_size: c[2],
+                }),
+        )?;
+        eprintln!(
+            "chunked the data set ({} distinct chunks) in {:.1} s",
+            c.len(),
+            t.elapsed().as_secs_f64()
+        );
+        Some(c)
+    } else {
+        None
+    };
 
     let t = Instant::now();
     let m = dataset::mutate(&layout, &data)?;
@@ -221,15 +333,26 @@ fn main() -> anyhow::Result<()> {
 
     backup_phase(&mut report, &mut snapshots, Phase::MutationBackup, &data)?;
     let latest: Vec<String> = snapshots.iter().map(|s| s[2].clone()).collect();
-    restore_phase(&mut report, Phase::DriftRestore, &latest, &data, &restore_dir, true)?;
+    restore_phase(
+        &mut report,
+        Phase::DriftRestore,
+        &latest,
+        &data,
+        &restore_dir,
+        true,
+    )?;
 
-    // The bound for the drifted restore: what truly differs between the drifted copy (the first
-    // snapshot) and the latest snapshot is what the mutation backup had to add.
-    if let Some(row) = report.get(Phase::MutationBackup, Kind::Ferry) {
-        let delta = row.repo_delta.max(0) as u64;
+    // The bound for the drifted restore: the stored size of the latest snapshot's chunks that the
+    // drifted copy (the first snapshot) lacks, computed here independently of Ferry.
+    if let Some(old) = &old_chunks {
+        let d = old.differing(&data)?;
         report.differing = Some((
-            delta,
-            "growth of Ferry's repository during the mutation backup, i.e. the stored chunks the latest snapshot has and the drifted copy lacks, plus that snapshot's metadata".into(),
+            d.stored_bytes,
+            format!(
+                "{} chunks, {} raw, cut and sealed by the harness with Ferry's default chunker and zstd level",
+                d.chunks,
+                fmt_bytes(d.raw_bytes)
+            ),
         ));
     }
 
@@ -243,20 +366,38 @@ fn main() -> anyhow::Result<()> {
             fs::create_dir_all(&big_dir)?;
             let t = Instant::now();
             dataset::generate_big_file(&big_path, big, args.seed)?;
-            eprintln!("generated {} in {:.1} s", fmt_bytes(big), t.elapsed().as_secs_f64());
+            eprintln!(
+                "generated {} in {:.1} s",
+                fmt_bytes(big),
+                t.elapsed().as_secs_f64()
+            );
         }
         let _ = fs::remove_file(&stamp);
         backup_phase(&mut report, &mut snapshots, Phase::SmallBackup, &small)?;
         let s: Vec<String> = snapshots.iter().map(|s| s[3].clone()).collect();
         let small_target = |t: &Tool| work.join("restore-small").join(t.kind.name());
-        restore_phase(&mut report, Phase::SmallRestore, &s, &small, &small_target, false)?;
+        restore_phase(
+            &mut report,
+            Phase::SmallRestore,
+            &s,
+            &small,
+            &small_target,
+            false,
+        )?;
         for t in &tools_list {
             let _ = fs::remove_dir_all(small_target(t));
         }
         backup_phase(&mut report, &mut snapshots, Phase::BigBackup, &big_dir)?;
         let b: Vec<String> = snapshots.iter().map(|s| s[4].clone()).collect();
         let big_target = |t: &Tool| work.join("restore-big").join(t.kind.name());
-        restore_phase(&mut report, Phase::BigRestore, &b, &big_dir, &big_target, false)?;
+        restore_phase(
+            &mut report,
+            Phase::BigRestore,
+            &b,
+            &big_dir,
+            &big_target,
+            false,
+        )?;
         for t in &tools_list {
             let _ = fs::remove_dir_all(big_target(t));
         }
@@ -289,6 +430,17 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+fn first_line(e: &anyhow::Error) -> String {
+    let s = format!("{e:#}");
+    let s = s
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" / ");
+    s.chars().take(400).collect()
+}
+
 fn ferry_bin(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(p) = explicit {
         return Ok(p);
@@ -297,24 +449,48 @@ fn ferry_bin(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
     let p = target.join("release/ferry");
-    anyhow::ensure!(p.exists(), "{} does not exist: run `cargo build --release -p ferry` or pass --ferry", p.display());
+    anyhow::ensure!(
+        p.exists(),
+        "{} does not exist: run `cargo build --release -p ferry` or pass --ferry",
+        p.display()
+    );
     Ok(p)
 }
 
 fn print_machine(args: &Args, tools: &[Tool]) {
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
     let mem = fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| s.lines().next().map(|l| l.to_string()))
         .unwrap_or_default();
     let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!("machine: {} CPUs ({cpu}), {mem}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!(
+        "machine: {} CPUs ({cpu}), {mem}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
     println!("load average at start: {}", load.trim());
-    println!("data set: {} (seed {}), work dir {}", fmt_bytes(args.size), args.seed, args.work_dir.display());
+    println!(
+        "data set: {} (seed {}), work dir {}",
+        fmt_bytes(args.size),
+        args.seed,
+        args.work_dir.display()
+    );
     for t in tools {
-        println!("{}: {} ({})", t.kind.name(), t.version, t.bin.display());
+        println!(
+            "{}: {} ({}) {}",
+            t.kind.name(),
+            t.version,
+            t.bin.display(),
+            t.init_args.join(" ")
+        );
     }
 }
