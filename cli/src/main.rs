@@ -1,37 +1,141 @@
 //! `ferry`: the one binary of Ferry. The CLI, the controller (`ferry controller`) and the node
 //! agent (`ferry agent`) are subcommands, so that a user installs one image and one command.
 
-use clap::{Parser, Subcommand};
+mod output;
+mod repo_cmd;
+mod volume_cmd;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ferry_agent::{Repository, S3Options};
 
 #[derive(Debug, Parser)]
 #[command(name = "ferry", version, about = "Kubernetes-native backup, disaster recovery and migration")]
 struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// The repository: a local directory or s3://bucket/prefix.
+    #[arg(long, env = "FERRY_REPO", global = true)]
+    repo: Option<String>,
+    /// S3 endpoint URL, for S3-compatible stores (MinIO, Ceph...).
+    #[arg(long, env = "FERRY_S3_ENDPOINT", global = true)]
+    s3_endpoint: Option<String>,
+    #[arg(long, env = "FERRY_S3_REGION", default_value = "us-east-1", global = true)]
+    s3_region: String,
+    /// Address buckets as endpoint/bucket rather than bucket.endpoint.
+    #[arg(long, env = "FERRY_S3_PATH_STYLE", global = true)]
+    s3_path_style: bool,
+    /// A file holding the repository password (else the FERRY_PASSWORD variable is used).
+    #[arg(long, env = "FERRY_PASSWORD_FILE", global = true)]
+    password_file: Option<PathBuf>,
+    /// Seconds to wait for another process's conflicting lock before giving up.
+    #[arg(long, default_value_t = 0, global = true)]
+    retry_lock: u64,
+    /// How results are printed on stdout.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Text, global = true)]
+    output: OutputFormat,
+}
+
+impl GlobalArgs {
+    pub fn format(&self) -> OutputFormat {
+        self.output
+    }
+
+    pub fn lock_wait(&self) -> Duration {
+        Duration::from_secs(self.retry_lock)
+    }
+
+    pub fn backend(&self) -> anyhow::Result<Arc<dyn ferry_agent::Backend>> {
+        let Some(repo) = &self.repo else {
+            bail!("no repository given: pass --repo PATH|s3://bucket/prefix or set FERRY_REPO");
+        };
+        let options = S3Options {
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            path_style: self.s3_path_style,
+            ..S3Options::default()
+        };
+        Ok(ferry_agent::open_backend(repo, &options)?)
+    }
+
+    pub fn password(&self) -> anyhow::Result<Vec<u8>> {
+        read_password(self.password_file.as_deref(), "FERRY_PASSWORD", "--password-file")
+    }
+
+    pub fn open(&self) -> anyhow::Result<Arc<Repository>> {
+        let repo = Repository::open(self.backend()?, &self.password()?)?;
+        Ok(Arc::new(repo))
+    }
+
+    /// A progress bar only for people: text output on a terminal.
+    pub fn show_progress(&self) -> bool {
+        self.output == OutputFormat::Text && std::io::stderr().is_terminal()
+    }
+}
+
+pub fn read_password(file: Option<&std::path::Path>, variable: &str, flag: &str) -> anyhow::Result<Vec<u8>> {
+    if let Some(file) = file {
+        let mut bytes = std::fs::read(file).with_context(|| format!("reading the password file {}", file.display()))?;
+        while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            bytes.pop();
+        }
+        if bytes.is_empty() {
+            bail!("the password file {} is empty", file.display());
+        }
+        return Ok(bytes);
+    }
+    match std::env::var_os(variable) {
+        Some(value) if !value.is_empty() => Ok(std::os::unix::ffi::OsStringExt::into_vec(value)),
+        _ => bail!("no password given: set {variable} or pass {flag} FILE"),
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Create and maintain repositories.
+    #[command(subcommand)]
+    Repo(repo_cmd::RepoCommand),
     /// Back up and restore a directory with Ferry's data mover, with no cluster.
     #[command(subcommand)]
-    Volume(VolumeCommand),
+    Volume(volume_cmd::VolumeCommand),
 }
 
-#[derive(Debug, Subcommand)]
-enum VolumeCommand {
-    /// Back up a directory into a repository.
-    Backup,
-    /// Restore a snapshot into a directory.
-    Restore,
-}
-
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     ferry_protocol::tls::install_crypto_provider();
-    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
     let cli = Cli::parse();
-    match cli.command {
-        Command::Volume(_) => {
-            anyhow::bail!("the data mover is not yet available in this build of ferry (issue 3)")
+    let result = match cli.command {
+        Command::Repo(command) => repo_cmd::run(&cli.global, command),
+        Command::Volume(command) => volume_cmd::run(&cli.global, command),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("ferry: error: {error:#}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -1,0 +1,375 @@
+//! A repository: opening it with a password, its config, and reading and writing its objects.
+
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+use tracing::{debug, warn};
+
+use crate::backend::{Backend, Kind};
+use crate::blob::BlobKind;
+use crate::chunker::ChunkerParams;
+use crate::crypto::{KdfParams, KeySlot, MasterKey};
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::index::{IndexFile, MasterIndex};
+use crate::snapshot::Snapshot;
+use crate::tree::Tree;
+
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Settings every writer of a repository must share; stored encrypted as `config`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoConfig {
+    pub version: u32,
+    pub id: Id,
+    pub chunker: ChunkerParams,
+    pub zstd_level: i32,
+    /// Packs are closed once they reach this many bytes.
+    pub pack_size: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub chunker: ChunkerParams,
+    pub zstd_level: i32,
+    pub pack_size: u64,
+    pub kdf: KdfParams,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            chunker: ChunkerParams::default(),
+            zstd_level: 3,
+            pack_size: 16 * 1024 * 1024,
+            kdf: KdfParams::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyInfo {
+    pub id: String,
+    pub current: bool,
+    pub created: jiff::Timestamp,
+    pub hostname: String,
+    pub username: String,
+}
+
+/// The first byte of every JSON object's plaintext (config, index, snapshot, lock): how the rest
+/// is encoded. Tree blobs are compressed by the blob layer instead.
+const OBJECT_JSON_ZSTD: u8 = 1;
+
+pub struct Repository {
+    backend: Arc<dyn Backend>,
+    key: MasterKey,
+    key_id: String,
+    kdf: KdfParams,
+    config: RepoConfig,
+    pub(crate) index: RwLock<MasterIndex>,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Repository({})", self.backend.location())
+    }
+}
+
+impl Repository {
+    /// Creates a repository with a fresh master key and one key slot for `password`.
+    pub fn init(backend: Arc<dyn Backend>, password: &[u8], options: &InitOptions) -> Result<Repository> {
+        options.chunker.validate()?;
+        if !(1..=22).contains(&options.zstd_level) {
+            return Err(Error::InvalidArgument(format!("zstd level {} is not within 1..=22", options.zstd_level)));
+        }
+        if !(1024 * 1024..=512 * 1024 * 1024).contains(&options.pack_size) {
+            return Err(Error::InvalidArgument("the pack size must be within 1 MiB..512 MiB".into()));
+        }
+        check_password(password)?;
+        if backend.exists(Kind::Config, "config")? {
+            return Err(Error::RepositoryExists { location: backend.location() });
+        }
+        let key = MasterKey::generate();
+        let config = RepoConfig {
+            version: FORMAT_VERSION,
+            id: Id::random(),
+            chunker: options.chunker,
+            zstd_level: options.zstd_level,
+            pack_size: options.pack_size,
+        };
+        let slot = KeySlot::wrap(&key, password, options.kdf)?;
+        let key_id = Id::random().to_hex();
+        // The key slot first: a config without a key slot would be a repository nobody can open.
+        backend.put(Kind::Key, &key_id, &serde_json::to_vec_pretty(&slot).expect("a key slot serializes"))?;
+        let repo = Repository {
+            backend,
+            key,
+            key_id,
+            kdf: options.kdf,
+            config,
+            index: RwLock::new(MasterIndex::default()),
+        };
+        repo.put_json(Kind::Config, "config", &repo.config)?;
+        Ok(repo)
+    }
+
+    /// Opens a repository: finds the key slot the password opens, reads the config and the index.
+    pub fn open(backend: Arc<dyn Backend>, password: &[u8]) -> Result<Repository> {
+        let repo = Repository::open_without_index(backend, password)?;
+        repo.load_index()?;
+        Ok(repo)
+    }
+
+    pub fn open_without_index(backend: Arc<dyn Backend>, password: &[u8]) -> Result<Repository> {
+        check_password(password)?;
+        let slots = backend.list(Kind::Key)?;
+        if slots.is_empty() {
+            return Err(Error::NoRepository { location: backend.location() });
+        }
+        let mut opened = None;
+        for info in &slots {
+            let bytes = backend.get(Kind::Key, &info.name)?;
+            let slot: KeySlot = match serde_json::from_slice(&bytes) {
+                Ok(slot) => slot,
+                Err(error) => {
+                    warn!(message = "skipping an unreadable key slot", key = %info.name, %error);
+                    continue;
+                }
+            };
+            if let Some(key) = slot.unwrap_with(password)? {
+                opened = Some((key, info.name.clone(), slot.params));
+                break;
+            }
+        }
+        let (key, key_id, kdf) = opened.ok_or(Error::WrongPassword)?;
+        let bytes = match backend.get(Kind::Config, "config") {
+            Err(Error::NotFound { .. }) => return Err(Error::NoRepository { location: backend.location() }),
+            other => other?,
+        };
+        let config: RepoConfig = decode_json_object(&key, &bytes, "config")?;
+        if config.version != FORMAT_VERSION {
+            return Err(Error::Format(format!(
+                "repository format version {} is not supported by this ferry (it reads version {FORMAT_VERSION}); upgrade ferry",
+                config.version
+            )));
+        }
+        config.chunker.validate()?;
+        Ok(Repository { backend, key, key_id, kdf, config, index: RwLock::new(MasterIndex::default()) })
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    pub fn key(&self) -> &MasterKey {
+        &self.key
+    }
+
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+
+    /// Reads every index object into memory, replacing what was there.
+    pub fn load_index(&self) -> Result<()> {
+        let mut master = MasterIndex::default();
+        for info in self.backend.list(Kind::Index)? {
+            let index = self.load_index_file(&info.name)?;
+            for pack in &index.packs {
+                master.add_pack(pack)?;
+            }
+        }
+        debug!(message = "index loaded", blobs = master.blob_count(), packs = master.packs.len());
+        *self.index.write().expect("index lock") = master;
+        Ok(())
+    }
+
+    pub fn load_index_file(&self, name: &str) -> Result<IndexFile> {
+        let bytes = self.backend.get(Kind::Index, name)?;
+        let plain = decode_object(&self.key, &bytes, &format!("index {name}"))?;
+        IndexFile::decode(&plain)
+    }
+
+    pub fn save_index_file(&self, index: &IndexFile) -> Result<Id> {
+        let id = Id::random();
+        self.put_object(Kind::Index, &id.to_hex(), &index.encode())?;
+        Ok(id)
+    }
+
+    pub fn index(&self) -> std::sync::RwLockReadGuard<'_, MasterIndex> {
+        self.index.read().expect("index lock")
+    }
+
+    pub(crate) fn put_json<T: Serialize>(&self, kind: Kind, name: &str, value: &T) -> Result<()> {
+        self.put_object(kind, name, &serde_json::to_vec(value).expect("serializes"))
+    }
+
+    pub(crate) fn put_object(&self, kind: Kind, name: &str, plaintext: &[u8]) -> Result<()> {
+        let mut framed = vec![OBJECT_JSON_ZSTD];
+        framed.extend_from_slice(&zstd::bulk::compress(plaintext, 3).expect("in-memory zstd"));
+        self.backend.put(kind, name, &self.key.encrypt(&framed))
+    }
+
+    pub(crate) fn get_object(&self, kind: Kind, name: &str) -> Result<Vec<u8>> {
+        let bytes = self.backend.get(kind, name)?;
+        decode_object(&self.key, &bytes, &kind.path_of(name))
+    }
+
+    // Snapshots.
+
+    /// Every snapshot, oldest first. An unreadable one is reported and skipped, so that one damaged
+    /// object does not hide the others.
+    pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
+        let mut snapshots = Vec::new();
+        for info in self.backend.list(Kind::Snapshot)? {
+            let Ok(id) = info.name.parse::<Id>() else { continue };
+            match self.load_snapshot(&id) {
+                Ok(snapshot) => snapshots.push((id, snapshot)),
+                Err(Error::NotFound { .. }) => {} // forgotten meanwhile
+                Err(error) => warn!(message = "skipping an unreadable snapshot", snapshot = %id.short(), %error),
+            }
+        }
+        snapshots.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        Ok(snapshots)
+    }
+
+    pub fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
+        Snapshot::decode(&self.get_object(Kind::Snapshot, &id.to_hex())?)
+    }
+
+    pub fn save_snapshot(&self, snapshot: &Snapshot) -> Result<Id> {
+        let id = Id::random();
+        self.put_object(Kind::Snapshot, &id.to_hex(), &snapshot.encode())?;
+        Ok(id)
+    }
+
+    /// `latest`, a full id or a unique prefix of one.
+    pub fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot)> {
+        let snapshots = self.snapshots()?;
+        if spec == "latest" {
+            return snapshots
+                .into_iter()
+                .last()
+                .ok_or_else(|| Error::InvalidArgument("the repository holds no snapshot yet".into()));
+        }
+        if spec.is_empty() || !spec.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(Error::InvalidArgument(format!("{spec:?} is not a snapshot id: give `latest` or a hex id prefix")));
+        }
+        let spec = spec.to_ascii_lowercase();
+        let mut matching: Vec<_> = snapshots.into_iter().filter(|(id, _)| id.to_hex().starts_with(&spec)).collect();
+        match matching.len() {
+            0 => Err(Error::InvalidArgument(format!("no snapshot id starts with {spec}; list them with `ferry repo snapshots`"))),
+            1 => Ok(matching.remove(0)),
+            n => Err(Error::InvalidArgument(format!("{n} snapshots start with {spec}; give more digits"))),
+        }
+    }
+
+    // Blobs.
+
+    pub fn read_blob(&self, id: &Id) -> Result<Vec<u8>> {
+        let (pack, location) = {
+            let index = self.index();
+            let location = *index
+                .get(id)
+                .ok_or_else(|| Error::corrupt(format!("blob {}", id.short()), "no index names it"))?;
+            (index.pack_id(&location), location)
+        };
+        let bytes =
+            self.backend.get_range(Kind::Pack, &pack.to_hex(), location.offset as u64, location.length as u64)?;
+        crate::blob::open(
+            &self.key,
+            id,
+            location.compression,
+            location.raw_length,
+            &bytes,
+            &format!("blob {} in pack {}", id.short(), pack.short()),
+        )
+    }
+
+    pub fn load_tree(&self, id: &Id) -> Result<Tree> {
+        if let Some(location) = self.index().get(id)
+            && location.kind != BlobKind::Tree
+        {
+            return Err(Error::corrupt(format!("tree {}", id.short()), "the index lists it as a data blob"));
+        }
+        Tree::decode(&self.read_blob(id)?)
+    }
+
+    // Key slots.
+
+    pub fn list_keys(&self) -> Result<Vec<KeyInfo>> {
+        let mut keys = Vec::new();
+        for info in self.backend.list(Kind::Key)? {
+            let bytes = self.backend.get(Kind::Key, &info.name)?;
+            if let Ok(slot) = serde_json::from_slice::<KeySlot>(&bytes) {
+                keys.push(KeyInfo {
+                    current: info.name == self.key_id,
+                    id: info.name,
+                    created: slot.created,
+                    hostname: slot.hostname,
+                    username: slot.username,
+                });
+            }
+        }
+        keys.sort_by(|a, b| a.created.cmp(&b.created));
+        Ok(keys)
+    }
+
+    /// Adds a key slot for another password; returns its id.
+    pub fn add_key(&self, password: &[u8]) -> Result<String> {
+        check_password(password)?;
+        let slot = KeySlot::wrap(&self.key, password, self.kdf)?;
+        let id = Id::random().to_hex();
+        self.backend.put(Kind::Key, &id, &serde_json::to_vec_pretty(&slot).expect("a key slot serializes"))?;
+        Ok(id)
+    }
+
+    /// Removes a key slot, given its id or a unique prefix. The slot in use cannot be removed:
+    /// use [`Repository::change_password`] for that.
+    pub fn remove_key(&self, id_prefix: &str) -> Result<String> {
+        let keys = self.list_keys()?;
+        let matching: Vec<_> = keys.iter().filter(|k| !id_prefix.is_empty() && k.id.starts_with(id_prefix)).collect();
+        let key = match matching.as_slice() {
+            [key] => *key,
+            [] => return Err(Error::InvalidArgument(format!("no key slot id starts with {id_prefix:?}; see `ferry repo key list`"))),
+            _ => return Err(Error::InvalidArgument(format!("several key slots start with {id_prefix:?}; give more digits"))),
+        };
+        if key.current {
+            return Err(Error::InvalidArgument(
+                "refusing to remove the key slot of the password in use; open the repository with another password, or use `ferry repo key passwd`".into(),
+            ));
+        }
+        self.backend.delete(Kind::Key, &key.id)?;
+        Ok(key.id.clone())
+    }
+
+    /// Replaces the current password: the new slot is written before the old one is removed, so
+    /// a crash in between leaves both passwords working rather than none.
+    pub fn change_password(&mut self, new_password: &[u8]) -> Result<String> {
+        let new_id = self.add_key(new_password)?;
+        self.backend.delete(Kind::Key, &self.key_id)?;
+        self.key_id = new_id.clone();
+        Ok(new_id)
+    }
+}
+
+fn check_password(password: &[u8]) -> Result<()> {
+    if password.is_empty() {
+        return Err(Error::InvalidArgument("the password is empty; set FERRY_PASSWORD or use --password-file".into()));
+    }
+    Ok(())
+}
+
+pub(crate) fn decode_object(key: &MasterKey, bytes: &[u8], what: &str) -> Result<Vec<u8>> {
+    let framed = key.decrypt(bytes, what)?;
+    match framed.split_first() {
+        Some((&OBJECT_JSON_ZSTD, body)) => {
+            zstd::stream::decode_all(body).map_err(|error| Error::corrupt(what, format!("zstd: {error}")))
+        }
+        _ => Err(Error::Format(format!("{what}: unknown object encoding"))),
+    }
+}
+
+fn decode_json_object<T: serde::de::DeserializeOwned>(key: &MasterKey, bytes: &[u8], what: &str) -> Result<T> {
+    let plain = decode_object(key, bytes, what)?;
+    serde_json::from_slice(&plain).map_err(|error| Error::Format(format!("{what}: {error}")))
+}
