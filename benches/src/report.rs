@@ -373,6 +373,16 @@ impl Report {
         }
         // Drifted restore.
         match (f(Phase::DriftRestore), f(Phase::FullRestore)) {
+            (Some(d), Some(_)) if d.verify.as_deref().is_some_and(|v| v.starts_with("WRONG")) => {
+                line(
+                    Some(false),
+                    "restore into drifted copy",
+                    format!(
+                        "the restored tree is wrong ({}); its figures do not count",
+                        d.verify.as_deref().unwrap_or("")
+                    ),
+                )
+            }
             (Some(d), Some(full)) => {
                 match (d.downloaded, &self.differing) {
                     (Some(down), Some((bound, how))) => line(
