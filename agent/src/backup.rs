@@ -66,11 +66,18 @@ pub struct BackupOutcome {
 /// readers rather than run ahead, so memory stays bounded on huge trees.
 const MAX_PENDING_NODES: usize = 50_000;
 
-pub fn backup(repo: &Arc<Repository>, source: &Path, options: &BackupOptions) -> Result<BackupOutcome> {
+pub fn backup(
+    repo: &Arc<Repository>,
+    source: &Path,
+    options: &BackupOptions,
+) -> Result<BackupOutcome> {
     let source = std::path::absolute(source).at(source)?;
     let root_meta = std::fs::symlink_metadata(&source).at(&source)?;
     if !root_meta.is_dir() {
-        return Err(Error::InvalidArgument(format!("{} is not a directory; ferry backs up directories", source.display())));
+        return Err(Error::InvalidArgument(format!(
+            "{} is not a directory; ferry backs up directories",
+            source.display()
+        )));
     }
     let _lock = RepoLock::acquire(repo, false, Duration::ZERO)?;
     let hostname = options.host.clone().unwrap_or_else(crate::util::hostname);
@@ -111,10 +118,15 @@ pub fn backup(repo: &Arc<Repository>, source: &Path, options: &BackupOptions) ->
         pending_nodes: 0,
         summary: BackupSummary::default(),
     };
-    let walked = walker.walk_dir(&source, parent_tree.as_ref()).and_then(|root| {
-        walker.finish_ready(true)?;
-        walker.finished.remove(&root).ok_or_else(|| Error::Other("the root tree was not saved".into()))
-    });
+    let walked = walker
+        .walk_dir(&source, parent_tree.as_ref())
+        .and_then(|root| {
+            walker.finish_ready(true)?;
+            walker
+                .finished
+                .remove(&root)
+                .ok_or_else(|| Error::Other("the root tree was not saved".into()))
+        });
     let mut summary = std::mem::take(&mut walker.summary);
     let pipeline_result = pipeline.stop();
     let root_tree = walked?;
@@ -145,18 +157,25 @@ pub fn backup(repo: &Arc<Repository>, source: &Path, options: &BackupOptions) ->
         summary,
     };
     let snapshot_id = repo.save_snapshot(&snapshot)?;
-    Ok(BackupOutcome { snapshot_id, snapshot })
+    Ok(BackupOutcome {
+        snapshot_id,
+        snapshot,
+    })
 }
 
 /// Counts files and bytes ahead of the backup so that progress can show an ETA; only when
 /// someone listens.
 fn spawn_scanner(root: PathBuf, tracker: Arc<Tracker>, one_file_system: bool) {
     std::thread::spawn(move || {
-        let device = std::fs::symlink_metadata(&root).map(|m| m.dev()).unwrap_or(0);
+        let device = std::fs::symlink_metadata(&root)
+            .map(|m| m.dev())
+            .unwrap_or(0);
         let (mut files, mut bytes) = (0u64, 0u64);
         let mut dirs = vec![root];
         while let Some(dir) = dirs.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             for entry in entries.flatten() {
                 let Ok(meta) = entry.metadata() else { continue };
                 if meta.is_dir() {
@@ -200,10 +219,17 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    fn start(repo: &Arc<Repository>, packer: &Arc<Packer>, workers: usize, tracker: &Arc<Tracker>) -> Pipeline {
+    fn start(
+        repo: &Arc<Repository>,
+        packer: &Arc<Packer>,
+        workers: usize,
+        tracker: &Arc<Tracker>,
+    ) -> Pipeline {
         let max_chunk = repo.config().chunker.max_size as u64;
         // Enough for every sealing thread to have work queued, and little more.
-        let budget = Arc::new(ByteBudget::new((4 * workers as u64 * max_chunk).max(8 * 1024 * 1024)));
+        let budget = Arc::new(ByteBudget::new(
+            (4 * workers as u64 * max_chunk).max(8 * 1024 * 1024),
+        ));
         let (file_sender, file_receiver) = sync_channel::<FileJob>(256);
         let (seal_sender, seal_receiver) = sync_channel::<SealJob>(4 * workers);
         let file_receiver = Arc::new(Mutex::new(file_receiver));
@@ -250,7 +276,13 @@ impl Pipeline {
                             let job = receiver.lock().expect("seal queue lock").recv();
                             let Ok(job) = job else { return };
                             let length = job.data.len() as u64;
-                            let sealed = blob::seal(packer.repo().key(), BlobKind::Data, job.id, &job.data, level);
+                            let sealed = blob::seal(
+                                packer.repo().key(),
+                                BlobKind::Data,
+                                job.id,
+                                &job.data,
+                                level,
+                            );
                             drop(job);
                             let result = packer.add(sealed);
                             budget.release(length);
@@ -262,7 +294,12 @@ impl Pipeline {
                     .expect("spawning a sealing thread"),
             );
         }
-        Pipeline { files: Some(file_sender), threads, failure, bytes_read }
+        Pipeline {
+            files: Some(file_sender),
+            threads,
+            failure,
+            bytes_read,
+        }
     }
 
     fn submit(&self, path: PathBuf, expected_inode: u64) -> Result<Receiver<FileOutcome>> {
@@ -270,7 +307,11 @@ impl Pipeline {
             return Err(error);
         }
         let (reply, outcome) = channel();
-        let job = FileJob { path, expected_inode, reply };
+        let job = FileJob {
+            path,
+            expected_inode,
+            reply,
+        };
         self.files
             .as_ref()
             .expect("pipeline running")
@@ -284,7 +325,9 @@ impl Pipeline {
         // Closing the file queue ends the readers, whose exit closes the seal queue.
         self.files.take();
         for thread in self.threads.drain(..) {
-            thread.join().map_err(|_| Error::Other("a backup thread panicked".into()))?;
+            thread
+                .join()
+                .map_err(|_| Error::Other("a backup thread panicked".into()))?;
         }
         match self.failure.lock().expect("failure lock").take() {
             Some(error) => Err(error),
@@ -321,12 +364,20 @@ impl Reader {
             .at(path)?;
         let meta = file.metadata().at(path)?;
         if !meta.is_file() || meta.ino() != expected_inode {
-            return Err(Error::io(path, std::io::Error::other("replaced by another file while being backed up")));
+            return Err(Error::io(
+                path,
+                std::io::Error::other("replaced by another file while being backed up"),
+            ));
         }
         let key = self.repo.key();
         let mut extents: Vec<Extent> = Vec::new();
         let mut read = 0u64;
-        for chunk in self.repo.config().chunker.chunks(std::io::BufReader::with_capacity(256 * 1024, file)) {
+        for chunk in self
+            .repo
+            .config()
+            .chunker
+            .chunks(std::io::BufReader::with_capacity(256 * 1024, file))
+        {
             let chunk = chunk.at(path)?;
             let length = chunk.data.len() as u64;
             read += length;
@@ -344,7 +395,14 @@ impl Reader {
             extents.push(Extent::Blob(id));
             if self.packer.claim(&id) {
                 self.budget.acquire(length);
-                if self.seal.send(SealJob { id, data: chunk.data }).is_err() {
+                if self
+                    .seal
+                    .send(SealJob {
+                        id,
+                        data: chunk.data,
+                    })
+                    .is_err()
+                {
                     self.budget.release(length);
                     return Err(Error::Other("the sealing threads stopped".into()));
                 }
@@ -360,7 +418,8 @@ impl Reader {
 
 fn is_zero(data: &[u8]) -> bool {
     // OR-folding fixed blocks vectorises; an early exit per block still stops soon on data.
-    data.chunks(4096).all(|block| block.iter().fold(0u8, |acc, &b| acc | b) == 0)
+    data.chunks(4096)
+        .all(|block| block.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
 struct PendingFile {
@@ -413,9 +472,15 @@ impl Walker<'_> {
     fn report(&mut self, path: &Path, error: &Error) -> Result<()> {
         self.summary.errors += 1;
         warn!(message = "skipping an unreadable entry", path = %path.display(), %error);
-        self.tracker.emit(ProgressEvent::Error { path: path.display().to_string(), message: error.to_string() });
+        self.tracker.emit(ProgressEvent::Error {
+            path: path.display().to_string(),
+            message: error.to_string(),
+        });
         if self.options.fail_on_unreadable {
-            return Err(Error::Other(format!("{}: {error} (and unreadable files are fatal by request)", path.display())));
+            return Err(Error::Other(format!(
+                "{}: {error} (and unreadable files are fatal by request)",
+                path.display()
+            )));
         }
         Ok(())
     }
@@ -431,7 +496,12 @@ impl Walker<'_> {
             entries.push((entry.file_name().as_bytes().to_vec(), entry.path()));
         }
         entries.sort();
-        let mut pending = PendingDir { number, nodes: Vec::new(), files: Vec::new(), subdirs: Vec::new() };
+        let mut pending = PendingDir {
+            number,
+            nodes: Vec::new(),
+            files: Vec::new(),
+            subdirs: Vec::new(),
+        };
         for (name, path) in entries {
             let meta = match std::fs::symlink_metadata(&path) {
                 Ok(meta) => meta,
@@ -442,7 +512,10 @@ impl Walker<'_> {
                 }
             };
             let old = parent.and_then(|tree| {
-                tree.nodes.binary_search_by(|n| n.name.as_slice().cmp(&name)).ok().map(|i| &tree.nodes[i])
+                tree.nodes
+                    .binary_search_by(|n| n.name.as_slice().cmp(&name))
+                    .ok()
+                    .map(|i| &tree.nodes[i])
             });
             let kind = kind_of(&meta);
             match kind {
@@ -456,7 +529,10 @@ impl Walker<'_> {
                         pending.nodes.push(node);
                         continue;
                     }
-                    let old_subtree = match old.filter(|n| n.kind == NodeKind::Dir).and_then(|n| n.subtree) {
+                    let old_subtree = match old
+                        .filter(|n| n.kind == NodeKind::Dir)
+                        .and_then(|n| n.subtree)
+                    {
                         Some(id) => match self.repo.load_tree(&id) {
                             Ok(tree) => Some(tree),
                             Err(error) => {
@@ -551,7 +627,10 @@ impl Walker<'_> {
             for file in dir.files.drain(..) {
                 let outcome = match file.result {
                     Some(outcome) => outcome,
-                    None => file.outcome.recv().unwrap_or_else(|_| Err(Error::Other("a reader thread stopped".into()))),
+                    None => file
+                        .outcome
+                        .recv()
+                        .unwrap_or_else(|_| Err(Error::Other("a reader thread stopped".into()))),
                 };
                 match outcome {
                     Ok((content, size)) => {
@@ -571,10 +650,15 @@ impl Walker<'_> {
                 }
             }
             for (node, child) in dir.subdirs.drain(..) {
-                let id = self.finished.remove(&child).ok_or_else(|| Error::Other("a subtree was not saved".into()))?;
+                let id = self
+                    .finished
+                    .remove(&child)
+                    .ok_or_else(|| Error::Other("a subtree was not saved".into()))?;
                 dir.nodes[node].subtree = Some(id);
             }
-            let mut tree = Tree { nodes: Vec::with_capacity(dir.nodes.len()) };
+            let mut tree = Tree {
+                nodes: Vec::with_capacity(dir.nodes.len()),
+            };
             for (position, node) in dir.nodes.into_iter().enumerate() {
                 if !dropped.contains(&position) {
                     tree.nodes.push(node);
@@ -591,7 +675,13 @@ impl Walker<'_> {
         let key = self.repo.key();
         let id = key.blob_id(&bytes);
         if self.packer.claim(&id) {
-            self.packer.add(blob::seal(key, BlobKind::Tree, id, &bytes, self.repo.config().zstd_level))?;
+            self.packer.add(blob::seal(
+                key,
+                BlobKind::Tree,
+                id,
+                &bytes,
+                self.repo.config().zstd_level,
+            ))?;
         }
         Ok(id)
     }
@@ -631,21 +721,34 @@ fn node_from(name: &[u8], meta: &Metadata, kind: NodeKind, path: &Path) -> Node 
         inode: meta.ino(),
         device: meta.dev(),
         links: meta.nlink(),
-        size: if kind == NodeKind::File { meta.len() } else { 0 },
+        size: if kind == NodeKind::File {
+            meta.len()
+        } else {
+            0
+        },
         content: Vec::new(),
         subtree: None,
         link_target: Vec::new(),
-        rdev: if matches!(kind, NodeKind::CharDevice | NodeKind::BlockDevice) { meta.rdev() } else { 0 },
+        rdev: if matches!(kind, NodeKind::CharDevice | NodeKind::BlockDevice) {
+            meta.rdev()
+        } else {
+            0
+        },
         xattrs: read_xattrs(path),
     }
 }
 
 fn read_xattrs(path: &Path) -> Vec<Xattr> {
-    let Ok(names) = xattr::list(path) else { return Vec::new() };
+    let Ok(names) = xattr::list(path) else {
+        return Vec::new();
+    };
     let mut xattrs: Vec<Xattr> = names
         .filter_map(|name| {
             let value = xattr::get(path, &name).ok().flatten()?;
-            Some(Xattr { name: name.as_bytes().to_vec(), value })
+            Some(Xattr {
+                name: name.as_bytes().to_vec(),
+                value,
+            })
         })
         .collect();
     xattrs.sort_by(|a, b| a.name.cmp(&b.name));

@@ -44,26 +44,56 @@ pub struct SealedBlob {
 }
 
 /// Compresses (when that helps) and encrypts a blob whose id is already known.
-pub fn seal(key: &MasterKey, kind: BlobKind, id: Id, plaintext: &[u8], zstd_level: i32) -> SealedBlob {
-    let compressed = if zstd_level > 0 { zstd::bulk::compress(plaintext, zstd_level).ok() } else { None };
+pub fn seal(
+    key: &MasterKey,
+    kind: BlobKind,
+    id: Id,
+    plaintext: &[u8],
+    zstd_level: i32,
+) -> SealedBlob {
+    let compressed = if zstd_level > 0 {
+        zstd::bulk::compress(plaintext, zstd_level).ok()
+    } else {
+        None
+    };
     let (compression, stored) = match &compressed {
         Some(smaller) if smaller.len() < plaintext.len() => (COMPRESSION_ZSTD, smaller.as_slice()),
         _ => (COMPRESSION_NONE, plaintext),
     };
-    SealedBlob { id, kind, compression, raw_length: plaintext.len() as u32, bytes: key.encrypt(stored) }
+    SealedBlob {
+        id,
+        kind,
+        compression,
+        raw_length: plaintext.len() as u32,
+        bytes: key.encrypt(stored),
+    }
 }
 
 /// Decrypts, decompresses and verifies a blob read from a pack. `what` names it in errors.
-pub fn open(key: &MasterKey, id: &Id, compression: u8, raw_length: u32, bytes: &[u8], what: &str) -> Result<Vec<u8>> {
+pub fn open(
+    key: &MasterKey,
+    id: &Id,
+    compression: u8,
+    raw_length: u32,
+    bytes: &[u8],
+    what: &str,
+) -> Result<Vec<u8>> {
     let stored = key.decrypt(bytes, what)?;
     let plaintext = match compression {
         COMPRESSION_NONE => stored,
         COMPRESSION_ZSTD => zstd::bulk::decompress(&stored, raw_length as usize)
             .map_err(|error| Error::corrupt(what, format!("zstd: {error}")))?,
-        other => return Err(Error::Format(format!("{what}: unknown compression {other}"))),
+        other => {
+            return Err(Error::Format(format!(
+                "{what}: unknown compression {other}"
+            )));
+        }
     };
     if plaintext.len() != raw_length as usize {
-        return Err(Error::corrupt(what, format!("{} bytes instead of {raw_length}", plaintext.len())));
+        return Err(Error::corrupt(
+            what,
+            format!("{} bytes instead of {raw_length}", plaintext.len()),
+        ));
     }
     if key.blob_id(&plaintext) != *id {
         return Err(Error::corrupt(what, "content does not match its id"));
@@ -82,7 +112,15 @@ mod tests {
         let sealed = seal(&key, BlobKind::Data, key.blob_id(&text), &text, 3);
         assert_eq!(sealed.compression, COMPRESSION_ZSTD);
         assert!(sealed.bytes.len() < 1000);
-        let back = open(&key, &sealed.id, sealed.compression, sealed.raw_length, &sealed.bytes, "blob").unwrap();
+        let back = open(
+            &key,
+            &sealed.id,
+            sealed.compression,
+            sealed.raw_length,
+            &sealed.bytes,
+            "blob",
+        )
+        .unwrap();
         assert_eq!(back, text);
 
         let mut noise = vec![0u8; 10_000];
@@ -96,7 +134,18 @@ mod tests {
     fn a_blob_under_the_wrong_id_is_refused() {
         let key = MasterKey::generate();
         let sealed = seal(&key, BlobKind::Data, key.blob_id(b"one"), b"one", 3);
-        let error = open(&key, &key.blob_id(b"two"), sealed.compression, 3, &sealed.bytes, "blob x").unwrap_err();
-        assert!(error.to_string().contains("does not match its id"), "{error}");
+        let error = open(
+            &key,
+            &key.blob_id(b"two"),
+            sealed.compression,
+            3,
+            &sealed.bytes,
+            "blob x",
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("does not match its id"),
+            "{error}"
+        );
     }
 }

@@ -21,20 +21,36 @@ impl Default for ChunkerParams {
     /// A 256 KiB average (restic and kopia use 1 MiB or more): a 4 KiB write in a large file costs
     /// a quarter of the upload, while the index stays small (4096 entries per GiB).
     fn default() -> Self {
-        ChunkerParams { min_size: 64 * 1024, avg_size: 256 * 1024, max_size: 1024 * 1024 }
+        ChunkerParams {
+            min_size: 64 * 1024,
+            avg_size: 256 * 1024,
+            max_size: 1024 * 1024,
+        }
     }
 }
 
 impl ChunkerParams {
     pub fn validate(&self) -> Result<()> {
-        use fastcdc::v2020::{AVERAGE_MAX, AVERAGE_MIN, MAXIMUM_MAX, MAXIMUM_MIN, MINIMUM_MAX, MINIMUM_MIN};
-        let (min, avg, max) = (self.min_size as usize, self.avg_size as usize, self.max_size as usize);
+        use fastcdc::v2020::{
+            AVERAGE_MAX, AVERAGE_MIN, MAXIMUM_MAX, MAXIMUM_MIN, MINIMUM_MAX, MINIMUM_MIN,
+        };
+        let (min, avg, max) = (
+            self.min_size as usize,
+            self.avg_size as usize,
+            self.max_size as usize,
+        );
         let problem = if !(MINIMUM_MIN..=MINIMUM_MAX).contains(&min) {
-            Some(format!("the minimum chunk size must be within {MINIMUM_MIN}..={MINIMUM_MAX} bytes"))
+            Some(format!(
+                "the minimum chunk size must be within {MINIMUM_MIN}..={MINIMUM_MAX} bytes"
+            ))
         } else if !(AVERAGE_MIN..=AVERAGE_MAX).contains(&avg) {
-            Some(format!("the average chunk size must be within {AVERAGE_MIN}..={AVERAGE_MAX} bytes"))
+            Some(format!(
+                "the average chunk size must be within {AVERAGE_MIN}..={AVERAGE_MAX} bytes"
+            ))
         } else if !(MAXIMUM_MIN..=MAXIMUM_MAX).contains(&max) {
-            Some(format!("the maximum chunk size must be within {MAXIMUM_MIN}..={MAXIMUM_MAX} bytes"))
+            Some(format!(
+                "the maximum chunk size must be within {MAXIMUM_MIN}..={MAXIMUM_MAX} bytes"
+            ))
         } else if !(min < avg && avg < max) {
             Some("chunk sizes must satisfy min < avg < max".to_owned())
         } else if min % 2 != 0 || avg % 2 != 0 || max % 2 != 0 {
@@ -59,16 +75,24 @@ impl ChunkerParams {
             self.max_size as usize,
         )
         .map(|chunk| match chunk {
-            Ok(chunk) => Ok(Chunk { offset: chunk.offset, data: chunk.data }),
+            Ok(chunk) => Ok(Chunk {
+                offset: chunk.offset,
+                data: chunk.data,
+            }),
             Err(error) => Err(std::io::Error::from(error)),
         })
     }
 
     /// Cut points (chunk lengths) of an in-memory buffer.
     pub fn cut_lengths(&self, data: &[u8]) -> Vec<usize> {
-        fastcdc::v2020::FastCDC::new(data, self.min_size as usize, self.avg_size as usize, self.max_size as usize)
-            .map(|chunk| chunk.length)
-            .collect()
+        fastcdc::v2020::FastCDC::new(
+            data,
+            self.min_size as usize,
+            self.avg_size as usize,
+            self.max_size as usize,
+        )
+        .map(|chunk| chunk.length)
+        .collect()
     }
 }
 
@@ -97,25 +121,43 @@ mod tests {
 
     #[test]
     fn known_cut_points() {
-        let params = ChunkerParams { min_size: 4096, avg_size: 16384, max_size: 65536 };
+        let params = ChunkerParams {
+            min_size: 4096,
+            avg_size: 16384,
+            max_size: 65536,
+        };
         let lengths = params.cut_lengths(&sample(256 * 1024));
-        assert_eq!(lengths, KNOWN_LENGTHS, "fastcdc moved its cut points: existing repositories would stop deduplicating");
+        assert_eq!(
+            lengths, KNOWN_LENGTHS,
+            "fastcdc moved its cut points: existing repositories would stop deduplicating"
+        );
     }
 
     const KNOWN_LENGTHS: &[usize] = &[];
 
     #[test]
     fn streaming_and_in_memory_chunking_agree() {
-        let params = ChunkerParams { min_size: 4096, avg_size: 16384, max_size: 65536 };
+        let params = ChunkerParams {
+            min_size: 4096,
+            avg_size: 16384,
+            max_size: 65536,
+        };
         let data = sample(300_000);
-        let streamed: Vec<usize> = params.chunks(&data[..]).map(|c| c.unwrap().data.len()).collect();
+        let streamed: Vec<usize> = params
+            .chunks(&data[..])
+            .map(|c| c.unwrap().data.len())
+            .collect();
         assert_eq!(streamed, params.cut_lengths(&data));
         assert_eq!(streamed.iter().sum::<usize>(), data.len());
     }
 
     #[test]
     fn cuts_resynchronise_after_an_insertion() {
-        let params = ChunkerParams { min_size: 4096, avg_size: 16384, max_size: 65536 };
+        let params = ChunkerParams {
+            min_size: 4096,
+            avg_size: 16384,
+            max_size: 65536,
+        };
         let data = sample(400_000);
         let mut shifted = b"inserted bytes".to_vec();
         shifted.extend_from_slice(&data);
@@ -132,14 +174,30 @@ mod tests {
         };
         let (before, after) = (chunks(&data), chunks(&shifted));
         let shared = before.intersection(&after).count();
-        assert!(shared + 2 >= before.len(), "only {shared} of {} chunks survived a shift", before.len());
+        assert!(
+            shared + 2 >= before.len(),
+            "only {shared} of {} chunks survived a shift",
+            before.len()
+        );
     }
 
     #[test]
     fn invalid_parameters_are_refused_with_a_reason() {
-        let error = ChunkerParams { min_size: 10, avg_size: 16384, max_size: 65536 }.validate().unwrap_err();
+        let error = ChunkerParams {
+            min_size: 10,
+            avg_size: 16384,
+            max_size: 65536,
+        }
+        .validate()
+        .unwrap_err();
         assert!(error.to_string().contains("minimum chunk size"), "{error}");
-        let error = ChunkerParams { min_size: 8192, avg_size: 4096, max_size: 65536 }.validate().unwrap_err();
+        let error = ChunkerParams {
+            min_size: 8192,
+            avg_size: 4096,
+            max_size: 65536,
+        }
+        .validate()
+        .unwrap_err();
         assert!(error.to_string().contains("min < avg < max"), "{error}");
         ChunkerParams::default().validate().unwrap();
     }

@@ -48,7 +48,8 @@ impl MasterKey {
     pub fn from_bytes(raw: [u8; 32]) -> MasterKey {
         let encryption = blake3::derive_key("ferry repository v1 object encryption", &raw);
         let id_key = blake3::derive_key("ferry repository v1 blob id", &raw);
-        let aead = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &encryption).expect("a 32-byte key"));
+        let aead =
+            LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &encryption).expect("a 32-byte key"));
         MasterKey { raw, aead, id_key }
     }
 
@@ -67,7 +68,8 @@ impl MasterKey {
 
     /// `what` names the object in the error when authentication fails.
     pub fn decrypt(&self, ciphertext: &[u8], what: &str) -> Result<Vec<u8>> {
-        open(&self.aead, ciphertext).ok_or_else(|| Error::corrupt(what, "authentication failed (altered or truncated)"))
+        open(&self.aead, ciphertext)
+            .ok_or_else(|| Error::corrupt(what, "authentication failed (altered or truncated)"))
     }
 }
 
@@ -90,7 +92,10 @@ fn open(key: &LessSafeKey, ciphertext: &[u8]) -> Option<Vec<u8>> {
     }
     let nonce = Nonce::try_assume_unique_for_key(&ciphertext[..NONCE_LEN]).ok()?;
     let mut body = ciphertext[NONCE_LEN..].to_vec();
-    let plain_len = key.open_in_place(nonce, Aad::empty(), &mut body).ok()?.len();
+    let plain_len = key
+        .open_in_place(nonce, Aad::empty(), &mut body)
+        .ok()?
+        .len();
     body.truncate(plain_len);
     Some(body)
 }
@@ -108,7 +113,11 @@ impl Default for KdfParams {
     /// OWASP's recommended Argon2id setting: strong enough, and small enough that opening a
     /// repository stays well within the data mover's memory budget.
     fn default() -> Self {
-        KdfParams { memory_kib: 19 * 1024, iterations: 2, parallelism: 1 }
+        KdfParams {
+            memory_kib: 19 * 1024,
+            iterations: 2,
+            parallelism: 1,
+        }
     }
 }
 
@@ -149,7 +158,10 @@ impl KeySlot {
     /// `None` when the password is not this slot's.
     pub fn unwrap_with(&self, password: &[u8]) -> Result<Option<MasterKey>> {
         if self.kdf != "argon2id" {
-            return Err(Error::Format(format!("unknown key derivation {:?} in a key slot", self.kdf)));
+            return Err(Error::Format(format!(
+                "unknown key derivation {:?} in a key slot",
+                self.kdf
+            )));
         }
         let kek = derive_kek(password, &self.salt, self.params)?;
         Ok(open(&kek, &self.wrapped_master_key).and_then(|raw| {
@@ -160,14 +172,29 @@ impl KeySlot {
 }
 
 fn derive_kek(password: &[u8], salt: &[u8], params: KdfParams) -> Result<LessSafeKey> {
-    let argon_params = argon2::Params::new(params.memory_kib, params.iterations, params.parallelism, Some(32))
-        .map_err(|error| Error::Format(format!("invalid Argon2id parameters in a key slot: {error}")))?;
-    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, argon_params);
+    let argon_params = argon2::Params::new(
+        params.memory_kib,
+        params.iterations,
+        params.parallelism,
+        Some(32),
+    )
+    .map_err(|error| {
+        Error::Format(format!(
+            "invalid Argon2id parameters in a key slot: {error}"
+        ))
+    })?;
+    let argon = argon2::Argon2::new(
+        argon2::Algorithm::Argon2id,
+        argon2::Version::V0x13,
+        argon_params,
+    );
     let mut kek = [0u8; 32];
     argon
         .hash_password_into(password, salt, &mut kek)
         .map_err(|error| Error::Format(format!("deriving a key from the password: {error}")))?;
-    Ok(LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &kek).expect("a 32-byte key")))
+    Ok(LessSafeKey::new(
+        UnboundKey::new(&AES_256_GCM, &kek).expect("a 32-byte key"),
+    ))
 }
 
 pub(crate) mod hex_bytes {
@@ -196,7 +223,10 @@ mod tests {
         for i in 0..sealed.len() {
             let mut bad = sealed.clone();
             bad[i] ^= 1;
-            assert!(key.decrypt(&bad, "x").is_err(), "flipping byte {i} went unnoticed");
+            assert!(
+                key.decrypt(&bad, "x").is_err(),
+                "flipping byte {i} went unnoticed"
+            );
         }
         assert!(key.decrypt(&sealed[..10], "x").is_err());
         assert!(MasterKey::generate().decrypt(&sealed, "x").is_err());
@@ -214,9 +244,16 @@ mod tests {
     #[test]
     fn a_key_slot_opens_only_with_its_password() {
         let master = MasterKey::generate();
-        let params = KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 };
+        let params = KdfParams {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+        };
         let slot = KeySlot::wrap(&master, b"right", params).unwrap();
-        let opened = slot.unwrap_with(b"right").unwrap().expect("the right password opens the slot");
+        let opened = slot
+            .unwrap_with(b"right")
+            .unwrap()
+            .expect("the right password opens the slot");
         assert_eq!(opened.raw(), master.raw());
         assert!(slot.unwrap_with(b"wrong").unwrap().is_none());
     }

@@ -19,9 +19,14 @@ pub enum Error {
     NotFound { name: String },
 
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 
-    #[error("wrong password: no key slot of this repository opens with it (the repository was not changed)")]
+    #[error(
+        "wrong password: no key slot of this repository opens with it (the repository was not changed)"
+    )]
     WrongPassword,
 
     #[error("no Ferry repository at {location}: create one with `ferry repo init`")]
@@ -57,18 +62,26 @@ impl Error {
             Error::BackendTransient { .. } | Error::Locked { .. } => true,
             Error::Io { source, .. } => matches!(
                 source.kind(),
-                std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+                std::io::ErrorKind::Interrupted
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::WouldBlock
             ),
             _ => false,
         }
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     pub(crate) fn corrupt(what: impl Into<String>, reason: impl Into<String>) -> Error {
-        Error::Corrupt { what: what.into(), reason: reason.into() }
+        Error::Corrupt {
+            what: what.into(),
+            reason: reason.into(),
+        }
     }
 }
 

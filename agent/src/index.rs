@@ -34,7 +34,16 @@ impl IndexPack {
             size,
             blobs: entries
                 .iter()
-                .map(|e| (e.id, e.kind.code(), e.compression, e.offset, e.length, e.raw_length))
+                .map(|e| {
+                    (
+                        e.id,
+                        e.kind.code(),
+                        e.compression,
+                        e.offset,
+                        e.length,
+                        e.raw_length,
+                    )
+                })
                 .collect(),
         }
     }
@@ -44,9 +53,20 @@ impl IndexPack {
             .iter()
             .map(|&(id, kind, compression, offset, length, raw_length)| {
                 if offset as u64 + length as u64 > self.size {
-                    return Err(Error::Format(format!("index entry of blob {} lies beyond pack {}", id.short(), self.id.short())));
+                    return Err(Error::Format(format!(
+                        "index entry of blob {} lies beyond pack {}",
+                        id.short(),
+                        self.id.short()
+                    )));
                 }
-                Ok(PackEntry { id, kind: BlobKind::from_code(kind)?, compression, offset, length, raw_length })
+                Ok(PackEntry {
+                    id,
+                    kind: BlobKind::from_code(kind)?,
+                    compression,
+                    offset,
+                    length,
+                    raw_length,
+                })
             })
             .collect()
     }
@@ -58,8 +78,8 @@ impl IndexFile {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<IndexFile> {
-        let index: IndexFile =
-            serde_json::from_slice(bytes).map_err(|error| Error::Format(format!("index object: {error}")))?;
+        let index: IndexFile = serde_json::from_slice(bytes)
+            .map_err(|error| Error::Format(format!("index object: {error}")))?;
         for pack in &index.packs {
             pack.entries()?;
         }
@@ -175,7 +195,11 @@ mod tests {
     fn entries_beyond_the_pack_are_refused() {
         let index = IndexFile {
             version: 1,
-            packs: vec![IndexPack { id: Id([1; 32]), size: 100, blobs: vec![(Id([2; 32]), 0, 0, 90, 20, 5)] }],
+            packs: vec![IndexPack {
+                id: Id([1; 32]),
+                size: 100,
+                blobs: vec![(Id([2; 32]), 0, 0, 90, 20, 5)],
+            }],
         };
         assert!(IndexFile::decode(&index.encode()).is_err());
     }

@@ -41,7 +41,11 @@ impl LockInfo {
     fn describe(&self) -> String {
         format!(
             "{} lock of pid {} on {} (user {}, since {})",
-            if self.exclusive { "an exclusive" } else { "a shared" },
+            if self.exclusive {
+                "an exclusive"
+            } else {
+                "a shared"
+            },
             self.pid,
             self.hostname,
             self.username,
@@ -110,13 +114,18 @@ impl RepoLock {
                 let (stopped, signal) = &*stop;
                 let mut guard = stopped.lock().expect("lock refresher");
                 loop {
-                    let (next, timeout) = signal.wait_timeout(guard, REFRESH_EVERY).expect("lock refresher");
+                    let (next, timeout) = signal
+                        .wait_timeout(guard, REFRESH_EVERY)
+                        .expect("lock refresher");
                     guard = next;
                     if *guard {
                         return;
                     }
                     if timeout.timed_out() {
-                        let info = LockInfo { time: jiff::Timestamp::now(), ..info.clone() };
+                        let info = LockInfo {
+                            time: jiff::Timestamp::now(),
+                            ..info.clone()
+                        };
                         if let Err(error) = repo.put_json(Kind::Lock, &name, &info) {
                             warn!(message = "cannot refresh the repository lock", %error);
                         }
@@ -124,7 +133,13 @@ impl RepoLock {
                 }
             })
         };
-        Ok(RepoLock { repo: repo.clone(), name, stop, refresher: Some(refresher), released: AtomicBool::new(false) })
+        Ok(RepoLock {
+            repo: repo.clone(),
+            name,
+            stop,
+            refresher: Some(refresher),
+            released: AtomicBool::new(false),
+        })
     }
 
     pub fn release(&self) {
@@ -182,7 +197,9 @@ pub fn remove_stale_locks(repo: &Repository) -> Result<usize> {
     let mut removed = 0;
     for object in repo.backend().list(Kind::Lock)? {
         let stale = match repo.get_object(Kind::Lock, &object.name) {
-            Ok(bytes) => serde_json::from_slice::<LockInfo>(&bytes).map(|info| info.is_stale()).unwrap_or(true),
+            Ok(bytes) => serde_json::from_slice::<LockInfo>(&bytes)
+                .map(|info| info.is_stale())
+                .unwrap_or(true),
             Err(Error::NotFound { .. }) => false,
             Err(_) => true,
         };

@@ -59,7 +59,9 @@ pub fn check(repo: &Arc<Repository>, options: &CheckOptions) -> Result<CheckRepo
         report.blobs = index.blob_count() as u64;
         for (pack, size) in &index.packs {
             match stored.get(pack) {
-                None => report.errors.push(format!("pack {pack} is in the index but missing from the repository")),
+                None => report.errors.push(format!(
+                    "pack {pack} is in the index but missing from the repository"
+                )),
                 Some(actual) if actual != size => report.errors.push(format!(
                     "pack {pack} holds {actual} bytes; the index says {size}"
                 )),
@@ -87,7 +89,10 @@ pub fn check(repo: &Arc<Repository>, options: &CheckOptions) -> Result<CheckRepo
             let tree = match repo.load_tree(&tree_id) {
                 Ok(tree) => tree,
                 Err(error) => {
-                    report.errors.push(format!("snapshot {}: directory {path}: {error}", snapshot_id.short()));
+                    report.errors.push(format!(
+                        "snapshot {}: directory {path}: {error}",
+                        snapshot_id.short()
+                    ));
                     continue;
                 }
             };
@@ -95,12 +100,18 @@ pub fn check(repo: &Arc<Repository>, options: &CheckOptions) -> Result<CheckRepo
             for node in &tree.nodes {
                 let child = format!("{}{}", path, node.name_lossy());
                 if let Err(error) = node.check_name() {
-                    report.errors.push(format!("snapshot {}: {child}: {error}", snapshot_id.short()));
+                    report.errors.push(format!(
+                        "snapshot {}: {child}: {error}",
+                        snapshot_id.short()
+                    ));
                 }
                 match node.kind {
                     NodeKind::Dir => match node.subtree {
                         Some(subtree) => stack.push((subtree, format!("{child}/"))),
-                        None => report.errors.push(format!("snapshot {}: directory {child} has no tree", snapshot_id.short())),
+                        None => report.errors.push(format!(
+                            "snapshot {}: directory {child} has no tree",
+                            snapshot_id.short()
+                        )),
                     },
                     NodeKind::File => {
                         for extent in &node.content {
@@ -138,24 +149,39 @@ pub fn check(repo: &Arc<Repository>, options: &CheckOptions) -> Result<CheckRepo
 /// Downloads a pack and verifies its name, its header and every blob in it.
 fn verify_pack(repo: &Repository, pack: &Id) -> Result<(), String> {
     let name = pack.to_hex();
-    let bytes = repo.backend().get(Kind::Pack, &name).map_err(|error| format!("pack {name}: {error}"))?;
+    let bytes = repo
+        .backend()
+        .get(Kind::Pack, &name)
+        .map_err(|error| format!("pack {name}: {error}"))?;
     if Id::hash_of_ciphertext(&bytes) != *pack {
         // Go on to name the damaged blobs, which is what a user needs to know.
         warn!(message = "pack content does not match its name", pack = %pack.short());
     }
-    let entries = crate::pack::parse_pack(repo.key(), &name, &bytes).map_err(|error| format!("pack {name}: {error}"))?;
+    let entries = crate::pack::parse_pack(repo.key(), &name, &bytes)
+        .map_err(|error| format!("pack {name}: {error}"))?;
     let mut problems = Vec::new();
     for entry in &entries {
         let end = entry.offset as usize + entry.length as usize;
         let what = format!("blob {} in pack {name}", entry.id);
-        if let Err(error) = crate::blob::open(repo.key(), &entry.id, entry.compression, entry.raw_length, &bytes[entry.offset as usize..end], &what) {
+        if let Err(error) = crate::blob::open(
+            repo.key(),
+            &entry.id,
+            entry.compression,
+            entry.raw_length,
+            &bytes[entry.offset as usize..end],
+            &what,
+        ) {
             problems.push(error.to_string());
         }
     }
     if problems.is_empty() && Id::hash_of_ciphertext(&bytes) != *pack {
         problems.push(format!("pack {name}: content does not match its name"));
     }
-    if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
 }
 
 /// Removes the snapshots `policy` does not keep, per host and source path; returns their ids.
@@ -168,7 +194,10 @@ pub fn forget(repo: &Arc<Repository>, policy: &RetentionPolicy) -> Result<Vec<Id
     let _lock = RepoLock::acquire(repo, false, Duration::ZERO)?;
     let mut groups: HashMap<(String, String), Vec<(Id, jiff::Timestamp)>> = HashMap::new();
     for (id, snapshot) in repo.snapshots()? {
-        groups.entry((snapshot.hostname, snapshot.source)).or_default().push((id, snapshot.time));
+        groups
+            .entry((snapshot.hostname, snapshot.source))
+            .or_default()
+            .push((id, snapshot.time));
     }
     let mut removed = Vec::new();
     for (_, mut snapshots) in groups {
@@ -197,7 +226,11 @@ pub struct PruneOptions {
 
 impl Default for PruneOptions {
     fn default() -> Self {
-        PruneOptions { repack_threshold: 0.3, unindexed_grace: Duration::from_secs(3600), lock_wait: Duration::ZERO }
+        PruneOptions {
+            repack_threshold: 0.3,
+            unindexed_grace: Duration::from_secs(3600),
+            lock_wait: Duration::ZERO,
+        }
     }
 }
 
@@ -241,7 +274,12 @@ pub fn prune(repo: &Arc<Repository>, options: &PruneOptions) -> Result<PruneRepo
     }
 
     // Sweep: classify packs.
-    let index_names: Vec<String> = repo.backend().list(Kind::Index)?.into_iter().map(|i| i.name).collect();
+    let index_names: Vec<String> = repo
+        .backend()
+        .list(Kind::Index)?
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
     let mut old_packs: Vec<IndexPack> = Vec::new();
     let mut seen_packs = HashSet::new();
     for name in &index_names {
@@ -326,14 +364,21 @@ pub fn prune(repo: &Arc<Repository>, options: &PruneOptions) -> Result<PruneRepo
     // The index of the packs kept, then the old indexes go, then the packs.
     let kept_ids: HashSet<Id> = keep.iter().map(|p| p.id).collect();
     for batch in keep.chunks(10_000) {
-        repo.save_index_file(&IndexFile { version: 1, packs: batch.to_vec() })?;
+        repo.save_index_file(&IndexFile {
+            version: 1,
+            packs: batch.to_vec(),
+        })?;
     }
     for name in &index_names {
         if !new_index_names.contains(name) {
             repo.backend().delete(Kind::Index, name)?;
         }
     }
-    for pack in delete.iter().map(|p| p.id).chain(repacked_ids.iter().copied()) {
+    for pack in delete
+        .iter()
+        .map(|p| p.id)
+        .chain(repacked_ids.iter().copied())
+    {
         repo.backend().delete(Kind::Pack, &pack.to_hex())?;
     }
     repo.load_index()?;
@@ -341,7 +386,9 @@ pub fn prune(repo: &Arc<Repository>, options: &PruneOptions) -> Result<PruneRepo
     // Packs no index names: left by interrupted backups.
     let now = SystemTime::now();
     for info in repo.backend().list(Kind::Pack)? {
-        let Ok(id) = info.name.parse::<Id>() else { continue };
+        let Ok(id) = info.name.parse::<Id>() else {
+            continue;
+        };
         if kept_ids.contains(&id) || repo.index().has_pack(&id) {
             continue;
         }

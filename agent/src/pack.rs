@@ -46,10 +46,15 @@ pub fn decode_header(bytes: &[u8], header_start: u64) -> Result<Vec<PackEntry>> 
         return Err(Error::Format("empty pack header".into()));
     };
     if version != HEADER_VERSION {
-        return Err(Error::Format(format!("pack header version {version} is not supported (this ferry reads {HEADER_VERSION})")));
+        return Err(Error::Format(format!(
+            "pack header version {version} is not supported (this ferry reads {HEADER_VERSION})"
+        )));
     }
     if body.len() % ENTRY_LEN != 0 {
-        return Err(Error::Format(format!("pack header of {} bytes is not a whole number of entries", bytes.len())));
+        return Err(Error::Format(format!(
+            "pack header of {} bytes is not a whole number of entries",
+            bytes.len()
+        )));
     }
     let mut offset: u64 = 0;
     let mut entries = Vec::with_capacity(body.len() / ENTRY_LEN);
@@ -57,10 +62,14 @@ pub fn decode_header(bytes: &[u8], header_start: u64) -> Result<Vec<PackEntry>> 
         let length = u32::from_le_bytes(raw[34..38].try_into().expect("4 bytes"));
         let raw_length = u32::from_le_bytes(raw[38..42].try_into().expect("4 bytes"));
         if (length as usize) < OVERHEAD {
-            return Err(Error::Format(format!("pack header lists a blob of {length} bytes, too short to be encrypted")));
+            return Err(Error::Format(format!(
+                "pack header lists a blob of {length} bytes, too short to be encrypted"
+            )));
         }
         if offset + length as u64 > header_start {
-            return Err(Error::Format("pack header lists blobs beyond the pack's end".into()));
+            return Err(Error::Format(
+                "pack header lists blobs beyond the pack's end".into(),
+            ));
         }
         entries.push(PackEntry {
             kind: BlobKind::from_code(raw[0])?,
@@ -76,15 +85,26 @@ pub fn decode_header(bytes: &[u8], header_start: u64) -> Result<Vec<PackEntry>> 
 }
 
 /// Reads and decrypts the header of a stored pack of `size` bytes.
-pub fn read_header(backend: &dyn crate::backend::Backend, key: &MasterKey, pack: &Id, size: u64) -> Result<Vec<PackEntry>> {
+pub fn read_header(
+    backend: &dyn crate::backend::Backend,
+    key: &MasterKey,
+    pack: &Id,
+    size: u64,
+) -> Result<Vec<PackEntry>> {
     let name = pack.to_hex();
     if size < 4 {
-        return Err(Error::corrupt(format!("pack {name}"), "too short to hold a header"));
+        return Err(Error::corrupt(
+            format!("pack {name}"),
+            "too short to hold a header",
+        ));
     }
     let trailer = backend.get_range(crate::backend::Kind::Pack, &name, size - 4, 4)?;
     let header_len = u32::from_le_bytes(trailer[..4].try_into().expect("4 bytes")) as u64;
     if header_len + 4 > size {
-        return Err(Error::corrupt(format!("pack {name}"), "header length beyond the pack"));
+        return Err(Error::corrupt(
+            format!("pack {name}"),
+            "header length beyond the pack",
+        ));
     }
     let header_start = size - 4 - header_len;
     let sealed = backend.get_range(crate::backend::Kind::Pack, &name, header_start, header_len)?;
@@ -96,14 +116,23 @@ pub fn read_header(backend: &dyn crate::backend::Backend, key: &MasterKey, pack:
 pub fn parse_pack(key: &MasterKey, name: &str, bytes: &[u8]) -> Result<Vec<PackEntry>> {
     let size = bytes.len();
     if size < 4 {
-        return Err(Error::corrupt(format!("pack {name}"), "too short to hold a header"));
+        return Err(Error::corrupt(
+            format!("pack {name}"),
+            "too short to hold a header",
+        ));
     }
     let header_len = u32::from_le_bytes(bytes[size - 4..].try_into().expect("4 bytes")) as usize;
     if header_len + 4 > size {
-        return Err(Error::corrupt(format!("pack {name}"), "header length beyond the pack"));
+        return Err(Error::corrupt(
+            format!("pack {name}"),
+            "header length beyond the pack",
+        ));
     }
     let header_start = size - 4 - header_len;
-    let plain = key.decrypt(&bytes[header_start..size - 4], &format!("header of pack {name}"))?;
+    let plain = key.decrypt(
+        &bytes[header_start..size - 4],
+        &format!("header of pack {name}"),
+    )?;
     decode_header(&plain, header_start as u64)
 }
 
@@ -127,8 +156,17 @@ pub struct FinishedPack {
 
 impl PackWriter {
     pub fn new(temp_dir: &Path, kind: BlobKind) -> Result<PackWriter> {
-        let file = tempfile::Builder::new().prefix(".pack-").tempfile_in(temp_dir).at(temp_dir)?;
-        Ok(PackWriter { file, hasher: blake3::Hasher::new(), entries: Vec::new(), size: 0, kind })
+        let file = tempfile::Builder::new()
+            .prefix(".pack-")
+            .tempfile_in(temp_dir)
+            .at(temp_dir)?;
+        Ok(PackWriter {
+            file,
+            hasher: blake3::Hasher::new(),
+            entries: Vec::new(),
+            size: 0,
+            kind,
+        })
     }
 
     pub fn size(&self) -> u64 {
@@ -155,7 +193,10 @@ impl PackWriter {
     /// Copies a blob already sealed in another pack (repacking needs no re-encryption).
     pub fn add_raw(&mut self, entry: &PackEntry, bytes: &[u8]) -> Result<()> {
         self.write(bytes)?;
-        self.entries.push(PackEntry { offset: (self.size - bytes.len() as u64) as u32, ..entry.clone() });
+        self.entries.push(PackEntry {
+            offset: (self.size - bytes.len() as u64) as u32,
+            ..entry.clone()
+        });
         Ok(())
     }
 
@@ -172,8 +213,18 @@ impl PackWriter {
         self.write(&(header.len() as u32).to_le_bytes())?;
         self.file.flush().at(self.file.path().to_owned())?;
         let id = Id(*self.hasher.finalize().as_bytes());
-        let path = self.file.into_temp_path().keep().map_err(|error| Error::io(error.path.to_path_buf(), error.error))?;
-        Ok(FinishedPack { id, kind: self.kind, path, size: self.size, entries: self.entries })
+        let path = self
+            .file
+            .into_temp_path()
+            .keep()
+            .map_err(|error| Error::io(error.path.to_path_buf(), error.error))?;
+        Ok(FinishedPack {
+            id,
+            kind: self.kind,
+            path,
+            size: self.size,
+            entries: self.entries,
+        })
     }
 }
 
@@ -183,16 +234,21 @@ mod tests {
     use proptest::prelude::*;
 
     fn entry_strategy() -> impl Strategy<Value = PackEntry> {
-        (any::<[u8; 32]>(), any::<bool>(), 0u8..2, (OVERHEAD as u32)..1_000_000, any::<u32>()).prop_map(
-            |(id, tree, compression, length, raw_length)| PackEntry {
+        (
+            any::<[u8; 32]>(),
+            any::<bool>(),
+            0u8..2,
+            (OVERHEAD as u32)..1_000_000,
+            any::<u32>(),
+        )
+            .prop_map(|(id, tree, compression, length, raw_length)| PackEntry {
                 id: Id(id),
                 kind: if tree { BlobKind::Tree } else { BlobKind::Data },
                 compression,
                 offset: 0,
                 length,
                 raw_length,
-            },
-        )
+            })
     }
 
     proptest! {
@@ -226,7 +282,15 @@ mod tests {
         let mut writer = PackWriter::new(dir.path(), BlobKind::Data).unwrap();
         let blobs: Vec<Vec<u8>> = vec![b"first".to_vec(), vec![7u8; 5000], b"third".to_vec()];
         for data in &blobs {
-            writer.add(&crate::blob::seal(&key, BlobKind::Data, key.blob_id(data), data, 3)).unwrap();
+            writer
+                .add(&crate::blob::seal(
+                    &key,
+                    BlobKind::Data,
+                    key.blob_id(data),
+                    data,
+                    3,
+                ))
+                .unwrap();
         }
         let finished = writer.finish(&key).unwrap();
         let bytes = std::fs::read(&finished.path).unwrap();
@@ -235,7 +299,15 @@ mod tests {
         assert_eq!(entries, finished.entries);
         for (entry, data) in entries.iter().zip(&blobs) {
             let stored = &bytes[entry.offset as usize..(entry.offset + entry.length) as usize];
-            let plain = crate::blob::open(&key, &entry.id, entry.compression, entry.raw_length, stored, "blob").unwrap();
+            let plain = crate::blob::open(
+                &key,
+                &entry.id,
+                entry.compression,
+                entry.raw_length,
+                stored,
+                "blob",
+            )
+            .unwrap();
             assert_eq!(&plain, data);
         }
     }

@@ -52,7 +52,10 @@ impl Packer {
         let (temp_dir, holder) = match repo.backend().temp_dir() {
             Some(dir) => (dir, None),
             None => {
-                let holder = tempfile::Builder::new().prefix("ferry-packs-").tempdir().at(std::env::temp_dir())?;
+                let holder = tempfile::Builder::new()
+                    .prefix("ferry-packs-")
+                    .tempdir()
+                    .at(std::env::temp_dir())?;
                 (holder.path().to_owned(), Some(holder))
             }
         };
@@ -117,12 +120,18 @@ impl Packer {
             let current = writer.as_mut().expect("just created");
             current.add(&blob)?;
             let stats = &self.shared.stats;
-            stats.bytes_added.fetch_add(blob.bytes.len() as u64, Ordering::Relaxed);
+            stats
+                .bytes_added
+                .fetch_add(blob.bytes.len() as u64, Ordering::Relaxed);
             match blob.kind {
                 BlobKind::Data => stats.data_blobs_added.fetch_add(1, Ordering::Relaxed),
                 BlobKind::Tree => stats.tree_blobs_added.fetch_add(1, Ordering::Relaxed),
             };
-            if current.size() >= self.shared.repo.config().pack_size { writer.take() } else { None }
+            if current.size() >= self.shared.repo.config().pack_size {
+                writer.take()
+            } else {
+                None
+            }
         };
         if let Some(writer) = full {
             self.send(writer)?;
@@ -133,7 +142,9 @@ impl Packer {
     fn send(&self, writer: PackWriter) -> Result<()> {
         let finished = writer.finish(self.shared.repo.key())?;
         let queue = self.upload_queue.as_ref().expect("the packer is open");
-        queue.send(finished).map_err(|_| Error::Other("the upload threads stopped".into()))?;
+        queue
+            .send(finished)
+            .map_err(|_| Error::Other("the upload threads stopped".into()))?;
         self.check_failure()
     }
 
@@ -155,7 +166,9 @@ impl Packer {
         }
         drop(self.upload_queue.take());
         for uploader in self.uploaders.drain(..) {
-            uploader.join().map_err(|_| Error::Other("an upload thread panicked".into()))?;
+            uploader
+                .join()
+                .map_err(|_| Error::Other("an upload thread panicked".into()))?;
         }
         self.check_failure()?;
         flush_index(&self.shared, true)
@@ -185,12 +198,27 @@ fn upload_loop(shared: &Shared, receiver: &Mutex<Receiver<FinishedPack>>) {
 }
 
 fn upload(shared: &Shared, pack: &FinishedPack) -> Result<()> {
-    shared.repo.backend().put_file(Kind::Pack, &pack.id.to_hex(), &pack.path)?;
+    shared
+        .repo
+        .backend()
+        .put_file(Kind::Pack, &pack.id.to_hex(), &pack.path)?;
     debug!(message = "pack stored", pack = %pack.id.short(), size = pack.size, blobs = pack.entries.len());
-    shared.stats.bytes_added.fetch_add(pack.size - pack.entries.iter().map(|e| e.length as u64).sum::<u64>(), Ordering::Relaxed);
+    shared.stats.bytes_added.fetch_add(
+        pack.size - pack.entries.iter().map(|e| e.length as u64).sum::<u64>(),
+        Ordering::Relaxed,
+    );
     let index_pack = IndexPack::new(pack.id, pack.size, &pack.entries);
-    shared.repo.index.write().expect("index lock").add_pack(&index_pack)?;
-    shared.pending.lock().expect("pending lock").push(index_pack);
+    shared
+        .repo
+        .index
+        .write()
+        .expect("index lock")
+        .add_pack(&index_pack)?;
+    shared
+        .pending
+        .lock()
+        .expect("pending lock")
+        .push(index_pack);
     flush_index(shared, false)
 }
 
@@ -202,6 +230,8 @@ fn flush_index(shared: &Shared, everything: bool) -> Result<()> {
         }
         std::mem::take(&mut *pending)
     };
-    shared.repo.save_index_file(&IndexFile { version: 1, packs })?;
+    shared
+        .repo
+        .save_index_file(&IndexFile { version: 1, packs })?;
     Ok(())
 }

@@ -8,10 +8,16 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProgressEvent {
     /// Totals are known (a scan finished); before this event they are zero.
-    Totals { files: u64, bytes: u64 },
+    Totals {
+        files: u64,
+        bytes: u64,
+    },
     Update(ProgressSnapshot),
     /// A file or directory could not be read or written; the operation goes on.
-    Error { path: String, message: String },
+    Error {
+        path: String,
+        message: String,
+    },
     Done(ProgressSnapshot),
 }
 

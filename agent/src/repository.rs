@@ -77,17 +77,28 @@ impl std::fmt::Debug for Repository {
 
 impl Repository {
     /// Creates a repository with a fresh master key and one key slot for `password`.
-    pub fn init(backend: Arc<dyn Backend>, password: &[u8], options: &InitOptions) -> Result<Repository> {
+    pub fn init(
+        backend: Arc<dyn Backend>,
+        password: &[u8],
+        options: &InitOptions,
+    ) -> Result<Repository> {
         options.chunker.validate()?;
         if !(1..=22).contains(&options.zstd_level) {
-            return Err(Error::InvalidArgument(format!("zstd level {} is not within 1..=22", options.zstd_level)));
+            return Err(Error::InvalidArgument(format!(
+                "zstd level {} is not within 1..=22",
+                options.zstd_level
+            )));
         }
         if !(1024 * 1024..=512 * 1024 * 1024).contains(&options.pack_size) {
-            return Err(Error::InvalidArgument("the pack size must be within 1 MiB..512 MiB".into()));
+            return Err(Error::InvalidArgument(
+                "the pack size must be within 1 MiB..512 MiB".into(),
+            ));
         }
         check_password(password)?;
         if backend.exists(Kind::Config, "config")? {
-            return Err(Error::RepositoryExists { location: backend.location() });
+            return Err(Error::RepositoryExists {
+                location: backend.location(),
+            });
         }
         let key = MasterKey::generate();
         let config = RepoConfig {
@@ -100,7 +111,11 @@ impl Repository {
         let slot = KeySlot::wrap(&key, password, options.kdf)?;
         let key_id = Id::random().to_hex();
         // The key slot first: a config without a key slot would be a repository nobody can open.
-        backend.put(Kind::Key, &key_id, &serde_json::to_vec_pretty(&slot).expect("a key slot serializes"))?;
+        backend.put(
+            Kind::Key,
+            &key_id,
+            &serde_json::to_vec_pretty(&slot).expect("a key slot serializes"),
+        )?;
         let repo = Repository {
             backend,
             key,
@@ -124,7 +139,9 @@ impl Repository {
         check_password(password)?;
         let slots = backend.list(Kind::Key)?;
         if slots.is_empty() {
-            return Err(Error::NoRepository { location: backend.location() });
+            return Err(Error::NoRepository {
+                location: backend.location(),
+            });
         }
         let mut opened = None;
         for info in &slots {
@@ -143,7 +160,11 @@ impl Repository {
         }
         let (key, key_id, kdf) = opened.ok_or(Error::WrongPassword)?;
         let bytes = match backend.get(Kind::Config, "config") {
-            Err(Error::NotFound { .. }) => return Err(Error::NoRepository { location: backend.location() }),
+            Err(Error::NotFound { .. }) => {
+                return Err(Error::NoRepository {
+                    location: backend.location(),
+                });
+            }
             other => other?,
         };
         let config: RepoConfig = decode_json_object(&key, &bytes, "config")?;
@@ -154,7 +175,14 @@ impl Repository {
             )));
         }
         config.chunker.validate()?;
-        Ok(Repository { backend, key, key_id, kdf, config, index: RwLock::new(MasterIndex::default()) })
+        Ok(Repository {
+            backend,
+            key,
+            key_id,
+            kdf,
+            config,
+            index: RwLock::new(MasterIndex::default()),
+        })
     }
 
     pub fn backend(&self) -> &Arc<dyn Backend> {
@@ -178,7 +206,11 @@ impl Repository {
                 master.add_pack(pack)?;
             }
         }
-        debug!(message = "index loaded", blobs = master.blob_count(), packs = master.packs.len());
+        debug!(
+            message = "index loaded",
+            blobs = master.blob_count(),
+            packs = master.packs.len()
+        );
         *self.index.write().expect("index lock") = master;
         Ok(())
     }
@@ -221,11 +253,15 @@ impl Repository {
     pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
         let mut snapshots = Vec::new();
         for info in self.backend.list(Kind::Snapshot)? {
-            let Ok(id) = info.name.parse::<Id>() else { continue };
+            let Ok(id) = info.name.parse::<Id>() else {
+                continue;
+            };
             match self.load_snapshot(&id) {
                 Ok(snapshot) => snapshots.push((id, snapshot)),
                 Err(Error::NotFound { .. }) => {} // forgotten meanwhile
-                Err(error) => warn!(message = "skipping an unreadable snapshot", snapshot = %id.short(), %error),
+                Err(error) => {
+                    warn!(message = "skipping an unreadable snapshot", snapshot = %id.short(), %error)
+                }
             }
         }
         snapshots.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
@@ -246,20 +282,28 @@ impl Repository {
     pub fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot)> {
         let snapshots = self.snapshots()?;
         if spec == "latest" {
-            return snapshots
-                .into_iter()
-                .last()
-                .ok_or_else(|| Error::InvalidArgument("the repository holds no snapshot yet".into()));
+            return snapshots.into_iter().last().ok_or_else(|| {
+                Error::InvalidArgument("the repository holds no snapshot yet".into())
+            });
         }
         if spec.is_empty() || !spec.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(Error::InvalidArgument(format!("{spec:?} is not a snapshot id: give `latest` or a hex id prefix")));
+            return Err(Error::InvalidArgument(format!(
+                "{spec:?} is not a snapshot id: give `latest` or a hex id prefix"
+            )));
         }
         let spec = spec.to_ascii_lowercase();
-        let mut matching: Vec<_> = snapshots.into_iter().filter(|(id, _)| id.to_hex().starts_with(&spec)).collect();
+        let mut matching: Vec<_> = snapshots
+            .into_iter()
+            .filter(|(id, _)| id.to_hex().starts_with(&spec))
+            .collect();
         match matching.len() {
-            0 => Err(Error::InvalidArgument(format!("no snapshot id starts with {spec}; list them with `ferry repo snapshots`"))),
+            0 => Err(Error::InvalidArgument(format!(
+                "no snapshot id starts with {spec}; list them with `ferry repo snapshots`"
+            ))),
             1 => Ok(matching.remove(0)),
-            n => Err(Error::InvalidArgument(format!("{n} snapshots start with {spec}; give more digits"))),
+            n => Err(Error::InvalidArgument(format!(
+                "{n} snapshots start with {spec}; give more digits"
+            ))),
         }
     }
 
@@ -268,13 +312,17 @@ impl Repository {
     pub fn read_blob(&self, id: &Id) -> Result<Vec<u8>> {
         let (pack, location) = {
             let index = self.index();
-            let location = *index
-                .get(id)
-                .ok_or_else(|| Error::corrupt(format!("blob {}", id.short()), "no index names it"))?;
+            let location = *index.get(id).ok_or_else(|| {
+                Error::corrupt(format!("blob {}", id.short()), "no index names it")
+            })?;
             (index.pack_id(&location), location)
         };
-        let bytes =
-            self.backend.get_range(Kind::Pack, &pack.to_hex(), location.offset as u64, location.length as u64)?;
+        let bytes = self.backend.get_range(
+            Kind::Pack,
+            &pack.to_hex(),
+            location.offset as u64,
+            location.length as u64,
+        )?;
         crate::blob::open(
             &self.key,
             id,
@@ -289,7 +337,10 @@ impl Repository {
         if let Some(location) = self.index().get(id)
             && location.kind != BlobKind::Tree
         {
-            return Err(Error::corrupt(format!("tree {}", id.short()), "the index lists it as a data blob"));
+            return Err(Error::corrupt(
+                format!("tree {}", id.short()),
+                "the index lists it as a data blob",
+            ));
         }
         Tree::decode(&self.read_blob(id)?)
     }
@@ -319,7 +370,11 @@ impl Repository {
         check_password(password)?;
         let slot = KeySlot::wrap(&self.key, password, self.kdf)?;
         let id = Id::random().to_hex();
-        self.backend.put(Kind::Key, &id, &serde_json::to_vec_pretty(&slot).expect("a key slot serializes"))?;
+        self.backend.put(
+            Kind::Key,
+            &id,
+            &serde_json::to_vec_pretty(&slot).expect("a key slot serializes"),
+        )?;
         Ok(id)
     }
 
@@ -327,11 +382,22 @@ impl Repository {
     /// use [`Repository::change_password`] for that.
     pub fn remove_key(&self, id_prefix: &str) -> Result<String> {
         let keys = self.list_keys()?;
-        let matching: Vec<_> = keys.iter().filter(|k| !id_prefix.is_empty() && k.id.starts_with(id_prefix)).collect();
+        let matching: Vec<_> = keys
+            .iter()
+            .filter(|k| !id_prefix.is_empty() && k.id.starts_with(id_prefix))
+            .collect();
         let key = match matching.as_slice() {
             [key] => *key,
-            [] => return Err(Error::InvalidArgument(format!("no key slot id starts with {id_prefix:?}; see `ferry repo key list`"))),
-            _ => return Err(Error::InvalidArgument(format!("several key slots start with {id_prefix:?}; give more digits"))),
+            [] => {
+                return Err(Error::InvalidArgument(format!(
+                    "no key slot id starts with {id_prefix:?}; see `ferry repo key list`"
+                )));
+            }
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "several key slots start with {id_prefix:?}; give more digits"
+                )));
+            }
         };
         if key.current {
             return Err(Error::InvalidArgument(
@@ -354,7 +420,9 @@ impl Repository {
 
 fn check_password(password: &[u8]) -> Result<()> {
     if password.is_empty() {
-        return Err(Error::InvalidArgument("the password is empty; set FERRY_PASSWORD or use --password-file".into()));
+        return Err(Error::InvalidArgument(
+            "the password is empty; set FERRY_PASSWORD or use --password-file".into(),
+        ));
     }
     Ok(())
 }
@@ -362,14 +430,17 @@ fn check_password(password: &[u8]) -> Result<()> {
 pub(crate) fn decode_object(key: &MasterKey, bytes: &[u8], what: &str) -> Result<Vec<u8>> {
     let framed = key.decrypt(bytes, what)?;
     match framed.split_first() {
-        Some((&OBJECT_JSON_ZSTD, body)) => {
-            zstd::stream::decode_all(body).map_err(|error| Error::corrupt(what, format!("zstd: {error}")))
-        }
+        Some((&OBJECT_JSON_ZSTD, body)) => zstd::stream::decode_all(body)
+            .map_err(|error| Error::corrupt(what, format!("zstd: {error}"))),
         _ => Err(Error::Format(format!("{what}: unknown object encoding"))),
     }
 }
 
-fn decode_json_object<T: serde::de::DeserializeOwned>(key: &MasterKey, bytes: &[u8], what: &str) -> Result<T> {
+fn decode_json_object<T: serde::de::DeserializeOwned>(
+    key: &MasterKey,
+    bytes: &[u8],
+    what: &str,
+) -> Result<T> {
     let plain = decode_object(key, bytes, what)?;
     serde_json::from_slice(&plain).map_err(|error| Error::Format(format!("{what}: {error}")))
 }

@@ -65,7 +65,12 @@ pub struct RestoreSummary {
 const MAX_GAP: u64 = 256 * 1024;
 const MAX_READ: u64 = 4 * 1024 * 1024;
 
-pub fn restore(repo: &Arc<Repository>, snapshot: &str, target: &Path, options: &RestoreOptions) -> Result<RestoreSummary> {
+pub fn restore(
+    repo: &Arc<Repository>,
+    snapshot: &str,
+    target: &Path,
+    options: &RestoreOptions,
+) -> Result<RestoreSummary> {
     let (_, snapshot) = repo.find_snapshot(snapshot)?;
     restore_tree(repo, &snapshot.tree, target, options)
 }
@@ -98,7 +103,12 @@ struct LocalSource {
     offset: u64,
 }
 
-pub fn restore_tree(repo: &Arc<Repository>, tree: &Id, target: &Path, options: &RestoreOptions) -> Result<RestoreSummary> {
+pub fn restore_tree(
+    repo: &Arc<Repository>,
+    tree: &Id,
+    target: &Path,
+    options: &RestoreOptions,
+) -> Result<RestoreSummary> {
     let _lock = crate::lock::RepoLock::acquire(repo, false, Duration::ZERO)?;
     std::fs::create_dir_all(target).at(target)?;
     let target = std::fs::canonicalize(target).at(target)?;
@@ -110,14 +120,24 @@ pub fn restore_tree(repo: &Arc<Repository>, tree: &Id, target: &Path, options: &
     let mut entries = Vec::new();
     collect(repo, tree, PathBuf::new(), &mut entries, 0)?;
     let wanted: HashSet<PathBuf> = entries.iter().map(|(rel, _)| rel.clone()).collect();
-    tracker.total_files.store(entries.len() as u64, Ordering::Relaxed);
+    tracker
+        .total_files
+        .store(entries.len() as u64, Ordering::Relaxed);
     tracker.total_bytes.store(
-        entries.iter().filter(|(_, n)| n.kind == NodeKind::File).map(|(_, n)| n.size).sum(),
+        entries
+            .iter()
+            .filter(|(_, n)| n.kind == NodeKind::File)
+            .map(|(_, n)| n.size)
+            .sum(),
         Ordering::Relaxed,
     );
 
     // 2. What the target holds (incremental restores only).
-    let scan = if options.incremental { scan_target(repo, &target, &entries, options)? } else { TargetScan::default() };
+    let scan = if options.incremental {
+        scan_target(repo, &target, &entries, options)?
+    } else {
+        TargetScan::default()
+    };
     let scanned_paths = Mutex::new(scan.paths.clone());
 
     // 3. Directories, and the plan of every regular file.
@@ -195,8 +215,12 @@ pub fn restore_tree(repo: &Arc<Repository>, tree: &Id, target: &Path, options: &
             continue;
         }
         if let Some(existing) = existing {
-            let all_in_place = layout.iter().all(|(_, _, blob)| blob.is_none_or(|(_, here)| here));
-            let holes_fine = layout.iter().all(|(o, l, blob)| blob.is_some() || existing.zero_ranges_cover(*o, *l));
+            let all_in_place = layout
+                .iter()
+                .all(|(_, _, blob)| blob.is_none_or(|(_, here)| here));
+            let holes_fine = layout
+                .iter()
+                .all(|(o, l, blob)| blob.is_some() || existing.zero_ranges_cover(*o, *l));
             if existing.size == plan.node.size && all_in_place && holes_fine {
                 plan.unchanged = true;
                 summary.files_unchanged += 1;
@@ -210,27 +234,51 @@ pub fn restore_tree(repo: &Arc<Repository>, tree: &Id, target: &Path, options: &
                 }
             }
             if existing.size > plan.node.size {
-                plan.written.push((plan.node.size, existing.size - plan.node.size));
+                plan.written
+                    .push((plan.node.size, existing.size - plan.node.size));
             }
         }
         summary.bytes_reused += in_place_bytes;
-        plan.holes = layout.iter().filter(|(_, _, blob)| blob.is_none()).map(|(o, l, _)| (*o, *l)).collect();
+        plan.holes = layout
+            .iter()
+            .filter(|(_, _, blob)| blob.is_none())
+            .map(|(o, l, _)| (*o, *l))
+            .collect();
         for (offset, length, blob) in layout {
             if let Some((id, false)) = blob {
-                blobs.entry(id).or_insert_with(|| BlobPlan { length, destinations: Vec::new() }).destinations.push(Destination { file: position, offset });
+                blobs
+                    .entry(id)
+                    .or_insert_with(|| BlobPlan {
+                        length,
+                        destinations: Vec::new(),
+                    })
+                    .destinations
+                    .push(Destination {
+                        file: position,
+                        offset,
+                    });
             }
         }
     }
 
     // A file patched in place must not overwrite bytes some blob is copied from.
-    let path_to_plan: HashMap<&Path, usize> = files.iter().enumerate().map(|(i, f)| (f.rel.as_path(), i)).collect();
+    let path_to_plan: HashMap<&Path, usize> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.rel.as_path(), i))
+        .collect();
     let mut to_temp = HashSet::new();
     for id in blobs.keys() {
         if let Some(source) = scan.sources.get(id) {
             let source_rel = &scan.paths[source.file as usize];
             if let Some(&plan) = path_to_plan.get(source_rel.as_path()) {
                 let length = blobs[id].length;
-                if files[plan].in_place && files[plan].written.iter().any(|(o, l)| *o < source.offset + length && source.offset < o + l) {
+                if files[plan].in_place
+                    && files[plan]
+                        .written
+                        .iter()
+                        .any(|(o, l)| *o < source.offset + length && source.offset < o + l)
+                {
                     to_temp.insert(plan);
                 }
             }
@@ -242,11 +290,19 @@ pub fn restore_tree(repo: &Arc<Repository>, tree: &Id, target: &Path, options: &
         }
         let occupied = std::fs::symlink_metadata(&plan.write_path).is_ok();
         if !plan.in_place && !plan.unchanged && options.incremental && occupied {
-            let name = plan.write_path.file_name().expect("a file name").as_bytes().to_vec();
+            let name = plan
+                .write_path
+                .file_name()
+                .expect("a file name")
+                .as_bytes()
+                .to_vec();
             let mut temp_name = b".".to_vec();
             temp_name.extend_from_slice(&name);
-            temp_name.extend_from_slice(format!(".ferry-{}", &Id::random().to_hex()[..8]).as_bytes());
-            plan.write_path = plan.write_path.with_file_name(std::ffi::OsStr::from_bytes(&temp_name));
+            temp_name
+                .extend_from_slice(format!(".ferry-{}", &Id::random().to_hex()[..8]).as_bytes());
+            plan.write_path = plan
+                .write_path
+                .with_file_name(std::ffi::OsStr::from_bytes(&temp_name));
         }
     }
     drop(index);
@@ -281,7 +337,9 @@ pub fn restore_tree(repo: &Arc<Repository>, tree: &Id, target: &Path, options: &
 
     // 6. The data: copies from within the target, then downloads. No write touches a range a copy
     // reads from (ensured above), so the order between them does not matter.
-    let workers = options.workers.unwrap_or_else(|| (2 * available_cores()).max(4));
+    let workers = options
+        .workers
+        .unwrap_or_else(|| (2 * available_cores()).max(4));
     let write_paths: Vec<PathBuf> = files.iter().map(|f| f.write_path.clone()).collect();
     let scanned_paths = scanned_paths.into_inner().expect("scan paths");
     let mut local_jobs: Vec<(Id, &LocalSource, BlobPlan)> = Vec::new();
@@ -305,18 +363,37 @@ pub fn restore_tree(repo: &Arc<Repository>, tree: &Id, target: &Path, options: &
                 scope.spawn(|| {
                     loop {
                         let n = next.fetch_add(1, Ordering::Relaxed);
-                        let Some((id, source, plan)) = local_jobs.get(n) else { return };
+                        let Some((id, source, plan)) = local_jobs.get(n) else {
+                            return;
+                        };
                         let source_path = target.join(&scanned_paths[source.file as usize]);
                         match read_local(repo, &source_path, source.offset, plan.length, id) {
                             Ok(data) => {
-                                counters.reused.fetch_add(plan.length * plan.destinations.len() as u64, Ordering::Relaxed);
-                                write_destinations(&data, &plan.destinations, &write_paths, &counters, &damaged, &tracker);
+                                counters.reused.fetch_add(
+                                    plan.length * plan.destinations.len() as u64,
+                                    Ordering::Relaxed,
+                                );
+                                write_destinations(
+                                    &data,
+                                    &plan.destinations,
+                                    &write_paths,
+                                    &counters,
+                                    &damaged,
+                                    &tracker,
+                                );
                             }
                             Err(_) => failed_local.lock().expect("lock").push((
                                 *id,
                                 BlobPlan {
                                     length: plan.length,
-                                    destinations: plan.destinations.iter().map(|d| Destination { file: d.file, offset: d.offset }).collect(),
+                                    destinations: plan
+                                        .destinations
+                                        .iter()
+                                        .map(|d| Destination {
+                                            file: d.file,
+                                            offset: d.offset,
+                                        })
+                                        .collect(),
                                 },
                             )),
                         }
@@ -339,7 +416,15 @@ pub fn restore_tree(repo: &Arc<Repository>, tree: &Id, target: &Path, options: &
                     loop {
                         let n = next.fetch_add(1, Ordering::Relaxed);
                         let Some(read) = reads.get(n) else { return };
-                        fetch_and_write(repo, read, &write_paths, &counters, &damaged, &damaged_blobs, &tracker);
+                        fetch_and_write(
+                            repo,
+                            read,
+                            &write_paths,
+                            &counters,
+                            &damaged,
+                            &damaged_blobs,
+                            &tracker,
+                        );
                     }
                 });
             }
@@ -356,7 +441,10 @@ pub fn restore_tree(repo: &Arc<Repository>, tree: &Id, target: &Path, options: &
             }
             summary.errors += 1;
             summary.damaged_files.push(plan.rel.display().to_string());
-            tracker.emit(ProgressEvent::Error { path: plan.rel.display().to_string(), message: "damaged or missing data".into() });
+            tracker.emit(ProgressEvent::Error {
+                path: plan.rel.display().to_string(),
+                message: "damaged or missing data".into(),
+            });
             continue;
         }
         if plan.write_path != final_path {
@@ -422,23 +510,36 @@ pub fn restore_tree(repo: &Arc<Repository>, tree: &Id, target: &Path, options: &
 }
 
 /// Every entry of the tree, parents before children, with paths relative to the target.
-fn collect(repo: &Repository, tree: &Id, prefix: PathBuf, out: &mut Vec<(PathBuf, Node)>, depth: usize) -> Result<()> {
+fn collect(
+    repo: &Repository,
+    tree: &Id,
+    prefix: PathBuf,
+    out: &mut Vec<(PathBuf, Node)>,
+    depth: usize,
+) -> Result<()> {
     if depth > 512 {
-        return Err(Error::UnsafePath("directories nested more than 512 deep".into()));
+        return Err(Error::UnsafePath(
+            "directories nested more than 512 deep".into(),
+        ));
     }
     let tree: Tree = repo.load_tree(tree)?;
     let mut seen = HashSet::new();
     for node in tree.nodes {
         node.check_name()?;
         if !seen.insert(node.name.clone()) {
-            return Err(Error::UnsafePath(format!("entry {:?} appears twice in one directory", node.name_lossy())));
+            return Err(Error::UnsafePath(format!(
+                "entry {:?} appears twice in one directory",
+                node.name_lossy()
+            )));
         }
         let rel = prefix.join(std::ffi::OsStr::from_bytes(&node.name));
         let subtree = node.subtree;
         let kind = node.kind;
         out.push((rel.clone(), node));
         if kind == NodeKind::Dir {
-            let subtree = subtree.ok_or_else(|| Error::corrupt(format!("directory {}", rel.display()), "no subtree"))?;
+            let subtree = subtree.ok_or_else(|| {
+                Error::corrupt(format!("directory {}", rel.display()), "no subtree")
+            })?;
             collect(repo, &subtree, rel, out, depth + 1)?;
         }
     }
@@ -475,8 +576,16 @@ struct TargetScan {
     sources: HashMap<Id, LocalSource>,
 }
 
-fn scan_target(repo: &Repository, target: &Path, entries: &[(PathBuf, Node)], options: &RestoreOptions) -> Result<TargetScan> {
-    let snapshot_nodes: HashMap<&Path, &Node> = entries.iter().map(|(rel, node)| (rel.as_path(), node)).collect();
+fn scan_target(
+    repo: &Repository,
+    target: &Path,
+    entries: &[(PathBuf, Node)],
+    options: &RestoreOptions,
+) -> Result<TargetScan> {
+    let snapshot_nodes: HashMap<&Path, &Node> = entries
+        .iter()
+        .map(|(rel, node)| (rel.as_path(), node))
+        .collect();
     let needed: HashSet<Id> = entries
         .iter()
         .flat_map(|(_, node)| node.content.iter())
@@ -488,9 +597,13 @@ fn scan_target(repo: &Repository, target: &Path, entries: &[(PathBuf, Node)], op
     let mut paths = Vec::new();
     let mut dirs = vec![PathBuf::new()];
     while let Some(rel) = dirs.pop() {
-        let Ok(listing) = std::fs::read_dir(target.join(&rel)) else { continue };
+        let Ok(listing) = std::fs::read_dir(target.join(&rel)) else {
+            continue;
+        };
         for entry in listing.flatten() {
-            let Ok(file_type) = entry.file_type() else { continue };
+            let Ok(file_type) = entry.file_type() else {
+                continue;
+            };
             let child = rel.join(entry.file_name());
             if file_type.is_dir() {
                 dirs.push(child);
@@ -509,7 +622,9 @@ fn scan_target(repo: &Repository, target: &Path, entries: &[(PathBuf, Node)], op
                     let n = next.fetch_add(1, Ordering::Relaxed);
                     let Some(rel) = paths.get(n) else { return };
                     let path = target.join(rel);
-                    let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+                    let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                        continue;
+                    };
                     let existing = match snapshot_nodes.get(rel.as_path()) {
                         // Quick check, as rsync's: same size and mtime means the snapshot's content
                         // is there, and it need not be read.
@@ -519,7 +634,8 @@ fn scan_target(repo: &Repository, target: &Path, entries: &[(PathBuf, Node)], op
                                 && node.mtime == meta.mtime()
                                 && node.mtime_nsec == meta.mtime_nsec() as u32 =>
                         {
-                            from_snapshot(node, &repo.index()).or_else(|| chunk_existing(repo, &path).ok())
+                            from_snapshot(node, &repo.index())
+                                .or_else(|| chunk_existing(repo, &path).ok())
                         }
                         _ => chunk_existing(repo, &path).ok(),
                     };
@@ -536,7 +652,10 @@ fn scan_target(repo: &Repository, target: &Path, entries: &[(PathBuf, Node)], op
     for (n, existing) in results {
         for (offset, id) in &existing.chunks {
             if needed.contains(id) {
-                scan.sources.entry(*id).or_insert(LocalSource { file: n as u32, offset: *offset });
+                scan.sources.entry(*id).or_insert(LocalSource {
+                    file: n as u32,
+                    offset: *offset,
+                });
             }
         }
         if snapshot_nodes.contains_key(paths[n].as_path()) {
@@ -550,7 +669,10 @@ fn scan_target(repo: &Repository, target: &Path, entries: &[(PathBuf, Node)], op
 /// What a file that passed the quick check holds: the snapshot's content. `None` when the index
 /// lacks one of its blobs (the file is then read instead).
 fn from_snapshot(node: &Node, index: &crate::index::MasterIndex) -> Option<ExistingFile> {
-    let mut existing = ExistingFile { size: node.size, ..Default::default() };
+    let mut existing = ExistingFile {
+        size: node.size,
+        ..Default::default()
+    };
     let mut offset = 0;
     for extent in &node.content {
         match extent {
@@ -568,21 +690,42 @@ fn from_snapshot(node: &Node, index: &crate::index::MasterIndex) -> Option<Exist
 }
 
 fn chunk_existing(repo: &Repository, path: &Path) -> Result<ExistingFile> {
-    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path).at(path)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .at(path)?;
     let size = file.metadata().at(path)?.len();
-    let mut existing = ExistingFile { size, ..Default::default() };
-    for chunk in repo.config().chunker.chunks(std::io::BufReader::with_capacity(256 * 1024, file)) {
+    let mut existing = ExistingFile {
+        size,
+        ..Default::default()
+    };
+    for chunk in repo
+        .config()
+        .chunker
+        .chunks(std::io::BufReader::with_capacity(256 * 1024, file))
+    {
         let chunk = chunk.at(path)?;
         if chunk.data.iter().all(|&b| b == 0) {
-            existing.zero_ranges.push((chunk.offset, chunk.data.len() as u64));
+            existing
+                .zero_ranges
+                .push((chunk.offset, chunk.data.len() as u64));
         } else {
-            existing.chunks.insert(chunk.offset, repo.key().blob_id(&chunk.data));
+            existing
+                .chunks
+                .insert(chunk.offset, repo.key().blob_id(&chunk.data));
         }
     }
     Ok(existing)
 }
 
-fn make_dir(target: &Path, rel: &Path, scan: &TargetScan, scanned: &Mutex<Vec<PathBuf>>, displaced: &mut Vec<PathBuf>) -> Result<()> {
+fn make_dir(
+    target: &Path,
+    rel: &Path,
+    scan: &TargetScan,
+    scanned: &Mutex<Vec<PathBuf>>,
+    displaced: &mut Vec<PathBuf>,
+) -> Result<()> {
     let path = target.join(rel);
     match std::fs::symlink_metadata(&path) {
         Ok(meta) if meta.is_dir() => return Ok(()),
@@ -616,7 +759,12 @@ fn remove_any(path: &Path) -> Result<()> {
 }
 
 fn punch_hole(file: &File, offset: u64, length: u64) {
-    let _ = rustix::fs::fallocate(file, rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE, offset, length);
+    let _ = rustix::fs::fallocate(
+        file,
+        rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+        offset,
+        length,
+    );
 }
 
 #[derive(Default)]
@@ -626,12 +774,25 @@ struct Counters {
     reused: AtomicU64,
 }
 
-fn read_local(repo: &Repository, path: &Path, offset: u64, length: u64, id: &Id) -> Result<Vec<u8>> {
-    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path).at(path)?;
+fn read_local(
+    repo: &Repository,
+    path: &Path,
+    offset: u64,
+    length: u64,
+    id: &Id,
+) -> Result<Vec<u8>> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .at(path)?;
     let mut data = vec![0u8; length as usize];
     file.read_exact_at(&mut data, offset).at(path)?;
     if repo.key().blob_id(&data) != *id {
-        return Err(Error::corrupt(path.display().to_string(), "changed since it was scanned"));
+        return Err(Error::corrupt(
+            path.display().to_string(),
+            "changed since it was scanned",
+        ));
     }
     Ok(data)
 }
@@ -646,9 +807,16 @@ fn write_destinations(
 ) {
     let mut open: Option<(u32, File)> = None;
     for destination in destinations {
-        if open.as_ref().is_none_or(|(file, _)| *file != destination.file) {
+        if open
+            .as_ref()
+            .is_none_or(|(file, _)| *file != destination.file)
+        {
             let path = &paths[destination.file as usize];
-            match std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW).open(path) {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+            {
                 Ok(file) => open = Some((destination.file, file)),
                 Err(error) => {
                     warn!(message = "cannot open a file to restore", path = %path.display(), %error);
@@ -664,8 +832,12 @@ fn write_destinations(
             damaged.lock().expect("lock").insert(destination.file);
             continue;
         }
-        counters.written.fetch_add(data.len() as u64, Ordering::Relaxed);
-        tracker.bytes_done.fetch_add(data.len() as u64, Ordering::Relaxed);
+        counters
+            .written
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        tracker
+            .bytes_done
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
     }
 }
 
@@ -682,7 +854,10 @@ fn plan_reads(repo: &Repository, blobs: HashMap<Id, BlobPlan>) -> Vec<PackRead> 
     let mut by_pack: HashMap<Id, Vec<(Id, crate::index::BlobLocation, BlobPlan)>> = HashMap::new();
     for (id, plan) in blobs {
         let location = *index.get(&id).expect("planned blobs are indexed");
-        by_pack.entry(index.pack_id(&location)).or_default().push((id, location, plan));
+        by_pack
+            .entry(index.pack_id(&location))
+            .or_default()
+            .push((id, location, plan));
     }
     let mut reads = Vec::new();
     for (pack, mut blobs) in by_pack {
@@ -702,7 +877,12 @@ fn plan_reads(repo: &Repository, blobs: HashMap<Id, BlobPlan>) -> Vec<PackRead> 
             if let Some(read) = current.take() {
                 reads.push(read);
             }
-            current = Some(PackRead { pack, offset: start, length: end - start, blobs: vec![(id, location, plan)] });
+            current = Some(PackRead {
+                pack,
+                offset: start,
+                length: end - start,
+                blobs: vec![(id, location, plan)],
+            });
         }
         reads.extend(current);
     }
@@ -727,23 +907,38 @@ fn fetch_and_write(
         }
         damaged_blobs.lock().expect("lock").push(*id);
     };
-    let bytes = match repo.backend().get_range(Kind::Pack, &read.pack.to_hex(), read.offset, read.length) {
-        Ok(bytes) => bytes,
-        Err(error) => {
-            warn!(message = "cannot read a pack", pack = %read.pack.short(), %error);
-            for (id, _, plan) in &read.blobs {
-                mark_damaged(plan, id);
+    let bytes =
+        match repo
+            .backend()
+            .get_range(Kind::Pack, &read.pack.to_hex(), read.offset, read.length)
+        {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                warn!(message = "cannot read a pack", pack = %read.pack.short(), %error);
+                for (id, _, plan) in &read.blobs {
+                    mark_damaged(plan, id);
+                }
+                return;
             }
-            return;
-        }
-    };
-    counters.downloaded.fetch_add(read.length, Ordering::Relaxed);
+        };
+    counters
+        .downloaded
+        .fetch_add(read.length, Ordering::Relaxed);
     for (id, location, plan) in &read.blobs {
         let start = (location.offset as u64 - read.offset) as usize;
         let stored = &bytes[start..start + location.length as usize];
         let what = format!("blob {} in pack {}", id.short(), read.pack.short());
-        match crate::blob::open(repo.key(), id, location.compression, location.raw_length, stored, &what) {
-            Ok(data) => write_destinations(&data, &plan.destinations, paths, counters, damaged, tracker),
+        match crate::blob::open(
+            repo.key(),
+            id,
+            location.compression,
+            location.raw_length,
+            stored,
+            &what,
+        ) {
+            Ok(data) => {
+                write_destinations(&data, &plan.destinations, paths, counters, damaged, tracker)
+            }
             Err(error) => {
                 warn!(message = "damaged blob", %error);
                 mark_damaged(plan, id);
@@ -756,17 +951,30 @@ fn create_special(path: &Path, node: &Node) -> Result<()> {
     remove_any(path)?;
     let mode = rustix::fs::Mode::from_raw_mode(node.mode & 0o7777);
     let result = match node.kind {
-        NodeKind::Symlink => std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&node.link_target), path).at(path),
-        NodeKind::Fifo => rustix::fs::mknodat(rustix::fs::CWD, path, rustix::fs::FileType::Fifo, mode, 0)
-            .map_err(|e| Error::io(path, e.into())),
-        NodeKind::CharDevice => {
-            rustix::fs::mknodat(rustix::fs::CWD, path, rustix::fs::FileType::CharacterDevice, mode, node.rdev)
+        NodeKind::Symlink => {
+            std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&node.link_target), path)
+                .at(path)
+        }
+        NodeKind::Fifo => {
+            rustix::fs::mknodat(rustix::fs::CWD, path, rustix::fs::FileType::Fifo, mode, 0)
                 .map_err(|e| Error::io(path, e.into()))
         }
-        NodeKind::BlockDevice => {
-            rustix::fs::mknodat(rustix::fs::CWD, path, rustix::fs::FileType::BlockDevice, mode, node.rdev)
-                .map_err(|e| Error::io(path, e.into()))
-        }
+        NodeKind::CharDevice => rustix::fs::mknodat(
+            rustix::fs::CWD,
+            path,
+            rustix::fs::FileType::CharacterDevice,
+            mode,
+            node.rdev,
+        )
+        .map_err(|e| Error::io(path, e.into())),
+        NodeKind::BlockDevice => rustix::fs::mknodat(
+            rustix::fs::CWD,
+            path,
+            rustix::fs::FileType::BlockDevice,
+            mode,
+            node.rdev,
+        )
+        .map_err(|e| Error::io(path, e.into())),
         // A socket belongs to a process; there is nothing to restore.
         NodeKind::Socket => return Ok(()),
         NodeKind::File | NodeKind::Dir => unreachable!("not a special file"),
@@ -793,8 +1001,13 @@ fn apply_metadata(path: &Path, node: &Node) -> Result<()> {
         .map_err(|e| Error::io(path, e.into()))?;
     }
     if node.kind != NodeKind::Symlink {
-        rustix::fs::chmodat(CWD, path, rustix::fs::Mode::from_raw_mode(node.mode & 0o7777), AtFlags::empty())
-            .map_err(|e| Error::io(path, e.into()))?;
+        rustix::fs::chmodat(
+            CWD,
+            path,
+            rustix::fs::Mode::from_raw_mode(node.mode & 0o7777),
+            AtFlags::empty(),
+        )
+        .map_err(|e| Error::io(path, e.into()))?;
         for xattr in &node.xattrs {
             let name = std::ffi::OsStr::from_bytes(&xattr.name);
             if let Err(error) = xattr::set(path, name, &xattr.value) {
@@ -802,9 +1015,16 @@ fn apply_metadata(path: &Path, node: &Node) -> Result<()> {
             }
         }
     }
-    let mtime = Timespec { tv_sec: node.mtime, tv_nsec: node.mtime_nsec as _ };
-    let times = Timestamps { last_access: mtime, last_modification: mtime };
-    rustix::fs::utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| Error::io(path, e.into()))?;
+    let mtime = Timespec {
+        tv_sec: node.mtime,
+        tv_nsec: node.mtime_nsec as _,
+    };
+    let times = Timestamps {
+        last_access: mtime,
+        last_modification: mtime,
+    };
+    rustix::fs::utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| Error::io(path, e.into()))?;
     Ok(())
 }
 
@@ -812,7 +1032,9 @@ fn apply_metadata(path: &Path, node: &Node) -> Result<()> {
 fn delete_extra(target: &Path, rel: &Path, wanted: &HashSet<PathBuf>) -> Result<u64> {
     let dir = target.join(rel);
     let mut removed = 0;
-    let Ok(listing) = std::fs::read_dir(&dir) else { return Ok(0) };
+    let Ok(listing) = std::fs::read_dir(&dir) else {
+        return Ok(0);
+    };
     for entry in listing {
         let entry = entry.at(&dir)?;
         let child = rel.join(entry.file_name());

@@ -68,18 +68,31 @@ impl RetentionPolicy {
     /// Returns the positions of `times` to keep. `times` must be sorted newest first.
     pub fn apply(&self, times: &[jiff::Timestamp]) -> Vec<bool> {
         let mut keep = vec![false; times.len()];
-        let zoned: Vec<jiff::civil::DateTime> =
-            times.iter().map(|t| t.to_zoned(jiff::tz::TimeZone::UTC).datetime()).collect();
+        let zoned: Vec<jiff::civil::DateTime> = times
+            .iter()
+            .map(|t| t.to_zoned(jiff::tz::TimeZone::UTC).datetime())
+            .collect();
         type Bucket = fn(&jiff::civil::DateTime) -> (i32, i32, i32, i32);
         let rules: [(u32, Bucket); 5] = [
             (self.keep_last, |_| (0, 0, 0, 0)),
-            (self.keep_hourly, |d| (d.year() as i32, d.month() as i32, d.day() as i32, d.hour() as i32)),
-            (self.keep_daily, |d| (d.year() as i32, d.month() as i32, d.day() as i32, 0)),
+            (self.keep_hourly, |d| {
+                (
+                    d.year() as i32,
+                    d.month() as i32,
+                    d.day() as i32,
+                    d.hour() as i32,
+                )
+            }),
+            (self.keep_daily, |d| {
+                (d.year() as i32, d.month() as i32, d.day() as i32, 0)
+            }),
             (self.keep_weekly, |d| {
                 let week = d.date().iso_week_date();
                 (week.year() as i32, week.week() as i32, 0, 0)
             }),
-            (self.keep_monthly, |d| (d.year() as i32, d.month() as i32, 0, 0)),
+            (self.keep_monthly, |d| {
+                (d.year() as i32, d.month() as i32, 0, 0)
+            }),
         ];
         for (rule_index, (count, bucket)) in rules.into_iter().enumerate() {
             let mut remaining = count;
@@ -89,7 +102,11 @@ impl RetentionPolicy {
                     break;
                 }
                 // keep-last treats every snapshot as its own period.
-                let this_bucket = if rule_index == 0 { (position as i32, 0, 0, 0) } else { bucket(date) };
+                let this_bucket = if rule_index == 0 {
+                    (position as i32, 0, 0, 0)
+                } else {
+                    bucket(date)
+                };
                 if last_bucket != Some(this_bucket) {
                     keep[position] = true;
                     last_bucket = Some(this_bucket);
@@ -133,13 +150,45 @@ mod tests {
     fn retention_keeps_the_newest_of_each_period() {
         let base = jiff::Timestamp::from_second(1_700_000_000).unwrap();
         // Newest first: one snapshot every 6 hours over 10 days.
-        let times: Vec<_> = (0..40).map(|i| base - jiff::SignedDuration::from_hours(6 * i)).collect();
+        let times: Vec<_> = (0..40)
+            .map(|i| base - jiff::SignedDuration::from_hours(6 * i))
+            .collect();
         let kept = |policy: RetentionPolicy| policy.apply(&times).iter().filter(|k| **k).count();
-        assert_eq!(kept(RetentionPolicy { keep_last: 3, ..Default::default() }), 3);
-        assert_eq!(kept(RetentionPolicy { keep_daily: 5, ..Default::default() }), 5);
-        assert_eq!(kept(RetentionPolicy { keep_hourly: 100, ..Default::default() }), 40);
-        let keep = RetentionPolicy { keep_last: 1, keep_daily: 2, ..Default::default() }.apply(&times);
+        assert_eq!(
+            kept(RetentionPolicy {
+                keep_last: 3,
+                ..Default::default()
+            }),
+            3
+        );
+        assert_eq!(
+            kept(RetentionPolicy {
+                keep_daily: 5,
+                ..Default::default()
+            }),
+            5
+        );
+        assert_eq!(
+            kept(RetentionPolicy {
+                keep_hourly: 100,
+                ..Default::default()
+            }),
+            40
+        );
+        let keep = RetentionPolicy {
+            keep_last: 1,
+            keep_daily: 2,
+            ..Default::default()
+        }
+        .apply(&times);
         assert!(keep[0], "the newest snapshot is always kept by keep-last");
-        assert_eq!(RetentionPolicy::default().apply(&times).iter().filter(|k| **k).count(), 0);
+        assert_eq!(
+            RetentionPolicy::default()
+                .apply(&times)
+                .iter()
+                .filter(|k| **k)
+                .count(),
+            0
+        );
     }
 }

@@ -84,8 +84,16 @@ impl Node {
     /// NUL. A tree crafted by someone holding the key must not write outside the target.
     pub fn check_name(&self) -> Result<()> {
         let name = &self.name;
-        if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
-            return Err(Error::UnsafePath(format!("entry name {:?}", self.name_lossy())));
+        if name.is_empty()
+            || name == b"."
+            || name == b".."
+            || name.contains(&b'/')
+            || name.contains(&0)
+        {
+            return Err(Error::UnsafePath(format!(
+                "entry name {:?}",
+                self.name_lossy()
+            )));
         }
         Ok(())
     }
@@ -116,33 +124,69 @@ pub(crate) mod tests {
     pub fn node_strategy() -> impl Strategy<Value = Node> {
         (
             proptest::collection::vec(any::<u8>(), 1..20),
-            prop_oneof![Just(NodeKind::File), Just(NodeKind::Dir), Just(NodeKind::Symlink), Just(NodeKind::Fifo)],
-            (any::<u32>(), any::<u32>(), any::<u32>(), any::<i64>(), 0u32..1_000_000_000),
+            prop_oneof![
+                Just(NodeKind::File),
+                Just(NodeKind::Dir),
+                Just(NodeKind::Symlink),
+                Just(NodeKind::Fifo)
+            ],
+            (
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<i64>(),
+                0u32..1_000_000_000,
+            ),
             (any::<u64>(), any::<u64>(), 1u64..5, any::<u64>()),
-            proptest::collection::vec(prop_oneof![any::<[u8; 32]>().prop_map(|b| Extent::Blob(Id(b))), any::<u64>().prop_map(|hole| Extent::Hole { hole })], 0..4),
+            proptest::collection::vec(
+                prop_oneof![
+                    any::<[u8; 32]>().prop_map(|b| Extent::Blob(Id(b))),
+                    any::<u64>().prop_map(|hole| Extent::Hole { hole })
+                ],
+                0..4,
+            ),
             proptest::collection::vec(any::<u8>(), 0..10),
-            proptest::collection::vec((proptest::collection::vec(any::<u8>(), 1..8), proptest::collection::vec(any::<u8>(), 0..8)), 0..3),
+            proptest::collection::vec(
+                (
+                    proptest::collection::vec(any::<u8>(), 1..8),
+                    proptest::collection::vec(any::<u8>(), 0..8),
+                ),
+                0..3,
+            ),
         )
-            .prop_map(|(name, kind, (mode, uid, gid, mtime, nsec), (inode, device, links, size), content, link_target, xattrs)| Node {
-                name,
-                kind,
-                mode,
-                uid,
-                gid,
-                mtime,
-                mtime_nsec: nsec,
-                ctime: mtime,
-                ctime_nsec: nsec,
-                inode,
-                device,
-                links,
-                size,
-                content,
-                subtree: None,
-                link_target,
-                rdev: 0,
-                xattrs: xattrs.into_iter().map(|(name, value)| Xattr { name, value }).collect(),
-            })
+            .prop_map(
+                |(
+                    name,
+                    kind,
+                    (mode, uid, gid, mtime, nsec),
+                    (inode, device, links, size),
+                    content,
+                    link_target,
+                    xattrs,
+                )| Node {
+                    name,
+                    kind,
+                    mode,
+                    uid,
+                    gid,
+                    mtime,
+                    mtime_nsec: nsec,
+                    ctime: mtime,
+                    ctime_nsec: nsec,
+                    inode,
+                    device,
+                    links,
+                    size,
+                    content,
+                    subtree: None,
+                    link_target,
+                    rdev: 0,
+                    xattrs: xattrs
+                        .into_iter()
+                        .map(|(name, value)| Xattr { name, value })
+                        .collect(),
+                },
+            )
     }
 
     proptest! {
@@ -168,14 +212,32 @@ pub(crate) mod tests {
     fn unsafe_names_are_refused() {
         let mut tree = Tree { nodes: vec![] };
         let mut node = Node {
-            name: b"ok".to_vec(), kind: NodeKind::File, mode: 0o644, uid: 0, gid: 0, mtime: 0, mtime_nsec: 0, ctime: 0,
-            ctime_nsec: 0, inode: 1, device: 1, links: 1, size: 0, content: vec![], subtree: None, link_target: vec![],
-            rdev: 0, xattrs: vec![],
+            name: b"ok".to_vec(),
+            kind: NodeKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            mtime_nsec: 0,
+            ctime: 0,
+            ctime_nsec: 0,
+            inode: 1,
+            device: 1,
+            links: 1,
+            size: 0,
+            content: vec![],
+            subtree: None,
+            link_target: vec![],
+            rdev: 0,
+            xattrs: vec![],
         };
         node.check_name().unwrap();
         for bad in [&b".."[..], b".", b"", b"a/b", b"/etc", b"x\0y"] {
             node.name = bad.to_vec();
-            assert!(matches!(node.check_name(), Err(Error::UnsafePath(_))), "{bad:?} was accepted");
+            assert!(
+                matches!(node.check_name(), Err(Error::UnsafePath(_))),
+                "{bad:?} was accepted"
+            );
         }
         tree.nodes.push(node);
         tree.encode();

@@ -6,7 +6,10 @@ use std::path::Path;
 use crate::error::{IoContext, Result};
 
 pub fn hostname() -> String {
-    rustix::system::uname().nodename().to_string_lossy().into_owned()
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
 }
 
 pub fn username() -> String {
@@ -17,10 +20,14 @@ pub fn username() -> String {
 /// torn one: a temp file in the same directory, fsync, rename, fsync of the directory.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut temp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir).at(dir)?;
+    let mut temp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .at(dir)?;
     temp.write_all(bytes).at(temp.path().to_owned())?;
     temp.as_file().sync_all().at(temp.path().to_owned())?;
-    temp.persist(path).map_err(|error| crate::Error::io(path, error.error))?;
+    temp.persist(path)
+        .map_err(|error| crate::Error::io(path, error.error))?;
     sync_dir(dir)
 }
 
@@ -38,7 +45,11 @@ pub struct ByteBudget {
 
 impl ByteBudget {
     pub fn new(limit: u64) -> ByteBudget {
-        ByteBudget { limit, used: std::sync::Mutex::new(0), freed: std::sync::Condvar::new() }
+        ByteBudget {
+            limit,
+            used: std::sync::Mutex::new(0),
+            freed: std::sync::Condvar::new(),
+        }
     }
 
     /// Waits until `bytes` fit. A request larger than the whole budget waits for an empty budget,
@@ -59,5 +70,7 @@ impl ByteBudget {
 }
 
 pub fn available_cores() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
 }

@@ -37,11 +37,28 @@ on_both_backends!(
 );
 
 fn backup(repo: &Arc<Repository>, source: &Path) -> ferry_agent::BackupOutcome {
-    ferry_agent::backup(repo, source, &BackupOptions { workers: Some(2), ..Default::default() }).unwrap()
+    ferry_agent::backup(
+        repo,
+        source,
+        &BackupOptions {
+            workers: Some(2),
+            ..Default::default()
+        },
+    )
+    .unwrap()
 }
 
 fn restore(repo: &Arc<Repository>, snapshot: &str, target: &Path) -> ferry_agent::RestoreSummary {
-    ferry_agent::restore(repo, snapshot, target, &RestoreOptions { workers: Some(3), ..Default::default() }).unwrap()
+    ferry_agent::restore(
+        repo,
+        snapshot,
+        target,
+        &RestoreOptions {
+            workers: Some(3),
+            ..Default::default()
+        },
+    )
+    .unwrap()
 }
 
 fn set_mtime(path: &Path, seconds: i64, nanos: u32) {
@@ -58,17 +75,47 @@ fn every_file_type_and_its_metadata_round_trips(backend_kind: &str, name: &str) 
     write(&source.join("plain.txt"), b"hello, world\n");
     write(&source.join("empty"), b"");
     write(&source.join("dir/nested/deep.bin"), &noise(1, 200_000));
-    std::fs::set_permissions(source.join("plain.txt"), std::fs::Permissions::from_mode(0o4751)).unwrap();
+    std::fs::set_permissions(
+        source.join("plain.txt"),
+        std::fs::Permissions::from_mode(0o4751),
+    )
+    .unwrap();
     std::os::unix::fs::chown(source.join("plain.txt"), Some(1234), Some(5678)).unwrap();
-    set_mtime(&source.join("dir/nested/deep.bin"), 1_600_000_000, 123_456_789);
+    set_mtime(
+        &source.join("dir/nested/deep.bin"),
+        1_600_000_000,
+        123_456_789,
+    );
     std::os::unix::fs::symlink("../plain.txt", source.join("dir/link")).unwrap();
     std::os::unix::fs::symlink("/nonexistent/absolute", source.join("dangling")).unwrap();
     std::fs::hard_link(source.join("plain.txt"), source.join("dir/hardlink")).unwrap();
-    rustix::fs::mknodat(rustix::fs::CWD, &source.join("fifo"), rustix::fs::FileType::Fifo, 0o640.into(), 0).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &source.join("fifo"),
+        rustix::fs::FileType::Fifo,
+        0o640.into(),
+        0,
+    )
+    .unwrap();
     // A character device like /dev/null (1, 3): we run as root.
-    assert!(rustix::process::geteuid().is_root(), "this test creates devices and must run as root");
-    rustix::fs::mknodat(rustix::fs::CWD, &source.join("null"), rustix::fs::FileType::CharacterDevice, 0o666.into(), rustix::fs::makedev(1, 3)).unwrap();
-    xattr::set(source.join("plain.txt"), "user.ferry.test", b"value \x00\xff").expect("the temp filesystem supports user xattrs");
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test creates devices and must run as root"
+    );
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &source.join("null"),
+        rustix::fs::FileType::CharacterDevice,
+        0o666.into(),
+        rustix::fs::makedev(1, 3),
+    )
+    .unwrap();
+    xattr::set(
+        source.join("plain.txt"),
+        "user.ferry.test",
+        b"value \x00\xff",
+    )
+    .expect("the temp filesystem supports user xattrs");
     // A sparse file: 8 MiB with 64 KiB of data in the middle.
     let sparse = source.join("sparse.img");
     let file = std::fs::File::create(&sparse).unwrap();
@@ -82,10 +129,17 @@ fn every_file_type_and_its_metadata_round_trips(backend_kind: &str, name: &str) 
     let summary = restore(&reopen(repo.backend().clone()), "latest", &target);
     assert_eq!(summary.errors, 0, "{summary:?}");
     assert_same_tree(&source, &target);
-    let (a, b) = (std::fs::metadata(target.join("plain.txt")).unwrap(), std::fs::metadata(target.join("dir/hardlink")).unwrap());
+    let (a, b) = (
+        std::fs::metadata(target.join("plain.txt")).unwrap(),
+        std::fs::metadata(target.join("dir/hardlink")).unwrap(),
+    );
     assert_eq!(a.ino(), b.ino(), "hard links are restored as hard links");
     let sparse = std::fs::metadata(target.join("sparse.img")).unwrap();
-    assert!(sparse.blocks() * 512 < 1024 * 1024, "the sparse file took {} blocks", sparse.blocks());
+    assert!(
+        sparse.blocks() * 512 < 1024 * 1024,
+        "the sparse file took {} blocks",
+        sparse.blocks()
+    );
 }
 
 fn identical_and_shifted_content_is_stored_once(backend_kind: &str, name: &str) {
@@ -110,7 +164,11 @@ fn identical_and_shifted_content_is_stored_once(backend_kind: &str, name: &str) 
         second.bytes_added,
         first.bytes_added
     );
-    assert!(second.data_blobs_added <= 2, "{} data blobs added", second.data_blobs_added);
+    assert!(
+        second.data_blobs_added <= 2,
+        "{} data blobs added",
+        second.data_blobs_added
+    );
     let target = work.path().join("restored");
     restore(&repo, "latest", &target);
     assert_same_tree(&source, &target);
@@ -122,7 +180,10 @@ fn an_incremental_backup_reads_no_unchanged_file(backend_kind: &str, name: &str)
     let work = tempfile::tempdir().unwrap();
     let source = work.path().join("source");
     for i in 0..50 {
-        write(&source.join(format!("d{}/f{i}", i % 5)), &noise(i, 10_000 + i as usize));
+        write(
+            &source.join(format!("d{}/f{i}", i % 5)),
+            &noise(i, 10_000 + i as usize),
+        );
     }
     let first = backup(&repo, &source);
     assert_eq!(first.snapshot.summary.files_new, 50);
@@ -130,15 +191,40 @@ fn an_incremental_backup_reads_no_unchanged_file(backend_kind: &str, name: &str)
     let second = backup(&repo, &source);
     let summary = &second.snapshot.summary;
     assert_eq!(second.snapshot.parent, Some(first.snapshot_id));
-    assert_eq!((summary.files_unmodified, summary.bytes_read, summary.bytes_added), (50, 0, 0));
-    assert_eq!(second.snapshot.tree, first.snapshot.tree, "an unchanged directory yields the same tree");
+    assert_eq!(
+        (
+            summary.files_unmodified,
+            summary.bytes_read,
+            summary.bytes_added
+        ),
+        (50, 0, 0)
+    );
+    assert_eq!(
+        second.snapshot.tree, first.snapshot.tree,
+        "an unchanged directory yields the same tree"
+    );
 
     write(&source.join("d1/f1"), b"changed");
     let third = backup(&repo, &source).snapshot.summary;
-    assert_eq!((third.files_changed, third.files_unmodified, third.bytes_read), (1, 49, 7));
+    assert_eq!(
+        (
+            third.files_changed,
+            third.files_unmodified,
+            third.bytes_read
+        ),
+        (1, 49, 7)
+    );
 
     // Without a parent, everything is read again (but nothing new is stored).
-    let forced = ferry_agent::backup(&repo, &source, &BackupOptions { parent: ParentChoice::None, ..Default::default() }).unwrap();
+    let forced = ferry_agent::backup(
+        &repo,
+        &source,
+        &BackupOptions {
+            parent: ParentChoice::None,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(forced.snapshot.summary.files_new, 50);
     assert_eq!(forced.snapshot.summary.data_blobs_added, 0);
 }
@@ -146,11 +232,17 @@ fn an_incremental_backup_reads_no_unchanged_file(backend_kind: &str, name: &str)
 fn a_wrong_password_is_refused_and_changes_nothing(backend_kind: &str, name: &str) {
     let (backend, _store) = backend(backend_kind, name);
     init(backend.clone());
-    let before: Vec<_> = [Kind::Key, Kind::Config, Kind::Lock, Kind::Index].iter().map(|k| backend.list(*k).unwrap().len()).collect();
+    let before: Vec<_> = [Kind::Key, Kind::Config, Kind::Lock, Kind::Index]
+        .iter()
+        .map(|k| backend.list(*k).unwrap().len())
+        .collect();
     let error = Repository::open(backend.clone(), b"not the password").unwrap_err();
     assert!(matches!(error, Error::WrongPassword), "{error}");
     assert!(error.to_string().contains("wrong password"));
-    let after: Vec<_> = [Kind::Key, Kind::Config, Kind::Lock, Kind::Index].iter().map(|k| backend.list(*k).unwrap().len()).collect();
+    let after: Vec<_> = [Kind::Key, Kind::Config, Kind::Lock, Kind::Index]
+        .iter()
+        .map(|k| backend.list(*k).unwrap().len())
+        .collect();
     assert_eq!(before, after);
 }
 
@@ -162,11 +254,17 @@ fn a_flipped_byte_is_found_by_check_and_restore_names_the_file(backend_kind: &st
     write(&source.join("victim"), &noise(7, 30_000));
     write(&source.join("bystander"), &noise(8, 30_000));
     backup(&repo, &source);
-    assert!(ferry_agent::check(&repo, &ferry_agent::CheckOptions { read_data: true }).unwrap().is_clean());
+    assert!(
+        ferry_agent::check(&repo, &ferry_agent::CheckOptions { read_data: true })
+            .unwrap()
+            .is_clean()
+    );
 
     // Flip a byte inside the victim's blob.
     let victim_blob = {
-        let tree = repo.load_tree(&repo.find_snapshot("latest").unwrap().1.tree).unwrap();
+        let tree = repo
+            .load_tree(&repo.find_snapshot("latest").unwrap().1.tree)
+            .unwrap();
         let node = tree.nodes.iter().find(|n| n.name == b"victim").unwrap();
         match &node.content[0] {
             ferry_agent::tree::Extent::Blob(id) => *id,
@@ -183,18 +281,37 @@ fn a_flipped_byte_is_found_by_check_and_restore_names_the_file(backend_kind: &st
     backend.delete(Kind::Pack, &pack.to_hex()).unwrap();
     backend.put(Kind::Pack, &pack.to_hex(), &bytes).unwrap();
 
-    let structure = ferry_agent::check(&repo, &ferry_agent::CheckOptions { read_data: false }).unwrap();
-    assert!(structure.is_clean(), "the structure is intact: {:?}", structure.errors);
+    let structure =
+        ferry_agent::check(&repo, &ferry_agent::CheckOptions { read_data: false }).unwrap();
+    assert!(
+        structure.is_clean(),
+        "the structure is intact: {:?}",
+        structure.errors
+    );
     let report = ferry_agent::check(&repo, &ferry_agent::CheckOptions { read_data: true }).unwrap();
     assert!(!report.is_clean());
-    assert!(report.errors.iter().any(|e| e.contains(&victim_blob.to_hex())), "{:?}", report.errors);
+    assert!(
+        report
+            .errors
+            .iter()
+            .any(|e| e.contains(&victim_blob.to_hex())),
+        "{:?}",
+        report.errors
+    );
 
     let target = work.path().join("restored");
-    let summary = ferry_agent::restore(&repo, "latest", &target, &RestoreOptions::default()).unwrap();
+    let summary =
+        ferry_agent::restore(&repo, "latest", &target, &RestoreOptions::default()).unwrap();
     assert_eq!(summary.damaged_files, vec!["victim".to_owned()]);
     assert_eq!(summary.errors, 1);
-    assert_eq!(std::fs::read(target.join("bystander")).unwrap(), noise(8, 30_000));
-    assert!(!target.join("victim").exists(), "a damaged file is not left looking restored");
+    assert_eq!(
+        std::fs::read(target.join("bystander")).unwrap(),
+        noise(8, 30_000)
+    );
+    assert!(
+        !target.join("victim").exists(),
+        "a damaged file is not left looking restored"
+    );
 }
 
 fn a_crafted_tree_with_path_traversal_is_refused(backend_kind: &str, name: &str) {
@@ -205,7 +322,12 @@ fn a_crafted_tree_with_path_traversal_is_refused(backend_kind: &str, name: &str)
     let work = tempfile::tempdir().unwrap();
     let key = repo.key();
     let escape = work.path().join("escaped");
-    for evil in [&b".."[..], b"../escaped", b"/tmp/escaped", b"a/../../escaped"] {
+    for evil in [
+        &b".."[..],
+        b"../escaped",
+        b"/tmp/escaped",
+        b"a/../../escaped",
+    ] {
         let content = b"should never be written".to_vec();
         let blob_id = key.blob_id(&content);
         let mut tree = Tree {
@@ -234,21 +356,40 @@ fn a_crafted_tree_with_path_traversal_is_refused(backend_kind: &str, name: &str)
         let tree_id = key.blob_id(&tree_bytes);
         let temp = tempfile::tempdir().unwrap();
         let mut writer = ferry_agent::pack::PackWriter::new(temp.path(), BlobKind::Data).unwrap();
-        writer.add(&seal(key, BlobKind::Data, blob_id, &content, 3)).unwrap();
-        writer.add(&seal(key, BlobKind::Tree, tree_id, &tree_bytes, 3)).unwrap();
+        writer
+            .add(&seal(key, BlobKind::Data, blob_id, &content, 3))
+            .unwrap();
+        writer
+            .add(&seal(key, BlobKind::Tree, tree_id, &tree_bytes, 3))
+            .unwrap();
         let pack = writer.finish(key).unwrap();
-        backend.put_file(Kind::Pack, &pack.id.to_hex(), &pack.path).unwrap();
+        backend
+            .put_file(Kind::Pack, &pack.id.to_hex(), &pack.path)
+            .unwrap();
         repo.save_index_file(&ferry_agent::index::IndexFile {
             version: 1,
-            packs: vec![ferry_agent::index::IndexPack::new(pack.id, pack.size, &pack.entries)],
+            packs: vec![ferry_agent::index::IndexPack::new(
+                pack.id,
+                pack.size,
+                &pack.entries,
+            )],
         })
         .unwrap();
         repo.load_index().unwrap();
         let target = work.path().join("target/inner");
-        let error = ferry_agent::restore_tree(&repo, &tree_id, &target, &RestoreOptions::default()).unwrap_err();
-        assert!(matches!(error, Error::UnsafePath(_)), "{:?} gave {error}", String::from_utf8_lossy(evil));
+        let error = ferry_agent::restore_tree(&repo, &tree_id, &target, &RestoreOptions::default())
+            .unwrap_err();
+        assert!(
+            matches!(error, Error::UnsafePath(_)),
+            "{:?} gave {error}",
+            String::from_utf8_lossy(evil)
+        );
         assert!(!escape.exists() && !Path::new("/tmp/escaped").exists());
-        assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0, "nothing was written for {evil:?}");
+        assert_eq!(
+            std::fs::read_dir(&target).unwrap().count(),
+            0,
+            "nothing was written for {evil:?}"
+        );
     }
 }
 
@@ -282,7 +423,12 @@ fn incremental_restore_downloads_only_what_the_target_lacks(backend_kind: &str, 
     write(&target.join("docs/a.txt"), &drifted);
     write(&target.join("junk"), b"not in the snapshot");
 
-    let options = RestoreOptions { incremental: true, delete: true, workers: Some(2), ..Default::default() };
+    let options = RestoreOptions {
+        incremental: true,
+        delete: true,
+        workers: Some(2),
+        ..Default::default()
+    };
     let summary = ferry_agent::restore(&repo, &v2.snapshot_id.to_hex(), &target, &options).unwrap();
     assert_eq!(summary.errors, 0);
     assert_same_tree(&source, &target);
@@ -293,7 +439,11 @@ fn incremental_restore_downloads_only_what_the_target_lacks(backend_kind: &str, 
         "downloaded {} bytes; the target lacked at most about {lacking}",
         summary.bytes_downloaded
     );
-    assert!(summary.bytes_reused >= 200_000 + 900_000, "reused only {}", summary.bytes_reused);
+    assert!(
+        summary.bytes_reused >= 200_000 + 900_000,
+        "reused only {}",
+        summary.bytes_reused
+    );
     assert_eq!(summary.files_deleted, 1);
 
     // Restoring the same snapshot again changes nothing and downloads nothing.
@@ -309,21 +459,48 @@ fn forget_and_prune_keep_what_snapshots_need(backend_kind: &str, name: &str) {
     let work = tempfile::tempdir().unwrap();
     let source = work.path().join("source");
     for round in 0..3u64 {
-        write(&source.join(format!("round{round}")), &noise(100 + round, 3 * 1024 * 1024));
+        write(
+            &source.join(format!("round{round}")),
+            &noise(100 + round, 3 * 1024 * 1024),
+        );
         if round > 0 {
             std::fs::remove_file(source.join(format!("round{}", round - 1))).unwrap();
         }
         backup(&repo, &source);
     }
-    let packs_before: u64 = backend.list(Kind::Pack).unwrap().iter().map(|p| p.size).sum();
-    let removed = ferry_agent::forget(&repo, &ferry_agent::RetentionPolicy { keep_last: 1, ..Default::default() }).unwrap();
+    let packs_before: u64 = backend
+        .list(Kind::Pack)
+        .unwrap()
+        .iter()
+        .map(|p| p.size)
+        .sum();
+    let removed = ferry_agent::forget(
+        &repo,
+        &ferry_agent::RetentionPolicy {
+            keep_last: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(removed.len(), 2);
     let report = ferry_agent::prune(&repo, &ferry_agent::PruneOptions::default()).unwrap();
     assert!(report.blobs_removed > 0);
-    let packs_after: u64 = backend.list(Kind::Pack).unwrap().iter().map(|p| p.size).sum();
-    assert!(packs_after < packs_before / 2, "{packs_after} bytes of packs left of {packs_before}");
+    let packs_after: u64 = backend
+        .list(Kind::Pack)
+        .unwrap()
+        .iter()
+        .map(|p| p.size)
+        .sum();
+    assert!(
+        packs_after < packs_before / 2,
+        "{packs_after} bytes of packs left of {packs_before}"
+    );
     let repo = reopen(backend);
-    assert!(ferry_agent::check(&repo, &ferry_agent::CheckOptions { read_data: true }).unwrap().is_clean());
+    assert!(
+        ferry_agent::check(&repo, &ferry_agent::CheckOptions { read_data: true })
+            .unwrap()
+            .is_clean()
+    );
     let target = work.path().join("restored");
     restore(&repo, "latest", &target);
     assert_same_tree(&source, &target);
@@ -341,13 +518,21 @@ fn backup_and_prune_at_once_leave_a_consistent_repository(backend_kind: &str, na
         let source = source.clone();
         std::thread::spawn(move || {
             for round in 0..4u64 {
-                write(&source.join(format!("f{round}")), &noise(200 + round, 1024 * 1024));
-                let options = BackupOptions { workers: Some(2), ..Default::default() };
+                write(
+                    &source.join(format!("f{round}")),
+                    &noise(200 + round, 1024 * 1024),
+                );
+                let options = BackupOptions {
+                    workers: Some(2),
+                    ..Default::default()
+                };
                 // A backup meeting prune's exclusive lock fails cleanly; it is then retried.
                 loop {
                     match ferry_agent::backup(&repo, &source, &options) {
                         Ok(_) => break,
-                        Err(Error::Locked { .. }) => std::thread::sleep(std::time::Duration::from_millis(50)),
+                        Err(Error::Locked { .. }) => {
+                            std::thread::sleep(std::time::Duration::from_millis(50))
+                        }
                         Err(error) => panic!("backup failed: {error}"),
                     }
                 }
@@ -356,8 +541,18 @@ fn backup_and_prune_at_once_leave_a_consistent_repository(backend_kind: &str, na
     };
     let prune_repo = reopen(backend.clone());
     for _ in 0..4 {
-        ferry_agent::forget(&prune_repo, &ferry_agent::RetentionPolicy { keep_last: 2, ..Default::default() }).unwrap();
-        let options = ferry_agent::PruneOptions { lock_wait: std::time::Duration::from_secs(60), ..Default::default() };
+        ferry_agent::forget(
+            &prune_repo,
+            &ferry_agent::RetentionPolicy {
+                keep_last: 2,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let options = ferry_agent::PruneOptions {
+            lock_wait: std::time::Duration::from_secs(60),
+            ..Default::default()
+        };
         ferry_agent::prune(&prune_repo, &options).unwrap();
     }
     backups.join().unwrap();
@@ -376,17 +571,37 @@ fn key_slots_add_remove_and_change_passwords(backend_kind: &str, name: &str) {
     let second = repo.add_key(b"second password").unwrap();
     assert_eq!(repo.list_keys().unwrap().len(), 2);
     Repository::open(backend.clone(), b"second password").unwrap();
-    let error = repo.remove_key(&repo.list_keys().unwrap().iter().find(|k| k.current).unwrap().id.clone()).unwrap_err();
+    let error = repo
+        .remove_key(
+            &repo
+                .list_keys()
+                .unwrap()
+                .iter()
+                .find(|k| k.current)
+                .unwrap()
+                .id
+                .clone(),
+        )
+        .unwrap_err();
     assert!(error.to_string().contains("in use"), "{error}");
     repo.change_password(b"third password").unwrap();
-    assert!(matches!(Repository::open(backend.clone(), PASSWORD), Err(Error::WrongPassword)));
+    assert!(matches!(
+        Repository::open(backend.clone(), PASSWORD),
+        Err(Error::WrongPassword)
+    ));
     Repository::open(backend.clone(), b"third password").unwrap();
     repo.remove_key(&second[..10]).unwrap();
-    assert!(matches!(Repository::open(backend.clone(), b"second password"), Err(Error::WrongPassword)));
+    assert!(matches!(
+        Repository::open(backend.clone(), b"second password"),
+        Err(Error::WrongPassword)
+    ));
     assert_eq!(repo.list_keys().unwrap().len(), 1);
 }
 
-fn a_large_file_spanning_many_packs_restores_exactly_with_its_zeros_as_a_hole(backend_kind: &str, name: &str) {
+fn a_large_file_spanning_many_packs_restores_exactly_with_its_zeros_as_a_hole(
+    backend_kind: &str,
+    name: &str,
+) {
     let (backend, _store) = backend(backend_kind, name);
     let repo = init(backend);
     let work = tempfile::tempdir().unwrap();
@@ -400,8 +615,15 @@ fn a_large_file_spanning_many_packs_restores_exactly_with_its_zeros_as_a_hole(ba
     let target = work.path().join("restored");
     let summary = restore(&repo, "latest", &target);
     // The zeros are not written: they stay a hole.
-    assert!(summary.bytes_written < (data.len() - 1_500_000) as u64, "wrote {}", summary.bytes_written);
+    assert!(
+        summary.bytes_written < (data.len() - 1_500_000) as u64,
+        "wrote {}",
+        summary.bytes_written
+    );
     assert_eq!(std::fs::read(target.join("big")).unwrap(), data);
     let blocks = std::fs::metadata(target.join("big")).unwrap().blocks() * 512;
-    assert!(blocks < (data.len() - 1_500_000) as u64, "{blocks} bytes allocated");
+    assert!(
+        blocks < (data.len() - 1_500_000) as u64,
+        "{blocks} bytes allocated"
+    );
 }

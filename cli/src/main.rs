@@ -16,7 +16,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use ferry_agent::{Repository, S3Options};
 
 #[derive(Debug, Parser)]
-#[command(name = "ferry", version, about = "Kubernetes-native backup, disaster recovery and migration")]
+#[command(
+    name = "ferry",
+    version,
+    about = "Kubernetes-native backup, disaster recovery and migration"
+)]
 struct Cli {
     #[command(flatten)]
     global: GlobalArgs,
@@ -38,7 +42,12 @@ pub struct GlobalArgs {
     /// S3 endpoint URL, for S3-compatible stores (MinIO, Ceph...).
     #[arg(long, env = "FERRY_S3_ENDPOINT", global = true)]
     s3_endpoint: Option<String>,
-    #[arg(long, env = "FERRY_S3_REGION", default_value = "us-east-1", global = true)]
+    #[arg(
+        long,
+        env = "FERRY_S3_REGION",
+        default_value = "us-east-1",
+        global = true
+    )]
     s3_region: String,
     /// Address buckets as endpoint/bucket rather than bucket.endpoint.
     #[arg(long, env = "FERRY_S3_PATH_STYLE", global = true)]
@@ -77,7 +86,11 @@ impl GlobalArgs {
     }
 
     pub fn password(&self) -> anyhow::Result<Vec<u8>> {
-        read_password(self.password_file.as_deref(), "FERRY_PASSWORD", "--password-file")
+        read_password(
+            self.password_file.as_deref(),
+            "FERRY_PASSWORD",
+            "--password-file",
+        )
     }
 
     pub fn open(&self) -> anyhow::Result<Arc<Repository>> {
@@ -91,9 +104,14 @@ impl GlobalArgs {
     }
 }
 
-pub fn read_password(file: Option<&std::path::Path>, variable: &str, flag: &str) -> anyhow::Result<Vec<u8>> {
+pub fn read_password(
+    file: Option<&std::path::Path>,
+    variable: &str,
+    flag: &str,
+) -> anyhow::Result<Vec<u8>> {
     if let Some(file) = file {
-        let mut bytes = std::fs::read(file).with_context(|| format!("reading the password file {}", file.display()))?;
+        let mut bytes = std::fs::read(file)
+            .with_context(|| format!("reading the password file {}", file.display()))?;
         while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
             bytes.pop();
         }
@@ -123,7 +141,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
     let cli = Cli::parse();

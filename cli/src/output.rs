@@ -13,7 +13,11 @@ pub fn bytes(n: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 /// A progress bar on stderr fed by the data mover's events.
@@ -37,7 +41,9 @@ pub fn progress_bar(verb: &'static str) -> (ProgressBar, Arc<dyn ProgressSink>) 
             sink_bar.set_position(snapshot.bytes_done);
             sink_bar.set_message(format!("{verb} {} files", snapshot.files_done));
         }
-        ProgressEvent::Error { path, message } => sink_bar.println(format!("warning: {path}: {message}")),
+        ProgressEvent::Error { path, message } => {
+            sink_bar.println(format!("warning: {path}: {message}"))
+        }
     };
     (bar, Arc::new(sink))
 }

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
-use ferry_agent::{ChunkerParams, CheckOptions, InitOptions, PruneOptions, Repository, RetentionPolicy};
+use ferry_agent::{
+    CheckOptions, ChunkerParams, InitOptions, PruneOptions, Repository, RetentionPolicy,
+};
 use serde_json::json;
 
 use crate::output::bytes;
@@ -74,7 +76,9 @@ pub enum KeyCommand {
     /// Add a password (from --new-password-file or FERRY_NEW_PASSWORD).
     Add(NewPassword),
     /// Remove a key slot by id (or unique prefix).
-    Remove { id: String },
+    Remove {
+        id: String,
+    },
     /// Replace the current password.
     Passwd(NewPassword),
     List,
@@ -88,7 +92,11 @@ pub struct NewPassword {
 
 impl NewPassword {
     fn read(&self) -> anyhow::Result<Vec<u8>> {
-        read_password(self.new_password_file.as_deref(), "FERRY_NEW_PASSWORD", "--new-password-file")
+        read_password(
+            self.new_password_file.as_deref(),
+            "FERRY_NEW_PASSWORD",
+            "--new-password-file",
+        )
     }
 }
 
@@ -112,7 +120,10 @@ pub fn run(global: &GlobalArgs, command: RepoCommand) -> anyhow::Result<ExitCode
             let location = backend.location();
             let repo = Repository::init(backend, &password, &options)?;
             if json {
-                println!("{}", json!({"repository": location, "id": repo.config().id, "config": repo.config()}));
+                println!(
+                    "{}",
+                    json!({"repository": location, "id": repo.config().id, "config": repo.config()})
+                );
             } else {
                 let c = repo.config().chunker;
                 println!(
@@ -140,7 +151,7 @@ pub fn run(global: &GlobalArgs, command: RepoCommand) -> anyhow::Result<ExitCode
                 println!("{}", serde_json::Value::Array(list));
             } else {
                 let mut table = comfy_table::Table::new();
-                table.load_preset(comfy_table::presets::NOTHING);
+                table.load_style(comfy_table::presets::NOTHING);
                 table.set_header(["ID", "Time", "Host", "Path", "Tags", "Files", "Added"]);
                 for (id, s) in &snapshots {
                     table.add_row([
@@ -149,7 +160,10 @@ pub fn run(global: &GlobalArgs, command: RepoCommand) -> anyhow::Result<ExitCode
                         s.hostname.clone(),
                         s.source.clone(),
                         s.tags.join(","),
-                        (s.summary.files_new + s.summary.files_changed + s.summary.files_unmodified).to_string(),
+                        (s.summary.files_new
+                            + s.summary.files_changed
+                            + s.summary.files_unmodified)
+                            .to_string(),
                         bytes(s.summary.bytes_added),
                     ]);
                 }
@@ -176,7 +190,11 @@ pub fn run(global: &GlobalArgs, command: RepoCommand) -> anyhow::Result<ExitCode
                     report.packs,
                     report.blobs,
                     if read_data { " (all data read)" } else { "" },
-                    if report.is_clean() { "no errors".to_owned() } else { format!("{} errors", report.errors.len()) }
+                    if report.is_clean() {
+                        "no errors".to_owned()
+                    } else {
+                        format!("{} errors", report.errors.len())
+                    }
                 );
             }
             if !report.is_clean() {
@@ -193,7 +211,11 @@ pub fn run(global: &GlobalArgs, command: RepoCommand) -> anyhow::Result<ExitCode
             };
             let repo = global.open()?;
             let removed = ferry_agent::forget(&repo, &policy)?;
-            let pruned = if args.prune { Some(prune(global, &repo)?) } else { None };
+            let pruned = if args.prune {
+                Some(prune(global, &repo)?)
+            } else {
+                None
+            };
             if json {
                 println!("{}", json!({"removed": removed, "prune": pruned}));
             } else {
@@ -226,8 +248,17 @@ pub fn run(global: &GlobalArgs, command: RepoCommand) -> anyhow::Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
-fn prune(global: &GlobalArgs, repo: &std::sync::Arc<Repository>) -> anyhow::Result<ferry_agent::PruneReport> {
-    Ok(ferry_agent::prune(repo, &PruneOptions { lock_wait: global.lock_wait(), ..PruneOptions::default() })?)
+fn prune(
+    global: &GlobalArgs,
+    repo: &std::sync::Arc<Repository>,
+) -> anyhow::Result<ferry_agent::PruneReport> {
+    Ok(ferry_agent::prune(
+        repo,
+        &PruneOptions {
+            lock_wait: global.lock_wait(),
+            ..PruneOptions::default()
+        },
+    )?)
 }
 
 fn print_prune(report: &ferry_agent::PruneReport) {
@@ -247,11 +278,19 @@ fn key(global: &GlobalArgs, command: KeyCommand, json: bool) -> anyhow::Result<(
     match command {
         KeyCommand::Add(new) => {
             let id = repo.add_key(&new.read()?)?;
-            if json { println!("{}", json!({"added": id})) } else { println!("added key {id}") }
+            if json {
+                println!("{}", json!({"added": id}))
+            } else {
+                println!("added key {id}")
+            }
         }
         KeyCommand::Remove { id } => {
             let removed = repo.remove_key(&id)?;
-            if json { println!("{}", json!({"removed": removed})) } else { println!("removed key {removed}") }
+            if json {
+                println!("{}", json!({"removed": removed}))
+            } else {
+                println!("removed key {removed}")
+            }
         }
         KeyCommand::Passwd(new) => {
             let password = new.read()?;
@@ -259,7 +298,11 @@ fn key(global: &GlobalArgs, command: KeyCommand, json: bool) -> anyhow::Result<(
                 bail!("the new password is the same as the current one");
             }
             let id = repo.change_password(&password)?;
-            if json { println!("{}", json!({"key": id})) } else { println!("password changed; new key {id}") }
+            if json {
+                println!("{}", json!({"key": id}))
+            } else {
+                println!("password changed; new key {id}")
+            }
         }
         KeyCommand::List => {
             let keys = repo.list_keys()?;

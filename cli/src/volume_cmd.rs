@@ -48,13 +48,24 @@ pub enum VolumeCommand {
         delete: bool,
     },
     /// List a snapshot's entries.
-    Ls { snapshot: String, path: Option<String> },
+    Ls {
+        snapshot: String,
+        path: Option<String>,
+    },
 }
 
 pub fn run(global: &GlobalArgs, command: VolumeCommand) -> anyhow::Result<ExitCode> {
     let json = global.format() == OutputFormat::Json;
     match command {
-        VolumeCommand::Backup { path, tags, parent, force, host, cross_filesystems, fail_on_unreadable } => {
+        VolumeCommand::Backup {
+            path,
+            tags,
+            parent,
+            force,
+            host,
+            cross_filesystems,
+            fail_on_unreadable,
+        } => {
             let repo = global.open()?;
             let progress = global.show_progress().then(|| progress_bar("backed up"));
             let options = BackupOptions {
@@ -100,7 +111,12 @@ pub fn run(global: &GlobalArgs, command: VolumeCommand) -> anyhow::Result<ExitCo
                 println!("snapshot {} saved", outcome.snapshot_id.short());
             }
         }
-        VolumeCommand::Restore { snapshot, target, incremental, delete } => {
+        VolumeCommand::Restore {
+            snapshot,
+            target,
+            incremental,
+            delete,
+        } => {
             let repo = global.open()?;
             let progress = global.show_progress().then(|| progress_bar("restored"));
             let options = RestoreOptions {
@@ -129,7 +145,9 @@ pub fn run(global: &GlobalArgs, command: VolumeCommand) -> anyhow::Result<ExitCo
                 );
             }
             if !summary.damaged_files.is_empty() {
-                eprintln!("ferry: error: these files could not be restored (damaged or missing data):");
+                eprintln!(
+                    "ferry: error: these files could not be restored (damaged or missing data):"
+                );
                 for file in &summary.damaged_files {
                     eprintln!("  {file}");
                 }
@@ -143,7 +161,12 @@ pub fn run(global: &GlobalArgs, command: VolumeCommand) -> anyhow::Result<ExitCo
             let (_, snap) = repo.find_snapshot(&snapshot)?;
             let mut tree: Tree = repo.load_tree(&snap.tree)?;
             let mut prefix = String::new();
-            for part in path.as_deref().unwrap_or("").split('/').filter(|p| !p.is_empty()) {
+            for part in path
+                .as_deref()
+                .unwrap_or("")
+                .split('/')
+                .filter(|p| !p.is_empty())
+            {
                 let Some(node) = tree.nodes.iter().find(|n| n.name == part.as_bytes()) else {
                     bail!("{part:?} not found in snapshot {}", snapshot);
                 };
@@ -167,10 +190,22 @@ pub fn run(global: &GlobalArgs, command: VolumeCommand) -> anyhow::Result<ExitCo
                         NodeKind::BlockDevice => 'b',
                         NodeKind::File => '-',
                     };
-                    let time = jiff::Timestamp::from_second(node.mtime).map(|t| t.strftime("%Y-%m-%d %H:%M").to_string()).unwrap_or_default();
-                    let mut line = format!("{kind}{:04o} {:>5} {:>5} {:>12} {time} {prefix}{}", node.mode, node.uid, node.gid, node.size, node.name_lossy());
+                    let time = jiff::Timestamp::from_second(node.mtime)
+                        .map(|t| t.strftime("%Y-%m-%d %H:%M").to_string())
+                        .unwrap_or_default();
+                    let mut line = format!(
+                        "{kind}{:04o} {:>5} {:>5} {:>12} {time} {prefix}{}",
+                        node.mode,
+                        node.uid,
+                        node.gid,
+                        node.size,
+                        node.name_lossy()
+                    );
                     if node.kind == NodeKind::Symlink {
-                        line.push_str(&format!(" -> {}", String::from_utf8_lossy(&node.link_target)));
+                        line.push_str(&format!(
+                            " -> {}",
+                            String::from_utf8_lossy(&node.link_target)
+                        ));
                     }
                     println!("{line}");
                 }

@@ -13,7 +13,9 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
-        Fixture { dir: tempfile::tempdir().unwrap() }
+        Fixture {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
 
     fn repo(&self) -> PathBuf {
@@ -26,8 +28,12 @@ impl Fixture {
 
     fn ferry(&self) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_ferry"));
-        command.env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default());
-        command.env("FERRY_REPO", self.repo()).env("FERRY_PASSWORD", PASSWORD);
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+        command
+            .env("FERRY_REPO", self.repo())
+            .env("FERRY_PASSWORD", PASSWORD);
         command
     }
 
@@ -42,13 +48,30 @@ impl Fixture {
             "ferry {args:?} failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        serde_json::from_slice(&output.stdout)
-            .unwrap_or_else(|e| panic!("ferry {args:?} printed no JSON ({e}): {}", String::from_utf8_lossy(&output.stdout)))
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+            panic!(
+                "ferry {args:?} printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&output.stdout)
+            )
+        })
     }
 
     fn init(&self) {
         // Small chunks so that small test data still spans many chunks and packs.
-        self.ok(&["-o", "json", "repo", "init", "--chunk-min", "4096", "--chunk-avg", "16384", "--chunk-max", "65536", "--pack-size-mib", "1"]);
+        self.ok(&[
+            "-o",
+            "json",
+            "repo",
+            "init",
+            "--chunk-min",
+            "4096",
+            "--chunk-avg",
+            "16384",
+            "--chunk-max",
+            "65536",
+            "--pack-size-mib",
+            "1",
+        ]);
     }
 }
 
@@ -76,8 +99,14 @@ fn same_files(a: &Path, b: &Path) {
     let mut stack = vec![PathBuf::new()];
     let mut count = 0;
     while let Some(rel) = stack.pop() {
-        let mut names_a: Vec<_> = std::fs::read_dir(a.join(&rel)).unwrap().map(|e| e.unwrap().file_name()).collect();
-        let mut names_b: Vec<_> = std::fs::read_dir(b.join(&rel)).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let mut names_a: Vec<_> = std::fs::read_dir(a.join(&rel))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        let mut names_b: Vec<_> = std::fs::read_dir(b.join(&rel))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         names_a.sort();
         names_b.sort();
         assert_eq!(names_a, names_b, "entries of {} differ", rel.display());
@@ -87,7 +116,12 @@ fn same_files(a: &Path, b: &Path) {
                 stack.push(child);
             } else {
                 count += 1;
-                assert_eq!(std::fs::read(a.join(&child)).unwrap(), std::fs::read(b.join(&child)).unwrap(), "{}", child.display());
+                assert_eq!(
+                    std::fs::read(a.join(&child)).unwrap(),
+                    std::fs::read(b.join(&child)).unwrap(),
+                    "{}",
+                    child.display()
+                );
             }
         }
     }
@@ -100,9 +134,28 @@ fn init_backup_restore_speak_json() {
     fx.init();
     let source = fx.path("source");
     fill(&source, 30, 20_000, 1);
-    let first = fx.ok(&["-o", "json", "volume", "backup", source.to_str().unwrap(), "--tag", "one", "--tag", "two"]);
+    let first = fx.ok(&[
+        "-o",
+        "json",
+        "volume",
+        "backup",
+        source.to_str().unwrap(),
+        "--tag",
+        "one",
+        "--tag",
+        "two",
+    ]);
     let summary = &first["summary"];
-    for field in ["files_new", "files_changed", "files_unmodified", "dirs", "bytes_read", "bytes_added", "data_blobs_added", "errors"] {
+    for field in [
+        "files_new",
+        "files_changed",
+        "files_unmodified",
+        "dirs",
+        "bytes_read",
+        "bytes_added",
+        "data_blobs_added",
+        "errors",
+    ] {
         assert!(summary[field].is_u64(), "summary lacks {field}: {first}");
     }
     assert_eq!(summary["files_new"], 30);
@@ -110,19 +163,47 @@ fn init_backup_restore_speak_json() {
     let id = first["snapshot_id"].as_str().unwrap().to_owned();
 
     let second = fx.ok(&["-o", "json", "volume", "backup", source.to_str().unwrap()]);
-    assert_eq!(second["parent"], first["snapshot_id"], "the parent defaults to the latest of this host and path");
+    assert_eq!(
+        second["parent"], first["snapshot_id"],
+        "the parent defaults to the latest of this host and path"
+    );
     assert_eq!(second["summary"]["files_unmodified"], 30);
     assert_eq!(second["summary"]["bytes_read"], 0);
 
     let target = fx.path("target");
-    let restored = fx.ok(&["-o", "json", "volume", "restore", &id[..8], target.to_str().unwrap()]);
-    for field in ["files_restored", "bytes_written", "bytes_downloaded", "bytes_reused", "errors"] {
-        assert!(restored[field].is_u64(), "restore output lacks {field}: {restored}");
+    let restored = fx.ok(&[
+        "-o",
+        "json",
+        "volume",
+        "restore",
+        &id[..8],
+        target.to_str().unwrap(),
+    ]);
+    for field in [
+        "files_restored",
+        "bytes_written",
+        "bytes_downloaded",
+        "bytes_reused",
+        "errors",
+    ] {
+        assert!(
+            restored[field].is_u64(),
+            "restore output lacks {field}: {restored}"
+        );
     }
     assert_eq!(restored["files_restored"], 30);
     same_files(&source, &target);
 
-    let again = fx.ok(&["-o", "json", "volume", "restore", "latest", target.to_str().unwrap(), "--incremental", "--delete"]);
+    let again = fx.ok(&[
+        "-o",
+        "json",
+        "volume",
+        "restore",
+        "latest",
+        target.to_str().unwrap(),
+        "--incremental",
+        "--delete",
+    ]);
     assert_eq!(again["bytes_downloaded"], 0);
 
     let snapshots = fx.ok(&["-o", "json", "repo", "snapshots"]);
@@ -138,12 +219,25 @@ fn init_backup_restore_speak_json() {
 fn a_missing_or_wrong_password_is_a_clear_error() {
     let fx = Fixture::new();
     fx.init();
-    let output = fx.ferry().env_remove("FERRY_PASSWORD").args(["repo", "snapshots"]).output().unwrap();
+    let output = fx
+        .ferry()
+        .env_remove("FERRY_PASSWORD")
+        .args(["repo", "snapshots"])
+        .output()
+        .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("FERRY_PASSWORD") && stderr.contains("--password-file"), "{stderr}");
+    assert!(
+        stderr.contains("FERRY_PASSWORD") && stderr.contains("--password-file"),
+        "{stderr}"
+    );
 
-    let output = fx.ferry().env("FERRY_PASSWORD", "wrong").args(["repo", "snapshots"]).output().unwrap();
+    let output = fx
+        .ferry()
+        .env("FERRY_PASSWORD", "wrong")
+        .args(["repo", "snapshots"])
+        .output()
+        .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("wrong password"));
 
@@ -152,12 +246,26 @@ fn a_missing_or_wrong_password_is_a_clear_error() {
     let output = fx
         .ferry()
         .env_remove("FERRY_PASSWORD")
-        .args(["repo", "snapshots", "--password-file", password_file.to_str().unwrap()])
+        .args([
+            "repo",
+            "snapshots",
+            "--password-file",
+            password_file.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 
-    let output = fx.ferry().env("FERRY_REPO", fx.path("nothing-here")).args(["repo", "snapshots"]).output().unwrap();
+    let output = fx
+        .ferry()
+        .env("FERRY_REPO", fx.path("nothing-here"))
+        .args(["repo", "snapshots"])
+        .output()
+        .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("ferry repo init"));
 }
@@ -166,13 +274,46 @@ fn a_missing_or_wrong_password_is_a_clear_error() {
 fn key_commands_manage_passwords() {
     let fx = Fixture::new();
     fx.init();
-    fx.ferry().env("FERRY_NEW_PASSWORD", "another").args(["repo", "key", "add"]).status().unwrap().success().then_some(()).unwrap();
+    fx.ferry()
+        .env("FERRY_NEW_PASSWORD", "another")
+        .args(["repo", "key", "add"])
+        .status()
+        .unwrap()
+        .success()
+        .then_some(())
+        .unwrap();
     let keys = fx.ok(&["-o", "json", "repo", "key", "list"]);
     assert_eq!(keys.as_array().unwrap().len(), 2);
-    let output = fx.ferry().env("FERRY_PASSWORD", "another").env("FERRY_NEW_PASSWORD", "third").args(["repo", "key", "passwd"]).output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert!(!fx.ferry().env("FERRY_PASSWORD", "another").args(["repo", "snapshots"]).output().unwrap().status.success());
-    assert!(fx.ferry().env("FERRY_PASSWORD", "third").args(["repo", "snapshots"]).output().unwrap().status.success());
+    let output = fx
+        .ferry()
+        .env("FERRY_PASSWORD", "another")
+        .env("FERRY_NEW_PASSWORD", "third")
+        .args(["repo", "key", "passwd"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        !fx.ferry()
+            .env("FERRY_PASSWORD", "another")
+            .args(["repo", "snapshots"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    assert!(
+        fx.ferry()
+            .env("FERRY_PASSWORD", "third")
+            .args(["repo", "snapshots"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
 }
 
 /// SIGKILL at random moments of a backup; every time, `check` must be clean and the next
@@ -185,7 +326,12 @@ fn sigkill_during_backup_leaves_the_repository_consistent() {
     fill(&source, 40, 200_000, 7);
     let mut seed = 0x5eed_u64;
     for round in 0..5u64 {
-        fill(&source.join(format!("round{round}")), 5, 300_000, 100 * round);
+        fill(
+            &source.join(format!("round{round}")),
+            5,
+            300_000,
+            100 * round,
+        );
         let mut child = fx
             .ferry()
             .args(["-o", "json", "volume", "backup", source.to_str().unwrap()])
@@ -193,17 +339,31 @@ fn sigkill_during_backup_leaves_the_repository_consistent() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         std::thread::sleep(Duration::from_millis(20 + (seed >> 33) % 400));
         // std sends SIGKILL.
         let _ = child.kill();
         let _ = child.wait();
         let check = fx.run(&["-o", "json", "repo", "check", "--read-data"]);
-        assert!(check.status.success(), "round {round}: check failed: {}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+        assert!(
+            check.status.success(),
+            "round {round}: check failed: {}{}",
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr)
+        );
     }
     fx.ok(&["-o", "json", "volume", "backup", source.to_str().unwrap()]);
     let target = fx.path("target");
-    fx.ok(&["-o", "json", "volume", "restore", "latest", target.to_str().unwrap()]);
+    fx.ok(&[
+        "-o",
+        "json",
+        "volume",
+        "restore",
+        "latest",
+        target.to_str().unwrap(),
+    ]);
     same_files(&source, &target);
     let check = fx.ok(&["-o", "json", "repo", "check", "--read-data"]);
     assert_eq!(check["errors"], serde_json::json!([]));
@@ -218,10 +378,25 @@ fn forget_and_prune_through_the_cli() {
         fill(&source, 5, 100_000, round * 10);
         fx.ok(&["-o", "json", "volume", "backup", source.to_str().unwrap()]);
     }
-    let result = fx.ok(&["-o", "json", "repo", "forget", "--keep-last", "1", "--prune"]);
+    let result = fx.ok(&[
+        "-o",
+        "json",
+        "repo",
+        "forget",
+        "--keep-last",
+        "1",
+        "--prune",
+    ]);
     assert_eq!(result["removed"].as_array().unwrap().len(), 2);
     assert!(result["prune"]["blobs_removed"].as_u64().unwrap() > 0);
     let target = fx.path("target");
-    fx.ok(&["-o", "json", "volume", "restore", "latest", target.to_str().unwrap()]);
+    fx.ok(&[
+        "-o",
+        "json",
+        "volume",
+        "restore",
+        "latest",
+        target.to_str().unwrap(),
+    ]);
     same_files(&source, &target);
 }

@@ -1,4 +1,147 @@
 //! Ferry's controller.
 //!
-//! Reconciles Backup, Restore, Schedule, BackupStorageLocation and VolumeSnapshotLocation
-//! resources: backs up the objects of an application and its volumes' snapshots, and restores them.
+//! Reconciles Backup, Restore and BackupStorageLocation resources (VolumeSnapshotLocation and
+//! Schedule follow with their issues): backs up the objects of an application into a storage
+//! location and restores them, in the same cluster or a new one.
+//!
+//! Each resource has one `reconcile(object, ctx) -> Result<Action>` in a module named after it;
+//! [`Context`] is what they share; [`run`] starts them all.
+
+pub mod archive;
+pub mod backup;
+mod context;
+mod error;
+pub mod location;
+pub mod resources;
+pub mod restore;
+pub mod storage;
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferry_protocol::crd::{Backup, BackupStorageLocation, Restore};
+use futures::StreamExt;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+
+pub use context::Context;
+pub use error::{Error, Result};
+
+/// Runs every reconciler until the process is stopped.
+pub async fn run(client: Client, namespace: &str) {
+    let ctx = Arc::new(Context::new(client.clone(), namespace));
+    let config = watcher::Config::default();
+    let backups = Controller::new(
+        Api::<Backup>::namespaced(client.clone(), namespace),
+        config.clone(),
+    )
+    .run(backup::reconcile, error_policy, ctx.clone())
+    .for_each(log_outcome);
+    let restores = Controller::new(
+        Api::<Restore>::namespaced(client.clone(), namespace),
+        config.clone(),
+    )
+    .run(restore::reconcile, error_policy, ctx.clone())
+    .for_each(log_outcome);
+    let locations = Controller::new(
+        Api::<BackupStorageLocation>::namespaced(client.clone(), namespace),
+        config,
+    )
+    .run(location::reconcile, error_policy, ctx.clone())
+    .for_each(log_outcome);
+    tracing::info!(message = "controller started", %namespace);
+    tokio::join!(backups, restores, locations);
+}
+
+fn error_policy<K: ResourceExt>(object: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(message = "reconcile failed; retrying", %error, object = %object.name_any());
+    Action::requeue(Duration::from_secs(if error.is_retryable() {
+        5
+    } else {
+        60
+    }))
+}
+
+async fn log_outcome<T: std::fmt::Debug, E: std::fmt::Display>(outcome: Result<T, E>) {
+    if let Err(error) = outcome {
+        tracing::debug!(message = "reconcile ended with an error", %error);
+    }
+}
+
+/// Parses a duration as Velero writes them (`72h`, `30m`, `1h30m`, `90s`) or with days (`30d`).
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let invalid = || format!("{text:?} is not a duration; write e.g. 720h, 30d or 1h30m");
+    let mut total = 0u64;
+    let mut number = String::new();
+    for c in text.trim().chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let value: u64 = number.parse().map_err(|_| invalid())?;
+        number.clear();
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            _ => return Err(invalid()),
+        };
+        total = value
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(invalid)?;
+    }
+    if !number.is_empty() || text.trim().is_empty() {
+        return Err(invalid());
+    }
+    Ok(Duration::from_secs(total))
+}
+
+/// Gzips `data`, for the small files stored beside an archive.
+pub fn gzip(data: &[u8]) -> Result<Bytes> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder
+        .write_all(data)
+        .and_then(|()| encoder.finish())
+        .map(Bytes::from)
+        .map_err(|e| Error::Archive(e.to_string()))
+}
+
+pub fn gzip_json<T: serde::Serialize>(value: &T) -> Result<Bytes> {
+    gzip(&serde_json::to_vec(value)?)
+}
+
+/// Reverses [`gzip_json`].
+pub fn gunzip_json<T: serde::de::DeserializeOwned>(data: &[u8]) -> Result<T> {
+    let mut json = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(data), &mut json)
+        .map_err(|e| Error::Archive(format!("not a gzip stream: {e}")))?;
+    Ok(serde_json::from_slice(&json)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_as_velero_writes_them() {
+        assert_eq!(parse_duration("72h"), Ok(Duration::from_secs(72 * 3600)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86400)));
+        for bad in ["", "10", "h", "5x", "-1h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn gzip_json_round_trips() {
+        let value = serde_json::json!({"a": [1, 2, 3]});
+        let back: serde_json::Value = gunzip_json(&gzip_json(&value).unwrap()).unwrap();
+        assert_eq!(back, value);
+        assert!(gunzip_json::<serde_json::Value>(b"plain").is_err());
+    }
+}

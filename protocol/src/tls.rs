@@ -27,10 +27,14 @@ mod tests {
     fn installs_aws_lc_rs_as_the_default_provider() {
         install_crypto_provider();
         install_crypto_provider();
-        let provider = rustls::crypto::CryptoProvider::get_default().expect("a provider is installed");
+        let provider =
+            rustls::crypto::CryptoProvider::get_default().expect("a provider is installed");
         let expected = rustls::crypto::aws_lc_rs::default_provider();
         let names = |p: &rustls::crypto::CryptoProvider| {
-            p.cipher_suites.iter().map(|s| format!("{:?}", s.suite())).collect::<Vec<_>>()
+            p.cipher_suites
+                .iter()
+                .map(|s| format!("{:?}", s.suite()))
+                .collect::<Vec<_>>()
         };
         assert_eq!(names(provider), names(&expected));
     }

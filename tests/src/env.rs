@@ -47,7 +47,10 @@ impl TestEnv {
                 path.display()
             )
         })?;
-        let env = TestEnv { vars: parse_env_file(&text), path };
+        let env = TestEnv {
+            vars: parse_env_file(&text),
+            path,
+        };
         env.check_servers_listen()?;
         Ok(env)
     }
@@ -72,7 +75,9 @@ impl TestEnv {
     /// A client for the test API server, as the cluster admin.
     pub async fn kube_client(&self) -> kube::Client {
         let kubeconfig = kube::config::Kubeconfig::read_from(self.kubeconfig_path())
-            .unwrap_or_else(|error| panic!("reading {}: {error}", self.kubeconfig_path().display()));
+            .unwrap_or_else(|error| {
+                panic!("reading {}: {error}", self.kubeconfig_path().display())
+            });
         let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
             .await
             .expect("the test kubeconfig is valid");
@@ -129,8 +134,16 @@ impl TestEnv {
         let config = aws_sdk_ec2::Config::builder()
             .behavior_version_latest()
             .endpoint_url(self.ec2_endpoint())
-            .region(aws_sdk_ec2::config::Region::new(self.ec2_region().to_owned()))
-            .credentials_provider(Credentials::new("testing", "testing", None, None, "ferry-test-env"))
+            .region(aws_sdk_ec2::config::Region::new(
+                self.ec2_region().to_owned(),
+            ))
+            .credentials_provider(Credentials::new(
+                "testing",
+                "testing",
+                None,
+                None,
+                "ferry-test-env",
+            ))
             .build();
         aws_sdk_ec2::Client::from_conf(config)
     }
@@ -141,14 +154,20 @@ impl TestEnv {
             .and_then(|config| config.clusters.into_iter().next())
             .and_then(|cluster| cluster.cluster)
             .and_then(|cluster| cluster.server)
-            .ok_or_else(|| format!("{} names no API server; {HOW_TO_START}", self.kubeconfig_path().display()))?;
+            .ok_or_else(|| {
+                format!(
+                    "{} names no API server; {HOW_TO_START}",
+                    self.kubeconfig_path().display()
+                )
+            })?;
         let servers = [
             ("kube-apiserver", kube_server.as_str()),
             ("MinIO", self.s3_endpoint()),
             ("moto (EC2)", self.ec2_endpoint()),
         ];
         for (name, url) in servers {
-            let addr = socket_addr_of(url).ok_or_else(|| format!("{name}: cannot parse endpoint {url}"))?;
+            let addr = socket_addr_of(url)
+                .ok_or_else(|| format!("{name}: cannot parse endpoint {url}"))?;
             if TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err() {
                 return Err(format!(
                     "{name} does not answer at {url} (named by {}); the test environment is down: {HOW_TO_START}",
@@ -164,10 +183,12 @@ fn env_file_path() -> PathBuf {
     if let Some(path) = std::env::var_os("FERRY_TEST_ENV") {
         return PathBuf::from(path);
     }
-    let cache = std::env::var_os("FERRY_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-        let home = std::env::var_os("HOME").expect("HOME is set");
-        Path::new(&home).join(".cache/ferry")
-    });
+    let cache = std::env::var_os("FERRY_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").expect("HOME is set");
+            Path::new(&home).join(".cache/ferry")
+        });
     cache.join("env/test.env")
 }
 
@@ -206,16 +227,26 @@ mod tests {
 
     #[test]
     fn endpoints_resolve_to_socket_addresses() {
-        assert_eq!(socket_addr_of("http://127.0.0.1:9000"), Some("127.0.0.1:9000".parse().unwrap()));
-        assert_eq!(socket_addr_of("https://127.0.0.1/x"), Some("127.0.0.1:443".parse().unwrap()));
+        assert_eq!(
+            socket_addr_of("http://127.0.0.1:9000"),
+            Some("127.0.0.1:9000".parse().unwrap())
+        );
+        assert_eq!(
+            socket_addr_of("https://127.0.0.1/x"),
+            Some("127.0.0.1:443".parse().unwrap())
+        );
         assert_eq!(socket_addr_of("not a url"), None);
     }
 
     #[test]
     fn a_missing_env_file_says_how_to_start_the_environment() {
         let dir = tempfile::tempdir().unwrap();
-        // SAFETY of the test: no other test in this crate reads FERRY_TEST_ENV.
-        let error = temp_env_var("FERRY_TEST_ENV", dir.path().join("absent.env"), TestEnv::load).unwrap_err();
+        let error = temp_env_var(
+            "FERRY_TEST_ENV",
+            dir.path().join("absent.env"),
+            TestEnv::load,
+        )
+        .unwrap_err();
         assert!(error.contains("tests/env/up"), "{error}");
         assert!(error.contains("absent.env"), "{error}");
     }
@@ -224,7 +255,11 @@ mod tests {
     fn a_server_that_does_not_answer_is_named() {
         let dir = tempfile::tempdir().unwrap();
         // A port nothing listens on: bind one, then close it.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let kubeconfig = dir.path().join("kubeconfig");
         std::fs::write(
             &kubeconfig,
@@ -234,7 +269,15 @@ mod tests {
         )
         .unwrap();
         let env_file = dir.path().join("test.env");
-        std::fs::write(&env_file, format!("KUBECONFIG={}\n", kubeconfig.display())).unwrap();
+        let dead = format!("http://127.0.0.1:{port}");
+        std::fs::write(
+            &env_file,
+            format!(
+                "KUBECONFIG={}\nFERRY_TEST_S3_ENDPOINT={dead}\nFERRY_TEST_EC2_ENDPOINT={dead}\n",
+                kubeconfig.display()
+            ),
+        )
+        .unwrap();
         let error = temp_env_var("FERRY_TEST_ENV", env_file, TestEnv::load).unwrap_err();
         assert!(error.contains("kube-apiserver does not answer"), "{error}");
         assert!(error.contains("tests/env/up"), "{error}");

@@ -28,13 +28,22 @@ impl FakeKubelet {
             },
             ..Default::default()
         };
-        match Api::<Node>::all(client.clone()).create(&PostParams::default(), &node).await {
+        match Api::<Node>::all(client.clone())
+            .create(&PostParams::default(), &node)
+            .await
+        {
             Ok(_) => {}
             Err(kube::Error::Api(status)) if status.code == 409 => {}
             Err(error) => panic!("registering node {node_name}: {error}"),
         }
-        let root = tempfile::Builder::new().prefix("ferry-kubelet-").tempdir().expect("a kubelet root");
-        FakeKubelet { node_name: node_name.to_owned(), root }
+        let root = tempfile::Builder::new()
+            .prefix("ferry-kubelet-")
+            .tempdir()
+            .expect("a kubelet root");
+        FakeKubelet {
+            node_name: node_name.to_owned(),
+            root,
+        }
     }
 
     pub fn node_name(&self) -> &str {
@@ -49,7 +58,13 @@ impl FakeKubelet {
     /// Creates and returns the directory where the kubelet would mount volume `volume` of plugin
     /// `plugin` (e.g. `kubernetes.io~empty-dir`) for the pod with UID `pod_uid`.
     pub fn volume_dir(&self, pod_uid: &str, plugin: &str, volume: &str) -> PathBuf {
-        let dir = self.root().join("pods").join(pod_uid).join("volumes").join(plugin).join(volume);
+        let dir = self
+            .root()
+            .join("pods")
+            .join(pod_uid)
+            .join("volumes")
+            .join(plugin)
+            .join(volume);
         std::fs::create_dir_all(&dir).expect("creating a volume directory");
         dir
     }
@@ -57,7 +72,9 @@ impl FakeKubelet {
     /// Creates and returns the mount directory of a CSI volume: CSI volumes are mounted one level
     /// deeper, under `.../kubernetes.io~csi/<pv name>/mount`.
     pub fn csi_volume_dir(&self, pod_uid: &str, pv_name: &str) -> PathBuf {
-        let dir = self.volume_dir(pod_uid, "kubernetes.io~csi", pv_name).join("mount");
+        let dir = self
+            .volume_dir(pod_uid, "kubernetes.io~csi", pv_name)
+            .join("mount");
         std::fs::create_dir_all(&dir).expect("creating a CSI mount directory");
         dir
     }
@@ -67,17 +84,29 @@ impl FakeKubelet {
     pub async fn run_pod(&self, client: &Client, namespace: &str, pod_name: &str) -> Pod {
         let pods = Api::<Pod>::namespaced(client.clone(), namespace);
         let binding = Binding {
-            metadata: ObjectMeta { name: Some(pod_name.to_owned()), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some(pod_name.to_owned()),
+                ..Default::default()
+            },
             target: ObjectReference {
                 kind: Some("Node".to_owned()),
                 name: Some(self.node_name.clone()),
                 ..Default::default()
             },
         };
-        let body = serde_json::to_vec(&binding).expect("a Binding serializes");
-        pods.create_subresource::<serde_json::Value>("binding", pod_name, &PostParams::default(), body)
-            .await
-            .unwrap_or_else(|error| panic!("binding pod {namespace}/{pod_name} to {}: {error}", self.node_name));
+        pods.create_subresource::<Binding, serde_json::Value>(
+            "binding",
+            pod_name,
+            &PostParams::default(),
+            &binding,
+        )
+        .await
+        .unwrap_or_else(|error| {
+            panic!(
+                "binding pod {namespace}/{pod_name} to {}: {error}",
+                self.node_name
+            )
+        });
         let status = json!({
             "status": {
                 "phase": "Running",

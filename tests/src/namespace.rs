@@ -11,10 +11,17 @@ use crate::{CONVERGENCE_TIMEOUT, TestEnv, unique_name};
 
 /// A fresh namespace. Dropping it deletes it (without waiting for it to finalize), so a failed test
 /// leaves nothing behind for the next run.
-#[derive(Debug)]
 pub struct TestNamespace {
     name: String,
     client: Client,
+}
+
+impl std::fmt::Debug for TestNamespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestNamespace")
+            .field("name", &self.name)
+            .finish()
+    }
 }
 
 impl TestNamespace {
@@ -42,7 +49,10 @@ impl TestNamespace {
                 panic!("namespace {name} got no default service account: is kube-controller-manager running?")
             })
             .expect("watching service accounts");
-        TestNamespace { name, client: client.clone() }
+        TestNamespace {
+            name,
+            client: client.clone(),
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -52,12 +62,20 @@ impl TestNamespace {
     /// Deletes the namespace and waits until the controller manager has finalized it.
     pub async fn delete_and_wait(self) {
         let name = self.name.clone();
-        delete_namespace(&self.client, &name).await;
         let namespaces = Api::<Namespace>::all(self.client.clone());
-        let gone = await_condition(namespaces, &name, conditions::is_deleted(""));
+        let uid = namespaces
+            .get(&name)
+            .await
+            .ok()
+            .and_then(|ns| ns.metadata.uid)
+            .unwrap_or_default();
+        delete_namespace(&self.client, &name).await;
+        let gone = await_condition(namespaces, &name, conditions::is_deleted(&uid));
         tokio::time::timeout(CONVERGENCE_TIMEOUT, gone)
             .await
-            .unwrap_or_else(|_| panic!("namespace {name} was not finalized within {CONVERGENCE_TIMEOUT:?}"))
+            .unwrap_or_else(|_| {
+                panic!("namespace {name} was not finalized within {CONVERGENCE_TIMEOUT:?}")
+            })
             .expect("watching namespaces");
         // Already deleted; nothing left for Drop.
         std::mem::forget(self);
@@ -70,10 +88,15 @@ impl Drop for TestNamespace {
         // with a runtime and client of its own.
         let name = self.name.clone();
         let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
             runtime.block_on(async {
                 let client = TestEnv::get().kube_client().await;
-                tokio::time::timeout(Duration::from_secs(20), delete_namespace(&client, &name)).await.ok()
+                tokio::time::timeout(Duration::from_secs(20), delete_namespace(&client, &name))
+                    .await
+                    .ok()
             })
         });
         let _ = cleanup.join();
@@ -87,11 +110,22 @@ async fn delete_namespace(client: &Client, name: &str) {
     if let Ok(list) = pods.list(&ListParams::default()).await {
         for pod in list {
             if let Some(pod_name) = pod.metadata.name {
-                let _ = pods.delete(&pod_name, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await;
+                let _ = pods
+                    .delete(
+                        &pod_name,
+                        &DeleteParams {
+                            grace_period_seconds: Some(0),
+                            ..Default::default()
+                        },
+                    )
+                    .await;
             }
         }
     }
-    match Api::<Namespace>::all(client.clone()).delete(name, &DeleteParams::default()).await {
+    match Api::<Namespace>::all(client.clone())
+        .delete(name, &DeleteParams::default())
+        .await
+    {
         Ok(_) => {}
         Err(kube::Error::Api(status)) if status.code == 404 => {}
         Err(error) => panic!("deleting namespace {name}: {error}"),

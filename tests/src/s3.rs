@@ -14,7 +14,10 @@ pub struct BucketPrefix {
 
 impl BucketPrefix {
     pub fn new(env: &TestEnv, name: &str) -> BucketPrefix {
-        BucketPrefix { bucket: env.s3_bucket().to_owned(), prefix: format!("tests/{}/", unique_name(name)) }
+        BucketPrefix {
+            bucket: env.s3_bucket().to_owned(),
+            prefix: format!("tests/{}/", unique_name(name)),
+        }
     }
 
     pub fn bucket(&self) -> &str {
@@ -41,8 +44,16 @@ impl Drop for BucketPrefix {
     fn drop(&mut self) {
         let (bucket, prefix) = (self.bucket.clone(), self.prefix.clone());
         let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-            runtime.block_on(tokio::time::timeout(Duration::from_secs(30), empty_prefix(bucket, prefix))).ok()
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime
+                .block_on(tokio::time::timeout(
+                    Duration::from_secs(30),
+                    empty_prefix(bucket, prefix),
+                ))
+                .ok()
         });
         let _ = cleanup.join();
     }
@@ -50,7 +61,12 @@ impl Drop for BucketPrefix {
 
 async fn empty_prefix(bucket: String, prefix: String) {
     let client = TestEnv::get().s3_client();
-    let mut pages = client.list_objects_v2().bucket(&bucket).prefix(&prefix).into_paginator().send();
+    let mut pages = client
+        .list_objects_v2()
+        .bucket(&bucket)
+        .prefix(&prefix)
+        .into_paginator()
+        .send();
     while let Some(Ok(page)) = pages.next().await {
         for object in page.contents() {
             if let Some(key) = object.key() {

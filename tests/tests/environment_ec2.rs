@@ -49,11 +49,20 @@ async fn a_volume_can_be_snapshotted_and_restored_from_the_snapshot() {
 
     let found = ec2
         .describe_snapshots()
-        .filters(Filter::builder().name("tag:ferry.dev/test").values(&marker).build())
+        .filters(
+            Filter::builder()
+                .name("tag:ferry.dev/test")
+                .values(&marker)
+                .build(),
+        )
         .send()
         .await
         .unwrap();
-    let ids: Vec<_> = found.snapshots().iter().filter_map(|s| s.snapshot_id()).collect();
+    let ids: Vec<_> = found
+        .snapshots()
+        .iter()
+        .filter_map(|s| s.snapshot_id())
+        .collect();
     assert_eq!(ids, [snapshot_id.as_str()]);
 
     let restored = ec2
@@ -67,10 +76,19 @@ async fn a_volume_can_be_snapshotted_and_restored_from_the_snapshot() {
     assert_eq!(restored.snapshot_id(), Some(snapshot_id.as_str()));
     assert_eq!(restored.availability_zone(), Some("us-east-1b"));
 
-    ec2.delete_snapshot().snapshot_id(&snapshot_id).send().await.unwrap();
+    ec2.delete_snapshot()
+        .snapshot_id(&snapshot_id)
+        .send()
+        .await
+        .unwrap();
     let after = ec2
         .describe_snapshots()
-        .filters(Filter::builder().name("tag:ferry.dev/test").values(&marker).build())
+        .filters(
+            Filter::builder()
+                .name("tag:ferry.dev/test")
+                .values(&marker)
+                .build(),
+        )
         .send()
         .await
         .unwrap();

@@ -16,7 +16,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema, PartialEq)]
-#[kube(group = "env-test.ferry.dev", version = "v1", kind = "Widget", namespaced)]
+#[kube(
+    group = "env-test.ferry.dev",
+    version = "v1",
+    kind = "Widget",
+    namespaced
+)]
 struct WidgetSpec {
     size: u32,
 }
@@ -27,18 +32,35 @@ async fn a_custom_resource_can_be_defined_created_listed_and_watched() {
     let crds = Api::<CustomResourceDefinition>::all(client.clone());
     let crd = Widget::crd();
     let crd_name = crd.name_any();
-    crds.patch(&crd_name, &PatchParams::apply("ferry-tests").force(), &Patch::Apply(&crd)).await.unwrap();
-    tokio::time::timeout(CONVERGENCE_TIMEOUT, await_condition(crds, &crd_name, conditions::is_crd_established()))
-        .await
-        .expect("the CRD is established")
-        .unwrap();
+    crds.patch(
+        &crd_name,
+        &PatchParams::apply("ferry-tests").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(
+        CONVERGENCE_TIMEOUT,
+        await_condition(crds, &crd_name, conditions::is_crd_established()),
+    )
+    .await
+    .expect("the CRD is established")
+    .unwrap();
 
     let namespace = TestNamespace::create(&client, "env-crd").await;
     let widgets = Api::<Widget>::namespaced(client.clone(), namespace.name());
-    let mut events = watcher(widgets.clone(), watcher::Config::default()).applied_objects().boxed();
+    let mut events = watcher(widgets.clone(), watcher::Config::default())
+        .applied_objects()
+        .boxed();
 
     for (name, size) in [("small", 1), ("large", 100)] {
-        widgets.create(&PostParams::default(), &Widget::new(name, WidgetSpec { size })).await.unwrap();
+        widgets
+            .create(
+                &PostParams::default(),
+                &Widget::new(name, WidgetSpec { size }),
+            )
+            .await
+            .unwrap();
     }
 
     let listed = widgets.list(&ListParams::default()).await.unwrap();
@@ -62,11 +84,19 @@ async fn a_custom_resource_can_be_defined_created_listed_and_watched() {
 
     // A change after the initial list arrives through the watch too.
     widgets
-        .patch("small", &PatchParams::default(), &Patch::Merge(json!({"spec": {"size": 2}})))
+        .patch(
+            "small",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"size": 2}})),
+        )
         .await
         .unwrap();
     loop {
-        let widget = tokio::time::timeout(Duration::from_secs(30), events.try_next()).await.unwrap().unwrap().unwrap();
+        let widget = tokio::time::timeout(Duration::from_secs(30), events.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         if widget.name_any() == "small" && widget.spec.size == 2 {
             break;
         }
@@ -79,16 +109,37 @@ async fn deleting_a_namespace_removes_it_and_everything_in_it() {
     let namespace = TestNamespace::create(&client, "env-ns-delete").await;
     let ns = namespace.name().to_owned();
     let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns);
-    claims.create(&PostParams::default(), &claim("data", "")).await.unwrap();
+    claims
+        .create(&PostParams::default(), &claim("data", ""))
+        .await
+        .unwrap();
     let pods = Api::<Pod>::namespaced(client.clone(), &ns);
-    pods.create(&PostParams::default(), &pod_using_claim("app", "data")).await.unwrap();
+    pods.create(&PostParams::default(), &pod_using_claim("app", "data"))
+        .await
+        .unwrap();
 
     namespace.delete_and_wait().await;
 
     let namespaces = Api::<Namespace>::all(client.clone());
-    assert!(namespaces.get_opt(&ns).await.unwrap().is_none(), "namespace {ns} is gone");
-    assert!(pods.list(&ListParams::default()).await.unwrap().items.is_empty());
-    assert!(claims.list(&ListParams::default()).await.unwrap().items.is_empty());
+    assert!(
+        namespaces.get_opt(&ns).await.unwrap().is_none(),
+        "namespace {ns} is gone"
+    );
+    assert!(
+        pods.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert!(
+        claims
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -113,22 +164,44 @@ async fn a_claim_binds_to_a_matching_volume_and_a_pod_binds_to_a_node() {
     volumes.create(&PostParams::default(), &pv).await.unwrap();
 
     let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace.name());
-    claims.create(&PostParams::default(), &claim("data", &storage_class)).await.unwrap();
-    let bound = await_condition(claims.clone(), "data", |claim: Option<&PersistentVolumeClaim>| {
-        claim.and_then(|c| c.status.as_ref()).and_then(|s| s.phase.as_deref()) == Some("Bound")
-    });
+    claims
+        .create(&PostParams::default(), &claim("data", &storage_class))
+        .await
+        .unwrap();
+    let bound = await_condition(
+        claims.clone(),
+        "data",
+        |claim: Option<&PersistentVolumeClaim>| {
+            claim
+                .and_then(|c| c.status.as_ref())
+                .and_then(|s| s.phase.as_deref())
+                == Some("Bound")
+        },
+    );
     let claim = tokio::time::timeout(CONVERGENCE_TIMEOUT, bound)
         .await
         .expect("the persistent-volume binder binds the claim")
         .unwrap()
         .unwrap();
-    assert_eq!(claim.spec.unwrap().volume_name.as_deref(), Some(pv_name.as_str()));
+    assert_eq!(
+        claim.spec.unwrap().volume_name.as_deref(),
+        Some(pv_name.as_str())
+    );
 
     let pods = Api::<Pod>::namespaced(client.clone(), namespace.name());
-    let created = pods.create(&PostParams::default(), &pod_using_claim("app", "data")).await.unwrap();
+    let created = pods
+        .create(&PostParams::default(), &pod_using_claim("app", "data"))
+        .await
+        .unwrap();
     let running = kubelet.run_pod(&client, namespace.name(), "app").await;
-    assert_eq!(running.spec.as_ref().unwrap().node_name.as_deref(), Some(kubelet.node_name()));
-    assert_eq!(running.status.as_ref().unwrap().phase.as_deref(), Some("Running"));
+    assert_eq!(
+        running.spec.as_ref().unwrap().node_name.as_deref(),
+        Some(kubelet.node_name())
+    );
+    assert_eq!(
+        running.status.as_ref().unwrap().phase.as_deref(),
+        Some("Running")
+    );
 
     // The stand-in kubelet keeps volumes where a real one does, by pod UID.
     let uid = created.uid().unwrap();
@@ -137,7 +210,10 @@ async fn a_claim_binds_to_a_matching_volume_and_a_pod_binds_to_a_node() {
     assert!(dir.is_dir());
 
     namespace.delete_and_wait().await;
-    volumes.delete(&pv_name, &DeleteParams::default()).await.unwrap();
+    volumes
+        .delete(&pv_name, &DeleteParams::default())
+        .await
+        .unwrap();
 }
 
 fn claim(name: &str, storage_class: &str) -> PersistentVolumeClaim {

@@ -31,12 +31,25 @@ async fn objects_can_be_put_listed_and_read_back() {
         .into_paginator()
         .send();
     while let Some(page) = pages.next().await {
-        keys.extend(page.unwrap().contents().iter().filter_map(|o| o.key().map(str::to_owned)));
+        keys.extend(
+            page.unwrap()
+                .contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_owned)),
+        );
     }
-    let expected: Vec<_> = (0..25).map(|i| prefix.key(&format!("objects/{i:03}"))).collect();
+    let expected: Vec<_> = (0..25)
+        .map(|i| prefix.key(&format!("objects/{i:03}")))
+        .collect();
     assert_eq!(keys, expected);
 
-    let object = s3.get_object().bucket(prefix.bucket()).key(prefix.key("objects/007")).send().await.unwrap();
+    let object = s3
+        .get_object()
+        .bucket(prefix.bucket())
+        .key(prefix.key("objects/007"))
+        .send()
+        .await
+        .unwrap();
     let body = object.body.collect().await.unwrap().into_bytes();
     assert_eq!(&body[..], b"object number 7");
 
@@ -48,10 +61,23 @@ async fn objects_can_be_put_listed_and_read_back() {
         .send()
         .await
         .unwrap();
-    assert_eq!(&ranged.body.collect().await.unwrap().into_bytes()[..], b"number");
+    assert_eq!(
+        &ranged.body.collect().await.unwrap().into_bytes()[..],
+        b"number"
+    );
 
-    s3.delete_object().bucket(prefix.bucket()).key(prefix.key("objects/007")).send().await.unwrap();
-    let missing = s3.get_object().bucket(prefix.bucket()).key(prefix.key("objects/007")).send().await;
+    s3.delete_object()
+        .bucket(prefix.bucket())
+        .key(prefix.key("objects/007"))
+        .send()
+        .await
+        .unwrap();
+    let missing = s3
+        .get_object()
+        .bucket(prefix.bucket())
+        .key(prefix.key("objects/007"))
+        .send()
+        .await;
     assert!(missing.unwrap_err().into_service_error().is_no_such_key());
 }
 
@@ -64,8 +90,18 @@ async fn a_multipart_upload_assembles_its_parts() {
 
     // S3 requires every part but the last to be at least 5 MiB.
     let part_size = 5 * 1024 * 1024;
-    let parts: Vec<Vec<u8>> = vec![vec![b'a'; part_size], vec![b'b'; part_size], b"tail".to_vec()];
-    let upload = s3.create_multipart_upload().bucket(prefix.bucket()).key(&key).send().await.unwrap();
+    let parts: Vec<Vec<u8>> = vec![
+        vec![b'a'; part_size],
+        vec![b'b'; part_size],
+        b"tail".to_vec(),
+    ];
+    let upload = s3
+        .create_multipart_upload()
+        .bucket(prefix.bucket())
+        .key(&key)
+        .send()
+        .await
+        .unwrap();
     let upload_id = upload.upload_id().unwrap();
     let mut completed = Vec::new();
     for (number, part) in (1..).zip(&parts) {
@@ -79,17 +115,36 @@ async fn a_multipart_upload_assembles_its_parts() {
             .send()
             .await
             .unwrap();
-        completed.push(CompletedPart::builder().part_number(number).set_e_tag(uploaded.e_tag).build());
+        completed.push(
+            CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(uploaded.e_tag)
+                .build(),
+        );
     }
     s3.complete_multipart_upload()
         .bucket(prefix.bucket())
         .key(&key)
         .upload_id(upload_id)
-        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(completed)).build())
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(completed))
+                .build(),
+        )
         .send()
         .await
         .unwrap();
 
-    let body = s3.get_object().bucket(prefix.bucket()).key(&key).send().await.unwrap().body.collect().await.unwrap();
+    let body = s3
+        .get_object()
+        .bucket(prefix.bucket())
+        .key(&key)
+        .send()
+        .await
+        .unwrap()
+        .body
+        .collect()
+        .await
+        .unwrap();
     assert_eq!(body.into_bytes().to_vec(), parts.concat());
 }

@@ -23,7 +23,9 @@ impl LocalBackend {
 
     fn not_found_or(&self, kind: Kind, name: &str, path: &Path, error: std::io::Error) -> Error {
         if error.kind() == std::io::ErrorKind::NotFound {
-            Error::NotFound { name: kind.path_of(name) }
+            Error::NotFound {
+                name: kind.path_of(name),
+            }
         } else {
             Error::io(path, error)
         }
@@ -49,7 +51,9 @@ impl Backend for LocalBackend {
     fn put_file(&self, kind: Kind, name: &str, source: &Path) -> Result<()> {
         let path = self.path(kind, name);
         self.ensure_parent(&path)?;
-        std::fs::File::open(source).and_then(|f| f.sync_all()).at(source)?;
+        std::fs::File::open(source)
+            .and_then(|f| f.sync_all())
+            .at(source)?;
         match std::fs::rename(source, &path) {
             Ok(()) => sync_dir(path.parent().expect("a parent")),
             // Another filesystem: copy through a temp file instead.
@@ -69,14 +73,18 @@ impl Backend for LocalBackend {
 
     fn get_range(&self, kind: Kind, name: &str, offset: u64, length: u64) -> Result<Vec<u8>> {
         let path = self.path(kind, name);
-        let mut file = std::fs::File::open(&path).map_err(|error| self.not_found_or(kind, name, &path, error))?;
+        let mut file = std::fs::File::open(&path)
+            .map_err(|error| self.not_found_or(kind, name, &path, error))?;
         file.seek(SeekFrom::Start(offset)).at(&path)?;
         let mut buffer = Vec::with_capacity(length as usize);
         file.take(length).read_to_end(&mut buffer).at(&path)?;
         if (buffer.len() as u64) < length {
             return Err(Error::corrupt(
                 kind.path_of(name),
-                format!("shorter than expected: wanted bytes {offset}..{}", offset + length),
+                format!(
+                    "shorter than expected: wanted bytes {offset}..{}",
+                    offset + length
+                ),
             ));
         }
         Ok(buffer)
@@ -88,7 +96,11 @@ impl Backend for LocalBackend {
         if kind == Kind::Config {
             let path = self.root.join("config");
             return match std::fs::metadata(&path) {
-                Ok(meta) => Ok(vec![ObjectInfo { name: "config".into(), size: meta.len(), modified: meta.modified().ok() }]),
+                Ok(meta) => Ok(vec![ObjectInfo {
+                    name: "config".into(),
+                    size: meta.len(),
+                    modified: meta.modified().ok(),
+                }]),
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(found),
                 Err(error) => Err(Error::io(path, error)),
             };
@@ -112,7 +124,11 @@ impl Backend for LocalBackend {
                         dirs.push(entry.path());
                     }
                 } else {
-                    found.push(ObjectInfo { name, size: meta.len(), modified: meta.modified().ok() });
+                    found.push(ObjectInfo {
+                        name,
+                        size: meta.len(),
+                        modified: meta.modified().ok(),
+                    });
                 }
             }
         }

@@ -17,9 +17,16 @@ impl MemoryBackend {
     }
 
     /// Lets tests damage or inspect stored bytes.
-    pub fn with_object<T>(&self, kind: Kind, name: &str, f: impl FnOnce(&mut Vec<u8>) -> T) -> Option<T> {
+    pub fn with_object<T>(
+        &self,
+        kind: Kind,
+        name: &str,
+        f: impl FnOnce(&mut Vec<u8>) -> T,
+    ) -> Option<T> {
         let mut objects = self.objects.lock().expect("memory backend lock");
-        objects.get_mut(&(kind, name.to_owned())).map(|(bytes, _)| f(bytes))
+        objects
+            .get_mut(&(kind, name.to_owned()))
+            .map(|(bytes, _)| f(bytes))
     }
 }
 
@@ -39,14 +46,25 @@ impl Backend for MemoryBackend {
         objects
             .get(&(kind, name.to_owned()))
             .map(|(bytes, _)| bytes.clone())
-            .ok_or_else(|| Error::NotFound { name: kind.path_of(name) })
+            .ok_or_else(|| Error::NotFound {
+                name: kind.path_of(name),
+            })
     }
 
     fn get_range(&self, kind: Kind, name: &str, offset: u64, length: u64) -> Result<Vec<u8>> {
         let bytes = self.get(kind, name)?;
-        let end = offset.checked_add(length).filter(|end| *end <= bytes.len() as u64).ok_or_else(|| {
-            Error::corrupt(kind.path_of(name), format!("shorter than expected: wanted bytes {offset}..{}", offset + length))
-        })?;
+        let end = offset
+            .checked_add(length)
+            .filter(|end| *end <= bytes.len() as u64)
+            .ok_or_else(|| {
+                Error::corrupt(
+                    kind.path_of(name),
+                    format!(
+                        "shorter than expected: wanted bytes {offset}..{}",
+                        offset + length
+                    ),
+                )
+            })?;
         Ok(bytes[offset as usize..end as usize].to_vec())
     }
 
@@ -64,7 +82,10 @@ impl Backend for MemoryBackend {
     }
 
     fn delete(&self, kind: Kind, name: &str) -> Result<()> {
-        self.objects.lock().expect("memory backend lock").remove(&(kind, name.to_owned()));
+        self.objects
+            .lock()
+            .expect("memory backend lock")
+            .remove(&(kind, name.to_owned()));
         Ok(())
     }
 }

@@ -105,7 +105,11 @@ pub fn open_backend(repo: &str, s3: &S3Options) -> Result<Arc<dyn Backend>> {
                 "{repo:?} names no bucket; write s3://BUCKET/PREFIX"
             )));
         }
-        Ok(Arc::new(S3Backend::new(bucket, prefix.trim_matches('/'), s3)?))
+        Ok(Arc::new(S3Backend::new(
+            bucket,
+            prefix.trim_matches('/'),
+            s3,
+        )?))
     } else if repo.contains("://") {
         Err(crate::Error::InvalidArgument(format!(
             "{repo:?}: unknown repository scheme; use a local path or s3://bucket/prefix"

@@ -1,8 +1,10 @@
 use std::path::Path;
 
 use aws_sdk_s3::Client;
-use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation, retry::RetryConfig};
 use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::{
+    Region, RequestChecksumCalculation, ResponseChecksumValidation, retry::RetryConfig,
+};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
@@ -82,34 +84,56 @@ impl S3Backend {
             }
             Client::from_conf(config.build())
         });
-        Ok(S3Backend { runtime, client, bucket: bucket.to_owned(), prefix: prefix.to_owned(), options: options.clone() })
+        Ok(S3Backend {
+            runtime,
+            client,
+            bucket: bucket.to_owned(),
+            prefix: prefix.to_owned(),
+            options: options.clone(),
+        })
     }
 
     fn key(&self, kind: Kind, name: &str) -> String {
-        if self.prefix.is_empty() { kind.path_of(name) } else { format!("{}/{}", self.prefix, kind.path_of(name)) }
+        if self.prefix.is_empty() {
+            kind.path_of(name)
+        } else {
+            format!("{}/{}", self.prefix, kind.path_of(name))
+        }
     }
 
     fn classify<E>(&self, what: &str, error: SdkError<E, HttpResponse>) -> Error
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        let status = error.raw_response().map(|response| response.status().as_u16());
+        let status = error
+            .raw_response()
+            .map(|response| response.status().as_u16());
         let code = error.code().map(str::to_owned);
         let message = format!(
             "{what} in s3://{}/{}: {}",
             self.bucket,
             self.prefix,
-            code.clone().or_else(|| error.message().map(str::to_owned)).unwrap_or_else(|| format!("{}", DisplayChain(&error)))
+            code.clone()
+                .or_else(|| error.message().map(str::to_owned))
+                .unwrap_or_else(|| format!("{}", DisplayChain(&error)))
         );
         if matches!(code.as_deref(), Some("NoSuchKey" | "NotFound")) || status == Some(404) {
-            return Error::NotFound { name: what.to_owned() };
+            return Error::NotFound {
+                name: what.to_owned(),
+            };
         }
         match &error {
-            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
+            SdkError::DispatchFailure(_)
+            | SdkError::TimeoutError(_)
+            | SdkError::ResponseError(_) => Error::BackendTransient { message },
+            _ if status.is_some_and(|s| s >= 500 || s == 429) => {
                 Error::BackendTransient { message }
             }
-            _ if status.is_some_and(|s| s >= 500 || s == 429) => Error::BackendTransient { message },
-            _ if matches!(code.as_deref(), Some("SlowDown" | "InternalError" | "RequestTimeout")) => {
+            _ if matches!(
+                code.as_deref(),
+                Some("SlowDown" | "InternalError" | "RequestTimeout")
+            ) =>
+            {
                 Error::BackendTransient { message }
             }
             _ => Error::Backend { message },
@@ -150,7 +174,12 @@ impl S3Backend {
                     .send()
                     .await
                     .map_err(|e| self.classify(key, e))?;
-                parts.push(CompletedPart::builder().part_number(number).set_e_tag(part.e_tag().map(str::to_owned)).build());
+                parts.push(
+                    CompletedPart::builder()
+                        .part_number(number)
+                        .set_e_tag(part.e_tag().map(str::to_owned))
+                        .build(),
+                );
                 offset += length;
                 number += 1;
             }
@@ -159,7 +188,11 @@ impl S3Backend {
                 .bucket(&self.bucket)
                 .key(key)
                 .upload_id(&upload_id)
-                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
                 .send()
                 .await
                 .map_err(|e| self.classify(key, e))?;
@@ -168,7 +201,14 @@ impl S3Backend {
         .await;
         if result.is_err() {
             // Parts of an abandoned upload are billed until aborted.
-            let _ = self.client.abort_multipart_upload().bucket(&self.bucket).key(key).upload_id(&upload_id).send().await;
+            let _ = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .send()
+                .await;
         }
         result
     }
@@ -210,12 +250,16 @@ impl Backend for S3Backend {
 
     fn put_file(&self, kind: Kind, name: &str, path: &Path) -> Result<()> {
         let key = self.key(kind, name);
-        let size = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+        let size = std::fs::metadata(path)
+            .map_err(|e| Error::io(path, e))?
+            .len();
         self.runtime.block_on(async {
             if size >= self.options.multipart_threshold {
                 self.multipart_upload(&key, path, size).await?;
             } else {
-                let body = ByteStream::from_path(path).await.map_err(|error| Error::Other(format!("{}: {error}", path.display())))?;
+                let body = ByteStream::from_path(path)
+                    .await
+                    .map_err(|error| Error::Other(format!("{}: {error}", path.display())))?;
                 self.client
                     .put_object()
                     .bucket(&self.bucket)
@@ -233,13 +277,21 @@ impl Backend for S3Backend {
     fn get(&self, kind: Kind, name: &str) -> Result<Vec<u8>> {
         let key = self.key(kind, name);
         self.runtime.block_on(async {
-            let response =
-                self.client.get_object().bucket(&self.bucket).key(&key).send().await.map_err(|e| self.classify(&key, e))?;
+            let response = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(&key)
+                .send()
+                .await
+                .map_err(|e| self.classify(&key, e))?;
             let body = response
                 .body
                 .collect()
                 .await
-                .map_err(|error| Error::BackendTransient { message: format!("reading {key}: {error}") })?;
+                .map_err(|error| Error::BackendTransient {
+                    message: format!("reading {key}: {error}"),
+                })?;
             Ok(body.into_bytes().to_vec())
         })
     }
@@ -263,11 +315,19 @@ impl Backend for S3Backend {
                 .body
                 .collect()
                 .await
-                .map_err(|error| Error::BackendTransient { message: format!("reading {key}: {error}") })?;
+                .map_err(|error| Error::BackendTransient {
+                    message: format!("reading {key}: {error}"),
+                })?;
             Ok::<_, Error>(body.into_bytes().to_vec())
         })?;
         if bytes.len() as u64 != length {
-            return Err(Error::corrupt(key, format!("shorter than expected: wanted bytes {offset}..{}", offset + length)));
+            return Err(Error::corrupt(
+                key,
+                format!(
+                    "shorter than expected: wanted bytes {offset}..{}",
+                    offset + length
+                ),
+            ));
         }
         Ok(bytes)
     }
@@ -282,8 +342,13 @@ impl Backend for S3Backend {
         };
         self.runtime.block_on(async {
             let mut found = Vec::new();
-            let mut pages =
-                self.client.list_objects_v2().bucket(&self.bucket).prefix(&prefix).into_paginator().send();
+            let mut pages = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&prefix)
+                .into_paginator()
+                .send();
             while let Some(page) = pages.next().await {
                 let page = page.map_err(|e| self.classify(&prefix, e))?;
                 for object in page.contents() {
@@ -292,8 +357,14 @@ impl Backend for S3Backend {
                     if kind == Kind::Config && key != prefix {
                         continue;
                     }
-                    let modified = object.last_modified().and_then(|t| std::time::SystemTime::try_from(*t).ok());
-                    found.push(ObjectInfo { name, size: object.size().unwrap_or(0) as u64, modified });
+                    let modified = object
+                        .last_modified()
+                        .and_then(|t| std::time::SystemTime::try_from(*t).ok());
+                    found.push(ObjectInfo {
+                        name,
+                        size: object.size().unwrap_or(0) as u64,
+                        modified,
+                    });
                 }
             }
             Ok(found)
@@ -303,7 +374,13 @@ impl Backend for S3Backend {
     fn delete(&self, kind: Kind, name: &str) -> Result<()> {
         let key = self.key(kind, name);
         self.runtime.block_on(async {
-            self.client.delete_object().bucket(&self.bucket).key(&key).send().await.map_err(|e| self.classify(&key, e))?;
+            self.client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(&key)
+                .send()
+                .await
+                .map_err(|e| self.classify(&key, e))?;
             Ok(())
         })
     }
@@ -311,7 +388,14 @@ impl Backend for S3Backend {
     fn exists(&self, kind: Kind, name: &str) -> Result<bool> {
         let key = self.key(kind, name);
         self.runtime.block_on(async {
-            match self.client.head_object().bucket(&self.bucket).key(&key).send().await {
+            match self
+                .client
+                .head_object()
+                .bucket(&self.bucket)
+                .key(&key)
+                .send()
+                .await
+            {
                 Ok(_) => Ok(true),
                 Err(error) => match self.classify(&key, error) {
                     Error::NotFound { .. } => Ok(false),

@@ -6,7 +6,9 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ferry_agent::{Backend, InitOptions, KdfParams, LocalBackend, Repository, S3Backend, S3Options};
+use ferry_agent::{
+    Backend, InitOptions, KdfParams, LocalBackend, Repository, S3Backend, S3Options,
+};
 
 pub const PASSWORD: &[u8] = b"correct horse battery staple";
 
@@ -36,8 +38,14 @@ pub fn s3_backend(name: &str) -> (Arc<dyn Backend>, Store) {
         part_size: 5 * 1024 * 1024,
         ..S3Options::default()
     };
-    let backend: Arc<dyn Backend> =
-        Arc::new(S3Backend::new(prefix.bucket(), prefix.prefix().trim_end_matches('/'), &options).unwrap());
+    let backend: Arc<dyn Backend> = Arc::new(
+        S3Backend::new(
+            prefix.bucket(),
+            prefix.prefix().trim_end_matches('/'),
+            &options,
+        )
+        .unwrap(),
+    );
     (backend, Store::S3(prefix))
 }
 
@@ -52,10 +60,18 @@ pub fn backend(kind: &str, name: &str) -> (Arc<dyn Backend>, Store) {
 /// Small chunks and packs and a cheap KDF, so tests exercise many packs with little data.
 pub fn test_options() -> InitOptions {
     InitOptions {
-        chunker: ferry_agent::ChunkerParams { min_size: 4096, avg_size: 16384, max_size: 65536 },
+        chunker: ferry_agent::ChunkerParams {
+            min_size: 4096,
+            avg_size: 16384,
+            max_size: 65536,
+        },
         zstd_level: 3,
         pack_size: 1024 * 1024,
-        kdf: KdfParams { memory_kib: 256, iterations: 1, parallelism: 1 },
+        kdf: KdfParams {
+            memory_kib: 256,
+            iterations: 1,
+            parallelism: 1,
+        },
     }
 }
 
@@ -129,7 +145,12 @@ pub fn describe(root: &Path) -> BTreeMap<PathBuf, Entry> {
                 xattr::list(&path)
                     .map(|names| {
                         names
-                            .map(|n| (n.to_string_lossy().into_owned(), xattr::get(&path, &n).unwrap().unwrap_or_default()))
+                            .map(|n| {
+                                (
+                                    n.to_string_lossy().into_owned(),
+                                    xattr::get(&path, &n).unwrap().unwrap_or_default(),
+                                )
+                            })
                             .collect()
                     })
                     .unwrap_or_default()
@@ -138,11 +159,19 @@ pub fn describe(root: &Path) -> BTreeMap<PathBuf, Entry> {
                 path.strip_prefix(root).unwrap().to_owned(),
                 Entry {
                     kind: kind.into(),
-                    mode: if ft.is_symlink() { 0 } else { meta.mode() & 0o7777 },
+                    mode: if ft.is_symlink() {
+                        0
+                    } else {
+                        meta.mode() & 0o7777
+                    },
                     uid: meta.uid(),
                     gid: meta.gid(),
                     // Directory mtimes are restored too, but checked only where the test sets them.
-                    mtime: if ft.is_dir() { (0, 0) } else { (meta.mtime(), meta.mtime_nsec()) },
+                    mtime: if ft.is_dir() {
+                        (0, 0)
+                    } else {
+                        (meta.mtime(), meta.mtime_nsec())
+                    },
                     size: if ft.is_file() { meta.len() } else { 0 },
                     content: ft.is_file().then(|| std::fs::read(&path).unwrap()),
                     link: ft.is_symlink().then(|| std::fs::read_link(&path).unwrap()),

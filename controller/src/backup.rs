@@ -1,0 +1,599 @@
+//! The Backup reconciler: validates the spec, then lists everything in scope, page by page, into
+//! a streamed tar.gz in the storage location, with the backup's record, resource list, results
+//! and log beside it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_protocol::crd::{Backup, BackupStatus, Phase, Progress};
+use ferry_protocol::layout::{ARCHIVE_FORMAT_VERSION, ArchiveItem, BackupKeys, GroupResource};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{DynamicObject, ListParams};
+use kube::core::{Selector, SelectorExt};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Api, ResourceExt};
+use serde::Serialize;
+
+use crate::archive::ArchiveWriter;
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::resources::{
+    IncludesExcludes, ResourceFilter, ResourceType, discover, is_never_backed_up,
+};
+use crate::storage::ObjectStore;
+use crate::{gzip_json, parse_duration};
+
+/// Objects per list request: large enough to be quick, small enough that a namespace of 100,000
+/// objects is never in memory at once.
+const PAGE_SIZE: u32 = 500;
+/// How often progress reaches the Backup's status while it runs.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
+const DEFAULT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action> {
+    let key = format!("backup/{}", backup.name_any());
+    let phase = backup.status.as_ref().and_then(|s| s.phase);
+    let synced = backup
+        .annotations()
+        .contains_key(crate::location::SYNCED_FROM_ANNOTATION);
+    if synced {
+        // It describes a backup already in the bucket; its status follows from the record.
+        return Ok(Action::await_change());
+    }
+    match phase {
+        None | Some(Phase::New) => {}
+        Some(Phase::InProgress) if !ctx.is_running(&key) => {
+            // Nothing in this process runs it: the controller that did was stopped mid-way. Its
+            // multipart upload was never completed, so no partial archive is visible.
+            let reason = "the controller restarted while this backup was in progress; nothing of it was kept. \
+                          Create the backup again.";
+            fail(&backup, &ctx, reason).await?;
+            return Ok(Action::await_change());
+        }
+        Some(_) => return Ok(Action::await_change()),
+    }
+    if !ctx.start_running(key.clone()) {
+        return Ok(Action::await_change());
+    }
+    let outcome = run(&backup, &ctx).await;
+    ctx.stop_running(&key);
+    match outcome {
+        Ok(()) => Ok(Action::await_change()),
+        Err(error) if error.is_retryable() => Err(error),
+        Err(error) => {
+            fail(&backup, &ctx, &error.to_string()).await?;
+            Ok(Action::await_change())
+        }
+    }
+}
+
+async fn fail(backup: &Backup, ctx: &Context, reason: &str) -> Result<()> {
+    let mut status = backup.status.clone().unwrap_or_default();
+    status.phase = Some(Phase::Failed);
+    status.failure_reason = Some(reason.to_owned());
+    status.completion_timestamp = Some(now());
+    ctx.apply_status(backup, &status).await?;
+    ctx.event(
+        backup,
+        EventType::Warning,
+        "BackupFailed",
+        reason.to_owned(),
+    )
+    .await;
+    Ok(())
+}
+
+fn now() -> Time {
+    Time(jiff::Timestamp::now())
+}
+
+/// What a valid spec resolves to.
+struct Plan {
+    store: ObjectStore,
+    keys: BackupKeys,
+    types: Vec<ResourceType>,
+    namespaces: IncludesExcludes,
+    resources: ResourceFilter,
+    include_cluster_resources: Option<bool>,
+    /// Objects must match one of these; empty means every object.
+    selectors: Vec<Selector>,
+    ttl: Duration,
+}
+
+async fn validate(backup: &Backup, ctx: &Context) -> Result<Result<Plan, Vec<String>>> {
+    let spec = &backup.spec;
+    let mut problems = Vec::new();
+    let mut selectors = Vec::new();
+    if spec.label_selector.is_some() && !spec.or_label_selectors.is_empty() {
+        problems.push("labelSelector and orLabelSelectors cannot both be set; use one".to_owned());
+    }
+    for selector in spec.label_selector.iter().chain(&spec.or_label_selectors) {
+        match Selector::try_from(selector.clone()) {
+            Ok(selector) => selectors.push(selector),
+            Err(error) => problems.push(format!("invalid label selector: {error}")),
+        }
+    }
+    let ttl = match spec.ttl.as_deref().map(parse_duration) {
+        None => DEFAULT_TTL,
+        Some(Ok(ttl)) => ttl,
+        Some(Err(error)) => {
+            problems.push(format!("ttl: {error}"));
+            DEFAULT_TTL
+        }
+    };
+    let location = match ctx.storage_location(spec.storage_location.as_deref()).await {
+        Ok(location) => Some(location),
+        Err(Error::NotFound { what }) => {
+            problems.push(format!("storageLocation: {what} not found"));
+            None
+        }
+        Err(error) => return Err(error),
+    };
+    if let Some(location) = &location
+        && location.spec.access_mode == Some(ferry_protocol::crd::AccessMode::ReadOnly)
+    {
+        problems.push(format!(
+            "storageLocation {} is ReadOnly; backups cannot be written to it",
+            location.name_any()
+        ));
+    }
+    let types = discover(&ctx.client).await?;
+    let resources =
+        match ResourceFilter::resolve(&spec.included_resources, &spec.excluded_resources, &types) {
+            Ok(filter) => Some(filter),
+            Err(unknown) => {
+                problems.extend(unknown);
+                None
+            }
+        };
+    let (Some(location), Some(resources)) = (location, resources) else {
+        return Ok(Err(problems));
+    };
+    if !problems.is_empty() {
+        return Ok(Err(problems));
+    }
+    let store = ctx.object_store(&location).await?;
+    Ok(Ok(Plan {
+        keys: BackupKeys::new(store.prefix(), &backup.name_any()),
+        store,
+        types,
+        namespaces: IncludesExcludes::new(&spec.included_namespaces, &spec.excluded_namespaces),
+        resources,
+        include_cluster_resources: spec.include_cluster_resources,
+        selectors,
+        ttl,
+    }))
+}
+
+async fn run(backup: &Backup, ctx: &Context) -> Result<()> {
+    let plan = match validate(backup, ctx).await? {
+        Ok(plan) => plan,
+        Err(problems) => {
+            let status = BackupStatus {
+                phase: Some(Phase::FailedValidation),
+                validation_errors: problems.clone(),
+                completion_timestamp: Some(now()),
+                ..Default::default()
+            };
+            ctx.apply_status(backup, &status).await?;
+            ctx.event(
+                backup,
+                EventType::Warning,
+                "FailedValidation",
+                problems.join("; "),
+            )
+            .await;
+            return Ok(());
+        }
+    };
+    let started = jiff::Timestamp::now();
+    let mut status = BackupStatus {
+        phase: Some(Phase::InProgress),
+        format_version: Some(ARCHIVE_FORMAT_VERSION.to_owned()),
+        start_timestamp: Some(Time(started)),
+        expiration: jiff::SignedDuration::try_from(plan.ttl)
+            .ok()
+            .and_then(|ttl| started.checked_add(ttl).ok())
+            .map(Time),
+        progress: Some(Progress::default()),
+        ..Default::default()
+    };
+    ctx.apply_status(backup, &status).await?;
+    ctx.event(
+        backup,
+        EventType::Normal,
+        "BackupStarted",
+        format!("writing to {}", plan.store.bucket()),
+    )
+    .await;
+
+    let mut run = Run::new(backup, ctx, &plan, status.clone());
+    let upload = plan.store.start_upload(&plan.keys.archive()).await?;
+    let writer = ArchiveWriter::start(upload);
+    let listed = run.collect(&writer).await;
+    let finished = match listed {
+        Ok(()) => writer.finish().await,
+        Err(error) => {
+            // Dropping the writer ends the tar task; the upload task aborts on the closed channel.
+            drop(writer);
+            Err(error)
+        }
+    };
+    finished?;
+
+    run.log.push(format!(
+        "backed up {} items, {} warnings, {} errors",
+        run.done,
+        run.results.warnings.len(),
+        run.results.errors.len()
+    ));
+    status.phase = Some(if run.results.errors.is_empty() {
+        Phase::Completed
+    } else {
+        Phase::PartiallyFailed
+    });
+    status.progress = Some(Progress {
+        items_total: run.done,
+        items_done: run.done,
+    });
+    status.warnings = u32::try_from(run.results.warnings.len()).unwrap_or(u32::MAX);
+    status.errors = u32::try_from(run.results.errors.len()).unwrap_or(u32::MAX);
+    status.completion_timestamp = Some(now());
+
+    let keys = &plan.keys;
+    plan.store
+        .put(&keys.resource_list(), gzip_json(&run.resource_list)?)
+        .await?;
+    plan.store
+        .put(&keys.results(), gzip_json(&run.results)?)
+        .await?;
+    plan.store
+        .put(&keys.logs(), crate::gzip(run.log.join("\n").as_bytes())?)
+        .await?;
+    // The record goes last: a backup directory without one is incomplete, and sync ignores it.
+    let mut record = backup.clone();
+    record.metadata.managed_fields = None;
+    record.status = Some(status.clone());
+    plan.store
+        .put(&keys.record(), serde_json::to_vec_pretty(&record)?.into())
+        .await?;
+
+    ctx.apply_status(backup, &status).await?;
+    let note = format!(
+        "{} items; {} warnings, {} errors",
+        run.done, status.warnings, status.errors
+    );
+    let (type_, reason) = match status.phase {
+        Some(Phase::Completed) => (EventType::Normal, "BackupCompleted"),
+        _ => (EventType::Warning, "BackupPartiallyFailed"),
+    };
+    ctx.event(backup, type_, reason, note).await;
+    Ok(())
+}
+
+/// Warnings and errors of a backup, stored as its results file.
+#[derive(Debug, Default, Serialize)]
+pub struct Results {
+    pub warnings: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+/// The state of one backup while it runs.
+struct Run<'a> {
+    backup: &'a Backup,
+    ctx: &'a Context,
+    plan: &'a Plan,
+    status: BackupStatus,
+    done: u64,
+    last_progress: std::time::Instant,
+    /// `resource` → `namespace/name` (or `name`) of every item written.
+    resource_list: BTreeMap<String, Vec<String>>,
+    results: Results,
+    log: Vec<String>,
+    needed: Needed,
+}
+
+/// Cluster-scoped objects the namespaced ones depend on, collected while listing.
+#[derive(Default)]
+struct Needed {
+    namespaces: BTreeSet<String>,
+    persistent_volumes: BTreeSet<String>,
+    /// `plural.group` of every custom resource type backed up.
+    crds: BTreeSet<String>,
+    /// `namespace/name` of every ServiceAccount backed up.
+    service_accounts: BTreeSet<String>,
+    /// ClusterRoles that backed-up ClusterRoleBindings refer to.
+    cluster_roles: BTreeSet<String>,
+}
+
+/// Whether a listing applies the spec's label selectors.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Selection {
+    Labels,
+    /// Dependencies of selected objects are taken whatever their labels.
+    Everything,
+}
+
+impl<'a> Run<'a> {
+    fn new(backup: &'a Backup, ctx: &'a Context, plan: &'a Plan, status: BackupStatus) -> Run<'a> {
+        Run {
+            backup,
+            ctx,
+            plan,
+            status,
+            done: 0,
+            last_progress: std::time::Instant::now(),
+            resource_list: BTreeMap::new(),
+            results: Results::default(),
+            log: Vec::new(),
+            needed: Needed::default(),
+        }
+    }
+
+    async fn collect(&mut self, writer: &ArchiveWriter) -> Result<()> {
+        let plan = self.plan;
+        let in_scope = |t: &&ResourceType| {
+            let resource = t.group_resource();
+            !is_never_backed_up(&resource) && plan.resources.matches(&resource)
+        };
+        for resource_type in plan
+            .types
+            .iter()
+            .filter(|t| t.namespaced())
+            .filter(in_scope)
+        {
+            self.collect_namespaced(resource_type, writer).await?;
+        }
+        if let Some(names) = plan.namespaces.exact_includes() {
+            self.needed.namespaces.extend(names.iter().cloned());
+        }
+        for resource_type in plan
+            .types
+            .iter()
+            .filter(|t| !t.namespaced())
+            .filter(in_scope)
+        {
+            self.collect_cluster_scoped(resource_type, writer).await?;
+        }
+        Ok(())
+    }
+
+    async fn collect_namespaced(
+        &mut self,
+        resource_type: &ResourceType,
+        writer: &ArchiveWriter,
+    ) -> Result<()> {
+        let client = &self.ctx.client;
+        let apis: Vec<Api<DynamicObject>> = match self.plan.namespaces.exact_includes() {
+            Some(namespaces) => namespaces
+                .iter()
+                .map(|ns| Api::namespaced_with(client.clone(), ns, &resource_type.api))
+                .collect(),
+            None => vec![Api::all_with(client.clone(), &resource_type.api)],
+        };
+        for api in apis {
+            self.list_pages(
+                &api,
+                resource_type,
+                writer,
+                Selection::Labels,
+                |run, object| {
+                    let namespace = object.namespace().unwrap_or_default();
+                    if !run.plan.namespaces.matches(&namespace) {
+                        return false;
+                    }
+                    run.needed.namespaces.insert(namespace.clone());
+                    run.track_dependencies(resource_type, object);
+                    true
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn collect_cluster_scoped(
+        &mut self,
+        resource_type: &ResourceType,
+        writer: &ArchiveWriter,
+    ) -> Result<()> {
+        let resource = resource_type.group_resource();
+        let everything = match self.plan.include_cluster_resources {
+            Some(false) => return Ok(()),
+            Some(true) => true,
+            // A backup of every namespace is a backup of the cluster; one of some namespaces
+            // takes only what they need, unless the user named the type.
+            None => {
+                self.plan.namespaces.includes_everything()
+                    || self.plan.resources.explicitly_includes(&resource)
+            }
+        };
+        let api: Api<DynamicObject> = Api::all_with(self.ctx.client.clone(), &resource_type.api);
+        if everything {
+            return self
+                .list_pages(&api, resource_type, writer, Selection::Labels, |_, _| true)
+                .await;
+        }
+        let needed = std::mem::take(&mut self.needed);
+        let wanted = |object: &DynamicObject| -> bool {
+            let name = object.name_any();
+            match (resource.resource.as_str(), resource.group.as_str()) {
+                ("namespaces", "") => needed.namespaces.contains(&name),
+                ("persistentvolumes", "") => needed.persistent_volumes.contains(&name),
+                ("customresourcedefinitions", "apiextensions.k8s.io") => {
+                    needed.crds.contains(&name)
+                }
+                ("clusterrolebindings", "rbac.authorization.k8s.io") => {
+                    binds_service_account(object, &needed)
+                }
+                // Listed after the bindings (types are sorted), so the bound roles are known.
+                ("clusterroles", "rbac.authorization.k8s.io") => {
+                    needed.cluster_roles.contains(&name)
+                }
+                _ => false,
+            }
+        };
+        let mut roles = BTreeSet::new();
+        let result = self
+            .list_pages(
+                &api,
+                resource_type,
+                writer,
+                Selection::Everything,
+                |_, object| {
+                    let keep = wanted(object);
+                    if keep && resource.resource == "clusterrolebindings" {
+                        if let Some(role) = object
+                            .data
+                            .pointer("/roleRef/name")
+                            .and_then(|v| v.as_str())
+                        {
+                            roles.insert(role.to_owned());
+                        }
+                    }
+                    keep
+                },
+            )
+            .await;
+        self.needed = needed;
+        self.needed.cluster_roles.extend(roles);
+        result
+    }
+
+    fn track_dependencies(&mut self, resource_type: &ResourceType, object: &DynamicObject) {
+        let resource = resource_type.group_resource();
+        match (resource.resource.as_str(), resource.group.as_str()) {
+            ("persistentvolumeclaims", "") => {
+                if let Some(volume) = object
+                    .data
+                    .pointer("/spec/volumeName")
+                    .and_then(|v| v.as_str())
+                {
+                    self.needed.persistent_volumes.insert(volume.to_owned());
+                }
+            }
+            ("serviceaccounts", "") => {
+                self.needed.service_accounts.insert(format!(
+                    "{}/{}",
+                    object.namespace().unwrap_or_default(),
+                    object.name_any()
+                ));
+            }
+            (_, group) if group.contains('.') && !group.ends_with(".k8s.io") => {
+                self.needed.crds.insert(resource.to_string());
+            }
+            _ => {}
+        }
+    }
+
+    /// Lists every object of `api` page by page and writes those that pass the selection and `keep`.
+    async fn list_pages(
+        &mut self,
+        api: &Api<DynamicObject>,
+        resource_type: &ResourceType,
+        writer: &ArchiveWriter,
+        selection: Selection,
+        mut keep: impl FnMut(&mut Self, &DynamicObject) -> bool,
+    ) -> Result<()> {
+        let resource = resource_type.group_resource();
+        let mut params = ListParams::default().limit(PAGE_SIZE);
+        // One selector is evaluated by the API server; several (or-selectors) here.
+        let select = selection == Selection::Labels;
+        let server_side = select && self.plan.selectors.len() == 1;
+        if server_side {
+            params = params.labels(&self.plan.selectors[0].to_string());
+        }
+        loop {
+            let page = match api.list(&params).await {
+                Ok(page) => page,
+                Err(kube::Error::Api(status))
+                    if status.code == 403 || status.code == 404 || status.code == 405 =>
+                {
+                    self.results
+                        .warnings
+                        .push(format!("listing {resource}: {}", status.message));
+                    return Ok(());
+                }
+                Err(error) => return Err(error.into()),
+            };
+            let next = page.metadata.continue_.clone().filter(|c| !c.is_empty());
+            self.status.progress.get_or_insert_default().items_total += page.items.len() as u64;
+            for object in page.items {
+                if select && !server_side && !self.plan.selectors.is_empty() {
+                    let labels = object.labels().clone();
+                    if !self.plan.selectors.iter().any(|s| s.matches(&labels)) {
+                        continue;
+                    }
+                }
+                if !keep(self, &object) {
+                    continue;
+                }
+                self.write(&resource, object, writer).await?;
+            }
+            self.report_progress().await;
+            match next {
+                Some(token) => params.continue_token = Some(token),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    async fn write(
+        &mut self,
+        resource: &GroupResource,
+        mut object: DynamicObject,
+        writer: &ArchiveWriter,
+    ) -> Result<()> {
+        // Managed fields are the API server's bookkeeping and can be most of an object's size.
+        object.metadata.managed_fields = None;
+        let item = ArchiveItem {
+            resource: resource.clone(),
+            namespace: object.namespace(),
+            name: object.name_any(),
+        };
+        let listed = match &item.namespace {
+            Some(ns) => format!("{ns}/{}", item.name),
+            None => item.name.clone(),
+        };
+        writer.add(&item, serde_json::to_vec(&object)?).await?;
+        self.resource_list
+            .entry(resource.to_string())
+            .or_default()
+            .push(listed);
+        self.done += 1;
+        Ok(())
+    }
+
+    async fn report_progress(&mut self) {
+        if self.last_progress.elapsed() < PROGRESS_INTERVAL {
+            return;
+        }
+        self.last_progress = std::time::Instant::now();
+        let progress = self.status.progress.get_or_insert_default();
+        progress.items_done = self.done;
+        progress.items_total = progress.items_total.max(self.done);
+        if let Err(error) = self.ctx.apply_status(self.backup, &self.status).await {
+            tracing::warn!(message = "updating backup progress failed", %error, backup = %self.backup.name_any());
+        }
+    }
+}
+
+fn binds_service_account(binding: &DynamicObject, needed: &Needed) -> bool {
+    let subjects = binding.data.pointer("/subjects").and_then(|s| s.as_array());
+    subjects.into_iter().flatten().any(|subject| {
+        subject.get("kind").and_then(|k| k.as_str()) == Some("ServiceAccount")
+            && needed.service_accounts.contains(&format!(
+                "{}/{}",
+                subject
+                    .get("namespace")
+                    .and_then(|n| n.as_str())
+                    .unwrap_or_default(),
+                subject
+                    .get("name")
+                    .and_then(|n| n.as_str())
+                    .unwrap_or_default()
+            ))
+    })
+}

@@ -1,0 +1,208 @@
+//! What every reconciler shares.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use ferry_protocol::crd::{BackupStorageLocation, SecretKeyRef};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::ListParams;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::error::{Error, Result};
+use crate::storage::{ObjectStore, StoreConfig};
+
+/// The name the controller writes status and events under.
+pub const MANAGER: &str = "ferry-controller";
+
+pub struct Context {
+    pub client: Client,
+    /// The namespace Ferry's own resources (Backups, Restores, locations, Secrets) live in.
+    pub namespace: String,
+    recorder: Recorder,
+    /// Backups and restores this process is running now. One found InProgress but not here was
+    /// interrupted by a restart.
+    running: Mutex<HashSet<String>>,
+}
+
+impl Context {
+    pub fn new(client: Client, namespace: &str) -> Context {
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            namespace: namespace.to_owned(),
+            running: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Marks `key` as running in this process; false when it already is.
+    pub fn start_running(&self, key: String) -> bool {
+        self.running.lock().expect("running set").insert(key)
+    }
+
+    pub fn stop_running(&self, key: &str) {
+        self.running.lock().expect("running set").remove(key);
+    }
+
+    pub fn is_running(&self, key: &str) -> bool {
+        self.running.lock().expect("running set").contains(key)
+    }
+
+    /// Records a Kubernetes Event on `object`; failing to record one never fails the work.
+    pub async fn event<K>(&self, object: &K, type_: EventType, reason: &str, note: String)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: reason.into(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            tracing::warn!(message = "recording an event failed", %error, reason);
+        }
+    }
+
+    /// Writes `status` onto `object` through server-side apply, as the controller's field manager.
+    pub async fn apply_status<K, S>(&self, object: &K, status: &S) -> Result<()>
+    where
+        K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        S: Serialize,
+    {
+        let api: Api<K> =
+            Api::namespaced(self.client.clone(), &object.namespace().unwrap_or_default());
+        let patch = json!({
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
+            "status": status,
+        });
+        let params = kube::api::PatchParams::apply(MANAGER).force();
+        api.patch_status(
+            &object.name_any(),
+            &params,
+            &kube::api::Patch::Apply(&patch),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The storage location `name`, or the default one when `name` is None.
+    pub async fn storage_location(&self, name: Option<&str>) -> Result<BackupStorageLocation> {
+        let locations: Api<BackupStorageLocation> =
+            Api::namespaced(self.client.clone(), &self.namespace);
+        match name {
+            Some(name) => locations
+                .get_opt(name)
+                .await?
+                .ok_or_else(|| Error::NotFound {
+                    what: format!("BackupStorageLocation {}/{name}", self.namespace),
+                }),
+            None => {
+                let all = locations.list(&ListParams::default()).await?;
+                all.items.into_iter().find(|l| l.spec.default).ok_or_else(|| Error::NotFound {
+                    what: format!(
+                        "a default BackupStorageLocation in namespace {} (name one in the spec, or mark one `default: true`)",
+                        self.namespace
+                    ),
+                })
+            }
+        }
+    }
+
+    /// Connects to a storage location's bucket with the credentials its Secret names.
+    pub async fn object_store(&self, location: &BackupStorageLocation) -> Result<ObjectStore> {
+        let credentials = match &location.spec.credential {
+            Some(reference) => Some(self.aws_credentials(reference).await?),
+            None => None,
+        };
+        let spec = &location.spec;
+        Ok(ObjectStore::connect(StoreConfig {
+            bucket: spec.object_storage.bucket.clone(),
+            prefix: spec.object_storage.prefix.clone(),
+            region: spec.region.clone(),
+            endpoint: spec.endpoint.clone(),
+            force_path_style: spec.force_path_style.unwrap_or(false),
+            credentials,
+        })
+        .await)
+    }
+
+    /// Reads an AWS credentials file (`[default]` profile) from a Secret key, as Velero's
+    /// `cloud-credentials` Secret holds it.
+    async fn aws_credentials(
+        &self,
+        reference: &SecretKeyRef,
+    ) -> Result<aws_credential_types::Credentials> {
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
+        let what = format!(
+            "Secret {}/{} key {}",
+            self.namespace, reference.name, reference.key
+        );
+        let secret = secrets
+            .get_opt(&reference.name)
+            .await?
+            .ok_or_else(|| Error::NotFound { what: what.clone() })?;
+        let data = secret
+            .data
+            .and_then(|mut data| data.remove(&reference.key))
+            .ok_or_else(|| Error::NotFound { what: what.clone() })?;
+        let text = String::from_utf8(data.0)
+            .map_err(|_| Error::Validation(vec![format!("{what} is not UTF-8 text")]))?;
+        parse_credentials_file(&text).ok_or_else(|| {
+            Error::Validation(vec![format!(
+                "{what} holds no aws_access_key_id and aws_secret_access_key under [default]"
+            )])
+        })
+    }
+}
+
+/// Reads the `[default]` profile of an AWS credentials file.
+fn parse_credentials_file(text: &str) -> Option<aws_credential_types::Credentials> {
+    let mut in_default = false;
+    let (mut key, mut secret, mut token) = (None, None, None);
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_default = line == "[default]";
+        } else if in_default && let Some((name, value)) = line.split_once('=') {
+            let value = Some(value.trim().to_owned());
+            match name.trim() {
+                "aws_access_key_id" => key = value,
+                "aws_secret_access_key" => secret = value,
+                "aws_session_token" => token = value,
+                _ => {}
+            }
+        }
+    }
+    Some(aws_credential_types::Credentials::new(
+        key?,
+        secret?,
+        token,
+        None,
+        "ferry-location-secret",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_come_from_the_default_profile() {
+        let text = "[other]\naws_access_key_id = wrong\n[default]\naws_access_key_id = AKID\naws_secret_access_key=SECRET\n";
+        let credentials = parse_credentials_file(text).unwrap();
+        assert_eq!(credentials.access_key_id(), "AKID");
+        assert_eq!(credentials.secret_access_key(), "SECRET");
+        assert!(parse_credentials_file("[default]\naws_access_key_id = x\n").is_none());
+    }
+}

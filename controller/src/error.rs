@@ -1,0 +1,44 @@
+//! The controller's one error type. Every variant says whether trying again can help, so
+//! reconcilers requeue transient failures and fail permanent ones with a reason.
+
+use thiserror::Error;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+
+    #[error("{what} not found")]
+    NotFound { what: String },
+
+    #[error("object storage: {message}")]
+    Storage { message: String, retryable: bool },
+
+    #[error("{0}")]
+    Archive(String),
+
+    /// The spec cannot be carried out as written; every problem is listed.
+    #[error("invalid spec: {}", .0.join("; "))]
+    Validation(Vec<String>),
+
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl Error {
+    /// Whether the same call can succeed later without anyone changing anything.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Kube(kube::Error::Api(status)) => {
+                status.code == 429 || status.code >= 500 || status.code == 409
+            }
+            Error::Kube(_) => true,
+            Error::Storage { retryable, .. } => *retryable,
+            Error::NotFound { .. } | Error::Archive(_) | Error::Validation(_) | Error::Json(_) => {
+                false
+            }
+        }
+    }
+}

@@ -1,0 +1,1043 @@
+//! The Restore reconciler: reads a backup's archive and recreates its objects in dependency order,
+//! concurrently within each tier, recording what happened to every object.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_protocol::crd::{
+    Backup, ExistingResourcePolicy, Phase, Progress, Restore, RestoreStatus,
+};
+use ferry_protocol::layout::{ArchiveItem, BackupKeys, GroupResource, RestoreKeys};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::core::{Selector, SelectorExt};
+use kube::discovery::ApiResource;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Api, ResourceExt};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::archive::Archive;
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::resources::{IncludesExcludes, ResourceType, discover, is_never_backed_up};
+use crate::storage::ObjectStore;
+
+/// Objects created at once within a tier. The API server, not Ferry, is the limit.
+const CONCURRENCY: usize = 32;
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
+const CRD_ESTABLISHED_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Labels every restored object carries.
+pub const BACKUP_NAME_LABEL: &str = "ferry.dev/backup-name";
+pub const RESTORE_NAME_LABEL: &str = "ferry.dev/restore-name";
+
+/// The default restore order: what other objects need comes first. Everything not named here
+/// follows, in name order.
+pub const DEFAULT_PRIORITIES: &[&str] = &[
+    "customresourcedefinitions.apiextensions.k8s.io",
+    "namespaces",
+    "storageclasses.storage.k8s.io",
+    "persistentvolumes",
+    "persistentvolumeclaims",
+    "serviceaccounts",
+    "roles.rbac.authorization.k8s.io",
+    "rolebindings.rbac.authorization.k8s.io",
+    "clusterroles.rbac.authorization.k8s.io",
+    "clusterrolebindings.rbac.authorization.k8s.io",
+    "secrets",
+    "configmaps",
+    "limitranges",
+    "pods",
+    "replicasets.apps",
+];
+
+pub async fn reconcile(restore: Arc<Restore>, ctx: Arc<Context>) -> Result<Action> {
+    let key = format!("restore/{}", restore.name_any());
+    match restore.status.as_ref().and_then(|s| s.phase) {
+        None | Some(Phase::New) => {}
+        Some(Phase::InProgress) if !ctx.is_running(&key) => {
+            let reason = "the controller restarted while this restore was in progress; objects created before \
+                          the restart remain (labelled ferry.dev/restore-name). Create the restore again with \
+                          existingResourcePolicy update to finish it.";
+            fail(&restore, &ctx, reason).await?;
+            return Ok(Action::await_change());
+        }
+        Some(_) => return Ok(Action::await_change()),
+    }
+    if !ctx.start_running(key.clone()) {
+        return Ok(Action::await_change());
+    }
+    let outcome = run(&restore, &ctx).await;
+    ctx.stop_running(&key);
+    match outcome {
+        Ok(()) => Ok(Action::await_change()),
+        Err(error) if error.is_retryable() => Err(error),
+        Err(error) => {
+            fail(&restore, &ctx, &error.to_string()).await?;
+            Ok(Action::await_change())
+        }
+    }
+}
+
+async fn fail(restore: &Restore, ctx: &Context, reason: &str) -> Result<()> {
+    let mut status = restore.status.clone().unwrap_or_default();
+    status.phase = Some(Phase::Failed);
+    status.failure_reason = Some(reason.to_owned());
+    status.completion_timestamp = Some(Time(jiff::Timestamp::now()));
+    ctx.apply_status(restore, &status).await?;
+    ctx.event(
+        restore,
+        EventType::Warning,
+        "RestoreFailed",
+        reason.to_owned(),
+    )
+    .await;
+    Ok(())
+}
+
+/// What happened to one object.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case", tag = "outcome", content = "reason")]
+pub enum Outcome {
+    Created,
+    ExistsUnchanged,
+    /// It existed, differed, and the policy (`none`) left it; the reason names the difference.
+    ExistsDifferent(String),
+    Updated,
+    Skipped(String),
+    Failed(String),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ItemResult {
+    pub resource: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+/// What a valid spec resolves to.
+struct Plan {
+    backup_name: String,
+    store: ObjectStore,
+    namespaces: IncludesExcludes,
+    included_resources: Vec<String>,
+    excluded_resources: Vec<String>,
+    include_cluster_resources: Option<bool>,
+    mapping: BTreeMap<String, String>,
+    selector: Option<Selector>,
+    policy: ExistingResourcePolicy,
+    restore_status: Option<(Vec<String>, Vec<String>)>,
+    priorities: Vec<String>,
+}
+
+async fn validate(restore: &Restore, ctx: &Context) -> Result<Result<Plan, Vec<String>>> {
+    let spec = &restore.spec;
+    let mut problems = Vec::new();
+    let backups: Api<Backup> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let backup = if spec.backup_name.is_empty() {
+        problems.push("backupName is required".to_owned());
+        None
+    } else {
+        match backups.get_opt(&spec.backup_name).await? {
+            None => {
+                problems.push(format!(
+                    "backup {:?} not found in namespace {}; `ferry backup get` lists them",
+                    spec.backup_name, ctx.namespace
+                ));
+                None
+            }
+            Some(backup) => {
+                let phase = backup.status.as_ref().and_then(|s| s.phase);
+                if !matches!(phase, Some(Phase::Completed | Phase::PartiallyFailed)) {
+                    problems.push(format!(
+                        "backup {} is {phase:?}; only Completed or PartiallyFailed backups can be restored",
+                        spec.backup_name
+                    ));
+                }
+                Some(backup)
+            }
+        }
+    };
+    let selector = match spec.label_selector.clone().map(Selector::try_from) {
+        None => None,
+        Some(Ok(selector)) => Some(selector),
+        Some(Err(error)) => {
+            problems.push(format!("invalid labelSelector: {error}"));
+            None
+        }
+    };
+    for (from, to) in &spec.namespace_mapping {
+        if !is_dns_label(to) {
+            problems.push(format!(
+                "namespaceMapping {from}: {to:?} is not a valid namespace name"
+            ));
+        }
+    }
+    let location = match &backup {
+        Some(backup) => match ctx
+            .storage_location(backup.spec.storage_location.as_deref())
+            .await
+        {
+            Ok(location) => Some(location),
+            Err(Error::NotFound { what }) => {
+                problems.push(format!("the backup's storage location: {what} not found"));
+                None
+            }
+            Err(error) => return Err(error),
+        },
+        None => None,
+    };
+    let (Some(location), true) = (location, problems.is_empty()) else {
+        return Ok(Err(problems));
+    };
+    Ok(Ok(Plan {
+        backup_name: spec.backup_name.clone(),
+        store: ctx.object_store(&location).await?,
+        namespaces: IncludesExcludes::new(&spec.included_namespaces, &spec.excluded_namespaces),
+        included_resources: spec.included_resources.clone(),
+        excluded_resources: spec.excluded_resources.clone(),
+        include_cluster_resources: spec.include_cluster_resources,
+        mapping: spec.namespace_mapping.clone(),
+        selector,
+        policy: spec.existing_resource_policy.unwrap_or_default(),
+        restore_status: spec
+            .restore_status
+            .as_ref()
+            .map(|s| (s.included_resources.clone(), s.excluded_resources.clone())),
+        priorities: if spec.resource_priorities.is_empty() {
+            DEFAULT_PRIORITIES.iter().map(|p| (*p).to_owned()).collect()
+        } else {
+            spec.resource_priorities.clone()
+        },
+    }))
+}
+
+fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+async fn run(restore: &Restore, ctx: &Context) -> Result<()> {
+    let plan = match validate(restore, ctx).await? {
+        Ok(plan) => plan,
+        Err(problems) => {
+            let status = RestoreStatus {
+                phase: Some(Phase::FailedValidation),
+                validation_errors: problems.clone(),
+                completion_timestamp: Some(Time(jiff::Timestamp::now())),
+                ..Default::default()
+            };
+            ctx.apply_status(restore, &status).await?;
+            ctx.event(
+                restore,
+                EventType::Warning,
+                "FailedValidation",
+                problems.join("; "),
+            )
+            .await;
+            return Ok(());
+        }
+    };
+    let mut status = RestoreStatus {
+        phase: Some(Phase::InProgress),
+        start_timestamp: Some(Time(jiff::Timestamp::now())),
+        progress: Some(Progress::default()),
+        ..Default::default()
+    };
+    ctx.apply_status(restore, &status).await?;
+
+    let backup_keys = BackupKeys::new(plan.store.prefix(), &plan.backup_name);
+    // A malformed or crafted archive fails here, before a single object is created.
+    let archive = Archive::read(plan.store.get_reader(&backup_keys.archive()).await?).await?;
+    let mut run = Run {
+        restore,
+        ctx,
+        plan: &plan,
+        archive: &archive,
+        status: status.clone(),
+        results: Vec::new(),
+    };
+    let selected = run.select()?;
+    status.progress = Some(Progress {
+        items_total: selected.iter().map(|(_, items)| items.len() as u64).sum(),
+        items_done: 0,
+    });
+    run.status = status.clone();
+    run.restore_tiers(selected).await?;
+
+    let results = std::mem::take(&mut run.results);
+    let count = |f: fn(&Outcome) -> bool| results.iter().filter(|r| f(&r.outcome)).count() as u64;
+    let errors = count(|o| matches!(o, Outcome::Failed(_)));
+    let warnings = count(|o| matches!(o, Outcome::ExistsDifferent(_)));
+    status = run.status;
+    status.phase = Some(if errors == 0 {
+        Phase::Completed
+    } else {
+        Phase::PartiallyFailed
+    });
+    status.errors = u32::try_from(errors).unwrap_or(u32::MAX);
+    status.warnings = u32::try_from(warnings).unwrap_or(u32::MAX);
+    if let Some(progress) = status.progress.as_mut() {
+        progress.items_done = results.len() as u64;
+    }
+    status.completion_timestamp = Some(Time(jiff::Timestamp::now()));
+    let keys = RestoreKeys::new(plan.store.prefix(), &restore.name_any());
+    plan.store
+        .put(&keys.results(), crate::gzip_json(&results)?)
+        .await?;
+    ctx.apply_status(restore, &status).await?;
+    let note = format!(
+        "{} objects from backup {}: {} errors, {} warnings",
+        results.len(),
+        plan.backup_name,
+        errors,
+        warnings
+    );
+    let (type_, reason) = if errors == 0 {
+        (EventType::Normal, "RestoreCompleted")
+    } else {
+        (EventType::Warning, "RestorePartiallyFailed")
+    };
+    ctx.event(restore, type_, reason, note).await;
+    Ok(())
+}
+
+struct Run<'a> {
+    restore: &'a Restore,
+    ctx: &'a Context,
+    plan: &'a Plan,
+    archive: &'a Archive,
+    status: RestoreStatus,
+    results: Vec<ItemResult>,
+}
+
+impl Run<'_> {
+    /// The archive's items that the spec selects, grouped in tiers in restore order.
+    fn select(&mut self) -> Result<Vec<(usize, Vec<ArchiveItem>)>> {
+        let plan = self.plan;
+        let resource_matches =
+            |resource: &GroupResource, includes: &[String], excludes: &[String]| {
+                let named = |name: &String| names_resource(name, resource);
+                (includes.is_empty() || includes.iter().any(|n| n == "*" || named(n)))
+                    && !excludes.iter().any(named)
+            };
+        let mut tiers: BTreeMap<usize, Vec<ArchiveItem>> = BTreeMap::new();
+        for resource in self.archive.resources() {
+            if is_never_backed_up(resource)
+                || !resource_matches(resource, &plan.included_resources, &plan.excluded_resources)
+            {
+                continue;
+            }
+            let tier = plan
+                .priorities
+                .iter()
+                .position(|p| names_resource(p, resource))
+                .unwrap_or(plan.priorities.len());
+            for item in self.archive.items(resource) {
+                let in_scope = match &item.namespace {
+                    Some(namespace) => plan.namespaces.matches(namespace),
+                    None => self.cluster_item_in_scope(item),
+                };
+                if in_scope {
+                    tiers.entry(tier).or_default().push(item.clone());
+                }
+            }
+        }
+        Ok(tiers.into_iter().collect())
+    }
+
+    fn cluster_item_in_scope(&self, item: &ArchiveItem) -> bool {
+        match self.plan.include_cluster_resources {
+            Some(include) => include,
+            None if item.resource == GroupResource::new("namespaces", "") => {
+                self.plan.namespaces.matches(&item.name)
+            }
+            // Cluster-scoped objects came into the backup because the namespaces needed them.
+            None => true,
+        }
+    }
+
+    async fn restore_tiers(&mut self, tiers: Vec<(usize, Vec<ArchiveItem>)>) -> Result<()> {
+        let mut types = api_resources(&discover(&self.ctx.client).await?);
+        let mut last_progress = std::time::Instant::now();
+        self.ensure_namespaces(&tiers).await;
+        for (_, items) in tiers {
+            let crd_tier = items
+                .iter()
+                .any(|i| i.resource.resource == "customresourcedefinitions");
+            let mut prepared = Vec::with_capacity(items.len());
+            for item in items {
+                match self.prepare(&item) {
+                    Ok(Some(object)) => prepared.push((item, object)),
+                    Ok(None) => {}
+                    Err(reason) => self.record(&item, Outcome::Failed(reason)),
+                }
+            }
+            let this = &*self;
+            let restored: Vec<(ArchiveItem, Outcome)> = futures::stream::iter(prepared)
+                .map(|(item, object)| {
+                    let api_resource = types.get(&item.resource).cloned();
+                    async move {
+                        let outcome = match api_resource {
+                            Some(api_resource) => this.create(&item, object, &api_resource).await,
+                            None => Outcome::Failed(format!(
+                                "this cluster does not serve {}; restore its CRD or API first",
+                                item.resource
+                            )),
+                        };
+                        (item, outcome)
+                    }
+                })
+                .buffer_unordered(CONCURRENCY)
+                .collect()
+                .await;
+            for (item, outcome) in restored {
+                self.record(&item, outcome);
+            }
+            if crd_tier {
+                self.await_crds_established().await;
+                types = api_resources(&discover(&self.ctx.client).await?);
+            }
+            if last_progress.elapsed() >= PROGRESS_INTERVAL {
+                last_progress = std::time::Instant::now();
+                if let Some(progress) = self.status.progress.as_mut() {
+                    progress.items_done = self.results.len() as u64;
+                }
+                if let Err(error) = self.ctx.apply_status(self.restore, &self.status).await {
+                    tracing::warn!(message = "updating restore progress failed", %error);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, item: &ArchiveItem, outcome: Outcome) {
+        if let Outcome::Failed(reason) = &outcome {
+            tracing::warn!(message = "restoring an object failed", item = %item.path(), %reason);
+        }
+        self.results.push(ItemResult {
+            resource: item.resource.to_string(),
+            namespace: item.namespace.as_ref().map(|ns| self.target_namespace(ns)),
+            name: item.name.clone(),
+            outcome,
+        });
+    }
+
+    fn target_namespace(&self, namespace: &str) -> String {
+        self.plan
+            .mapping
+            .get(namespace)
+            .cloned()
+            .unwrap_or_else(|| namespace.to_owned())
+    }
+
+    /// Creates every target namespace the archive does not carry a Namespace object for, so that
+    /// a restore filtered to some resources still lands.
+    async fn ensure_namespaces(&self, tiers: &[(usize, Vec<ArchiveItem>)]) {
+        let targets: BTreeSet<String> = tiers
+            .iter()
+            .flat_map(|(_, items)| items)
+            .filter_map(|item| item.namespace.as_deref())
+            .map(|ns| self.target_namespace(ns))
+            .collect();
+        let namespaces: Api<Namespace> = Api::all(self.ctx.client.clone());
+        for name in targets {
+            let namespace = Namespace {
+                metadata: ObjectMeta {
+                    name: Some(name),
+                    labels: Some(self.labels()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            // AlreadyExists is the common case; any other failure shows up on the objects.
+            let _ = namespaces.create(&PostParams::default(), &namespace).await;
+        }
+    }
+
+    fn labels(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (BACKUP_NAME_LABEL.to_owned(), self.plan.backup_name.clone()),
+            (RESTORE_NAME_LABEL.to_owned(), self.restore.name_any()),
+        ])
+    }
+
+    /// The object as it will be created, or None to skip it (recorded as skipped).
+    fn prepare(&mut self, item: &ArchiveItem) -> Result<Option<Value>, String> {
+        let mut object = self.archive.object(item).map_err(|e| e.to_string())?;
+        if let Some(label_selector) = &self.plan.selector {
+            let labels: BTreeMap<String, String> = object
+                .pointer("/metadata/labels")
+                .and_then(|l| serde_json::from_value(l.clone()).ok())
+                .unwrap_or_default();
+            if !label_selector.matches(&labels) {
+                return Ok(None);
+            }
+        }
+        if let Some(reason) = skip_reason(&item.resource, &object) {
+            self.record(item, Outcome::Skipped(reason.to_owned()));
+            return Ok(None);
+        }
+        let keep_status = self
+            .plan
+            .restore_status
+            .as_ref()
+            .is_some_and(|(includes, excludes)| {
+                (includes
+                    .iter()
+                    .any(|n| n == "*" || names_resource(n, &item.resource)))
+                    && !excludes.iter().any(|n| names_resource(n, &item.resource))
+            });
+        let in_archive = |resource: &GroupResource, name: &str| {
+            self.archive.items(resource).any(|i| i.name == name)
+        };
+        let mapping = &self.plan.mapping;
+        transform(
+            &mut object,
+            &item.resource,
+            keep_status,
+            mapping,
+            &in_archive,
+        );
+        let labels = object
+            .pointer_mut("/metadata")
+            .and_then(Value::as_object_mut)
+            .map(|metadata| {
+                metadata
+                    .entry("labels")
+                    .or_insert_with(|| Value::Object(Default::default()))
+            });
+        if let Some(Value::Object(labels)) = labels {
+            for (key, value) in self.labels() {
+                labels.insert(key, Value::String(value));
+            }
+        }
+        Ok(Some(object))
+    }
+
+    async fn create(
+        &self,
+        item: &ArchiveItem,
+        object: Value,
+        api_resource: &ApiResource,
+    ) -> Outcome {
+        let object: DynamicObject = match serde_json::from_value(object) {
+            Ok(object) => object,
+            Err(error) => return Outcome::Failed(format!("not a Kubernetes object: {error}")),
+        };
+        let api: Api<DynamicObject> = match &object.metadata.namespace {
+            Some(ns) => Api::namespaced_with(self.ctx.client.clone(), ns, api_resource),
+            None => Api::all_with(self.ctx.client.clone(), api_resource),
+        };
+        match api.create(&PostParams::default(), &object).await {
+            Ok(_) => Outcome::Created,
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                self.resolve_existing(&api, item, &object).await
+            }
+            Err(kube::Error::Api(status)) => Outcome::Failed(status.message),
+            Err(error) => Outcome::Failed(error.to_string()),
+        }
+    }
+
+    async fn resolve_existing(
+        &self,
+        api: &Api<DynamicObject>,
+        item: &ArchiveItem,
+        object: &DynamicObject,
+    ) -> Outcome {
+        let existing = match api.get(&item.name).await {
+            Ok(existing) => existing,
+            Err(error) => {
+                return Outcome::Failed(format!("exists, but reading it failed: {error}"));
+            }
+        };
+        let wanted = serde_json::to_value(object).unwrap_or_default();
+        let current = serde_json::to_value(&existing).unwrap_or_default();
+        let difference = first_difference(&without_restore_labels(&wanted), &current, "");
+        let Some(difference) = difference else {
+            return Outcome::ExistsUnchanged;
+        };
+        match self.plan.policy {
+            ExistingResourcePolicy::None => {
+                Outcome::ExistsDifferent(format!("differs from the backup at {difference}"))
+            }
+            ExistingResourcePolicy::Update => {
+                let params = PatchParams::apply("ferry-restore").force();
+                match api.patch(&item.name, &params, &Patch::Apply(object)).await {
+                    Ok(_) => Outcome::Updated,
+                    Err(error) => {
+                        Outcome::Failed(format!("exists and differs; updating it failed: {error}"))
+                    }
+                }
+            }
+        }
+    }
+
+    async fn await_crds_established(&self) {
+        let crds: Api<CustomResourceDefinition> = Api::all(self.ctx.client.clone());
+        let names: Vec<String> = self
+            .results
+            .iter()
+            .filter(|r| r.resource == "customresourcedefinitions.apiextensions.k8s.io")
+            .filter(|r| {
+                matches!(
+                    r.outcome,
+                    Outcome::Created
+                        | Outcome::Updated
+                        | Outcome::ExistsUnchanged
+                        | Outcome::ExistsDifferent(_)
+                )
+            })
+            .map(|r| r.name.clone())
+            .collect();
+        for name in names {
+            let established =
+                await_condition(crds.clone(), &name, conditions::is_crd_established());
+            if tokio::time::timeout(CRD_ESTABLISHED_TIMEOUT, established)
+                .await
+                .is_err()
+            {
+                tracing::warn!(message = "a restored CRD was not established in time; its objects may fail", crd = %name);
+            }
+        }
+    }
+}
+
+/// Which resource types of the archive the cluster serves, by group and plural name. The
+/// object's own apiVersion picks the version at create time.
+fn api_resources(types: &[ResourceType]) -> BTreeMap<GroupResource, ApiResource> {
+    types
+        .iter()
+        .map(|t| (t.group_resource(), t.api.clone()))
+        .collect()
+}
+
+/// Whether a user-written name (`deployments.apps`, `secrets`, `Secret`) names `resource`.
+fn names_resource(name: &str, resource: &GroupResource) -> bool {
+    let name = name.to_ascii_lowercase();
+    name == resource.to_string() || (resource.group.is_empty() && name == resource.resource)
+}
+
+/// Why an object must not be restored, if it must not.
+fn skip_reason(resource: &GroupResource, object: &Value) -> Option<&'static str> {
+    let text = |pointer: &str| object.pointer(pointer).and_then(Value::as_str);
+    match (resource.resource.as_str(), resource.group.as_str()) {
+        ("pods", "") if matches!(text("/status/phase"), Some("Succeeded" | "Failed")) => {
+            Some("the pod had finished")
+        }
+        ("pods", "")
+            if object
+                .pointer("/metadata/annotations/kubernetes.io~1config.mirror")
+                .is_some() =>
+        {
+            Some("mirror pods are created by the kubelet")
+        }
+        ("jobs", "batch") if object.pointer("/status/completionTime").is_some() => {
+            Some("the job had finished")
+        }
+        ("secrets", "") if text("/type") == Some("kubernetes.io/service-account-token") => {
+            Some("service-account tokens are issued anew by the cluster")
+        }
+        ("configmaps", "") if text("/metadata/name") == Some("kube-root-ca.crt") => {
+            Some("every namespace gets its own kube-root-ca.crt from the cluster")
+        }
+        _ => None,
+    }
+}
+
+/// Strips what must not be restored and maps namespaces.
+fn transform(
+    object: &mut Value,
+    resource: &GroupResource,
+    keep_status: bool,
+    mapping: &BTreeMap<String, String>,
+    in_archive: &dyn Fn(&GroupResource, &str) -> bool,
+) {
+    let map = |ns: &str| mapping.get(ns).cloned().unwrap_or_else(|| ns.to_owned());
+    if let Some(metadata) = object
+        .pointer_mut("/metadata")
+        .and_then(Value::as_object_mut)
+    {
+        for field in [
+            "uid",
+            "resourceVersion",
+            "creationTimestamp",
+            "generation",
+            "managedFields",
+            "ownerReferences",
+            "selfLink",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+        ] {
+            metadata.remove(field);
+        }
+        if let Some(Value::String(namespace)) = metadata.get("namespace") {
+            let mapped = map(namespace);
+            metadata.insert("namespace".into(), Value::String(mapped));
+        }
+    }
+    if !keep_status && let Some(map) = object.as_object_mut() {
+        map.remove("status");
+    }
+    let remove = |object: &mut Value, pointer: &str, field: &str| {
+        if let Some(parent) = object.pointer_mut(pointer).and_then(Value::as_object_mut) {
+            parent.remove(field);
+        }
+    };
+    match (resource.resource.as_str(), resource.group.as_str()) {
+        ("namespaces", "") => {
+            let name = object
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .map(map);
+            if let Some(name) = name {
+                object["metadata"]["name"] = Value::String(name);
+            }
+            remove(object, "", "spec");
+        }
+        ("services", "") => reset_service(object),
+        ("persistentvolumes", "") => {
+            for field in ["uid", "resourceVersion"] {
+                remove(object, "/spec/claimRef", field);
+            }
+            let claim_namespace = object
+                .pointer("/spec/claimRef/namespace")
+                .and_then(Value::as_str)
+                .map(map);
+            if let Some(namespace) = claim_namespace {
+                object["spec"]["claimRef"]["namespace"] = Value::String(namespace);
+            }
+        }
+        ("persistentvolumeclaims", "") => {
+            for annotation in [
+                "pv.kubernetes.io/bind-completed",
+                "pv.kubernetes.io/bound-by-controller",
+                "volume.kubernetes.io/selected-node",
+            ] {
+                remove(object, "/metadata/annotations", annotation);
+            }
+            // Keep the binding only to a volume that is restored too; otherwise let the cluster
+            // provision one.
+            let volume = object
+                .pointer("/spec/volumeName")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            if let Some(volume) = volume
+                && !in_archive(&GroupResource::new("persistentvolumes", ""), &volume)
+            {
+                remove(object, "/spec", "volumeName");
+            }
+        }
+        ("pods", "") => {
+            remove(object, "/spec", "nodeName");
+            strip_service_account_token_volumes(object);
+        }
+        _ => {}
+    }
+}
+
+/// ClusterIPs are assigned by the cluster, and so are node ports the user did not ask for (those
+/// not in the last applied configuration).
+fn reset_service(object: &mut Value) {
+    let asked: BTreeSet<i64> = object
+        .pointer("/metadata/annotations/kubectl.kubernetes.io~1last-applied-configuration")
+        .and_then(Value::as_str)
+        .and_then(|text| serde_json::from_str::<Value>(text).ok())
+        .and_then(|applied| applied.pointer("/spec/ports").cloned())
+        .and_then(|ports| ports.as_array().cloned())
+        .into_iter()
+        .flatten()
+        .filter_map(|port| port.get("nodePort").and_then(Value::as_i64))
+        .collect();
+    let Some(spec) = object.pointer_mut("/spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let headless = spec.get("clusterIP").and_then(Value::as_str) == Some("None");
+    if !headless {
+        spec.remove("clusterIP");
+        spec.remove("clusterIPs");
+    }
+    if let Some(Value::Array(ports)) = spec.get_mut("ports") {
+        for port in ports.iter_mut().filter_map(Value::as_object_mut) {
+            let node_port = port.get("nodePort").and_then(Value::as_i64);
+            if node_port.is_some_and(|p| !asked.contains(&p)) {
+                port.remove("nodePort");
+            }
+        }
+    }
+}
+
+/// The service-account token volume the API server projected into the pod; it is added again
+/// when the pod is created.
+fn strip_service_account_token_volumes(pod: &mut Value) {
+    let is_token = |name: Option<&str>| name.is_some_and(|n| n.starts_with("kube-api-access-"));
+    if let Some(Value::Array(volumes)) = pod.pointer_mut("/spec/volumes") {
+        volumes.retain(|v| !is_token(v.get("name").and_then(Value::as_str)));
+    }
+    for containers in ["/spec/containers", "/spec/initContainers"] {
+        if let Some(Value::Array(containers)) = pod.pointer_mut(containers) {
+            for container in containers {
+                if let Some(Value::Array(mounts)) = container.get_mut("volumeMounts") {
+                    mounts.retain(|m| !is_token(m.get("name").and_then(Value::as_str)));
+                }
+            }
+        }
+    }
+}
+
+fn without_restore_labels(object: &Value) -> Value {
+    let mut object = object.clone();
+    if let Some(labels) = object
+        .pointer_mut("/metadata/labels")
+        .and_then(Value::as_object_mut)
+    {
+        labels.remove(RESTORE_NAME_LABEL);
+    }
+    object
+}
+
+/// The first place where `wanted` has a value that `current` lacks or differs in, as a JSON
+/// pointer; None when `current` holds everything `wanted` does. Fields only `current` has (the
+/// cluster's defaults and bookkeeping) do not count.
+fn first_difference(wanted: &Value, current: &Value, path: &str) -> Option<String> {
+    match (wanted, current) {
+        (Value::Object(wanted), Value::Object(current)) => {
+            wanted.iter().find_map(|(key, value)| {
+                let here = format!("{path}/{key}");
+                match current.get(key) {
+                    Some(existing) => first_difference(value, existing, &here),
+                    None if value.is_null() => None,
+                    None => Some(here),
+                }
+            })
+        }
+        (Value::Array(wanted), Value::Array(current)) if wanted.len() == current.len() => wanted
+            .iter()
+            .zip(current)
+            .enumerate()
+            .find_map(|(i, (w, c))| first_difference(w, c, &format!("{path}/{i}"))),
+        (wanted, current) if wanted == current => None,
+        _ => Some(if path.is_empty() {
+            "/".to_owned()
+        } else {
+            path.to_owned()
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn no_volumes(_: &GroupResource, _: &str) -> bool {
+        false
+    }
+
+    #[test]
+    fn server_fields_status_and_owners_are_stripped_and_namespaces_mapped() {
+        let mut object = json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {
+                "name": "settings", "namespace": "shop", "uid": "u", "resourceVersion": "9",
+                "creationTimestamp": "2026-01-01T00:00:00Z", "generation": 3, "managedFields": [],
+                "ownerReferences": [{"name": "x"}], "labels": {"app": "shop"}
+            },
+            "data": {"k": "v"},
+            "status": {"x": 1}
+        });
+        let mapping = BTreeMap::from([("shop".to_owned(), "shop-copy".to_owned())]);
+        transform(
+            &mut object,
+            &GroupResource::new("configmaps", ""),
+            false,
+            &mapping,
+            &no_volumes,
+        );
+        assert_eq!(
+            object,
+            json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "settings", "namespace": "shop-copy", "labels": {"app": "shop"}},
+                "data": {"k": "v"}
+            })
+        );
+    }
+
+    #[test]
+    fn services_lose_cluster_ips_and_auto_assigned_node_ports() {
+        let applied = json!({"spec": {"ports": [{"port": 443, "nodePort": 30443}]}}).to_string();
+        let mut service = json!({
+            "metadata": {"name": "web", "annotations": {"kubectl.kubernetes.io/last-applied-configuration": applied}},
+            "spec": {
+                "type": "NodePort", "clusterIP": "10.0.0.7", "clusterIPs": ["10.0.0.7"],
+                "ports": [{"port": 80, "nodePort": 31234}, {"port": 443, "nodePort": 30443}]
+            }
+        });
+        transform(
+            &mut service,
+            &GroupResource::new("services", ""),
+            false,
+            &BTreeMap::new(),
+            &no_volumes,
+        );
+        assert_eq!(service["spec"].get("clusterIP"), None);
+        assert_eq!(service["spec"].get("clusterIPs"), None);
+        assert_eq!(
+            service["spec"]["ports"],
+            json!([{"port": 80}, {"port": 443, "nodePort": 30443}])
+        );
+
+        let mut headless = json!({"metadata": {"name": "db"}, "spec": {"clusterIP": "None"}});
+        transform(
+            &mut headless,
+            &GroupResource::new("services", ""),
+            false,
+            &BTreeMap::new(),
+            &no_volumes,
+        );
+        assert_eq!(headless["spec"]["clusterIP"], "None");
+    }
+
+    #[test]
+    fn claims_keep_their_volume_only_when_it_is_restored_too() {
+        let claim = json!({
+            "metadata": {"name": "data", "namespace": "db", "annotations": {"pv.kubernetes.io/bind-completed": "yes"}},
+            "spec": {"volumeName": "pv-1"}
+        });
+        let resource = GroupResource::new("persistentvolumeclaims", "");
+        let mut kept = claim.clone();
+        transform(&mut kept, &resource, false, &BTreeMap::new(), &|_, name| {
+            name == "pv-1"
+        });
+        assert_eq!(kept["spec"]["volumeName"], "pv-1");
+        assert_eq!(kept["metadata"]["annotations"], json!({}));
+        let mut dropped = claim;
+        transform(
+            &mut dropped,
+            &resource,
+            false,
+            &BTreeMap::new(),
+            &no_volumes,
+        );
+        assert_eq!(dropped["spec"].get("volumeName"), None);
+
+        let mut volume = json!({
+            "metadata": {"name": "pv-1"},
+            "spec": {"claimRef": {"name": "data", "namespace": "db", "uid": "u", "resourceVersion": "1"}}
+        });
+        let mapping = BTreeMap::from([("db".to_owned(), "db2".to_owned())]);
+        transform(
+            &mut volume,
+            &GroupResource::new("persistentvolumes", ""),
+            false,
+            &mapping,
+            &no_volumes,
+        );
+        assert_eq!(
+            volume["spec"]["claimRef"],
+            json!({"name": "data", "namespace": "db2"})
+        );
+    }
+
+    #[test]
+    fn pods_lose_their_node_and_token_volume() {
+        let mut pod = json!({
+            "metadata": {"name": "p"},
+            "spec": {
+                "nodeName": "n1",
+                "volumes": [{"name": "data"}, {"name": "kube-api-access-x7k2p"}],
+                "containers": [{"name": "c", "volumeMounts": [{"name": "data"}, {"name": "kube-api-access-x7k2p"}]}]
+            }
+        });
+        transform(
+            &mut pod,
+            &GroupResource::new("pods", ""),
+            false,
+            &BTreeMap::new(),
+            &no_volumes,
+        );
+        assert_eq!(pod["spec"].get("nodeName"), None);
+        assert_eq!(pod["spec"]["volumes"], json!([{"name": "data"}]));
+        assert_eq!(
+            pod["spec"]["containers"][0]["volumeMounts"],
+            json!([{"name": "data"}])
+        );
+    }
+
+    #[test]
+    fn finished_and_cluster_issued_objects_are_skipped() {
+        let pods = GroupResource::new("pods", "");
+        assert!(skip_reason(&pods, &json!({"status": {"phase": "Succeeded"}})).is_some());
+        assert!(skip_reason(&pods, &json!({"status": {"phase": "Running"}})).is_none());
+        let jobs = GroupResource::new("jobs", "batch");
+        assert!(skip_reason(&jobs, &json!({"status": {"completionTime": "t"}})).is_some());
+        let secrets = GroupResource::new("secrets", "");
+        assert!(
+            skip_reason(
+                &secrets,
+                &json!({"type": "kubernetes.io/service-account-token"})
+            )
+            .is_some()
+        );
+        assert!(skip_reason(&secrets, &json!({"type": "Opaque"})).is_none());
+    }
+
+    #[test]
+    fn differences_ignore_what_only_the_cluster_added() {
+        let wanted = json!({"metadata": {"name": "a", "labels": {"x": "1"}}, "data": {"k": "v"}});
+        let same = json!({"metadata": {"name": "a", "uid": "u", "labels": {"x": "1", "y": "2"}}, "data": {"k": "v"}});
+        assert_eq!(first_difference(&wanted, &same, ""), None);
+        let changed = json!({"metadata": {"name": "a", "labels": {"x": "1"}}, "data": {"k": "w"}});
+        assert_eq!(
+            first_difference(&wanted, &changed, "").as_deref(),
+            Some("/data/k")
+        );
+        let missing = json!({"metadata": {"name": "a", "labels": {"x": "1"}}});
+        assert_eq!(
+            first_difference(&wanted, &missing, "").as_deref(),
+            Some("/data")
+        );
+    }
+
+    #[test]
+    fn default_priorities_put_dependencies_first() {
+        let position = |name: &str| DEFAULT_PRIORITIES.iter().position(|p| *p == name).unwrap();
+        assert!(
+            position("customresourcedefinitions.apiextensions.k8s.io") < position("namespaces")
+        );
+        assert!(position("persistentvolumes") < position("persistentvolumeclaims"));
+        assert!(position("secrets") < position("pods"));
+        assert!(names_resource(
+            "replicasets.apps",
+            &GroupResource::new("replicasets", "apps")
+        ));
+        assert!(names_resource(
+            "Secrets",
+            &GroupResource::new("secrets", "")
+        ));
+    }
+
+    #[test]
+    fn namespace_names_are_validated() {
+        assert!(is_dns_label("shop-2"));
+        for bad in ["", "Shop", "-a", "a-", "a_b", &"x".repeat(64)] {
+            assert!(!is_dns_label(bad), "{bad}");
+        }
+    }
+}

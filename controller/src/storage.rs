@@ -1,0 +1,322 @@
+//! The object store behind a BackupStorageLocation: an S3 or S3-compatible bucket.
+//!
+//! The controller writes each backup's archive with a streaming multipart upload, so a backup of
+//! any size needs memory for a few parts only, and reads archives as streams.
+
+use aws_credential_types::Credentials;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use bytes::Bytes;
+use tokio::io::AsyncRead;
+
+use crate::error::{Error, Result};
+
+/// S3 requires every part of a multipart upload but the last to be at least 5 MiB.
+pub const PART_SIZE: usize = 8 * 1024 * 1024;
+
+/// How to reach a bucket.
+#[derive(Debug, Clone, Default)]
+pub struct StoreConfig {
+    pub bucket: String,
+    pub prefix: Option<String>,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    pub force_path_style: bool,
+    /// Explicit credentials; None uses the controller's own (environment, web identity, profile).
+    pub credentials: Option<Credentials>,
+}
+
+/// A bucket (and prefix) that backups are written to and read from.
+#[derive(Debug, Clone)]
+pub struct ObjectStore {
+    client: Client,
+    config: StoreConfig,
+}
+
+impl ObjectStore {
+    pub async fn connect(config: StoreConfig) -> ObjectStore {
+        let region = Region::new(
+            config
+                .region
+                .clone()
+                .unwrap_or_else(|| "us-east-1".to_owned()),
+        );
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).region(region);
+        if let Some(credentials) = &config.credentials {
+            loader = loader.credentials_provider(credentials.clone());
+        }
+        let shared = loader.load().await;
+        let mut builder = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(config.force_path_style)
+            .retry_config(RetryConfig::standard().with_max_attempts(6))
+            // Checksums only where an operation requires them: what every S3-compatible store takes.
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        if let Some(endpoint) = &config.endpoint {
+            builder = builder.endpoint_url(endpoint);
+        }
+        ObjectStore {
+            client: Client::from_conf(builder.build()),
+            config,
+        }
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.config.bucket
+    }
+
+    pub fn prefix(&self) -> Option<&str> {
+        self.config.prefix.as_deref()
+    }
+
+    /// Checks that the bucket exists and the credentials may use it.
+    pub async fn validate(&self) -> Result<()> {
+        self.client
+            .head_bucket()
+            .bucket(self.bucket())
+            .send()
+            .await
+            .map_err(|error| self.error(&format!("bucket {}", self.bucket()), error))?;
+        Ok(())
+    }
+
+    pub async fn put(&self, key: &str, body: Bytes) -> Result<()> {
+        self.client
+            .put_object()
+            .bucket(self.bucket())
+            .key(key)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|error| self.error(key, error))?;
+        Ok(())
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Bytes> {
+        let object = self.get_object(key).await?;
+        let body = object.collect().await.map_err(|error| Error::Storage {
+            message: format!("reading s3://{}/{key}: {error}", self.bucket()),
+            retryable: true,
+        })?;
+        Ok(body.into_bytes())
+    }
+
+    /// The object as a stream, for archives that must never be held whole in memory.
+    pub async fn get_reader(&self, key: &str) -> Result<impl AsyncRead + Send + Unpin + 'static> {
+        Ok(self.get_object(key).await?.into_async_read())
+    }
+
+    async fn get_object(&self, key: &str) -> Result<ByteStream> {
+        let object = self
+            .client
+            .get_object()
+            .bucket(self.bucket())
+            .key(key)
+            .send()
+            .await
+            .map_err(|error| self.error(key, error))?;
+        Ok(object.body)
+    }
+
+    /// Every key under `prefix`, following continuation tokens.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut keys = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(self.bucket())
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|error| self.error(prefix, error))?;
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_owned)),
+            );
+        }
+        Ok(keys)
+    }
+
+    /// The immediate "directories" under `prefix` (keys up to the next `/`).
+    pub async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut dirs = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(self.bucket())
+            .prefix(prefix)
+            .delimiter("/")
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|error| self.error(prefix, error))?;
+            dirs.extend(
+                page.common_prefixes()
+                    .iter()
+                    .filter_map(|p| p.prefix().map(str::to_owned)),
+            );
+        }
+        Ok(dirs)
+    }
+
+    /// Deletes `key`; a key already gone counts as deleted.
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        match self
+            .client
+            .delete_object()
+            .bucket(self.bucket())
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(error) => match self.error(key, error) {
+                Error::NotFound { .. } => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// Starts a streaming upload of `key`: parts are sent as they fill, and the object appears
+    /// only when [`Upload::finish`] completes it, so a failed backup never leaves a partial archive.
+    pub async fn start_upload(&self, key: &str) -> Result<Upload> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(self.bucket())
+            .key(key)
+            .send()
+            .await
+            .map_err(|error| self.error(key, error))?;
+        let upload_id = created.upload_id().unwrap_or_default().to_owned();
+        Ok(Upload {
+            store: self.clone(),
+            key: key.to_owned(),
+            upload_id,
+            parts: Vec::new(),
+        })
+    }
+
+    fn error<E>(
+        &self,
+        what: &str,
+        error: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    ) -> Error
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let status = error.raw_response().map(|r| r.status().as_u16());
+        let code = error.code().map(str::to_owned);
+        if matches!(code.as_deref(), Some("NoSuchKey" | "NotFound"))
+            || status == Some(404) && code.as_deref() != Some("NoSuchBucket")
+        {
+            return Error::NotFound {
+                what: format!("s3://{}/{what}", self.bucket()),
+            };
+        }
+        let detail = match code.as_deref() {
+            Some("NoSuchBucket") => format!("bucket {} does not exist; create it or fix the location's bucket", self.bucket()),
+            Some("InvalidAccessKeyId" | "SignatureDoesNotMatch") => {
+                "the credentials are not valid for this store; check the location's credential Secret".to_owned()
+            }
+            Some("AccessDenied") => "access denied; the credentials lack permission on this bucket".to_owned(),
+            Some(code) => format!("{code}: {}", error.message().unwrap_or_default()),
+            None if status == Some(403) => {
+                "access denied; the credentials are invalid or lack permission on this bucket".to_owned()
+            }
+            None => match &error {
+                SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => format!(
+                    "cannot reach {}; check the location's endpoint and the network",
+                    self.config.endpoint.as_deref().unwrap_or("S3")
+                ),
+                other => format!("{}", aws_smithy_types::error::display::DisplayErrorContext(other)),
+            },
+        };
+        let retryable = matches!(
+            error,
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_)
+        ) || status.is_some_and(|s| s >= 500 || s == 429);
+        Error::Storage {
+            message: format!("s3://{}/{what}: {detail}", self.bucket()),
+            retryable,
+        }
+    }
+}
+
+/// A multipart upload in progress.
+#[derive(Debug)]
+pub struct Upload {
+    store: ObjectStore,
+    key: String,
+    upload_id: String,
+    parts: Vec<CompletedPart>,
+}
+
+impl Upload {
+    /// Sends the next part (at least [`PART_SIZE`] bytes unless it is the last).
+    pub async fn send_part(&mut self, body: Bytes) -> Result<()> {
+        let number = i32::try_from(self.parts.len() + 1).expect("fewer than 2^31 parts");
+        let sent = self
+            .store
+            .client
+            .upload_part()
+            .bucket(self.store.bucket())
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .part_number(number)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|error| self.store.error(&self.key, error))?;
+        self.parts.push(
+            CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(sent.e_tag)
+                .build(),
+        );
+        Ok(())
+    }
+
+    /// Completes the upload; the object appears whole.
+    pub async fn finish(mut self) -> Result<()> {
+        if self.parts.is_empty() {
+            // S3 refuses to complete an upload of no parts; an empty object is one empty part.
+            self.send_part(Bytes::new()).await?;
+        }
+        let parts = std::mem::take(&mut self.parts);
+        self.store
+            .client
+            .complete_multipart_upload()
+            .bucket(self.store.bucket())
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|error| self.store.error(&self.key, error))?;
+        Ok(())
+    }
+
+    /// Gives up the upload so that the store drops its parts.
+    pub async fn abort(self) {
+        let _ = self
+            .store
+            .client
+            .abort_multipart_upload()
+            .bucket(self.store.bucket())
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .send()
+            .await;
+    }
+}

@@ -1,0 +1,493 @@
+//! Ferry's custom resources, group `ferry.dev`, version `v1alpha1`.
+//!
+//! The specs follow Velero's where Velero has a field for the same thing, so that its users find
+//! their way: a Backup names namespaces, resources and a label selector to include or exclude, a
+//! Restore names its backup and how to map namespaces. The CRD YAML in `deploy/crds.yaml` is
+//! generated from these types (`cargo run -p ferry-protocol --bin crdgen`); a test fails when it drifts.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The API group of every Ferry resource.
+pub const GROUP: &str = "ferry.dev";
+/// The version of every Ferry resource.
+pub const VERSION: &str = "v1alpha1";
+
+/// A reference to one key of a Secret in the controller's namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    pub name: String,
+    pub key: String,
+}
+
+/// What to back up, where to, and for how long.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "ferry.dev",
+    version = "v1alpha1",
+    kind = "Backup",
+    namespaced,
+    status = "BackupStatus",
+    shortname = "fbk",
+    category = "ferry",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Items","type":"integer","jsonPath":".status.progress.itemsDone"}"#,
+    printcolumn = r#"{"name":"Errors","type":"integer","jsonPath":".status.errors"}"#,
+    printcolumn = r#"{"name":"Warnings","type":"integer","jsonPath":".status.warnings"}"#,
+    printcolumn = r#"{"name":"Location","type":"string","jsonPath":".spec.storageLocation"}"#,
+    printcolumn = r#"{"name":"Expires","type":"date","jsonPath":".status.expiration"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSpec {
+    /// Namespaces to back up; empty or `*` means all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub included_namespaces: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded_namespaces: Vec<String>,
+    /// Resources to back up, as `resource` or `resource.group` (e.g. `deployments.apps`); empty or
+    /// `*` means all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub included_resources: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded_resources: Vec<String>,
+    /// Whether cluster-scoped resources are backed up: `true` all of them, `false` none, unset
+    /// only those the included namespaces need (their Namespace, bound PVs, CRDs, RBAC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_cluster_resources: Option<bool>,
+    /// Only objects matching this selector are backed up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_selector: Option<LabelSelector>,
+    /// Objects matching any one of these selectors are backed up; exclusive with `labelSelector`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub or_label_selectors: Vec<LabelSelector>,
+    /// How long the backup is kept, as a duration such as `720h` or `30d`; default 30 days.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    /// The BackupStorageLocation to write to; default: the location marked default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_location: Option<String>,
+    /// VolumeSnapshotLocations to take native snapshots in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_snapshot_locations: Vec<String>,
+    /// Whether to take native snapshots of the volumes in scope; default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_volumes: Option<bool>,
+    /// Whether every pod volume is backed up by the node agents, not native snapshots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_volumes_to_fs_backup: Option<bool>,
+}
+
+/// Where a Backup or Restore is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Phase {
+    New,
+    /// The spec is invalid; `validationErrors` lists every problem. Nothing was written.
+    FailedValidation,
+    InProgress,
+    Completed,
+    /// Finished, but some items failed; `errors` counts them and the results file names them.
+    PartiallyFailed,
+    /// Stopped; `failureReason` says why and what to do.
+    Failed,
+    Deleting,
+}
+
+impl Phase {
+    /// Whether the phase is final: the controller will not act on the resource again.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Phase::FailedValidation | Phase::Completed | Phase::PartiallyFailed | Phase::Failed
+        )
+    }
+}
+
+/// How far a Backup or Restore has come.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    /// Items found so far (grows as the listing proceeds).
+    pub items_total: u64,
+    pub items_done: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// The version of the archive layout this backup was written with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    #[serde(default)]
+    pub warnings: u32,
+    #[serde(default)]
+    pub errors: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_timestamp: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_timestamp: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiration: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub validation_errors: Vec<String>,
+}
+
+/// What a Restore does with an object that already exists in the cluster.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ExistingResourcePolicy {
+    /// Leave it; if it differs from the backup, record a warning.
+    #[default]
+    None,
+    /// Patch it to the backup's version.
+    Update,
+}
+
+/// Which resources get their `status` restored too.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreStatusSpec {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub included_resources: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded_resources: Vec<String>,
+}
+
+/// Bring (part of) a Backup back into this cluster.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "ferry.dev",
+    version = "v1alpha1",
+    kind = "Restore",
+    namespaced,
+    status = "RestoreStatus",
+    shortname = "frs",
+    category = "ferry",
+    printcolumn = r#"{"name":"Backup","type":"string","jsonPath":".spec.backupName"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Items","type":"integer","jsonPath":".status.progress.itemsDone"}"#,
+    printcolumn = r#"{"name":"Errors","type":"integer","jsonPath":".status.errors"}"#,
+    printcolumn = r#"{"name":"Warnings","type":"integer","jsonPath":".status.warnings"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreSpec {
+    pub backup_name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub included_namespaces: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded_namespaces: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub included_resources: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded_resources: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_cluster_resources: Option<bool>,
+    /// Restores the objects of namespace `key` into namespace `value`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub namespace_mapping: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_selector: Option<LabelSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub existing_resource_policy: Option<ExistingResourcePolicy>,
+    /// Whether volumes are restored from their snapshots; default true.
+    #[serde(
+        default,
+        rename = "restorePVs",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub restore_pvs: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_status: Option<RestoreStatusSpec>,
+    /// The order of restore tiers, as `resource.group` names; the rest follow. Default: CRDs,
+    /// Namespaces, StorageClasses, PVs, PVCs, ServiceAccounts, RBAC, Secrets, ConfigMaps,
+    /// LimitRanges, Pods, ReplicaSets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resource_priorities: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    #[serde(default)]
+    pub warnings: u32,
+    #[serde(default)]
+    pub errors: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_timestamp: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_timestamp: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub validation_errors: Vec<String>,
+}
+
+/// The bucket in which backups are kept.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectStorage {
+    pub bucket: String,
+    /// A prefix under which every object of this location lives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// PEM bundle of the CAs that sign the endpoint's certificate, for private S3-compatible stores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum AccessMode {
+    #[default]
+    ReadWrite,
+    /// Backups are read (for restores and sync) but never written or deleted.
+    ReadOnly,
+}
+
+/// Where backups are stored: an S3 or S3-compatible bucket.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "ferry.dev",
+    version = "v1alpha1",
+    kind = "BackupStorageLocation",
+    namespaced,
+    status = "LocationStatus",
+    shortname = "fbsl",
+    category = "ferry",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Bucket","type":"string","jsonPath":".spec.objectStorage.bucket"}"#,
+    printcolumn = r#"{"name":"Default","type":"boolean","jsonPath":".spec.default"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","jsonPath":".status.message","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupStorageLocationSpec {
+    /// `aws` (S3 and S3-compatible stores).
+    pub provider: String,
+    pub object_storage: ObjectStorage,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// The S3 endpoint URL, for S3-compatible stores; default AWS's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`), which most S3-compatible stores need.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_path_style: Option<bool>,
+    /// A Secret key holding an AWS credentials file (`[default]` profile); default: the
+    /// controller's own credentials (environment, web identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<SecretKeyRef>,
+    /// The location Backups use when they name none.
+    #[serde(default)]
+    pub default: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_mode: Option<AccessMode>,
+    /// How often the location is checked, as a duration (`1m`); default one minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_frequency: Option<String>,
+    /// How often backups in the bucket are synced into the cluster; default one minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_sync_period: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum LocationPhase {
+    Available,
+    Unavailable,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocationStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<LocationPhase>,
+    /// What is wrong when Unavailable, in words a user can act on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_validation_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_synced_time: Option<Time>,
+}
+
+/// Where native volume snapshots are taken: a cloud provider's snapshot API.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "ferry.dev",
+    version = "v1alpha1",
+    kind = "VolumeSnapshotLocation",
+    namespaced,
+    status = "LocationStatus",
+    shortname = "fvsl",
+    category = "ferry",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Provider","type":"string","jsonPath":".spec.provider"}"#,
+    printcolumn = r#"{"name":"Region","type":"string","jsonPath":".spec.region"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeSnapshotLocationSpec {
+    /// `aws` (EBS snapshots through the EC2 API).
+    pub provider: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// An EC2-compatible endpoint URL; default AWS's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<SecretKeyRef>,
+    /// The KMS key that encrypts volumes created from snapshots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key_id: Option<String>,
+}
+
+/// Backups taken on a cron schedule.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "ferry.dev",
+    version = "v1alpha1",
+    kind = "Schedule",
+    namespaced,
+    status = "ScheduleStatus",
+    shortname = "fsch",
+    category = "ferry",
+    printcolumn = r#"{"name":"Schedule","type":"string","jsonPath":".spec.schedule"}"#,
+    printcolumn = r#"{"name":"Paused","type":"boolean","jsonPath":".spec.paused"}"#,
+    printcolumn = r#"{"name":"Last Backup","type":"date","jsonPath":".status.lastBackup"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleSpec {
+    /// A cron expression, e.g. `0 3 * * *`.
+    pub schedule: String,
+    /// The IANA time zone the cron expression is read in; default UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    pub template: BackupSpec,
+    #[serde(default)]
+    pub paused: bool,
+    /// Do not take a backup as soon as the schedule is created; wait for the first cron time.
+    #[serde(default)]
+    pub skip_immediately: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful_backup: Option<Time>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub validation_errors: Vec<String>,
+}
+
+/// Every Ferry CRD, in the order `deploy/crds.yaml` lists them.
+pub fn all()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+{
+    use kube::CustomResourceExt;
+    vec![
+        Backup::crd(),
+        Restore::crd(),
+        BackupStorageLocation::crd(),
+        VolumeSnapshotLocation::crd(),
+        Schedule::crd(),
+    ]
+}
+
+/// The YAML of every Ferry CRD, one document each: what the `crdgen` binary prints and
+/// `deploy/crds.yaml` holds.
+pub fn render_yaml() -> String {
+    let mut out = String::from(
+        "# Generated by `cargo run -p ferry-protocol --bin crdgen` from protocol/src/crd.rs. Do not edit.\n",
+    );
+    for crd in all() {
+        out.push_str("---\n");
+        out.push_str(&serde_saphyr::to_string(&crd).expect("a CRD serializes to YAML"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deploy_crds_yaml_is_generated_from_these_types() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/crds.yaml");
+        let on_disk = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            on_disk == render_yaml(),
+            "deploy/crds.yaml differs from the CRD types; regenerate it with `cargo run -p ferry-protocol --bin crdgen > deploy/crds.yaml`"
+        );
+    }
+
+    #[test]
+    fn every_crd_is_in_the_ferry_group_with_printer_columns() {
+        for crd in all() {
+            assert_eq!(crd.spec.group, GROUP);
+            let version = &crd.spec.versions[0];
+            assert_eq!(version.name, VERSION);
+            assert!(
+                version
+                    .subresources
+                    .as_ref()
+                    .and_then(|s| s.status.as_ref())
+                    .is_some()
+            );
+            assert!(
+                !version
+                    .additional_printer_columns
+                    .as_deref()
+                    .unwrap_or_default()
+                    .is_empty()
+            );
+        }
+    }
+
+    #[test]
+    fn specs_use_velero_field_names() {
+        let backup: BackupSpec = serde_json::from_value(serde_json::json!({
+            "includedNamespaces": ["app"],
+            "excludedResources": ["events"],
+            "labelSelector": {"matchLabels": {"tier": "db"}},
+            "includeClusterResources": false,
+            "ttl": "72h",
+            "storageLocation": "primary",
+            "snapshotVolumes": true,
+            "defaultVolumesToFsBackup": false,
+        }))
+        .unwrap();
+        assert_eq!(backup.included_namespaces, ["app"]);
+        assert_eq!(backup.ttl.as_deref(), Some("72h"));
+        let restore: RestoreSpec = serde_json::from_value(serde_json::json!({
+            "backupName": "nightly",
+            "namespaceMapping": {"app": "app-copy"},
+            "existingResourcePolicy": "update",
+            "restorePVs": true,
+        }))
+        .unwrap();
+        assert_eq!(
+            restore.existing_resource_policy,
+            Some(ExistingResourcePolicy::Update)
+        );
+        assert_eq!(restore.namespace_mapping["app"], "app-copy");
+        assert_eq!(restore.restore_pvs, Some(true));
+    }
+}
