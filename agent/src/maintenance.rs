@@ -201,7 +201,7 @@ pub fn forget(repo: &Arc<Repository>, policy: &RetentionPolicy) -> Result<Vec<Id
     }
     let mut removed = Vec::new();
     for (_, mut snapshots) in groups {
-        snapshots.sort_by(|a, b| b.1.cmp(&a.1));
+        snapshots.sort_by_key(|(_, time)| std::cmp::Reverse(*time));
         let times: Vec<_> = snapshots.iter().map(|(_, t)| *t).collect();
         for ((id, _), keep) in snapshots.iter().zip(policy.apply(&times)) {
             if !keep {

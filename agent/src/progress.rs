@@ -102,9 +102,7 @@ impl Tracker {
 
     /// Emits an update every `period` until [`Tracker::finish`].
     pub fn start_ticker(self: &Arc<Self>, period: Duration) -> Option<std::thread::JoinHandle<()>> {
-        if self.sink.is_none() {
-            return None;
-        }
+        self.sink.as_ref()?;
         let tracker = self.clone();
         Some(std::thread::spawn(move || {
             while !tracker.stop.load(Ordering::Relaxed) {

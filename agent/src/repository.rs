@@ -361,7 +361,7 @@ impl Repository {
                 });
             }
         }
-        keys.sort_by(|a, b| a.created.cmp(&b.created));
+        keys.sort_by_key(|key| key.created);
         Ok(keys)
     }
 

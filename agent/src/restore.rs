@@ -950,7 +950,7 @@ fn fetch_and_write(
 fn create_special(path: &Path, node: &Node) -> Result<()> {
     remove_any(path)?;
     let mode = rustix::fs::Mode::from_raw_mode(node.mode & 0o7777);
-    let result = match node.kind {
+    match node.kind {
         NodeKind::Symlink => {
             std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&node.link_target), path)
                 .at(path)
@@ -978,8 +978,7 @@ fn create_special(path: &Path, node: &Node) -> Result<()> {
         // A socket belongs to a process; there is nothing to restore.
         NodeKind::Socket => return Ok(()),
         NodeKind::File | NodeKind::Dir => unreachable!("not a special file"),
-    };
-    result
+    }
 }
 
 /// Owner, mode, xattrs and times, in that order: chown clears setuid bits, and every change

@@ -444,14 +444,14 @@ impl<'a> Run<'a> {
                 Selection::Everything,
                 |_, object| {
                     let keep = wanted(object);
-                    if keep && resource.resource == "clusterrolebindings" {
-                        if let Some(role) = object
+                    if keep
+                        && resource.resource == "clusterrolebindings"
+                        && let Some(role) = object
                             .data
                             .pointer("/roleRef/name")
                             .and_then(|v| v.as_str())
-                        {
-                            roles.insert(role.to_owned());
-                        }
+                    {
+                        roles.insert(role.to_owned());
                     }
                     keep
                 },

@@ -8,8 +8,11 @@ use crate::error::{Error, Result};
 /// Objects in memory: for tests.
 #[derive(Debug, Default)]
 pub struct MemoryBackend {
-    objects: Mutex<BTreeMap<(Kind, String), (Vec<u8>, SystemTime)>>,
+    objects: Mutex<Objects>,
 }
+
+/// Each object's bytes and when it was written, by kind and name.
+type Objects = BTreeMap<(Kind, String), (Vec<u8>, SystemTime)>;
 
 impl MemoryBackend {
     pub fn new() -> MemoryBackend {
