@@ -1,0 +1,453 @@
+//! The manifests in deploy/ install: `kubectl apply -k deploy/` takes every one of them, the API
+//! server accepts every object in them, and the RBAC and the workloads say what deploy/README.md
+//! says they do.
+//!
+//! The objects are applied with server-side apply in dry-run mode, so the test validates them
+//! against the real schemas and admission of the test API server without installing Ferry. Two
+//! kinds are applied for real, because the others cannot be dry-run without them: the CRDs (Ferry's
+//! own, which tests/tests/crds.rs installs as well) and the ferry-system namespace. Both are left
+//! in place: they are idempotent, and deleting the namespace would leave it terminating for the
+//! next run.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use ferry_tests::{CONVERGENCE_TIMEOUT, TestEnv};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::discovery::{self, ApiResource, Scope};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Client, ResourceExt};
+use serde::Deserialize;
+use serde_json::Value;
+
+const FIELD_MANAGER: &str = "ferry-deploy-test";
+
+/// The verbs that remove objects; the controller may use them on ferry.dev resources only.
+const DELETING_VERBS: [&str; 3] = ["delete", "deletecollection", "*"];
+
+#[derive(Debug, Deserialize)]
+struct Kustomization {
+    namespace: Option<String>,
+    #[serde(default)]
+    resources: Vec<String>,
+}
+
+/// One document of one manifest file.
+struct Manifest {
+    file: String,
+    document: usize,
+    object: Value,
+}
+
+impl Manifest {
+    fn kind(&self) -> &str {
+        self.object["kind"].as_str().unwrap_or_default()
+    }
+
+    fn name(&self) -> &str {
+        self.object["metadata"]["name"].as_str().unwrap_or_default()
+    }
+
+    /// How a failure names this object: file, document and the object itself.
+    fn describe(&self) -> String {
+        format!(
+            "deploy/{} document {}: {} {}",
+            self.file,
+            self.document,
+            self.kind(),
+            self.name()
+        )
+    }
+}
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+fn kustomization() -> Kustomization {
+    let path = deploy_dir().join("kustomization.yaml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|error| panic!("reading {}: {error}", path.display()));
+    serde_saphyr::from_str(&text)
+        .unwrap_or_else(|error| panic!("parsing {}: {error}", path.display()))
+}
+
+/// Every document of every file the kustomization lists, in the kustomization's order.
+fn manifests(kustomization: &Kustomization) -> Vec<Manifest> {
+    let mut manifests = Vec::new();
+    for file in &kustomization.resources {
+        let path = deploy_dir().join(file);
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|error| panic!("reading deploy/{file}: {error}"));
+        let documents: Vec<Value> = serde_saphyr::from_multiple(&text)
+            .unwrap_or_else(|error| panic!("parsing deploy/{file}: {error}"));
+        assert!(!documents.is_empty(), "deploy/{file} holds no object");
+        for (index, object) in documents.into_iter().enumerate() {
+            let manifest = Manifest {
+                file: file.clone(),
+                document: index + 1,
+                object,
+            };
+            assert!(
+                manifest.object["apiVersion"].is_string()
+                    && !manifest.kind().is_empty()
+                    && !manifest.name().is_empty(),
+                "{} lacks apiVersion, kind or metadata.name",
+                manifest.describe()
+            );
+            manifests.push(manifest);
+        }
+    }
+    manifests
+}
+
+/// The one object of `kind` named `name`.
+fn find<'a>(manifests: &'a [Manifest], kind: &str, name: &str) -> &'a Manifest {
+    let found: Vec<&Manifest> = manifests
+        .iter()
+        .filter(|m| m.kind() == kind && m.name() == name)
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "deploy/ should hold exactly one {kind} {name}"
+    );
+    found[0]
+}
+
+#[test]
+fn the_kustomization_lists_every_manifest_and_only_existing_ones() {
+    let kustomization = kustomization();
+    let listed: BTreeSet<String> = kustomization.resources.iter().cloned().collect();
+    assert_eq!(
+        listed.len(),
+        kustomization.resources.len(),
+        "deploy/kustomization.yaml lists a file twice: {:?}",
+        kustomization.resources
+    );
+    let present: BTreeSet<String> = std::fs::read_dir(deploy_dir())
+        .expect("reading deploy/")
+        .map(|entry| {
+            entry
+                .expect("reading deploy/")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .filter(|name| name.ends_with(".yaml") || name.ends_with(".yml"))
+        .filter(|name| name != "kustomization.yaml")
+        .collect();
+    let unlisted: Vec<&String> = present.difference(&listed).collect();
+    assert!(
+        unlisted.is_empty(),
+        "deploy/kustomization.yaml does not list {unlisted:?}, so `kubectl apply -k deploy/` would skip them"
+    );
+    let missing: Vec<&String> = listed.difference(&present).collect();
+    assert!(
+        missing.is_empty(),
+        "deploy/kustomization.yaml lists {missing:?}, which are not in deploy/"
+    );
+    assert_eq!(kustomization.namespace.as_deref(), Some("ferry-system"));
+}
+
+/// Whether `rules` (a Role's or ClusterRole's) allow `verb` on `resource` in `group`, by RBAC's
+/// own matching: `*` matches any group, resource or verb.
+fn grants(rules: &[Value], group: &str, resource: &str, verb: &str) -> bool {
+    let has = |rule: &Value, field: &str, wanted: &str| {
+        rule[field]
+            .as_array()
+            .is_some_and(|values| values.iter().any(|v| v == "*" || v == wanted))
+    };
+    rules.iter().any(|rule| {
+        has(rule, "apiGroups", group)
+            && has(rule, "resources", resource)
+            && has(rule, "verbs", verb)
+    })
+}
+
+fn rules(manifest: &Manifest) -> Vec<Value> {
+    manifest.object["rules"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{} has no rules", manifest.describe()))
+        .clone()
+}
+
+#[test]
+fn the_rbac_grants_delete_only_on_ferry_resources() {
+    let manifests = manifests(&kustomization());
+
+    // No rule of any role grants a deleting verb outside ferry.dev.
+    let roles: Vec<&Manifest> = manifests
+        .iter()
+        .filter(|m| m.kind() == "ClusterRole" || m.kind() == "Role")
+        .collect();
+    assert!(!roles.is_empty(), "deploy/ holds no Role or ClusterRole");
+    for role in &roles {
+        for rule in rules(role) {
+            let verbs = rule["verbs"].as_array().cloned().unwrap_or_default();
+            let deleting: Vec<&Value> = verbs
+                .iter()
+                .filter(|verb| DELETING_VERBS.iter().any(|d| *verb == d))
+                .collect();
+            if deleting.is_empty() {
+                continue;
+            }
+            assert_eq!(
+                rule["apiGroups"],
+                serde_json::json!(["ferry.dev"]),
+                "{} grants {deleting:?} outside ferry.dev in rule {rule}",
+                role.describe()
+            );
+        }
+    }
+
+    // And the controller's ClusterRole allows what backing up and restoring needs.
+    let cluster_role = rules(find(&manifests, "ClusterRole", "ferry-controller"));
+    let any_type = [
+        ("", "secrets"),
+        ("", "namespaces"),
+        ("apps", "deployments"),
+        ("rbac.authorization.k8s.io", "clusterroles"),
+        ("apiextensions.k8s.io", "customresourcedefinitions"),
+        ("example.com", "widgets"),
+    ];
+    for (group, resource) in any_type {
+        for verb in ["get", "list", "watch", "create", "update", "patch"] {
+            assert!(
+                grants(&cluster_role, group, resource, verb),
+                "the ClusterRole does not grant {verb} on {resource}.{group}"
+            );
+        }
+        assert!(
+            !grants(&cluster_role, group, resource, "delete"),
+            "the ClusterRole grants delete on {resource}.{group}"
+        );
+    }
+    for resource in ["roles", "clusterroles"] {
+        for verb in ["escalate", "bind"] {
+            assert!(
+                grants(&cluster_role, "rbac.authorization.k8s.io", resource, verb),
+                "the ClusterRole does not grant {verb} on {resource}, so restoring RBAC fails"
+            );
+        }
+    }
+    for resource in [
+        "backups",
+        "restores",
+        "schedules",
+        "backupstoragelocations",
+        "volumesnapshotlocations",
+    ] {
+        for verb in [
+            "get", "list", "watch", "create", "update", "patch", "delete",
+        ] {
+            assert!(
+                grants(&cluster_role, "ferry.dev", resource, verb),
+                "the ClusterRole does not grant {verb} on {resource}.ferry.dev"
+            );
+        }
+        let status = format!("{resource}/status");
+        for verb in ["get", "update", "patch"] {
+            assert!(
+                grants(&cluster_role, "ferry.dev", &status, verb),
+                "the ClusterRole does not grant {verb} on {status}.ferry.dev"
+            );
+        }
+    }
+    for group in ["", "events.k8s.io"] {
+        for verb in ["create", "patch"] {
+            assert!(
+                grants(&cluster_role, group, "events", verb),
+                "the ClusterRole does not grant {verb} on events.{group}"
+            );
+        }
+    }
+
+    // Leader election in its own namespace.
+    let role = rules(find(&manifests, "Role", "ferry-controller"));
+    for verb in ["get", "create", "update"] {
+        assert!(
+            grants(&role, "coordination.k8s.io", "leases", verb),
+            "the Role does not grant {verb} on leases"
+        );
+    }
+}
+
+#[test]
+fn the_workloads_run_the_controller_and_the_agent() {
+    let manifests = manifests(&kustomization());
+    let container_args = |kind: &str, name: &str| {
+        let workload = find(&manifests, kind, name);
+        workload.object["spec"]["template"]["spec"]["containers"][0]["args"].clone()
+    };
+    assert_eq!(
+        container_args("Deployment", "ferry-controller"),
+        serde_json::json!(["controller"]),
+        "the controller Deployment's container args"
+    );
+    assert_eq!(
+        container_args("DaemonSet", "ferry-agent"),
+        serde_json::json!(["agent"]),
+        "the agent DaemonSet's container args"
+    );
+}
+
+#[tokio::test]
+async fn every_object_in_deploy_is_accepted_by_the_api_server() {
+    let kustomization = kustomization();
+    let manifests = manifests(&kustomization);
+    let client = TestEnv::get().kube_client().await;
+
+    // What the others need first is applied for real: the CRDs, then the namespace. Then
+    // everything, those two included, in dry-run mode, in the kustomization's order.
+    let first = |kind: &'static str| manifests.iter().filter(move |m| m.kind() == kind);
+    for crd in first("CustomResourceDefinition") {
+        apply(&client, &kustomization, crd, false)
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        let crds = Api::<CustomResourceDefinition>::all(client.clone());
+        tokio::time::timeout(
+            CONVERGENCE_TIMEOUT,
+            await_condition(crds, crd.name(), conditions::is_crd_established()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{} was not established", crd.describe()))
+        .expect("watching CRDs");
+    }
+    for namespace in first("Namespace") {
+        wait_until_not_terminating(&client, namespace).await;
+        apply(&client, &kustomization, namespace, false)
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+    }
+
+    let mut failures = Vec::new();
+    for manifest in &manifests {
+        if let Err(error) = apply(&client, &kustomization, manifest, true).await {
+            failures.push(error);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "the API server refused {} of {} objects in deploy/:\n{}",
+        failures.len(),
+        manifests.len(),
+        failures.join("\n")
+    );
+}
+
+/// Applies one object with server-side apply, as `kubectl apply -k` would after kustomize set the
+/// namespace of namespaced objects. Its error names the file and the object.
+async fn apply(
+    client: &Client,
+    kustomization: &Kustomization,
+    manifest: &Manifest,
+    dry_run: bool,
+) -> Result<(), String> {
+    let fail = |what: String| format!("{}: {what}", manifest.describe());
+    let api_version = manifest.object["apiVersion"].as_str().unwrap_or_default();
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let gvk = GroupVersionKind::gvk(group, version, manifest.kind());
+    let (resource, capabilities) = discovery::pinned_kind(client, &gvk)
+        .await
+        .map_err(|error| {
+            fail(format!(
+                "the API server does not serve {api_version} {}: {error}",
+                gvk.kind
+            ))
+        })?;
+
+    let mut object: DynamicObject = serde_json::from_value(manifest.object.clone())
+        .map_err(|error| fail(format!("not a Kubernetes object: {error}")))?;
+    let api: Api<DynamicObject> = match capabilities.scope {
+        Scope::Namespaced => {
+            let namespace = kustomization
+                .namespace
+                .clone()
+                .or_else(|| object.namespace())
+                .unwrap_or_else(|| "default".to_owned());
+            object.metadata.namespace = Some(namespace.clone());
+            Api::namespaced_with(client.clone(), &namespace, &resource)
+        }
+        Scope::Cluster => Api::all_with(client.clone(), &resource),
+    };
+    // Strict: an unknown or duplicated field is an error, as with `kubectl apply`.
+    let mut params = PatchParams::apply(FIELD_MANAGER)
+        .force()
+        .validation_strict();
+    if dry_run {
+        params = params.dry_run();
+    }
+    let applied = api
+        .patch(manifest.name(), &params, &Patch::Apply(&object))
+        .await
+        .map_err(|error| fail(format!("{} refused: {error}", mode(dry_run))))?;
+    check_answer(&resource, &object, &applied).map_err(fail)
+}
+
+fn mode(dry_run: bool) -> &'static str {
+    if dry_run {
+        "dry-run server-side apply"
+    } else {
+        "server-side apply"
+    }
+}
+
+/// The API server answered with the object that was sent, not some other one.
+fn check_answer(
+    resource: &ApiResource,
+    sent: &DynamicObject,
+    answer: &DynamicObject,
+) -> Result<(), String> {
+    if answer.name_any() != sent.name_any() || answer.namespace() != sent.namespace() {
+        return Err(format!(
+            "the API server answered with {} {:?}/{}",
+            resource.kind,
+            answer.namespace(),
+            answer.name_any()
+        ));
+    }
+    Ok(())
+}
+
+/// A namespace that an earlier run or a person deleted may still be finalizing, and nothing can be
+/// applied in it until it is gone.
+async fn wait_until_not_terminating(client: &Client, manifest: &Manifest) {
+    let namespaces = Api::<Namespace>::all(client.clone());
+    let Some(existing) = namespaces
+        .get_opt(manifest.name())
+        .await
+        .unwrap_or_else(|error| panic!("reading {}: {error}", manifest.describe()))
+    else {
+        return;
+    };
+    if existing.metadata.deletion_timestamp.is_none() {
+        return;
+    }
+    let uid = existing.metadata.uid.unwrap_or_default();
+    tokio::time::timeout(
+        CONVERGENCE_TIMEOUT,
+        await_condition(namespaces, manifest.name(), conditions::is_deleted(&uid)),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{} is still terminating", manifest.describe()))
+    .expect("watching namespaces");
+}
+
+/// What the tests above rely on from the YAML parser: every value keeps its type.
+#[test]
+fn yaml_documents_parse_into_json_values() {
+    let documents: Vec<Value> = serde_saphyr::from_multiple(
+        "# comment\n---\na: 1\nb: \"1\"\nc: [x]\nd: true\n---\n---\ne: {}\n",
+    )
+    .unwrap();
+    assert_eq!(
+        documents,
+        vec![
+            serde_json::json!({"a": 1, "b": "1", "c": ["x"], "d": true}),
+            serde_json::json!({"e": {}}),
+        ]
+    );
+}
