@@ -114,6 +114,11 @@ impl RepoLock {
                 let (stopped, signal) = &*stop;
                 let mut guard = stopped.lock().expect("lock refresher");
                 loop {
+                    // Checked before every wait: a release that came before this thread first
+                    // took the mutex has already notified, and must not be waited for again.
+                    if *guard {
+                        return;
+                    }
                     let (next, timeout) = signal
                         .wait_timeout(guard, REFRESH_EVERY)
                         .expect("lock refresher");
@@ -209,4 +214,64 @@ pub fn remove_stale_locks(repo: &Repository) -> Result<usize> {
         }
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::MemoryBackend;
+    use crate::crypto::KdfParams;
+    use crate::repository::InitOptions;
+
+    fn repository() -> Arc<Repository> {
+        let options = InitOptions {
+            kdf: KdfParams {
+                memory_kib: 256,
+                iterations: 1,
+                parallelism: 1,
+            },
+            ..InitOptions::default()
+        };
+        Arc::new(Repository::init(Arc::new(MemoryBackend::new()), b"a password", &options).unwrap())
+    }
+
+    /// A lock released at once (before its refresher thread first waits) must not keep the
+    /// release waiting for the refresh interval.
+    #[test]
+    fn a_lock_released_at_once_is_released_at_once() {
+        let repo = repository();
+        let (done, finished) = std::sync::mpsc::channel();
+        let worker = {
+            let repo = repo.clone();
+            std::thread::spawn(move || {
+                for _ in 0..50 {
+                    drop(RepoLock::acquire(&repo, false, Duration::ZERO).unwrap());
+                }
+                done.send(()).unwrap();
+            })
+        };
+        finished
+            .recv_timeout(REFRESH_EVERY / 2)
+            .expect("releasing a lock waited for its refresher's interval");
+        worker.join().unwrap();
+        assert!(repo.backend().list(Kind::Lock).unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_exclusive_lock_excludes_and_a_shared_one_shares() {
+        let repo = repository();
+        let shared = RepoLock::acquire(&repo, false, Duration::ZERO).unwrap();
+        let another_shared = RepoLock::acquire(&repo, false, Duration::ZERO).unwrap();
+        let refused = RepoLock::acquire(&repo, true, Duration::ZERO)
+            .err()
+            .unwrap();
+        assert!(matches!(refused, Error::Locked { .. }), "{refused}");
+        drop((shared, another_shared));
+        let exclusive = RepoLock::acquire(&repo, true, Duration::ZERO).unwrap();
+        let refused = RepoLock::acquire(&repo, false, Duration::ZERO)
+            .err()
+            .unwrap();
+        assert!(refused.to_string().contains("exclusive"), "{refused}");
+        drop(exclusive);
+    }
 }

@@ -75,6 +75,9 @@ pub fn restore(
     restore_tree(repo, &snapshot.tree, target, options)
 }
 
+/// Offset, length, and for a blob its id and whether the target already holds it at that offset.
+type PlannedExtent = (u64, u64, Option<(Id, bool)>);
+
 /// A regular file to write.
 struct FilePlan {
     rel: PathBuf,
@@ -85,7 +88,21 @@ struct FilePlan {
     /// Offsets of the written (not already in place) ranges, for in-place files.
     written: Vec<(u64, u64)>,
     holes: Vec<(u64, u64)>,
+    /// Every extent of the file. Empty for unchanged and damaged files.
+    layout: Vec<PlannedExtent>,
     unchanged: bool,
+}
+
+impl FilePlan {
+    /// The blobs this file still needs written, with their lengths.
+    fn blobs_to_write(&self) -> impl Iterator<Item = (Id, u64)> + '_ {
+        self.layout
+            .iter()
+            .filter_map(|(_, length, blob)| match blob {
+                Some((id, here)) if !(self.in_place && *here) => Some((*id, *length)),
+                _ => None,
+            })
+    }
 }
 
 struct Destination {
@@ -170,6 +187,7 @@ pub fn restore_tree(
                     in_place: false,
                     written: Vec::new(),
                     holes: Vec::new(),
+                    layout: Vec::new(),
                     unchanged: false,
                 });
             }
@@ -185,7 +203,6 @@ pub fn restore_tree(
         let position = position as u32;
         let existing = scan.files.get(&plan.rel);
         let mut offset = 0u64;
-        let mut in_place_bytes = 0u64;
         let mut layout = Vec::with_capacity(plan.node.content.len());
         for extent in &plan.node.content {
             match extent {
@@ -197,9 +214,6 @@ pub fn restore_tree(
                     Some(location) => {
                         let length = location.raw_length as u64;
                         let in_place = existing.is_some_and(|e| e.chunks.get(&offset) == Some(id));
-                        if in_place {
-                            in_place_bytes += length;
-                        }
                         layout.push((offset, length, Some((*id, in_place))));
                         offset += length;
                     }
@@ -238,56 +252,76 @@ pub fn restore_tree(
                     .push((plan.node.size, existing.size - plan.node.size));
             }
         }
-        summary.bytes_reused += in_place_bytes;
         plan.holes = layout
             .iter()
             .filter(|(_, _, blob)| blob.is_none())
             .map(|(o, l, _)| (*o, *l))
             .collect();
-        for (offset, length, blob) in layout {
-            if let Some((id, false)) = blob {
-                blobs
-                    .entry(id)
-                    .or_insert_with(|| BlobPlan {
-                        length,
-                        destinations: Vec::new(),
-                    })
-                    .destinations
-                    .push(Destination {
-                        file: position,
-                        offset,
-                    });
-            }
-        }
+        plan.layout = layout;
     }
 
-    // A file patched in place must not overwrite bytes some blob is copied from.
-    let path_to_plan: HashMap<&Path, usize> = files
+    // A file patched in place must not overwrite bytes that some blob is copied from. Such a file
+    // is written to a temp file instead, which then needs all of its chunks, and those may come
+    // from yet another file patched in place: repeat until nothing changes.
+    let path_to_plan: HashMap<PathBuf, usize> = files
         .iter()
         .enumerate()
-        .map(|(i, f)| (f.rel.as_path(), i))
+        .map(|(i, f)| (f.rel.clone(), i))
         .collect();
-    let mut to_temp = HashSet::new();
-    for id in blobs.keys() {
-        if let Some(source) = scan.sources.get(id) {
-            let source_rel = &scan.paths[source.file as usize];
-            if let Some(&plan) = path_to_plan.get(source_rel.as_path()) {
-                let length = blobs[id].length;
-                if files[plan].in_place
-                    && files[plan]
+    loop {
+        let mut clobbered = Vec::new();
+        for plan in &files {
+            for (id, length) in plan.blobs_to_write() {
+                let Some(source) = scan.sources.get(&id) else {
+                    continue;
+                };
+                let source_rel = &scan.paths[source.file as usize];
+                if let Some(&other) = path_to_plan.get(source_rel)
+                    && files[other].in_place
+                    && files[other]
                         .written
                         .iter()
                         .any(|(o, l)| *o < source.offset + length && source.offset < o + l)
                 {
-                    to_temp.insert(plan);
+                    clobbered.push(other);
                 }
             }
         }
-    }
-    for (position, plan) in files.iter_mut().enumerate() {
-        if to_temp.contains(&position) {
-            plan.in_place = false;
+        if clobbered.is_empty() {
+            break;
         }
+        for position in clobbered {
+            files[position].in_place = false;
+        }
+    }
+    for (position, plan) in files.iter().enumerate() {
+        if plan.in_place {
+            summary.bytes_reused += plan
+                .layout
+                .iter()
+                .filter(|(_, _, blob)| blob.is_some_and(|(_, here)| here))
+                .map(|(_, length, _)| length)
+                .sum::<u64>();
+        }
+        for (offset, length, blob) in &plan.layout {
+            let Some((id, here)) = blob else { continue };
+            if plan.in_place && *here {
+                continue;
+            }
+            blobs
+                .entry(*id)
+                .or_insert_with(|| BlobPlan {
+                    length: *length,
+                    destinations: Vec::new(),
+                })
+                .destinations
+                .push(Destination {
+                    file: position as u32,
+                    offset: *offset,
+                });
+        }
+    }
+    for plan in &mut files {
         let occupied = std::fs::symlink_metadata(&plan.write_path).is_ok();
         if !plan.in_place && !plan.unchanged && options.incremental && occupied {
             let name = plan
@@ -436,7 +470,9 @@ pub fn restore_tree(
     for (position, plan) in files.iter().enumerate() {
         let final_path = target.join(&plan.rel);
         if damaged.contains(&(position as u32)) {
-            if plan.write_path != final_path {
+            // A file this restore created (or truncated) is removed rather than left looking
+            // restored; one patched in place keeps what the target held.
+            if !plan.in_place {
                 let _ = std::fs::remove_file(&plan.write_path);
             }
             summary.errors += 1;
@@ -976,7 +1012,7 @@ fn create_special(path: &Path, node: &Node) -> Result<()> {
         )
         .map_err(|e| Error::io(path, e.into())),
         // A socket belongs to a process; there is nothing to restore.
-        NodeKind::Socket => return Ok(()),
+        NodeKind::Socket => Ok(()),
         NodeKind::File | NodeKind::Dir => unreachable!("not a special file"),
     }
 }

@@ -51,7 +51,7 @@ pub struct Node {
     pub ctime_nsec: u32,
     pub inode: u64,
     pub device: u64,
-    #[serde(default, skip_serializing_if = "is_one")]
+    #[serde(default = "one", skip_serializing_if = "is_one")]
     pub links: u64,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub size: u64,
@@ -65,6 +65,10 @@ pub struct Node {
     pub rdev: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub xattrs: Vec<Xattr>,
+}
+
+fn one() -> u64 {
+    1
 }
 
 fn is_zero(value: &u64) -> bool {

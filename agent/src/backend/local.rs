@@ -118,7 +118,12 @@ impl Backend for LocalBackend {
                 if name.starts_with('.') {
                     continue; // a temp file of an unfinished write
                 }
-                let meta = entry.metadata().at(entry.path())?;
+                let meta = match entry.metadata() {
+                    Ok(meta) => meta,
+                    // Deleted since the directory was read (a lock released meanwhile).
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(error) => return Err(Error::io(entry.path(), error)),
+                };
                 if meta.is_dir() {
                     if kind == Kind::Pack {
                         dirs.push(entry.path());
