@@ -1,6 +1,7 @@
 //! `ferry`: the one binary of Ferry. The CLI, the controller (`ferry controller`) and the node
 //! agent (`ferry agent`) are subcommands, so that a user installs one image and one command.
 
+mod controller_cmd;
 mod output;
 mod repo_cmd;
 mod volume_cmd;
@@ -134,21 +135,32 @@ enum Command {
     /// Back up and restore a directory with Ferry's data mover, with no cluster.
     #[command(subcommand)]
     Volume(volume_cmd::VolumeCommand),
+    /// Run the controller (in the cluster, as deploy/controller.yaml does).
+    Controller(controller_cmd::ControllerArgs),
+}
+
+/// A long-running controller logs what it does; a command run by hand only what went wrong.
+fn default_log_level(cli: &Cli) -> &'static str {
+    match cli.command {
+        Command::Controller(_) => "info",
+        _ => "warn",
+    }
 }
 
 fn main() -> ExitCode {
     ferry_protocol::tls::install_crypto_provider();
+    let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log_level(&cli))),
         )
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Repo(command) => repo_cmd::run(&cli.global, command),
         Command::Volume(command) => volume_cmd::run(&cli.global, command),
+        Command::Controller(args) => controller_cmd::run(args),
     };
     match result {
         Ok(code) => code,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_protocol::crd::{Backup, BackupStatus, Phase, Progress};
-use ferry_protocol::layout::{ARCHIVE_FORMAT_VERSION, ArchiveItem, BackupKeys, GroupResource};
+use ferry_protocol::layout::{ARCHIVE_FORMAT_VERSION, ArchiveItem, BackupKeys};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DynamicObject, ListParams};
 use kube::core::{Selector, SelectorExt};
@@ -20,7 +20,7 @@ use crate::archive::ArchiveWriter;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::resources::{
-    IncludesExcludes, ResourceFilter, ResourceType, discover, is_never_backed_up,
+    IncludesExcludes, ResourceFilter, ResourceType, discover, is_never_backed_up, parse_selector,
 };
 use crate::storage::ObjectStore;
 use crate::{gzip_json, parse_duration};
@@ -110,9 +110,9 @@ async fn validate(backup: &Backup, ctx: &Context) -> Result<Result<Plan, Vec<Str
         problems.push("labelSelector and orLabelSelectors cannot both be set; use one".to_owned());
     }
     for selector in spec.label_selector.iter().chain(&spec.or_label_selectors) {
-        match Selector::try_from(selector.clone()) {
+        match parse_selector(selector) {
             Ok(selector) => selectors.push(selector),
-            Err(error) => problems.push(format!("invalid label selector: {error}")),
+            Err(problem) => problems.push(problem),
         }
     }
     let ttl = match spec.ttl.as_deref().map(parse_duration) {
@@ -530,7 +530,7 @@ impl<'a> Run<'a> {
                 if !keep(self, &object) {
                     continue;
                 }
-                self.write(&resource, object, writer).await?;
+                self.write(resource_type, object, writer).await?;
             }
             self.report_progress().await;
             match next {
@@ -542,12 +542,18 @@ impl<'a> Run<'a> {
 
     async fn write(
         &mut self,
-        resource: &GroupResource,
+        resource_type: &ResourceType,
         mut object: DynamicObject,
         writer: &ArchiveWriter,
     ) -> Result<()> {
+        let resource = &resource_type.group_resource();
         // Managed fields are the API server's bookkeeping and can be most of an object's size.
         object.metadata.managed_fields = None;
+        // Items of a list carry no apiVersion and kind; an object restored (or applied) needs them.
+        object.types = Some(kube::core::TypeMeta {
+            api_version: resource_type.api.api_version.clone(),
+            kind: resource_type.api.kind.clone(),
+        });
         let item = ArchiveItem {
             resource: resource.clone(),
             namespace: object.namespace(),

@@ -31,7 +31,8 @@ pub use context::Context;
 pub use error::{Error, Result};
 
 /// Runs every reconciler until the process is stopped.
-pub async fn run(client: Client, namespace: &str) {
+pub async fn run(client: Client, namespace: String) {
+    let namespace = namespace.as_str();
     let ctx = Arc::new(Context::new(client.clone(), namespace));
     let config = watcher::Config::default();
     let backups = Controller::new(

@@ -192,10 +192,51 @@ impl ResourceFilter {
     }
 }
 
+/// A label selector as the API server would read it, or a problem that names the bad part.
+pub fn parse_selector(
+    selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+) -> Result<kube::core::Selector, String> {
+    const OPERATORS: [&str; 4] = ["In", "NotIn", "Exists", "DoesNotExist"];
+    if let Some(bad) = selector
+        .match_expressions
+        .iter()
+        .flatten()
+        .find(|e| !OPERATORS.contains(&e.operator.as_str()))
+    {
+        return Err(format!(
+            "labelSelector: operator {:?} (key {:?}) is not one of {}",
+            bad.operator,
+            bad.key,
+            OPERATORS.join(", ")
+        ));
+    }
+    kube::core::Selector::try_from(selector.clone())
+        .map_err(|error| format!("invalid labelSelector: {error}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use kube::discovery::ApiCapabilities;
+
+    #[test]
+    fn a_bad_selector_operator_is_named() {
+        let selector = serde_json::from_value(serde_json::json!({
+            "matchExpressions": [{"key": "tier", "operator": "Sideways", "values": ["db"]}]
+        }))
+        .unwrap();
+        let problem = parse_selector(&selector).unwrap_err();
+        assert!(
+            problem.contains("\"Sideways\"") && problem.contains("\"tier\""),
+            "{problem}"
+        );
+        let good = serde_json::from_value(serde_json::json!({
+            "matchLabels": {"app": "shop"},
+            "matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["db"]}]
+        }))
+        .unwrap();
+        assert!(parse_selector(&good).is_ok());
+    }
 
     fn served(group: &str, version: &str, kind: &str, plural: &str, scope: Scope) -> ResourceType {
         let api = ApiResource {

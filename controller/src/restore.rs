@@ -26,7 +26,9 @@ use serde_json::Value;
 use crate::archive::Archive;
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::resources::{IncludesExcludes, ResourceType, discover, is_never_backed_up};
+use crate::resources::{
+    IncludesExcludes, ResourceType, discover, is_never_backed_up, parse_selector,
+};
 use crate::storage::ObjectStore;
 
 /// Objects created at once within a tier. The API server, not Ferry, is the limit.
@@ -168,11 +170,11 @@ async fn validate(restore: &Restore, ctx: &Context) -> Result<Result<Plan, Vec<S
             }
         }
     };
-    let selector = match spec.label_selector.clone().map(Selector::try_from) {
+    let selector = match spec.label_selector.as_ref().map(parse_selector) {
         None => None,
         Some(Ok(selector)) => Some(selector),
-        Some(Err(error)) => {
-            problems.push(format!("invalid labelSelector: {error}"));
+        Some(Err(problem)) => {
+            problems.push(problem);
             None
         }
     };
@@ -741,6 +743,20 @@ fn transform(
                 && !in_archive(&GroupResource::new("persistentvolumes", ""), &volume)
             {
                 remove(object, "/spec", "volumeName");
+            }
+        }
+        // A ServiceAccount bound in a mapped namespace is the one restored there.
+        ("rolebindings" | "clusterrolebindings", "rbac.authorization.k8s.io") => {
+            if let Some(subjects) = object
+                .pointer_mut("/subjects")
+                .and_then(Value::as_array_mut)
+            {
+                for subject in subjects {
+                    let mapped = subject.get("namespace").and_then(Value::as_str).map(map);
+                    if let Some(namespace) = mapped {
+                        subject["namespace"] = Value::String(namespace);
+                    }
+                }
             }
         }
         ("pods", "") => {

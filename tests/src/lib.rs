@@ -30,3 +30,29 @@ pub fn unique_name(prefix: &str) -> String {
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     format!("{prefix}-{}", &suffix[..10])
 }
+
+/// Applies Ferry's CRDs (generated from the same types as deploy/crds.yaml) and waits until the
+/// API server serves them.
+pub async fn install_ferry_crds(client: &kube::Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Api, Patch, PatchParams};
+    use kube::runtime::wait::{await_condition, conditions};
+    let crds = Api::<CustomResourceDefinition>::all(client.clone());
+    for crd in ferry_protocol::crd::all() {
+        let name = kube::ResourceExt::name_any(&crd);
+        crds.patch(
+            &name,
+            &PatchParams::apply("ferry-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|error| panic!("applying the CRD {name}: {error}"));
+        tokio::time::timeout(
+            CONVERGENCE_TIMEOUT,
+            await_condition(crds.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("the CRD {name} is not established"))
+        .unwrap();
+    }
+}

@@ -2,34 +2,15 @@
 //! server, and Ferry's resources round-trip through it.
 
 use ferry_protocol::crd::{Backup, BackupSpec, Phase};
-use ferry_tests::{CONVERGENCE_TIMEOUT, TestEnv, TestNamespace};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use ferry_tests::{TestEnv, TestNamespace};
+use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::runtime::wait::{await_condition, conditions};
-use kube::{Api, ResourceExt};
 use serde_json::json;
 
 #[tokio::test]
 async fn ferry_crds_apply_and_their_resources_round_trip() {
     let client = TestEnv::get().kube_client().await;
-    let crds = Api::<CustomResourceDefinition>::all(client.clone());
-    for crd in ferry_protocol::crd::all() {
-        let name = crd.name_any();
-        crds.patch(
-            &name,
-            &PatchParams::apply("ferry-tests").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap();
-        tokio::time::timeout(
-            CONVERGENCE_TIMEOUT,
-            await_condition(crds.clone(), &name, conditions::is_crd_established()),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("{name} is not established"))
-        .unwrap();
-    }
+    ferry_tests::install_ferry_crds(&client).await;
 
     let namespace = TestNamespace::create(&client, "crds").await;
     let backups = Api::<Backup>::namespaced(client.clone(), namespace.name());

@@ -1,0 +1,781 @@
+//! The controller against the test environment's API server and MinIO: an application's objects
+//! are backed up, its namespace deleted (and finalized by the controller manager), and everything
+//! restored; into a mapped namespace too; with both existing-resource policies; and the failures a
+//! user can cause end with a reason.
+//!
+//! Each test runs its own controller in-process, watching a namespace of its own, against a bucket
+//! prefix of its own.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ferry_protocol::crd::{Backup, Phase, Restore};
+use ferry_tests::{BucketPrefix, CONVERGENCE_TIMEOUT, TestEnv, TestNamespace, unique_name};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolume, PersistentVolumeClaim, Secret, Service, ServiceAccount,
+};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::discovery::ApiResource;
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+/// A controller running in this process, with a storage location of its own.
+struct Ferry {
+    client: Client,
+    namespace: TestNamespace,
+    store: BucketPrefix,
+    controller: tokio::task::JoinHandle<()>,
+}
+
+impl Ferry {
+    async fn start(test: &str) -> Ferry {
+        let env = TestEnv::get();
+        let client = env.kube_client().await;
+        ferry_tests::install_ferry_crds(&client).await;
+        let namespace = TestNamespace::create(&client, "ferry").await;
+        let store = BucketPrefix::new(env, test);
+        let credentials = env.s3_credentials();
+        let credentials_file = format!(
+            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            credentials.access_key_id(),
+            credentials.secret_access_key()
+        );
+        create(
+            &client,
+            namespace.name(),
+            json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "cloud-credentials"},
+                "stringData": {"cloud": credentials_file},
+            }),
+        )
+        .await;
+        create(
+            &client,
+            namespace.name(),
+            json!({
+                "apiVersion": "ferry.dev/v1alpha1", "kind": "BackupStorageLocation",
+                "metadata": {"name": "default"},
+                "spec": {
+                    "provider": "aws",
+                    "objectStorage": {"bucket": store.bucket(), "prefix": store.prefix()},
+                    "region": env.s3_region(),
+                    "endpoint": env.s3_endpoint(),
+                    "forcePathStyle": true,
+                    "credential": {"name": "cloud-credentials", "key": "cloud"},
+                    "default": true,
+                    "validationFrequency": "2s",
+                    "backupSyncPeriod": "2s",
+                },
+            }),
+        )
+        .await;
+        let controller = tokio::spawn(ferry_controller::run(
+            client.clone(),
+            namespace.name().to_owned(),
+        ));
+        Ferry {
+            client,
+            namespace,
+            store,
+            controller,
+        }
+    }
+
+    fn backups(&self) -> Api<Backup> {
+        Api::namespaced(self.client.clone(), self.namespace.name())
+    }
+
+    fn restores(&self) -> Api<Restore> {
+        Api::namespaced(self.client.clone(), self.namespace.name())
+    }
+
+    async fn backup(&self, name: &str, spec: Value) -> Backup {
+        create(
+            &self.client,
+            self.namespace.name(),
+            json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "Backup", "metadata": {"name": name}, "spec": spec}),
+        )
+        .await;
+        finished(&self.backups(), name).await
+    }
+
+    async fn restore(&self, name: &str, spec: Value) -> Restore {
+        create(
+            &self.client,
+            self.namespace.name(),
+            json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "Restore", "metadata": {"name": name}, "spec": spec}),
+        )
+        .await;
+        let restore = finished(&self.restores(), name).await;
+        if restore.phase() != Some(Phase::Completed) {
+            eprintln!(
+                "results of restore {name}: {}",
+                self.restore_results(name).await
+            );
+        }
+        restore
+    }
+
+    /// The per-object results a restore wrote to the bucket.
+    async fn restore_results(&self, name: &str) -> Value {
+        let key =
+            ferry_protocol::layout::RestoreKeys::new(Some(self.store.prefix()), name).results();
+        let object = TestEnv::get()
+            .s3_client()
+            .get_object()
+            .bucket(self.store.bucket())
+            .key(&key)
+            .send()
+            .await;
+        match object {
+            Ok(object) => {
+                let bytes = object.body.collect().await.unwrap().into_bytes();
+                ferry_controller::gunzip_json(&bytes).unwrap()
+            }
+            Err(error) => json!(format!("{key} cannot be read: {error}")),
+        }
+    }
+
+    async fn stop(self) {
+        self.controller.abort();
+        let _ = self.controller.await;
+        self.namespace.delete_and_wait().await;
+        drop(self.store);
+    }
+}
+
+/// Creates an object from its JSON, in `namespace` when it is namespaced.
+async fn create(client: &Client, namespace: &str, object: Value) {
+    let object: DynamicObject = serde_json::from_value(object).unwrap();
+    let types = object.types.clone().expect("apiVersion and kind");
+    let (group, version) = match types.api_version.split_once('/') {
+        Some((group, version)) => (group.to_owned(), version.to_owned()),
+        None => (String::new(), types.api_version.clone()),
+    };
+    let gvk = kube::api::GroupVersionKind::gvk(&group, &version, &types.kind);
+    let (resource, capabilities) = kube::discovery::pinned_kind(client, &gvk)
+        .await
+        .unwrap_or_else(|error| panic!("discovering {}: {error}", types.kind));
+    let api: Api<DynamicObject> = match capabilities.scope {
+        kube::discovery::Scope::Namespaced => {
+            Api::namespaced_with(client.clone(), namespace, &resource)
+        }
+        kube::discovery::Scope::Cluster => Api::all_with(client.clone(), &resource),
+    };
+    api.create(&PostParams::default(), &object)
+        .await
+        .unwrap_or_else(|error| panic!("creating {} {}: {error}", types.kind, object.name_any()));
+}
+
+trait HasPhase {
+    fn phase(&self) -> Option<Phase>;
+}
+
+impl HasPhase for Backup {
+    fn phase(&self) -> Option<Phase> {
+        self.status.as_ref().and_then(|s| s.phase)
+    }
+}
+
+impl HasPhase for Restore {
+    fn phase(&self) -> Option<Phase> {
+        self.status.as_ref().and_then(|s| s.phase)
+    }
+}
+
+/// Waits until the resource reaches a final phase, and returns it.
+async fn finished<K>(api: &Api<K>, name: &str) -> K
+where
+    K: HasPhase + Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let deadline = tokio::time::Instant::now() + CONVERGENCE_TIMEOUT;
+    loop {
+        let object = api.get(name).await.unwrap();
+        if matches!(
+            object.phase(),
+            Some(
+                Phase::Completed | Phase::PartiallyFailed | Phase::Failed | Phase::FailedValidation
+            )
+        ) {
+            return object;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} did not finish in {CONVERGENCE_TIMEOUT:?}: {object:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// An application: a Deployment, a StatefulSet, Services of both kinds, a ConfigMap, a Secret, a
+/// ServiceAccount with a Role and RoleBinding, a custom object of its own CRD, and a PVC bound to
+/// a PV. Returns the CRD's group and the PV's name.
+async fn create_application(client: &Client, namespace: &str) -> (String, String) {
+    let group = format!("{}.ferry.test", unique_name("g"));
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": format!("widgets.{group}")},
+        "spec": {
+            "group": group, "scope": "Namespaced",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+            "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {
+                "type": "object",
+                "properties": {"spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}},
+            }}}],
+        },
+    }))
+    .unwrap();
+    let crds = Api::<CustomResourceDefinition>::all(client.clone());
+    crds.create(&PostParams::default(), &crd).await.unwrap();
+    tokio::time::timeout(
+        CONVERGENCE_TIMEOUT,
+        await_condition(crds, &crd.name_any(), conditions::is_crd_established()),
+    )
+    .await
+    .expect("the test CRD is established")
+    .unwrap();
+
+    let labels = json!({"app": "shop"});
+    let pod_template = json!({
+        "metadata": {"labels": labels},
+        "spec": {"containers": [{"name": "web", "image": "nginx:1.27", "ports": [{"containerPort": 80}]}]},
+    });
+    let storage_class = unique_name("manual");
+    let pv_name = unique_name("pv");
+    let objects = [
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings", "labels": labels},
+               "data": {"greeting": "hello", "colour": "blue"}}),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "unlabelled"},
+               "data": {"x": "y"}}),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db-password", "labels": labels},
+               "stringData": {"password": "s3cr3t"}}),
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "shop", "labels": labels}}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "reader", "labels": labels},
+               "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "shop-reads", "labels": labels},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "reader"},
+               "subjects": [{"kind": "ServiceAccount", "name": "shop", "namespace": namespace}]}),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "labels": labels},
+               "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 80}]}}),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web-public", "labels": labels},
+               "spec": {"type": "NodePort", "selector": labels, "ports": [{"port": 80, "targetPort": 80}]}}),
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "labels": labels},
+               "spec": {"replicas": 2, "selector": {"matchLabels": labels}, "template": pod_template}}),
+        json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db", "labels": labels},
+               "spec": {"serviceName": "web", "replicas": 1, "selector": {"matchLabels": labels}, "template": pod_template}}),
+        json!({"apiVersion": format!("{group}/v1"), "kind": "Widget", "metadata": {"name": "gizmo", "labels": labels},
+               "spec": {"size": 3, "parts": ["a", "b"]}}),
+        json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv_name, "labels": labels},
+               "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                        "persistentVolumeReclaimPolicy": "Retain", "storageClassName": storage_class,
+                        "hostPath": {"path": "/tmp/ferry-test-pv"}}}),
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data", "labels": labels},
+               "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": storage_class,
+                        "resources": {"requests": {"storage": "1Gi"}}}}),
+    ];
+    for object in objects {
+        create(client, namespace, object).await;
+    }
+    wait_bound(client, namespace, "data").await;
+    (group, pv_name)
+}
+
+async fn wait_bound(client: &Client, namespace: &str, claim: &str) {
+    let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace);
+    tokio::time::timeout(
+        CONVERGENCE_TIMEOUT,
+        await_condition(claims, claim, |claim: Option<&PersistentVolumeClaim>| {
+            claim
+                .and_then(|c| c.status.as_ref())
+                .and_then(|s| s.phase.as_deref())
+                == Some("Bound")
+        }),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("PVC {namespace}/{claim} did not bind"))
+    .unwrap();
+}
+
+/// Deletes a namespace by name and waits until the controller manager has finalized it.
+async fn delete_namespace(client: &Client, name: &str) {
+    let namespaces = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone());
+    let uid = namespaces.get(name).await.unwrap().uid().unwrap();
+    namespaces
+        .delete(name, &DeleteParams::default())
+        .await
+        .unwrap();
+    tokio::time::timeout(
+        CONVERGENCE_TIMEOUT,
+        await_condition(namespaces, name, conditions::is_deleted(&uid)),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("namespace {name} was not finalized"))
+    .unwrap();
+}
+
+async fn get<K>(client: &Client, namespace: &str, name: &str) -> K
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    Api::<K>::namespaced(client.clone(), namespace)
+        .get(name)
+        .await
+        .unwrap_or_else(|error| panic!("{namespace}/{name} was not restored: {error}"))
+}
+
+fn widgets(client: &Client, namespace: &str, group: &str) -> Api<DynamicObject> {
+    let resource = ApiResource::from_gvk_with_plural(
+        &kube::api::GroupVersionKind::gvk(group, "v1", "Widget"),
+        "widgets",
+    );
+    Api::namespaced_with(client.clone(), namespace, &resource)
+}
+
+fn summary<K: HasPhase + Resource + serde::Serialize>(object: &K) -> String {
+    serde_json::to_string_pretty(&serde_json::to_value(object).unwrap()["status"]).unwrap()
+}
+
+/// Every object of the application, as the original had it (after what a restore must strip).
+async fn assert_application_restored(
+    client: &Client,
+    original: &Snapshot,
+    namespace: &str,
+    group: &str,
+    restore_name: &str,
+) {
+    let settings: ConfigMap = get(client, namespace, "settings").await;
+    assert_eq!(settings.data, original.settings.data);
+    assert_eq!(
+        settings
+            .labels()
+            .get("ferry.dev/restore-name")
+            .map(String::as_str),
+        Some(restore_name),
+        "restored objects carry the restore's name"
+    );
+    assert_ne!(settings.uid(), original.settings.uid());
+    let secret: Secret = get(client, namespace, "db-password").await;
+    assert_eq!(secret.data, original.secret.data);
+    let _: ServiceAccount = get(client, namespace, "shop").await;
+    let role: Role = get(client, namespace, "reader").await;
+    assert_eq!(role.rules, original.role.rules);
+    let binding: RoleBinding = get(client, namespace, "shop-reads").await;
+    assert_eq!(binding.role_ref, original.binding.role_ref);
+    let deployment: Deployment = get(client, namespace, "web").await;
+    assert_eq!(
+        deployment.spec.as_ref().unwrap().template,
+        original.deployment.spec.as_ref().unwrap().template
+    );
+    assert_eq!(deployment.spec.as_ref().unwrap().replicas, Some(2));
+    let statefulset: StatefulSet = get(client, namespace, "db").await;
+    assert_eq!(
+        statefulset.spec.as_ref().unwrap().service_name,
+        original.statefulset.spec.as_ref().unwrap().service_name
+    );
+    let service: Service = get(client, namespace, "web").await;
+    let ports = |s: &Service| {
+        s.spec
+            .as_ref()
+            .unwrap()
+            .ports
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.port, p.target_port))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ports(&service), ports(&original.service));
+    let public: Service = get(client, namespace, "web-public").await;
+    assert_eq!(
+        public.spec.as_ref().unwrap().type_.as_deref(),
+        Some("NodePort")
+    );
+    assert!(
+        public.spec.as_ref().unwrap().ports.as_ref().unwrap()[0]
+            .node_port
+            .is_some(),
+        "the API server assigned a node port again"
+    );
+    let widget = widgets(client, namespace, group)
+        .get("gizmo")
+        .await
+        .expect("the custom object was restored");
+    assert_eq!(widget.data["spec"], original.widget.data["spec"]);
+}
+
+/// What the original objects looked like, read before the backup.
+struct Snapshot {
+    settings: ConfigMap,
+    secret: Secret,
+    role: Role,
+    binding: RoleBinding,
+    deployment: Deployment,
+    statefulset: StatefulSet,
+    service: Service,
+    widget: DynamicObject,
+}
+
+async fn read_application(client: &Client, namespace: &str, group: &str) -> Snapshot {
+    Snapshot {
+        settings: get(client, namespace, "settings").await,
+        secret: get(client, namespace, "db-password").await,
+        role: get(client, namespace, "reader").await,
+        binding: get(client, namespace, "shop-reads").await,
+        deployment: get(client, namespace, "web").await,
+        statefulset: get(client, namespace, "db").await,
+        service: get(client, namespace, "web").await,
+        widget: widgets(client, namespace, group)
+            .get("gizmo")
+            .await
+            .unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn an_application_is_backed_up_deleted_and_restored() {
+    let ferry = Ferry::start("controller-round-trip").await;
+    let client = ferry.client.clone();
+    let app = TestNamespace::create(&client, "shop").await;
+    let (group, pv_name) = create_application(&client, app.name()).await;
+    let original = read_application(&client, app.name(), &group).await;
+
+    let backup = ferry
+        .backup("shop-1", json!({"includedNamespaces": [app.name()]}))
+        .await;
+    assert_eq!(
+        backup.phase(),
+        Some(Phase::Completed),
+        "{}",
+        summary(&backup)
+    );
+    let status = backup.status.clone().unwrap();
+    let progress = status.progress.unwrap();
+    assert!(progress.items_total >= 13, "{progress:?}");
+    assert_eq!(progress.items_done, progress.items_total);
+    // The archive and what lies beside it are in the bucket.
+    let keys = ferry_protocol::layout::BackupKeys::new(Some(ferry.store.prefix()), "shop-1");
+    let s3 = TestEnv::get().s3_client();
+    for key in [
+        keys.archive(),
+        keys.record(),
+        keys.resource_list(),
+        keys.results(),
+    ] {
+        s3.head_object()
+            .bucket(ferry.store.bucket())
+            .key(&key)
+            .send()
+            .await
+            .unwrap_or_else(|error| panic!("{key} is not in the bucket: {error}"));
+    }
+
+    // Disaster: the namespace, its PV and the CRD are gone.
+    let app_name = app.name().to_owned();
+    delete_namespace(&client, &app_name).await;
+    Api::<PersistentVolume>::all(client.clone())
+        .delete(&pv_name, &DeleteParams::default())
+        .await
+        .unwrap();
+    let crds = Api::<CustomResourceDefinition>::all(client.clone());
+    let crd_name = format!("widgets.{group}");
+    let crd_uid = crds.get(&crd_name).await.unwrap().uid().unwrap();
+    crds.delete(&crd_name, &DeleteParams::default())
+        .await
+        .unwrap();
+    tokio::time::timeout(
+        CONVERGENCE_TIMEOUT,
+        await_condition(crds.clone(), &crd_name, conditions::is_deleted(&crd_uid)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let pvs = Api::<PersistentVolume>::all(client.clone());
+    let pv_uid = pvs.get_opt(&pv_name).await.unwrap().and_then(|pv| pv.uid());
+    if let Some(uid) = pv_uid {
+        tokio::time::timeout(
+            CONVERGENCE_TIMEOUT,
+            await_condition(pvs.clone(), &pv_name, conditions::is_deleted(&uid)),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    }
+
+    let restore = ferry
+        .restore("shop-1-back", json!({"backupName": "shop-1"}))
+        .await;
+    assert_eq!(
+        restore.phase(),
+        Some(Phase::Completed),
+        "{}",
+        summary(&restore)
+    );
+    assert_eq!(restore.status.as_ref().unwrap().errors, 0);
+    assert_application_restored(&client, &original, &app_name, &group, "shop-1-back").await;
+    // The PV came back and the restored claim binds to it again.
+    wait_bound(&client, &app_name, "data").await;
+    let claim: PersistentVolumeClaim = get(&client, &app_name, "data").await;
+    assert_eq!(
+        claim.spec.unwrap().volume_name.as_deref(),
+        Some(pv_name.as_str())
+    );
+
+    // The same backup, into another namespace, without the volume objects (the PV is in use).
+    let copy = unique_name("shop-copy");
+    let mapped = ferry
+        .restore(
+            "shop-1-copy",
+            json!({
+                "backupName": "shop-1",
+                "namespaceMapping": {app_name.clone(): copy.clone()},
+                "excludedResources": ["persistentvolumes", "persistentvolumeclaims"],
+            }),
+        )
+        .await;
+    assert_eq!(
+        mapped.phase(),
+        Some(Phase::Completed),
+        "{}",
+        summary(&mapped)
+    );
+    assert_application_restored(&client, &original, &copy, &group, "shop-1-copy").await;
+    let binding: RoleBinding = get(&client, &copy, "shop-reads").await;
+    assert_eq!(
+        binding.subjects.unwrap()[0].namespace.as_deref(),
+        Some(copy.as_str()),
+        "a subject in the mapped namespace follows the mapping"
+    );
+
+    delete_namespace(&client, &copy).await;
+    delete_namespace(&client, &app_name).await;
+    let _ = pvs.delete(&pv_name, &DeleteParams::default()).await;
+    let _ = crds.delete(&crd_name, &DeleteParams::default()).await;
+    ferry.stop().await;
+}
+
+#[tokio::test]
+async fn filters_selectors_and_existing_resource_policies() {
+    let ferry = Ferry::start("controller-policies").await;
+    let client = ferry.client.clone();
+    let app = TestNamespace::create(&client, "shop").await;
+    let configmaps = Api::<ConfigMap>::namespaced(client.clone(), app.name());
+    for (name, tier) in [("front", "web"), ("back", "db")] {
+        create(
+            &client,
+            app.name(),
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+                   "metadata": {"name": name, "labels": {"tier": tier}}, "data": {"v": "1"}}),
+        )
+        .await;
+    }
+    create(
+        &client,
+        app.name(),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "key", "labels": {"tier": "web"}},
+               "stringData": {"k": "v"}}),
+    )
+    .await;
+
+    // Only web-tier ConfigMaps.
+    let backup = ferry
+        .backup(
+            "web-configmaps",
+            json!({
+                "includedNamespaces": [app.name()],
+                "includedResources": ["configmaps"],
+                "labelSelector": {"matchLabels": {"tier": "web"}},
+            }),
+        )
+        .await;
+    assert_eq!(
+        backup.phase(),
+        Some(Phase::Completed),
+        "{}",
+        summary(&backup)
+    );
+    // Only `front`: not `back` (its label), nor the Secret or the Namespace (not included
+    // resources). A restore creates the namespace if it is missing.
+    assert_eq!(backup.status.unwrap().progress.unwrap().items_total, 1);
+
+    // `none`: an existing object that differs is left alone, with a warning.
+    configmaps
+        .patch(
+            "front",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"v": "changed"}})),
+        )
+        .await
+        .unwrap();
+    let kept = ferry
+        .restore("keep", json!({"backupName": "web-configmaps"}))
+        .await;
+    assert_eq!(kept.phase(), Some(Phase::Completed), "{}", summary(&kept));
+    assert!(
+        kept.status.as_ref().unwrap().warnings >= 1,
+        "{}",
+        summary(&kept)
+    );
+    let front = configmaps.get("front").await.unwrap();
+    assert_eq!(front.data.unwrap()["v"], "changed");
+
+    // `update`: it is patched back to the backup's version.
+    let updated = ferry
+        .restore(
+            "update",
+            json!({"backupName": "web-configmaps", "existingResourcePolicy": "update"}),
+        )
+        .await;
+    assert_eq!(
+        updated.phase(),
+        Some(Phase::Completed),
+        "{}",
+        summary(&updated)
+    );
+    let front = configmaps.get("front").await.unwrap();
+    assert_eq!(front.data.unwrap()["v"], "1");
+
+    // The db-tier ConfigMap and the Secret were never in the backup.
+    configmaps
+        .delete("back", &DeleteParams::default())
+        .await
+        .unwrap();
+    Api::<Secret>::namespaced(client.clone(), app.name())
+        .delete("key", &DeleteParams::default())
+        .await
+        .unwrap();
+    let again = ferry
+        .restore("again", json!({"backupName": "web-configmaps"}))
+        .await;
+    assert_eq!(again.phase(), Some(Phase::Completed), "{}", summary(&again));
+    assert!(configmaps.get_opt("back").await.unwrap().is_none());
+    assert!(
+        Api::<Secret>::namespaced(client.clone(), app.name())
+            .get_opt("key")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    app.delete_and_wait().await;
+    ferry.stop().await;
+}
+
+#[tokio::test]
+async fn user_mistakes_end_with_reasons() {
+    let ferry = Ferry::start("controller-mistakes").await;
+
+    let invalid = ferry
+        .backup(
+            "invalid",
+            json!({
+                "storageLocation": "nowhere",
+                "ttl": "soon",
+                "labelSelector": {"matchExpressions": [{"key": "a", "operator": "Sideways", "values": ["b"]}]},
+            }),
+        )
+        .await;
+    assert_eq!(invalid.phase(), Some(Phase::FailedValidation));
+    let problems = invalid.status.unwrap().validation_errors;
+    for expected in ["nowhere", "soon", "Sideways"] {
+        assert!(
+            problems.iter().any(|p| p.contains(expected)),
+            "no validation error names {expected:?}: {problems:?}"
+        );
+    }
+
+    let missing = ferry
+        .restore("from-nothing", json!({"backupName": "no-such-backup"}))
+        .await;
+    assert!(
+        matches!(
+            missing.phase(),
+            Some(Phase::FailedValidation | Phase::Failed)
+        ),
+        "{}",
+        summary(&missing)
+    );
+    let status = missing.status.unwrap();
+    let said = format!("{:?} {:?}", status.validation_errors, status.failure_reason);
+    assert!(said.contains("no-such-backup"), "{said}");
+    ferry.stop().await;
+}
+
+/// A Backup resource removed from the cluster (or a new cluster pointed at the bucket) comes back
+/// through the location's sync, marked as synced, and restores.
+#[tokio::test]
+async fn backups_in_the_bucket_are_synced_into_the_cluster() {
+    let ferry = Ferry::start("controller-sync").await;
+    let client = ferry.client.clone();
+    let app = TestNamespace::create(&client, "sync").await;
+    create(
+        &client,
+        app.name(),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kept"}, "data": {"a": "b"}}),
+    )
+    .await;
+    let backup = ferry
+        .backup("to-sync", json!({"includedNamespaces": [app.name()]}))
+        .await;
+    assert_eq!(
+        backup.phase(),
+        Some(Phase::Completed),
+        "{}",
+        summary(&backup)
+    );
+
+    let original_uid = backup.uid();
+    ferry
+        .backups()
+        .delete("to-sync", &DeleteParams::default())
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + CONVERGENCE_TIMEOUT;
+    let synced = loop {
+        if let Some(backup) = ferry.backups().get_opt("to-sync").await.unwrap()
+            && backup.uid() != original_uid
+        {
+            break backup;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the backup was not synced back from the bucket"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        synced
+            .annotations()
+            .contains_key(ferry_controller::location::SYNCED_FROM_ANNOTATION)
+    );
+    let synced = finished(&ferry.backups(), "to-sync").await;
+    assert_eq!(synced.phase(), Some(Phase::Completed));
+
+    let app_name = app.name().to_owned();
+    app.delete_and_wait().await;
+    let restore = ferry
+        .restore("from-synced", json!({"backupName": "to-sync"}))
+        .await;
+    assert_eq!(
+        restore.phase(),
+        Some(Phase::Completed),
+        "{}",
+        summary(&restore)
+    );
+    let kept: ConfigMap = get(&client, &app_name, "kept").await;
+    assert_eq!(
+        kept.data,
+        Some(BTreeMap::from([("a".to_owned(), "b".to_owned())]))
+    );
+    delete_namespace(&client, &app_name).await;
+    ferry.stop().await;
+}
