@@ -1,6 +1,7 @@
 //! `ferry`: the one binary of Ferry. The CLI, the controller (`ferry controller`) and the node
 //! agent (`ferry agent`) are subcommands, so that a user installs one image and one command.
 
+mod cluster_cmd;
 mod controller_cmd;
 mod output;
 mod repo_cmd;
@@ -25,14 +26,19 @@ use ferry_agent::{Repository, S3Options};
 struct Cli {
     #[command(flatten)]
     global: GlobalArgs,
+    #[command(flatten)]
+    cluster: cluster_cmd::ClusterArgs,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
+    /// For people: tables and sentences.
+    #[value(alias = "table")]
     Text,
     Json,
+    Yaml,
 }
 
 #[derive(Debug, Args)]
@@ -135,6 +141,15 @@ enum Command {
     /// Back up and restore a directory with Ferry's data mover, with no cluster.
     #[command(subcommand)]
     Volume(volume_cmd::VolumeCommand),
+    /// Back up the objects of a cluster (a Backup resource the controller runs).
+    #[command(subcommand)]
+    Backup(cluster_cmd::BackupCommand),
+    /// Restore a backup into this cluster.
+    #[command(subcommand)]
+    Restore(cluster_cmd::RestoreCommand),
+    /// Storage locations: where backups go.
+    #[command(subcommand)]
+    Location(cluster_cmd::LocationCommand),
     /// Run the controller (in the cluster, as deploy/controller.yaml does).
     Controller(controller_cmd::ControllerArgs),
 }
@@ -160,6 +175,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Repo(command) => repo_cmd::run(&cli.global, command),
         Command::Volume(command) => volume_cmd::run(&cli.global, command),
+        Command::Backup(command) => cluster_cmd::run_backup(&cli.global, &cli.cluster, command),
+        Command::Restore(command) => cluster_cmd::run_restore(&cli.global, &cli.cluster, command),
+        Command::Location(command) => cluster_cmd::run_location(&cli.global, &cli.cluster, command),
         Command::Controller(args) => controller_cmd::run(args),
     };
     match result {

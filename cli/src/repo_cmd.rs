@@ -101,7 +101,8 @@ impl NewPassword {
 }
 
 pub fn run(global: &GlobalArgs, command: RepoCommand) -> anyhow::Result<ExitCode> {
-    let json = global.format() == OutputFormat::Json;
+    // JSON is valid YAML: -o yaml gets it too.
+    let json = global.format() != OutputFormat::Text;
     match command {
         RepoCommand::Init(args) => {
             let defaults = ChunkerParams::default();

@@ -55,7 +55,8 @@ pub enum VolumeCommand {
 }
 
 pub fn run(global: &GlobalArgs, command: VolumeCommand) -> anyhow::Result<ExitCode> {
-    let json = global.format() == OutputFormat::Json;
+    // JSON is valid YAML: -o yaml gets it too.
+    let json = global.format() != OutputFormat::Text;
     match command {
         VolumeCommand::Backup {
             path,

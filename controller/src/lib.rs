@@ -116,12 +116,17 @@ pub fn gzip_json<T: serde::Serialize>(value: &T) -> Result<Bytes> {
     gzip(&serde_json::to_vec(value)?)
 }
 
+/// Reverses [`gzip`].
+pub fn gunzip(data: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(data), &mut out)
+        .map_err(|e| Error::Archive(format!("not a gzip stream: {e}")))?;
+    Ok(out)
+}
+
 /// Reverses [`gzip_json`].
 pub fn gunzip_json<T: serde::de::DeserializeOwned>(data: &[u8]) -> Result<T> {
-    let mut json = Vec::new();
-    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(data), &mut json)
-        .map_err(|e| Error::Archive(format!("not a gzip stream: {e}")))?;
-    Ok(serde_json::from_slice(&json)?)
+    Ok(serde_json::from_slice(&gunzip(data)?)?)
 }
 
 #[cfg(test)]

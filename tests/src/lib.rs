@@ -8,14 +8,17 @@
 //! Each test takes what it touches for itself, so tests run in parallel and leave nothing behind:
 //! - [`TestNamespace`]: a fresh namespace, deleted when dropped;
 //! - [`BucketPrefix`]: a fresh prefix in the test bucket, emptied when dropped;
+//! - [`RunningController`]: Ferry's controller in the test process, on a namespace of its own;
 //! - [`FakeKubelet`]: there is no kubelet in the environment, so tests play its part: a kubelet
 //!   root directory with a volume directory per pod UID, Node objects, and pod bindings.
 
+mod controller;
 mod env;
 mod kubelet;
 mod namespace;
 mod s3;
 
+pub use controller::{CREDENTIALS_SECRET, RunningController, create_object};
 pub use env::TestEnv;
 pub use kubelet::FakeKubelet;
 pub use namespace::TestNamespace;

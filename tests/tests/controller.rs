@@ -10,7 +10,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ferry_protocol::crd::{Backup, Phase, Restore};
-use ferry_tests::{BucketPrefix, CONVERGENCE_TIMEOUT, TestEnv, TestNamespace, unique_name};
+use ferry_tests::{
+    CONVERGENCE_TIMEOUT, RunningController, TestEnv, TestNamespace, create_object as create,
+    unique_name,
+};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{
     ConfigMap, PersistentVolume, PersistentVolumeClaim, Secret, Service, ServiceAccount,
@@ -24,67 +27,19 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-/// A controller running in this process, with a storage location of its own.
-struct Ferry {
-    client: Client,
-    namespace: TestNamespace,
-    store: BucketPrefix,
-    controller: tokio::task::JoinHandle<()>,
+/// A controller running in this process, with a default storage location of its own.
+struct Ferry(RunningController);
+
+impl std::ops::Deref for Ferry {
+    type Target = RunningController;
+    fn deref(&self) -> &RunningController {
+        &self.0
+    }
 }
 
 impl Ferry {
     async fn start(test: &str) -> Ferry {
-        let env = TestEnv::get();
-        let client = env.kube_client().await;
-        ferry_tests::install_ferry_crds(&client).await;
-        let namespace = TestNamespace::create(&client, "ferry").await;
-        let store = BucketPrefix::new(env, test);
-        let credentials = env.s3_credentials();
-        let credentials_file = format!(
-            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
-            credentials.access_key_id(),
-            credentials.secret_access_key()
-        );
-        create(
-            &client,
-            namespace.name(),
-            json!({
-                "apiVersion": "v1", "kind": "Secret",
-                "metadata": {"name": "cloud-credentials"},
-                "stringData": {"cloud": credentials_file},
-            }),
-        )
-        .await;
-        create(
-            &client,
-            namespace.name(),
-            json!({
-                "apiVersion": "ferry.dev/v1alpha1", "kind": "BackupStorageLocation",
-                "metadata": {"name": "default"},
-                "spec": {
-                    "provider": "aws",
-                    "objectStorage": {"bucket": store.bucket(), "prefix": store.prefix()},
-                    "region": env.s3_region(),
-                    "endpoint": env.s3_endpoint(),
-                    "forcePathStyle": true,
-                    "credential": {"name": "cloud-credentials", "key": "cloud"},
-                    "default": true,
-                    "validationFrequency": "2s",
-                    "backupSyncPeriod": "2s",
-                },
-            }),
-        )
-        .await;
-        let controller = tokio::spawn(ferry_controller::run(
-            client.clone(),
-            namespace.name().to_owned(),
-        ));
-        Ferry {
-            client,
-            namespace,
-            store,
-            controller,
-        }
+        Ferry(RunningController::start(test, true).await)
     }
 
     fn backups(&self) -> Api<Backup> {
@@ -143,34 +98,8 @@ impl Ferry {
     }
 
     async fn stop(self) {
-        self.controller.abort();
-        let _ = self.controller.await;
-        self.namespace.delete_and_wait().await;
-        drop(self.store);
+        self.0.stop().await;
     }
-}
-
-/// Creates an object from its JSON, in `namespace` when it is namespaced.
-async fn create(client: &Client, namespace: &str, object: Value) {
-    let object: DynamicObject = serde_json::from_value(object).unwrap();
-    let types = object.types.clone().expect("apiVersion and kind");
-    let (group, version) = match types.api_version.split_once('/') {
-        Some((group, version)) => (group.to_owned(), version.to_owned()),
-        None => (String::new(), types.api_version.clone()),
-    };
-    let gvk = kube::api::GroupVersionKind::gvk(&group, &version, &types.kind);
-    let (resource, capabilities) = kube::discovery::pinned_kind(client, &gvk)
-        .await
-        .unwrap_or_else(|error| panic!("discovering {}: {error}", types.kind));
-    let api: Api<DynamicObject> = match capabilities.scope {
-        kube::discovery::Scope::Namespaced => {
-            Api::namespaced_with(client.clone(), namespace, &resource)
-        }
-        kube::discovery::Scope::Cluster => Api::all_with(client.clone(), &resource),
-    };
-    api.create(&PostParams::default(), &object)
-        .await
-        .unwrap_or_else(|error| panic!("creating {} {}: {error}", types.kind, object.name_any()));
 }
 
 trait HasPhase {

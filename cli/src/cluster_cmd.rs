@@ -1,0 +1,875 @@
+//! `ferry backup|restore|location`: Ferry's resources in a cluster, as `velero` users know them.
+//! The commands create and read the resources; the controller does the work. Logs, results and
+//! downloads are read from the storage location with the credentials its Secret names, as the
+//! controller reads them.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
+use ferry_protocol::crd::{
+    Backup, BackupSpec, BackupStorageLocation, BackupStorageLocationSpec, ExistingResourcePolicy,
+    ObjectStorage, Phase, Progress, Restore, RestoreSpec, SecretKeyRef,
+};
+use ferry_protocol::layout::{BackupKeys, RestoreKeys};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::{GlobalArgs, OutputFormat};
+
+/// Where the cluster is and which namespace Ferry runs in.
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    /// The kubeconfig file (else $KUBECONFIG, else ~/.kube/config, else in-cluster).
+    #[arg(long, env = "KUBECONFIG", global = true)]
+    kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use (else its current context).
+    #[arg(long, global = true)]
+    context: Option<String>,
+    /// The namespace Ferry's controller runs in and keeps its resources in.
+    #[arg(
+        short = 'n',
+        long = "namespace",
+        env = "FERRY_NAMESPACE",
+        default_value = "ferry-system",
+        global = true
+    )]
+    namespace: String,
+}
+
+impl ClusterArgs {
+    async fn client(&self) -> anyhow::Result<Client> {
+        let options = kube::config::KubeConfigOptions {
+            context: self.context.clone(),
+            ..Default::default()
+        };
+        let config = match &self.kubeconfig {
+            Some(path) => {
+                let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                    .with_context(|| format!("reading the kubeconfig {}", path.display()))?;
+                kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?
+            }
+            None if self.context.is_some() => kube::Config::from_kubeconfig(&options).await?,
+            None => kube::Config::infer()
+                .await
+                .context("no kubeconfig found: pass --kubeconfig or set KUBECONFIG")?,
+        };
+        Ok(Client::try_from(config)?)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Back up the objects of some namespaces (or the whole cluster).
+    Create {
+        name: String,
+        #[command(flatten)]
+        scope: Scope,
+        /// How long the backup is kept (e.g. 720h, 30d).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// The storage location (else the default one).
+        #[arg(long)]
+        storage_location: Option<String>,
+        /// Take native snapshots of volumes.
+        #[arg(long)]
+        snapshot_volumes: Option<bool>,
+        /// Wait until it finishes, showing progress.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List backups, or show one.
+    Get { name: Option<String> },
+    /// Show a backup's spec and status; --details adds what it holds.
+    Describe {
+        name: String,
+        #[arg(long)]
+        details: bool,
+    },
+    /// Print a backup's log.
+    Logs { name: String },
+    /// Delete a backup: its files in the storage location, then the resource.
+    Delete {
+        name: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        confirm: bool,
+    },
+    /// Download a backup's archive (tar.gz of every object).
+    Download {
+        name: String,
+        /// Where to write it (default: NAME-data.tar.gz).
+        #[arg(long)]
+        output_file: Option<PathBuf>,
+    },
+}
+
+// Parsed once per process; boxing the big variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+pub enum RestoreCommand {
+    /// Restore a backup.
+    Create {
+        /// The restore's name (default: BACKUP-TIMESTAMP).
+        name: Option<String>,
+        #[arg(long)]
+        from_backup: String,
+        /// Restore namespace A into B: A:B, comma-separated or repeated.
+        #[arg(long, value_delimiter = ',')]
+        namespace_mappings: Vec<String>,
+        /// What to do with an object that exists and differs: none (warn) or update.
+        #[arg(long, value_parser = ["none", "update"])]
+        existing_resource_policy: Option<String>,
+        #[command(flatten)]
+        scope: Scope,
+        /// Restore PersistentVolumes from their snapshots.
+        #[arg(long)]
+        restore_volumes: Option<bool>,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List restores, or show one.
+    Get { name: Option<String> },
+    /// Show a restore's spec and status; --details adds the result of every object.
+    Describe {
+        name: String,
+        #[arg(long)]
+        details: bool,
+    },
+    /// Print the result of every object of a restore.
+    Logs { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LocationCommand {
+    /// Create a BackupStorageLocation (an S3 or S3-compatible bucket).
+    Create {
+        name: String,
+        #[arg(long)]
+        bucket: String,
+        #[arg(long)]
+        prefix: Option<String>,
+        #[arg(long)]
+        region: Option<String>,
+        /// For S3-compatible stores (MinIO, Ceph...).
+        #[arg(long)]
+        endpoint: Option<String>,
+        #[arg(long)]
+        force_path_style: bool,
+        /// The Secret and key holding an AWS credentials file: SECRET:KEY.
+        #[arg(long)]
+        credential: Option<String>,
+        /// Use it when a backup names no location.
+        #[arg(long)]
+        default: bool,
+    },
+    /// List storage locations and whether they are available.
+    Get { name: Option<String> },
+}
+
+/// Which objects: the filters Backup and Restore share.
+#[derive(Debug, Args)]
+pub struct Scope {
+    /// Namespaces to include (default: all), comma-separated; `*` globs allowed.
+    #[arg(long, value_delimiter = ',')]
+    include_namespaces: Vec<String>,
+    #[arg(long, value_delimiter = ',')]
+    exclude_namespaces: Vec<String>,
+    /// Resources to include, as `resource` or `resource.group` (default: all).
+    #[arg(long, value_delimiter = ',')]
+    include_resources: Vec<String>,
+    #[arg(long, value_delimiter = ',')]
+    exclude_resources: Vec<String>,
+    /// Only objects with these labels (e.g. app=shop,tier!=cache).
+    #[arg(short = 'l', long)]
+    selector: Option<String>,
+    /// Include cluster-scoped resources (default: what the namespaces need).
+    #[arg(long)]
+    include_cluster_resources: Option<bool>,
+}
+
+impl Scope {
+    fn label_selector(&self) -> anyhow::Result<Option<LabelSelector>> {
+        self.selector
+            .as_deref()
+            .map(|text| {
+                parse_label_selector(text)
+                    .map_err(|problem| anyhow::anyhow!("--selector {text:?}: {problem}"))
+            })
+            .transpose()
+    }
+}
+
+/// Parses kubectl's selector syntax: `a=b`, `a==b`, `a!=b`, `a in (x,y)`, `a notin (x)`, `a`,
+/// `!a`, comma-separated.
+fn parse_label_selector(text: &str) -> Result<LabelSelector, String> {
+    let mut terms = Vec::new();
+    let (mut depth, mut start) = (0i32, 0);
+    for (i, c) in text.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                terms.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+        if depth < 0 {
+            return Err("a ')' without its '('".into());
+        }
+    }
+    if depth != 0 {
+        return Err("a '(' without its ')'".into());
+    }
+    terms.push(&text[start..]);
+    let expression = |key: &str, operator: &str, values: Option<Vec<String>>| {
+        if key.is_empty() || key.contains(char::is_whitespace) {
+            return Err(format!("{key:?} is not a label key"));
+        }
+        Ok(LabelSelectorRequirement {
+            key: key.to_owned(),
+            operator: operator.to_owned(),
+            values,
+        })
+    };
+    let mut requirements = Vec::new();
+    for term in terms.into_iter().map(str::trim) {
+        let words: Vec<&str> = term.splitn(2, char::is_whitespace).collect();
+        let requirement = if let Some(key) = term.strip_prefix('!') {
+            expression(key.trim(), "DoesNotExist", None)?
+        } else if let Some((key, value)) = term.split_once("!=") {
+            expression(key.trim(), "NotIn", Some(vec![value.trim().to_owned()]))?
+        } else if let Some((key, value)) = term.split_once("==").or_else(|| term.split_once('=')) {
+            expression(key.trim(), "In", Some(vec![value.trim().to_owned()]))?
+        } else if let [key, rest] = words[..] {
+            let rest = rest.trim();
+            let (operator, list) = if let Some(list) = rest.strip_prefix("notin") {
+                ("NotIn", list)
+            } else if let Some(list) = rest.strip_prefix("in") {
+                ("In", list)
+            } else {
+                return Err(format!(
+                    "{term:?}: expected `in (...)` or `notin (...)` after the key"
+                ));
+            };
+            let list = list
+                .trim()
+                .strip_prefix('(')
+                .and_then(|l| l.strip_suffix(')'))
+                .ok_or_else(|| format!("{term:?}: the values go in parentheses"))?;
+            let values = list.split(',').map(|v| v.trim().to_owned()).collect();
+            expression(key, operator, Some(values))?
+        } else {
+            expression(term, "Exists", None)?
+        };
+        requirements.push(requirement);
+    }
+    let selector = LabelSelector {
+        match_expressions: Some(requirements),
+        match_labels: None,
+    };
+    ferry_controller::resources::parse_selector(&selector)?;
+    Ok(selector)
+}
+
+pub fn run_backup(
+    global: &GlobalArgs,
+    cluster: &ClusterArgs,
+    command: BackupCommand,
+) -> anyhow::Result<ExitCode> {
+    block_on(async {
+        let client = cluster.client().await?;
+        let backups: Api<Backup> = Api::namespaced(client.clone(), &cluster.namespace);
+        match command {
+            BackupCommand::Create {
+                name,
+                scope,
+                ttl,
+                storage_location,
+                snapshot_volumes,
+                wait,
+            } => {
+                let spec = BackupSpec {
+                    included_namespaces: scope.include_namespaces.clone(),
+                    excluded_namespaces: scope.exclude_namespaces.clone(),
+                    included_resources: scope.include_resources.clone(),
+                    excluded_resources: scope.exclude_resources.clone(),
+                    include_cluster_resources: scope.include_cluster_resources,
+                    label_selector: scope.label_selector()?,
+                    ttl,
+                    storage_location,
+                    snapshot_volumes,
+                    ..Default::default()
+                };
+                let backup = Backup::new(&name, spec);
+                create(&backups, &backup, "backup").await?;
+                eprintln!(
+                    "backup {name} created; `ferry backup describe {name}` shows how it goes"
+                );
+                if wait {
+                    let done = wait_for(&backups, &name, |b: &Backup| {
+                        let status = b.status.clone().unwrap_or_default();
+                        (status.phase, status.progress)
+                    })
+                    .await?;
+                    print_objects(global, std::slice::from_ref(&done), BACKUP_COLUMNS)?;
+                    return Ok(exit_code(done.status.and_then(|s| s.phase)));
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            BackupCommand::Get { name } => {
+                let list = get_or_list(&backups, name.as_deref()).await?;
+                print_objects(global, &list, BACKUP_COLUMNS)?;
+                Ok(ExitCode::SUCCESS)
+            }
+            BackupCommand::Describe { name, details } => {
+                let backup = get(&backups, &name, "backup").await?;
+                describe(global, &backup)?;
+                if details && global.format() == OutputFormat::Text {
+                    let (store, keys) = backup_store(&client, cluster, &backup).await?;
+                    let list: BTreeMap<String, Vec<String>> =
+                        ferry_controller::gunzip_json(&store.get(&keys.resource_list()).await?)?;
+                    println!("\nResources:");
+                    for (resource, objects) in list {
+                        println!("  {resource}:");
+                        for object in objects {
+                            println!("    - {object}");
+                        }
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            BackupCommand::Logs { name } => {
+                let backup = get(&backups, &name, "backup").await?;
+                let (store, keys) = backup_store(&client, cluster, &backup).await?;
+                let log = ferry_controller::gunzip(&store.get(&keys.logs()).await?)?;
+                std::io::stdout().write_all(&log)?;
+                println!();
+                Ok(ExitCode::SUCCESS)
+            }
+            BackupCommand::Download { name, output_file } => {
+                let backup = get(&backups, &name, "backup").await?;
+                let (store, keys) = backup_store(&client, cluster, &backup).await?;
+                let path =
+                    output_file.unwrap_or_else(|| PathBuf::from(format!("{name}-data.tar.gz")));
+                let mut reader = store.get_reader(&keys.archive()).await?;
+                let mut file = tokio::fs::File::create(&path)
+                    .await
+                    .with_context(|| format!("creating {}", path.display()))?;
+                let bytes = tokio::io::copy(&mut reader, &mut file).await?;
+                file.sync_all().await?;
+                eprintln!("wrote {} ({})", path.display(), crate::output::bytes(bytes));
+                Ok(ExitCode::SUCCESS)
+            }
+            BackupCommand::Delete { name, confirm } => {
+                let backup = get(&backups, &name, "backup").await?;
+                if !confirm {
+                    bail!(
+                        "deleting backup {name} removes its files from the storage location for good; pass --confirm to go on"
+                    );
+                }
+                // The files first: a Backup resource deleted while they remain would come back
+                // through the location's sync.
+                let (store, keys) = backup_store(&client, cluster, &backup).await?;
+                let files = store.list(keys.dir()).await?;
+                for key in &files {
+                    store.delete(key).await?;
+                }
+                backups.delete(&name, &DeleteParams::default()).await?;
+                eprintln!(
+                    "deleted backup {name} ({} files in the storage location)",
+                    files.len()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    })
+}
+
+pub fn run_restore(
+    global: &GlobalArgs,
+    cluster: &ClusterArgs,
+    command: RestoreCommand,
+) -> anyhow::Result<ExitCode> {
+    block_on(async {
+        let client = cluster.client().await?;
+        let restores: Api<Restore> = Api::namespaced(client.clone(), &cluster.namespace);
+        match command {
+            RestoreCommand::Create {
+                name,
+                from_backup,
+                namespace_mappings,
+                existing_resource_policy,
+                scope,
+                restore_volumes,
+                wait,
+            } => {
+                let mut mapping = BTreeMap::new();
+                for pair in &namespace_mappings {
+                    let Some((from, to)) = pair.split_once(':') else {
+                        bail!(
+                            "--namespace-mappings {pair:?}: write SOURCE:TARGET, e.g. prod:staging"
+                        );
+                    };
+                    mapping.insert(from.to_owned(), to.to_owned());
+                }
+                let spec = RestoreSpec {
+                    backup_name: from_backup.clone(),
+                    included_namespaces: scope.include_namespaces.clone(),
+                    excluded_namespaces: scope.exclude_namespaces.clone(),
+                    included_resources: scope.include_resources.clone(),
+                    excluded_resources: scope.exclude_resources.clone(),
+                    include_cluster_resources: scope.include_cluster_resources,
+                    namespace_mapping: mapping,
+                    label_selector: scope.label_selector()?,
+                    existing_resource_policy: match existing_resource_policy.as_deref() {
+                        Some("update") => Some(ExistingResourcePolicy::Update),
+                        Some(_) => Some(ExistingResourcePolicy::None),
+                        None => None,
+                    },
+                    restore_pvs: restore_volumes,
+                    ..Default::default()
+                };
+                let name = name.unwrap_or_else(|| {
+                    format!(
+                        "{from_backup}-{}",
+                        jiff::Timestamp::now().strftime("%Y%m%d%H%M%S")
+                    )
+                });
+                create(&restores, &Restore::new(&name, spec), "restore").await?;
+                eprintln!(
+                    "restore {name} created; `ferry restore describe {name}` shows how it goes"
+                );
+                if wait {
+                    let done = wait_for(&restores, &name, |r: &Restore| {
+                        let status = r.status.clone().unwrap_or_default();
+                        (status.phase, status.progress)
+                    })
+                    .await?;
+                    print_objects(global, std::slice::from_ref(&done), RESTORE_COLUMNS)?;
+                    return Ok(exit_code(done.status.and_then(|s| s.phase)));
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            RestoreCommand::Get { name } => {
+                let list = get_or_list(&restores, name.as_deref()).await?;
+                print_objects(global, &list, RESTORE_COLUMNS)?;
+                Ok(ExitCode::SUCCESS)
+            }
+            RestoreCommand::Describe { name, details } => {
+                let restore = get(&restores, &name, "restore").await?;
+                describe(global, &restore)?;
+                if details && global.format() == OutputFormat::Text {
+                    println!("\nObjects:");
+                    print_restore_results(&client, cluster, &restore).await?;
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            RestoreCommand::Logs { name } => {
+                let restore = get(&restores, &name, "restore").await?;
+                print_restore_results(&client, cluster, &restore).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    })
+}
+
+pub fn run_location(
+    global: &GlobalArgs,
+    cluster: &ClusterArgs,
+    command: LocationCommand,
+) -> anyhow::Result<ExitCode> {
+    block_on(async {
+        let client = cluster.client().await?;
+        let locations: Api<BackupStorageLocation> =
+            Api::namespaced(client.clone(), &cluster.namespace);
+        match command {
+            LocationCommand::Create {
+                name,
+                bucket,
+                prefix,
+                region,
+                endpoint,
+                force_path_style,
+                credential,
+                default,
+            } => {
+                let credential = match credential {
+                    None => None,
+                    Some(text) => match text.split_once(':') {
+                        Some((name, key)) if !name.is_empty() && !key.is_empty() => {
+                            Some(SecretKeyRef {
+                                name: name.to_owned(),
+                                key: key.to_owned(),
+                            })
+                        }
+                        _ => bail!(
+                            "--credential {text:?}: write SECRET:KEY, e.g. cloud-credentials:cloud"
+                        ),
+                    },
+                };
+                let spec = BackupStorageLocationSpec {
+                    provider: "aws".to_owned(),
+                    object_storage: ObjectStorage {
+                        bucket,
+                        prefix,
+                        ca_bundle: None,
+                    },
+                    region,
+                    endpoint,
+                    force_path_style: force_path_style.then_some(true),
+                    credential,
+                    default,
+                    access_mode: None,
+                    validation_frequency: None,
+                    backup_sync_period: None,
+                };
+                create(
+                    &locations,
+                    &BackupStorageLocation::new(&name, spec),
+                    "location",
+                )
+                .await?;
+                eprintln!(
+                    "location {name} created; `ferry location get {name}` shows whether it is available"
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            LocationCommand::Get { name } => {
+                let list = get_or_list(&locations, name.as_deref()).await?;
+                print_objects(global, &list, LOCATION_COLUMNS)?;
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    })
+}
+
+fn block_on<F: Future<Output = anyhow::Result<ExitCode>>>(future: F) -> anyhow::Result<ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(future)
+}
+
+fn exit_code(phase: Option<Phase>) -> ExitCode {
+    match phase {
+        Some(Phase::Completed) => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    }
+}
+
+async fn create<K>(api: &Api<K>, object: &K, what: &str) -> anyhow::Result<()>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    match api.create(&PostParams::default(), object).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => bail!(
+            "a {what} named {} already exists; pick another name",
+            object.name_any()
+        ),
+        Err(kube::Error::Api(status)) if status.code == 404 => bail!(
+            "the cluster does not know Ferry's resources: install them with `kubectl apply -k deploy/` ({})",
+            status.message
+        ),
+        Err(error) => Err(error.into()),
+    }
+}
+
+async fn get<K>(api: &Api<K>, name: &str, what: &str) -> anyhow::Result<K>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    api.get_opt(name)
+        .await?
+        .with_context(|| format!("no {what} named {name}; `ferry {what} get` lists them"))
+}
+
+async fn get_or_list<K>(api: &Api<K>, name: Option<&str>) -> anyhow::Result<Vec<K>>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let mut list = match name {
+        Some(name) => vec![
+            api.get_opt(name)
+                .await?
+                .with_context(|| format!("{name} not found"))?,
+        ],
+        None => api.list(&ListParams::default()).await?.items,
+    };
+    list.sort_by_key(|object| object.meta().creation_timestamp.clone());
+    Ok(list)
+}
+
+/// Polls until the phase is final, with a progress bar for people.
+async fn wait_for<K>(
+    api: &Api<K>,
+    name: &str,
+    state: impl Fn(&K) -> (Option<Phase>, Option<Progress>),
+) -> anyhow::Result<K>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let bar = indicatif::ProgressBar::new(0);
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {msg} [{elapsed_precise}] [{bar:30}] {pos}/{len} objects",
+            )
+            .expect("a valid template")
+            .progress_chars("=> "),
+        );
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    loop {
+        let object = get(api, name, "resource").await?;
+        let (phase, progress) = state(&object);
+        if let Some(progress) = progress {
+            bar.set_length(progress.items_total);
+            bar.set_position(progress.items_done);
+        }
+        bar.set_message(format!("{name}: {}", phase_name(phase)));
+        if matches!(
+            phase,
+            Some(
+                Phase::Completed | Phase::PartiallyFailed | Phase::Failed | Phase::FailedValidation
+            )
+        ) {
+            bar.finish_and_clear();
+            return Ok(object);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn phase_name(phase: Option<Phase>) -> String {
+    match phase {
+        Some(phase) => serde_json::to_value(phase)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        None => "New".to_owned(),
+    }
+}
+
+/// Columns of a table and how one object fills them.
+struct Columns<K> {
+    header: &'static [&'static str],
+    row: fn(&K) -> Vec<String>,
+}
+
+fn print_objects<K: Serialize>(
+    global: &GlobalArgs,
+    objects: &[K],
+    columns: Columns<K>,
+) -> anyhow::Result<()> {
+    match global.format() {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(objects)?),
+        OutputFormat::Yaml => print!("{}", serde_saphyr::to_string(&objects)?),
+        OutputFormat::Text => {
+            if objects.is_empty() {
+                eprintln!("none found");
+                return Ok(());
+            }
+            let mut table = comfy_table::Table::new();
+            table.load_style(comfy_table::presets::NOTHING);
+            table.set_header(columns.header);
+            for object in objects {
+                table.add_row((columns.row)(object));
+            }
+            println!("{table}");
+        }
+    }
+    Ok(())
+}
+
+fn time(time: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>) -> String {
+    time.map(|t| t.0.strftime("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_default()
+}
+
+const BACKUP_COLUMNS: Columns<Backup> = Columns {
+    header: &[
+        "NAME", "STATUS", "ITEMS", "ERRORS", "WARNINGS", "CREATED", "EXPIRES", "LOCATION",
+    ],
+    row: backup_row,
+};
+
+fn backup_row(backup: &Backup) -> Vec<String> {
+    let status = backup.status.clone().unwrap_or_default();
+    let progress = status.progress.unwrap_or_default();
+    vec![
+        backup.name_any(),
+        phase_name(status.phase),
+        format!("{}/{}", progress.items_done, progress.items_total),
+        status.errors.to_string(),
+        status.warnings.to_string(),
+        time(status.start_timestamp.as_ref()),
+        time(status.expiration.as_ref()),
+        backup
+            .spec
+            .storage_location
+            .clone()
+            .unwrap_or_else(|| "(default)".into()),
+    ]
+}
+
+const RESTORE_COLUMNS: Columns<Restore> = Columns {
+    header: &[
+        "NAME",
+        "BACKUP",
+        "STATUS",
+        "ITEMS",
+        "ERRORS",
+        "WARNINGS",
+        "STARTED",
+        "COMPLETED",
+    ],
+    row: restore_row,
+};
+
+fn restore_row(restore: &Restore) -> Vec<String> {
+    let status = restore.status.clone().unwrap_or_default();
+    let progress = status.progress.unwrap_or_default();
+    vec![
+        restore.name_any(),
+        restore.spec.backup_name.clone(),
+        phase_name(status.phase),
+        format!("{}/{}", progress.items_done, progress.items_total),
+        status.errors.to_string(),
+        status.warnings.to_string(),
+        time(status.start_timestamp.as_ref()),
+        time(status.completion_timestamp.as_ref()),
+    ]
+}
+
+const LOCATION_COLUMNS: Columns<BackupStorageLocation> = Columns {
+    header: &[
+        "NAME",
+        "PHASE",
+        "BUCKET/PREFIX",
+        "DEFAULT",
+        "LAST VALIDATED",
+        "MESSAGE",
+    ],
+    row: location_row,
+};
+
+fn location_row(location: &BackupStorageLocation) -> Vec<String> {
+    let status = location.status.clone().unwrap_or_default();
+    let storage = &location.spec.object_storage;
+    vec![
+        location.name_any(),
+        status
+            .phase
+            .and_then(|p| serde_json::to_value(p).ok())
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_else(|| "Unknown".into()),
+        match &storage.prefix {
+            Some(prefix) => format!("{}/{prefix}", storage.bucket),
+            None => storage.bucket.clone(),
+        },
+        location.spec.default.to_string(),
+        time(status.last_validation_time.as_ref()),
+        status.message.unwrap_or_default(),
+    ]
+}
+
+fn describe<K: Serialize + ResourceExt>(global: &GlobalArgs, object: &K) -> anyhow::Result<()> {
+    let mut value = serde_json::to_value(object)?;
+    if let Some(metadata) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        metadata.remove("managedFields");
+    }
+    match global.format() {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&value)?),
+        _ => print!("{}", serde_saphyr::to_string(&value)?),
+    }
+    Ok(())
+}
+
+/// The storage location a backup is in, and its keys there.
+async fn backup_store(
+    client: &Client,
+    cluster: &ClusterArgs,
+    backup: &Backup,
+) -> anyhow::Result<(ferry_controller::storage::ObjectStore, BackupKeys)> {
+    let ctx = ferry_controller::Context::new(client.clone(), &cluster.namespace);
+    let location = ctx
+        .storage_location(backup.spec.storage_location.as_deref())
+        .await?;
+    let store = ctx.object_store(&location).await?;
+    let keys = BackupKeys::new(store.prefix(), &backup.name_any());
+    Ok((store, keys))
+}
+
+async fn print_restore_results(
+    client: &Client,
+    cluster: &ClusterArgs,
+    restore: &Restore,
+) -> anyhow::Result<()> {
+    let backups: Api<Backup> = Api::namespaced(client.clone(), &cluster.namespace);
+    let backup = get(&backups, &restore.spec.backup_name, "backup").await?;
+    let (store, _) = backup_store(client, cluster, &backup).await?;
+    let keys = RestoreKeys::new(store.prefix(), &restore.name_any());
+    let results: Vec<serde_json::Value> =
+        ferry_controller::gunzip_json(&store.get(&keys.results()).await.with_context(|| {
+            format!(
+                "restore {} has no results yet (it writes them when it finishes)",
+                restore.name_any()
+            )
+        })?)?;
+    for result in results {
+        let field = |name: &str| result.get(name).and_then(|v| v.as_str()).unwrap_or("");
+        let object = match field("namespace") {
+            "" => format!("{} {}", field("resource"), field("name")),
+            namespace => format!("{} {namespace}/{}", field("resource"), field("name")),
+        };
+        match field("reason") {
+            "" => println!("{:<16} {object}", field("outcome")),
+            reason => println!("{:<16} {object}: {reason}", field("outcome")),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubectl_selectors_parse() {
+        let selector =
+            parse_label_selector("app=shop, tier!=cache,env in (prod, staging),!legacy,owner")
+                .unwrap();
+        let got: Vec<(String, String, Option<Vec<String>>)> = selector
+            .match_expressions
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.key, r.operator, r.values))
+            .collect();
+        let values = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            got,
+            vec![
+                ("app".into(), "In".into(), values(&["shop"])),
+                ("tier".into(), "NotIn".into(), values(&["cache"])),
+                ("env".into(), "In".into(), values(&["prod", "staging"])),
+                ("legacy".into(), "DoesNotExist".into(), None),
+                ("owner".into(), "Exists".into(), None),
+            ]
+        );
+        for bad in ["a in (b", "a) in", "a between (b)", "a in b", "=b"] {
+            assert!(parse_label_selector(bad).is_err(), "{bad} was accepted");
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! `ferry location|backup|restore` against the test environment's API server and MinIO, with
+//! Ferry's controller running in the test process.
+
+use std::process::Output;
+use std::time::Duration;
+
+use ferry_tests::{
+    CONVERGENCE_TIMEOUT, CREDENTIALS_SECRET, RunningController, TestEnv, TestNamespace,
+    create_object,
+};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+use serde_json::{Value, json};
+
+/// Runs the `ferry` binary against the test cluster, in the controller's namespace.
+async fn ferry(controller: &RunningController, args: &[&str]) -> Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
+    command
+        .args(args)
+        .env("KUBECONFIG", TestEnv::get().kubeconfig_path())
+        .env("FERRY_NAMESPACE", controller.namespace.name());
+    tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn assert_ok(output: &Output, what: &str) {
+    assert!(
+        output.status.success(),
+        "{what} failed: {}\n{}",
+        stderr(output),
+        stdout(output)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn location_backup_and_restore_commands_drive_the_controller() {
+    let controller = RunningController::start("cli-cluster", false).await;
+    let env = TestEnv::get();
+    let credential = format!("{}:{}", CREDENTIALS_SECRET.0, CREDENTIALS_SECRET.1);
+    let created = ferry(
+        &controller,
+        &[
+            "location",
+            "create",
+            "main",
+            "--bucket",
+            controller.store.bucket(),
+            "--prefix",
+            controller.store.prefix(),
+            "--region",
+            env.s3_region(),
+            "--endpoint",
+            env.s3_endpoint(),
+            "--force-path-style",
+            "--credential",
+            &credential,
+            "--default",
+        ],
+    )
+    .await;
+    assert_ok(&created, "location create");
+
+    // The controller validates it.
+    let deadline = tokio::time::Instant::now() + CONVERGENCE_TIMEOUT;
+    loop {
+        let listed = ferry(&controller, &["location", "get", "main", "-o", "json"]).await;
+        assert_ok(&listed, "location get");
+        let locations: Value = serde_json::from_slice(&listed.stdout).unwrap();
+        if locations[0]["status"]["phase"] == "Available" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the location never became available: {locations}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let table = ferry(&controller, &["location", "get"]).await;
+    assert!(stdout(&table).contains("Available"), "{}", stdout(&table));
+
+    let client = controller.client.clone();
+    let app = TestNamespace::create(&client, "cli-app").await;
+    create_object(
+        &client,
+        app.name(),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}, "data": {"k": "v"}}),
+    )
+    .await;
+
+    let bad = ferry(
+        &controller,
+        &["backup", "create", "bad", "--selector", "a in (b"],
+    )
+    .await;
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("--selector"), "{}", stderr(&bad));
+
+    let backup = ferry(
+        &controller,
+        &[
+            "backup",
+            "create",
+            "b1",
+            "--include-namespaces",
+            app.name(),
+            "--wait",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert_ok(&backup, "backup create --wait");
+    let backups: Value = serde_json::from_slice(&backup.stdout).unwrap();
+    assert_eq!(backups[0]["status"]["phase"], "Completed", "{backups}");
+
+    let listed = ferry(&controller, &["backup", "get"]).await;
+    assert!(
+        stdout(&listed).contains("b1") && stdout(&listed).contains("Completed"),
+        "{}",
+        stdout(&listed)
+    );
+    let yaml = ferry(&controller, &["backup", "get", "b1", "-o", "yaml"]).await;
+    assert!(
+        stdout(&yaml).contains("phase: Completed"),
+        "{}",
+        stdout(&yaml)
+    );
+    let described = ferry(&controller, &["backup", "describe", "b1", "--details"]).await;
+    assert_ok(&described, "backup describe");
+    assert!(
+        stdout(&described).contains(&format!("{}/settings", app.name())),
+        "{}",
+        stdout(&described)
+    );
+    assert_ok(
+        &ferry(&controller, &["backup", "logs", "b1"]).await,
+        "backup logs",
+    );
+
+    let work = tempfile::tempdir().unwrap();
+    let archive = work.path().join("b1.tar.gz");
+    let downloaded = ferry(
+        &controller,
+        &[
+            "backup",
+            "download",
+            "b1",
+            "--output-file",
+            archive.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_ok(&downloaded, "backup download");
+    let listing = std::process::Command::new("tar")
+        .arg("-tzf")
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&listing.stdout).contains(&format!(
+            "resources/configmaps/namespaces/{}/settings.json",
+            app.name()
+        )),
+        "{}",
+        String::from_utf8_lossy(&listing.stdout)
+    );
+
+    // Lose the namespace, then restore it.
+    let app_name = app.name().to_owned();
+    app.delete_and_wait().await;
+    let restore = ferry(
+        &controller,
+        &["restore", "create", "r1", "--from-backup", "b1", "--wait"],
+    )
+    .await;
+    assert_ok(&restore, "restore create --wait");
+    assert!(
+        stdout(&restore).contains("Completed"),
+        "{}",
+        stdout(&restore)
+    );
+    let settings = Api::<ConfigMap>::namespaced(client.clone(), &app_name)
+        .get("settings")
+        .await
+        .expect("the ConfigMap is back");
+    assert_eq!(settings.data.unwrap()["k"], "v");
+    let results = ferry(&controller, &["restore", "logs", "r1"]).await;
+    assert_ok(&results, "restore logs");
+    assert!(
+        stdout(&results)
+            .lines()
+            .any(|line| line.starts_with("created") && line.contains("settings")),
+        "{}",
+        stdout(&results)
+    );
+
+    // Deleting asks for confirmation, then removes the files and the resource.
+    let unconfirmed = ferry(&controller, &["backup", "delete", "b1"]).await;
+    assert!(!unconfirmed.status.success());
+    assert!(
+        stderr(&unconfirmed).contains("--confirm"),
+        "{}",
+        stderr(&unconfirmed)
+    );
+    assert_ok(
+        &ferry(&controller, &["backup", "delete", "b1", "--confirm"]).await,
+        "backup delete",
+    );
+    let left = env
+        .s3_client()
+        .list_objects_v2()
+        .bucket(controller.store.bucket())
+        .prefix(controller.store.key("backups/b1/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        left.key_count(),
+        Some(0),
+        "files of the deleted backup remain"
+    );
+    let gone = ferry(&controller, &["backup", "get", "b1"]).await;
+    assert!(!gone.status.success());
+
+    let namespaces = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone());
+    let _ = namespaces
+        .delete(&app_name, &kube::api::DeleteParams::default())
+        .await;
+    controller.stop().await;
+}
