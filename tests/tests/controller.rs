@@ -708,3 +708,139 @@ async fn backups_in_the_bucket_are_synced_into_the_cluster() {
     delete_namespace(&client, &app_name).await;
     ferry.stop().await;
 }
+
+/// Builds a tar.gz whose entries are named exactly as given: `tar`'s own path setters refuse
+/// `..`, and a crafted archive is the point.
+fn crafted_archive(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, data) in entries {
+        let mut header = tar::Header::new_old();
+        header.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_cksum();
+        builder.append(&header, *data).unwrap();
+    }
+    ferry_controller::gzip(&builder.into_inner().unwrap())
+        .unwrap()
+        .to_vec()
+}
+
+/// Archives in the bucket that are crafted (an entry escaping with `..`, an absolute name) or
+/// not archives at all: the restore fails naming the problem, and creates nothing.
+#[tokio::test]
+async fn crafted_and_malformed_archives_fail_before_anything_is_restored() {
+    let ferry = Ferry::start("controller-crafted").await;
+    let client = ferry.client.clone();
+    let app = TestNamespace::create(&client, "crafted").await;
+    create(
+        &client,
+        app.name(),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "real"}, "data": {"a": "b"}}),
+    )
+    .await;
+    let good = ferry
+        .backup("good", json!({"includedNamespaces": [app.name()]}))
+        .await;
+    assert_eq!(good.phase(), Some(Phase::Completed), "{}", summary(&good));
+
+    let s3 = TestEnv::get().s3_client();
+    let prefix = Some(ferry.store.prefix());
+    let record = s3
+        .get_object()
+        .bucket(ferry.store.bucket())
+        .key(ferry_protocol::layout::BackupKeys::new(prefix, "good").record())
+        .send()
+        .await
+        .unwrap()
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes();
+    let planted = serde_json::to_vec(&json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "planted", "namespace": app.name()}, "data": {"x": "y"},
+    }))
+    .unwrap();
+    let version = ferry_protocol::layout::ARCHIVE_FORMAT_VERSION.as_bytes();
+    let ok_entry = format!(
+        "resources/configmaps/namespaces/{}/planted.json",
+        app.name()
+    );
+    let archives: [(&str, Vec<u8>, &str); 3] = [
+        (
+            "dotdot",
+            crafted_archive(&[
+                ("metadata/version", version),
+                (&ok_entry, &planted),
+                (
+                    "resources/configmaps/namespaces/../../../etc/evil.json",
+                    &planted,
+                ),
+            ]),
+            "..",
+        ),
+        (
+            "absolute",
+            crafted_archive(&[
+                ("metadata/version", version),
+                (&ok_entry, &planted),
+                ("/etc/evil.json", &planted),
+            ]),
+            "/etc/evil.json",
+        ),
+        ("garbage", b"this is not a tar.gz".to_vec(), "malformed"),
+    ];
+    for (name, archive, _) in &archives {
+        let keys = ferry_protocol::layout::BackupKeys::new(prefix, name);
+        for (key, body) in [
+            (keys.record(), record.to_vec()),
+            (keys.archive(), archive.clone()),
+        ] {
+            s3.put_object()
+                .bucket(ferry.store.bucket())
+                .key(key)
+                .body(body.into())
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+    // The location's sync brings them in as Backups.
+    for (name, _, _) in &archives {
+        let deadline = tokio::time::Instant::now() + CONVERGENCE_TIMEOUT;
+        while ferry.backups().get_opt(name).await.unwrap().is_none() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} was not synced"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    let configmaps = Api::<ConfigMap>::namespaced(client.clone(), app.name());
+    for (name, _, expected) in &archives {
+        let restore = ferry
+            .restore(&format!("from-{name}"), json!({"backupName": name}))
+            .await;
+        assert_eq!(
+            restore.phase(),
+            Some(Phase::Failed),
+            "{}",
+            summary(&restore)
+        );
+        let reason = restore.status.unwrap().failure_reason.unwrap_or_default();
+        assert!(
+            reason.contains(expected),
+            "the failure of {name} does not name {expected:?}: {reason}"
+        );
+        assert!(
+            configmaps.get_opt("planted").await.unwrap().is_none(),
+            "restoring {name} created an object before failing"
+        );
+    }
+    app.delete_and_wait().await;
+    ferry.stop().await;
+}
