@@ -22,8 +22,13 @@ impl RunningController {
     /// Installs Ferry's CRDs and starts a controller. With `default_location`, also creates the
     /// BackupStorageLocation `default` on the test bucket (validated and synced every 2 s).
     pub async fn start(test: &str, default_location: bool) -> RunningController {
+        let client = TestEnv::get().kube_client().await;
+        RunningController::start_on(client, test, default_location).await
+    }
+
+    /// As [`RunningController::start`], on the cluster `client` talks to.
+    pub async fn start_on(client: Client, test: &str, default_location: bool) -> RunningController {
         let env = TestEnv::get();
-        let client = env.kube_client().await;
         crate::install_ferry_crds(&client).await;
         let namespace = TestNamespace::create(&client, "ferry").await;
         let store = BucketPrefix::new(env, test);

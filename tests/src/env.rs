@@ -74,14 +74,13 @@ impl TestEnv {
 
     /// A client for the test API server, as the cluster admin.
     pub async fn kube_client(&self) -> kube::Client {
-        let kubeconfig = kube::config::Kubeconfig::read_from(self.kubeconfig_path())
-            .unwrap_or_else(|error| {
-                panic!("reading {}: {error}", self.kubeconfig_path().display())
-            });
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-            .await
-            .expect("the test kubeconfig is valid");
-        kube::Client::try_from(config).expect("a kube client for the test API server")
+        client_for(self.kubeconfig_path()).await
+    }
+
+    /// A client for the recovery cluster: a second, empty API server (its own keys in the same
+    /// etcd, no controller manager), standing for a new cluster after a disaster.
+    pub async fn recovery_kube_client(&self) -> kube::Client {
+        client_for(Path::new(self.var("FERRY_TEST_RECOVERY_KUBECONFIG"))).await
     }
 
     pub fn s3_endpoint(&self) -> &str {
@@ -298,4 +297,13 @@ mod tests {
         };
         result
     }
+}
+
+async fn client_for(kubeconfig_path: &Path) -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig_path)
+        .unwrap_or_else(|error| panic!("reading {}: {error}", kubeconfig_path.display()));
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("the test kubeconfig is valid");
+    kube::Client::try_from(config).expect("a kube client for the test API server")
 }

@@ -844,3 +844,102 @@ async fn crafted_and_malformed_archives_fail_before_anything_is_restored() {
     app.delete_and_wait().await;
     ferry.stop().await;
 }
+
+/// Recovery into a new cluster: a second, empty API server pointed at the same bucket sees the
+/// first cluster's backup through its location's sync, and restores the application there.
+#[tokio::test]
+async fn a_new_cluster_recovers_from_the_bucket() {
+    let env = TestEnv::get();
+    let ferry = Ferry::start("controller-recovery").await;
+    let client = ferry.client.clone();
+    let app = TestNamespace::create(&client, "recover").await;
+    for object in [
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}, "data": {"colour": "green"}}),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "token"}, "stringData": {"t": "42"}}),
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+               "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                        "template": {"metadata": {"labels": {"app": "web"}},
+                                     "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]}}}}),
+    ] {
+        create(&client, app.name(), object).await;
+    }
+    let backup = ferry
+        .backup(
+            "before-disaster",
+            json!({"includedNamespaces": [app.name()]}),
+        )
+        .await;
+    assert_eq!(
+        backup.phase(),
+        Some(Phase::Completed),
+        "{}",
+        summary(&backup)
+    );
+
+    // The new cluster: Ferry installed, a location on the same bucket and prefix, nothing else.
+    let recovery_client = env.recovery_kube_client().await;
+    let recovery =
+        RunningController::start_on(recovery_client.clone(), "controller-recovery-2", false).await;
+    create(
+        &recovery_client,
+        recovery.namespace.name(),
+        json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "BackupStorageLocation",
+            "metadata": {"name": "default"},
+            "spec": {
+                "provider": "aws",
+                "objectStorage": {"bucket": ferry.store.bucket(), "prefix": ferry.store.prefix()},
+                "region": env.s3_region(), "endpoint": env.s3_endpoint(), "forcePathStyle": true,
+                "credential": {"name": ferry_tests::CREDENTIALS_SECRET.0, "key": ferry_tests::CREDENTIALS_SECRET.1},
+                "default": true, "validationFrequency": "2s", "backupSyncPeriod": "2s",
+            },
+        }),
+    )
+    .await;
+    let backups: Api<Backup> = Api::namespaced(recovery_client.clone(), recovery.namespace.name());
+    let deadline = tokio::time::Instant::now() + CONVERGENCE_TIMEOUT;
+    while backups.get_opt("before-disaster").await.unwrap().is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the backup never appeared in the new cluster"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let synced = finished(&backups, "before-disaster").await;
+    assert_eq!(
+        synced.phase(),
+        Some(Phase::Completed),
+        "{}",
+        summary(&synced)
+    );
+
+    create(
+        &recovery_client,
+        recovery.namespace.name(),
+        json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "Restore", "metadata": {"name": "recover"},
+               "spec": {"backupName": "before-disaster"}}),
+    )
+    .await;
+    let restores: Api<Restore> =
+        Api::namespaced(recovery_client.clone(), recovery.namespace.name());
+    let restore = finished(&restores, "recover").await;
+    assert_eq!(
+        restore.phase(),
+        Some(Phase::Completed),
+        "{}",
+        summary(&restore)
+    );
+    let settings: ConfigMap = get(&recovery_client, app.name(), "settings").await;
+    assert_eq!(settings.data.unwrap()["colour"], "green");
+    let token: Secret = get(&recovery_client, app.name(), "token").await;
+    assert_eq!(token.data.unwrap()["t"].0, b"42");
+    let _: Deployment = get(&recovery_client, app.name(), "web").await;
+
+    let namespaces = Api::<k8s_openapi::api::core::v1::Namespace>::all(recovery_client.clone());
+    let _ = namespaces
+        .delete(app.name(), &DeleteParams::default())
+        .await;
+    recovery.stop().await;
+    app.delete_and_wait().await;
+    ferry.stop().await;
+}
