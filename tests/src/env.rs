@@ -212,6 +212,15 @@ fn socket_addr_of(url: &str) -> Option<SocketAddr> {
     with_port.to_socket_addrs().ok()?.next()
 }
 
+async fn client_for(kubeconfig_path: &Path) -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig_path)
+        .unwrap_or_else(|error| panic!("reading {}: {error}", kubeconfig_path.display()));
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("the test kubeconfig is valid");
+    kube::Client::try_from(config).expect("a kube client for the test API server")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,13 +306,4 @@ mod tests {
         };
         result
     }
-}
-
-async fn client_for(kubeconfig_path: &Path) -> kube::Client {
-    let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig_path)
-        .unwrap_or_else(|error| panic!("reading {}: {error}", kubeconfig_path.display()));
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .expect("the test kubeconfig is valid");
-    kube::Client::try_from(config).expect("a kube client for the test API server")
 }
