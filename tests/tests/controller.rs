@@ -943,3 +943,97 @@ async fn a_new_cluster_recovers_from_the_bucket() {
     app.delete_and_wait().await;
     ferry.stop().await;
 }
+
+/// A location that cannot be used says why in its status: no such bucket, wrong credentials,
+/// nothing listening at the endpoint.
+#[tokio::test]
+async fn an_unusable_location_is_unavailable_with_the_reason() {
+    let env = TestEnv::get();
+    let ferry = Ferry::start("controller-locations").await;
+    let client = ferry.client.clone();
+    create(
+        &client,
+        ferry.namespace.name(),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "wrong-credentials"},
+               "stringData": {"cloud": "[default]\naws_access_key_id = nobody\naws_secret_access_key = wrong\n"}}),
+    )
+    .await;
+    let location = |name: &str, bucket: &str, endpoint: &str, secret: &str| {
+        json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "BackupStorageLocation",
+            "metadata": {"name": name},
+            "spec": {
+                "provider": "aws", "objectStorage": {"bucket": bucket},
+                "region": env.s3_region(), "endpoint": endpoint, "forcePathStyle": true,
+                "credential": {"name": secret, "key": "cloud"}, "validationFrequency": "2s",
+            },
+        })
+    };
+    let cases = [
+        (
+            "no-bucket",
+            location(
+                "no-bucket",
+                "ferry-no-such-bucket",
+                env.s3_endpoint(),
+                "cloud-credentials",
+            ),
+            "ferry-no-such-bucket",
+        ),
+        (
+            "bad-keys",
+            location(
+                "bad-keys",
+                env.s3_bucket(),
+                env.s3_endpoint(),
+                "wrong-credentials",
+            ),
+            "credentials",
+        ),
+        (
+            "unreachable",
+            location(
+                "unreachable",
+                env.s3_bucket(),
+                "http://127.0.0.1:9",
+                "cloud-credentials",
+            ),
+            "127.0.0.1:9",
+        ),
+    ];
+    let locations: Api<ferry_protocol::crd::BackupStorageLocation> =
+        Api::namespaced(client.clone(), ferry.namespace.name());
+    for (_, object, _) in &cases {
+        create(&client, ferry.namespace.name(), object.clone()).await;
+    }
+    for (name, _, expected) in &cases {
+        let deadline = tokio::time::Instant::now() + CONVERGENCE_TIMEOUT;
+        let status = loop {
+            let status = locations
+                .get(name)
+                .await
+                .unwrap()
+                .status
+                .unwrap_or_default();
+            if status.phase.is_some() {
+                break status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} was never validated"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        };
+        assert_eq!(
+            status.phase,
+            Some(ferry_protocol::crd::LocationPhase::Unavailable),
+            "{name}: {status:?}"
+        );
+        let message = status.message.unwrap_or_default();
+        assert!(
+            message.to_lowercase().contains(&expected.to_lowercase()),
+            "the message of {name} does not name {expected:?}: {message}"
+        );
+    }
+    ferry.stop().await;
+}
