@@ -315,7 +315,7 @@ pub fn run_backup(
                     "backup {name} created; `ferry backup describe {name}` shows how it goes"
                 );
                 if wait {
-                    let done = wait_for(&backups, &name, |b: &Backup| {
+                    let done = wait_for(&backups, &name, "backup", |b: &Backup| {
                         let status = b.status.clone().unwrap_or_default();
                         (status.phase, status.progress)
                     })
@@ -449,7 +449,7 @@ pub fn run_restore(
                     "restore {name} created; `ferry restore describe {name}` shows how it goes"
                 );
                 if wait {
-                    let done = wait_for(&restores, &name, |r: &Restore| {
+                    let done = wait_for(&restores, &name, "restore", |r: &Restore| {
                         let status = r.status.clone().unwrap_or_default();
                         (status.phase, status.progress)
                     })
@@ -614,6 +614,7 @@ where
 async fn wait_for<K>(
     api: &Api<K>,
     name: &str,
+    what: &str,
     state: impl Fn(&K) -> (Option<Phase>, Option<Progress>),
 ) -> anyhow::Result<K>
 where
@@ -632,7 +633,7 @@ where
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     loop {
-        let object = get(api, name, "resource").await?;
+        let object = get(api, name, what).await?;
         let (phase, progress) = state(&object);
         if let Some(progress) = progress {
             bar.set_length(progress.items_total);
