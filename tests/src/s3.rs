@@ -48,11 +48,12 @@ impl Drop for BucketPrefix {
                 .enable_all()
                 .build()
                 .ok()?;
+            // The timer must be made inside the runtime: tokio::time needs a reactor to exist.
             runtime
-                .block_on(tokio::time::timeout(
-                    Duration::from_secs(30),
-                    empty_prefix(bucket, prefix),
-                ))
+                .block_on(async {
+                    tokio::time::timeout(Duration::from_secs(30), empty_prefix(bucket, prefix))
+                        .await
+                })
                 .ok()
         });
         let _ = cleanup.join();
