@@ -1,4 +1,5 @@
-//! `ferry backup|restore|location`: Ferry's resources in a cluster, as `velero` users know them.
+//! `ferry backup|restore|location|snapshot-location`: Ferry's resources in a cluster, as `velero`
+//! users know them.
 //! The commands create and read the resources; the controller does the work. Logs, results and
 //! downloads are read from the storage location with the credentials its Secret names, as the
 //! controller reads them.
@@ -12,12 +13,14 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use ferry_protocol::crd::{
-    Backup, BackupSpec, BackupStorageLocation, BackupStorageLocationSpec, ExistingResourcePolicy,
-    ObjectStorage, Phase, Progress, Restore, RestoreSpec, SecretKeyRef,
+    Backup, BackupSpec, BackupStorageLocation, BackupStorageLocationSpec,
+    DELETE_REQUESTED_ANNOTATION, ExistingResourcePolicy, ObjectStorage, Phase, Progress, Restore,
+    RestoreSpec, SecretKeyRef, VolumeSnapshotLocation, VolumeSnapshotLocationSpec,
 };
 use ferry_protocol::layout::{BackupKeys, RestoreKeys};
+use ferry_protocol::volume::VolumeRecords;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -81,6 +84,9 @@ pub enum BackupCommand {
         /// Take native snapshots of volumes.
         #[arg(long)]
         snapshot_volumes: Option<bool>,
+        /// The VolumeSnapshotLocations to snapshot through (default: every one), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        volume_snapshot_locations: Vec<String>,
         /// Wait until it finishes, showing progress.
         #[arg(long)]
         wait: bool,
@@ -95,12 +101,16 @@ pub enum BackupCommand {
     },
     /// Print a backup's log.
     Logs { name: String },
-    /// Delete a backup: its files in the storage location, then the resource.
+    /// Delete a backup: its volume snapshots, its files in the storage location, then the
+    /// resource. The controller does it; a running backup is deleted when it ends.
     Delete {
         name: String,
         /// Do not ask for confirmation.
         #[arg(long)]
         confirm: bool,
+        /// Return once the deletion is asked for, without waiting for it.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Download a backup's archive (tar.gz of every object).
     Download {
@@ -132,6 +142,9 @@ pub enum RestoreCommand {
         /// Restore PersistentVolumes from their snapshots.
         #[arg(long)]
         restore_volumes: Option<bool>,
+        /// Create volumes of zone A in zone B: A:B, comma-separated or repeated.
+        #[arg(long, value_delimiter = ',')]
+        availability_zone_mappings: Vec<String>,
         #[arg(long)]
         wait: bool,
     },
@@ -171,6 +184,27 @@ pub enum LocationCommand {
         default: bool,
     },
     /// List storage locations and whether they are available.
+    Get { name: Option<String> },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotLocationCommand {
+    /// Create a VolumeSnapshotLocation (EBS snapshots through the EC2 API of one region).
+    Create {
+        name: String,
+        #[arg(long)]
+        region: String,
+        /// For EC2-compatible endpoints; default AWS's.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// The Secret and key holding an AWS credentials file: SECRET:KEY.
+        #[arg(long)]
+        credential: Option<String>,
+        /// The KMS key that encrypts volumes restored from snapshots (default: the source's).
+        #[arg(long)]
+        kms_key_id: Option<String>,
+    },
+    /// List snapshot locations and whether they are available.
     Get { name: Option<String> },
 }
 
@@ -295,6 +329,7 @@ pub fn run_backup(
                 ttl,
                 storage_location,
                 snapshot_volumes,
+                volume_snapshot_locations,
                 wait,
             } => {
                 let spec = BackupSpec {
@@ -307,6 +342,7 @@ pub fn run_backup(
                     ttl,
                     storage_location,
                     snapshot_volumes,
+                    volume_snapshot_locations,
                     ..Default::default()
                 };
                 let backup = Backup::new(&name, spec);
@@ -344,6 +380,10 @@ pub fn run_backup(
                             println!("    - {object}");
                         }
                     }
+                    if let Ok(data) = store.get(&keys.volumes()).await {
+                        let records: VolumeRecords = ferry_controller::gunzip_json(&data)?;
+                        print_volumes(&records);
+                    }
                 }
                 Ok(ExitCode::SUCCESS)
             }
@@ -369,29 +409,113 @@ pub fn run_backup(
                 eprintln!("wrote {} ({})", path.display(), crate::output::bytes(bytes));
                 Ok(ExitCode::SUCCESS)
             }
-            BackupCommand::Delete { name, confirm } => {
-                let backup = get(&backups, &name, "backup").await?;
+            BackupCommand::Delete {
+                name,
+                confirm,
+                no_wait,
+            } => {
+                get(&backups, &name, "backup").await?;
                 if !confirm {
                     bail!(
-                        "deleting backup {name} removes its files from the storage location for good; pass --confirm to go on"
+                        "deleting backup {name} removes its snapshots and its files from the storage location for good; pass --confirm to go on"
                     );
                 }
-                // The files first: a Backup resource deleted while they remain would come back
-                // through the location's sync.
-                let (store, keys) = backup_store(&client, cluster, &backup).await?;
-                let files = store.list(keys.dir()).await?;
-                for key in &files {
-                    store.delete(key).await?;
+                let patch = serde_json::json!({"metadata": {"annotations": {
+                    DELETE_REQUESTED_ANNOTATION: jiff::Timestamp::now().to_string(),
+                }}});
+                backups
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
+                if no_wait {
+                    eprintln!(
+                        "deletion of backup {name} requested; the controller deletes it (`ferry backup get {name}` shows how it goes)"
+                    );
+                    return Ok(ExitCode::SUCCESS);
                 }
-                backups.delete(&name, &DeleteParams::default()).await?;
-                eprintln!(
-                    "deleted backup {name} ({} files in the storage location)",
-                    files.len()
-                );
+                wait_for_deletion(&backups, &name).await?;
+                eprintln!("deleted backup {name}: its snapshots, its files and the resource");
                 Ok(ExitCode::SUCCESS)
             }
         }
     })
+}
+
+/// Waits until the controller has deleted a backup, saying why whenever it is held up.
+async fn wait_for_deletion(backups: &Api<Backup>, name: &str) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + DELETION_TIMEOUT;
+    let mut said = None;
+    loop {
+        let Some(backup) = backups.get_opt(name).await? else {
+            return Ok(());
+        };
+        let status = backup.status.unwrap_or_default();
+        let message = match (status.phase, status.deletion_message) {
+            (_, Some(message)) => Some(message),
+            (Some(Phase::InProgress), None) => {
+                Some("the backup is in progress; it is deleted when it ends".to_owned())
+            }
+            _ => None,
+        };
+        if message.is_some() && message != said {
+            eprintln!("backup {name}: {}", message.as_deref().unwrap_or_default());
+            said = message;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "backup {name} is not deleted yet after {} s{}; the controller keeps trying (`ferry backup get {name}`)",
+                DELETION_TIMEOUT.as_secs(),
+                said.map(|m| format!(" ({m})")).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// How long `ferry backup delete` waits for the controller.
+const DELETION_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn print_volumes(records: &VolumeRecords) {
+    if records.volumes.is_empty() {
+        return;
+    }
+    println!("\nVolumes:");
+    let mut table = comfy_table::Table::new();
+    table.load_style(comfy_table::presets::NOTHING);
+    table.set_header([
+        "PERSISTENT VOLUME",
+        "CLAIM",
+        "METHOD",
+        "PHASE",
+        "SNAPSHOT",
+        "MESSAGE",
+    ]);
+    for record in &records.volumes {
+        table.add_row(vec![
+            record.persistent_volume.clone(),
+            record
+                .claim
+                .as_ref()
+                .map(|c| format!("{}/{}", c.namespace, c.name))
+                .unwrap_or_default(),
+            enum_name(&record.method),
+            enum_name(&record.phase),
+            record
+                .snapshot
+                .as_ref()
+                .map(|s| format!("{} ({})", s.snapshot_id, s.availability_zone))
+                .unwrap_or_default(),
+            record.message.clone().unwrap_or_default(),
+        ]);
+    }
+    println!("{table}");
+}
+
+/// A unit enum's name as its JSON spells it.
+fn enum_name<T: Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 pub fn run_restore(
@@ -410,17 +534,16 @@ pub fn run_restore(
                 existing_resource_policy,
                 scope,
                 restore_volumes,
+                availability_zone_mappings,
                 wait,
             } => {
-                let mut mapping = BTreeMap::new();
-                for pair in &namespace_mappings {
-                    let Some((from, to)) = pair.split_once(':') else {
-                        bail!(
-                            "--namespace-mappings {pair:?}: write SOURCE:TARGET, e.g. prod:staging"
-                        );
-                    };
-                    mapping.insert(from.to_owned(), to.to_owned());
-                }
+                let mapping =
+                    parse_mappings("--namespace-mappings", &namespace_mappings, "prod:staging")?;
+                let zone_mapping = parse_mappings(
+                    "--availability-zone-mappings",
+                    &availability_zone_mappings,
+                    "eu-west-1a:eu-west-1b",
+                )?;
                 let spec = RestoreSpec {
                     backup_name: from_backup.clone(),
                     included_namespaces: scope.include_namespaces.clone(),
@@ -436,6 +559,7 @@ pub fn run_restore(
                         None => None,
                     },
                     restore_pvs: restore_volumes,
+                    availability_zone_mapping: zone_mapping,
                     ..Default::default()
                 };
                 let name = name.unwrap_or_else(|| {
@@ -482,6 +606,82 @@ pub fn run_restore(
     })
 }
 
+/// Parses `A:B` pairs into a map, naming the flag and an example when one is malformed.
+fn parse_mappings(
+    flag: &str,
+    pairs: &[String],
+    example: &str,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut mapping = BTreeMap::new();
+    for pair in pairs {
+        match pair.split_once(':') {
+            Some((from, to)) if !from.is_empty() && !to.is_empty() => {
+                mapping.insert(from.to_owned(), to.to_owned());
+            }
+            _ => bail!("{flag} {pair:?}: write SOURCE:TARGET, e.g. {example}"),
+        }
+    }
+    Ok(mapping)
+}
+
+/// Parses `--credential SECRET:KEY`.
+fn parse_credential(text: Option<String>) -> anyhow::Result<Option<SecretKeyRef>> {
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    match text.split_once(':') {
+        Some((name, key)) if !name.is_empty() && !key.is_empty() => Ok(Some(SecretKeyRef {
+            name: name.to_owned(),
+            key: key.to_owned(),
+        })),
+        _ => bail!("--credential {text:?}: write SECRET:KEY, e.g. cloud-credentials:cloud"),
+    }
+}
+
+pub fn run_snapshot_location(
+    global: &GlobalArgs,
+    cluster: &ClusterArgs,
+    command: SnapshotLocationCommand,
+) -> anyhow::Result<ExitCode> {
+    block_on(async {
+        let client = cluster.client().await?;
+        let locations: Api<VolumeSnapshotLocation> =
+            Api::namespaced(client.clone(), &cluster.namespace);
+        match command {
+            SnapshotLocationCommand::Create {
+                name,
+                region,
+                endpoint,
+                credential,
+                kms_key_id,
+            } => {
+                let spec = VolumeSnapshotLocationSpec {
+                    provider: "aws".to_owned(),
+                    region: Some(region),
+                    endpoint,
+                    credential: parse_credential(credential)?,
+                    kms_key_id,
+                };
+                create(
+                    &locations,
+                    &VolumeSnapshotLocation::new(&name, spec),
+                    "snapshot-location",
+                )
+                .await?;
+                eprintln!(
+                    "snapshot location {name} created; `ferry snapshot-location get {name}` shows whether it is available"
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            SnapshotLocationCommand::Get { name } => {
+                let list = get_or_list(&locations, name.as_deref()).await?;
+                print_objects(global, &list, SNAPSHOT_LOCATION_COLUMNS)?;
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    })
+}
+
 pub fn run_location(
     global: &GlobalArgs,
     cluster: &ClusterArgs,
@@ -502,20 +702,7 @@ pub fn run_location(
                 credential,
                 default,
             } => {
-                let credential = match credential {
-                    None => None,
-                    Some(text) => match text.split_once(':') {
-                        Some((name, key)) if !name.is_empty() && !key.is_empty() => {
-                            Some(SecretKeyRef {
-                                name: name.to_owned(),
-                                key: key.to_owned(),
-                            })
-                        }
-                        _ => bail!(
-                            "--credential {text:?}: write SECRET:KEY, e.g. cloud-credentials:cloud"
-                        ),
-                    },
-                };
+                let credential = parse_credential(credential)?;
                 let spec = BackupStorageLocationSpec {
                     provider: "aws".to_owned(),
                     object_storage: ObjectStorage {
@@ -655,10 +842,7 @@ where
 
 fn phase_name(phase: Option<Phase>) -> String {
     match phase {
-        Some(phase) => serde_json::to_value(phase)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default(),
+        Some(phase) => enum_name(&phase),
         None => "New".to_owned(),
     }
 }
@@ -766,16 +950,43 @@ const LOCATION_COLUMNS: Columns<BackupStorageLocation> = Columns {
     row: location_row,
 };
 
+fn location_phase(status: &ferry_protocol::crd::LocationStatus) -> String {
+    status
+        .phase
+        .map(|p| enum_name(&p))
+        .unwrap_or_else(|| "Unknown".into())
+}
+
+const SNAPSHOT_LOCATION_COLUMNS: Columns<VolumeSnapshotLocation> = Columns {
+    header: &[
+        "NAME",
+        "PHASE",
+        "REGION",
+        "ENDPOINT",
+        "LAST VALIDATED",
+        "MESSAGE",
+    ],
+    row: snapshot_location_row,
+};
+
+fn snapshot_location_row(location: &VolumeSnapshotLocation) -> Vec<String> {
+    let status = location.status.clone().unwrap_or_default();
+    vec![
+        location.name_any(),
+        location_phase(&status),
+        location.spec.region.clone().unwrap_or_default(),
+        location.spec.endpoint.clone().unwrap_or_default(),
+        time(status.last_validation_time.as_ref()),
+        status.message.unwrap_or_default(),
+    ]
+}
+
 fn location_row(location: &BackupStorageLocation) -> Vec<String> {
     let status = location.status.clone().unwrap_or_default();
     let storage = &location.spec.object_storage;
     vec![
         location.name_any(),
-        status
-            .phase
-            .and_then(|p| serde_json::to_value(p).ok())
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_else(|| "Unknown".into()),
+        location_phase(&status),
         match &storage.prefix {
             Some(prefix) => format!("{}/{prefix}", storage.bucket),
             None => storage.bucket.clone(),

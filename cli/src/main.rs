@@ -150,6 +150,9 @@ enum Command {
     /// Storage locations: where backups go.
     #[command(subcommand)]
     Location(cluster_cmd::LocationCommand),
+    /// Snapshot locations: where native volume snapshots are taken (EBS).
+    #[command(subcommand)]
+    SnapshotLocation(cluster_cmd::SnapshotLocationCommand),
     /// Run the controller (in the cluster, as deploy/controller.yaml does).
     Controller(controller_cmd::ControllerArgs),
 }
@@ -178,6 +181,9 @@ fn main() -> ExitCode {
         Command::Backup(command) => cluster_cmd::run_backup(&cli.global, &cli.cluster, command),
         Command::Restore(command) => cluster_cmd::run_restore(&cli.global, &cli.cluster, command),
         Command::Location(command) => cluster_cmd::run_location(&cli.global, &cli.cluster, command),
+        Command::SnapshotLocation(command) => {
+            cluster_cmd::run_snapshot_location(&cli.global, &cli.cluster, command)
+        }
         Command::Controller(args) => controller_cmd::run(args),
     };
     match result {

@@ -87,6 +87,64 @@ async fn location_backup_and_restore_commands_drive_the_controller() {
     let table = ferry(&controller, &["location", "get"]).await;
     assert!(stdout(&table).contains("Available"), "{}", stdout(&table));
 
+    // A snapshot location on moto's EC2: created, then validated by the controller.
+    assert_ok(
+        &ferry(
+            &controller,
+            &[
+                "snapshot-location",
+                "create",
+                "ebs",
+                "--region",
+                env.ec2_region(),
+                "--endpoint",
+                env.ec2_endpoint(),
+                "--credential",
+                &credential,
+            ],
+        )
+        .await,
+        "snapshot-location create",
+    );
+    let bad_credential = ferry(
+        &controller,
+        &[
+            "snapshot-location",
+            "create",
+            "x",
+            "--region",
+            "us-east-1",
+            "--credential",
+            "nokey",
+        ],
+    )
+    .await;
+    assert!(!bad_credential.status.success());
+    assert!(
+        stderr(&bad_credential).contains("SECRET:KEY"),
+        "{}",
+        stderr(&bad_credential)
+    );
+    let deadline = tokio::time::Instant::now() + CONVERGENCE_TIMEOUT;
+    loop {
+        let table = ferry(&controller, &["snapshot-location", "get", "ebs"]).await;
+        assert_ok(&table, "snapshot-location get");
+        if stdout(&table).contains("Available") {
+            assert!(
+                stdout(&table).contains(env.ec2_region()),
+                "{}",
+                stdout(&table)
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the snapshot location never became available: {}",
+            stdout(&table)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
     let client = controller.client.clone();
     let app = TestNamespace::create(&client, "cli-app").await;
     create_object(

@@ -1,20 +1,26 @@
 //! The Backup reconciler: validates the spec, then lists everything in scope, page by page, into
-//! a streamed tar.gz in the storage location, with the backup's record, resource list, results
-//! and log beside it.
+//! a streamed tar.gz in the storage location, with the backup's record, resource list, results,
+//! volume records and log beside it; snapshots the volumes, and follows the snapshots to
+//! completion without holding the reconciler (phase WaitingForVolumes, polled). A Backup annotated
+//! for deletion is deleted: snapshots, files, then the resource.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_protocol::crd::{Backup, BackupStatus, Phase, Progress};
-use ferry_protocol::layout::{ARCHIVE_FORMAT_VERSION, ArchiveItem, BackupKeys};
+use ferry_protocol::crd::{
+    AccessMode, Backup, BackupStatus, DELETE_REQUESTED_ANNOTATION, Phase, Progress,
+};
+use ferry_protocol::layout::{ARCHIVE_FORMAT_VERSION, ArchiveItem, BackupKeys, GroupResource};
+use ferry_protocol::volume::{VolumePhase, VolumeRecords};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{DynamicObject, ListParams};
+use kube::api::{DeleteParams, DynamicObject, ListParams};
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::archive::ArchiveWriter;
 use crate::context::Context;
@@ -23,7 +29,7 @@ use crate::resources::{
     IncludesExcludes, ResourceFilter, ResourceType, discover, is_never_backed_up, parse_selector,
 };
 use crate::storage::ObjectStore;
-use crate::{gzip_json, parse_duration};
+use crate::{gunzip, gunzip_json, gzip_json, parse_duration, volumes};
 
 /// Objects per list request: large enough to be quick, small enough that a namespace of 100,000
 /// objects is never in memory at once.
@@ -31,10 +37,18 @@ const PAGE_SIZE: u32 = 500;
 /// How often progress reaches the Backup's status while it runs.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
 const DEFAULT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How often snapshots in progress are asked after, and a queued deletion looks again.
+const POLL_INTERVAL: Duration = Duration::from_secs(5);
 
 pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action> {
     let key = format!("backup/{}", backup.name_any());
     let phase = backup.status.as_ref().and_then(|s| s.phase);
+    if backup
+        .annotations()
+        .contains_key(DELETE_REQUESTED_ANNOTATION)
+    {
+        return delete(&backup, &ctx, ctx.is_running(&key)).await;
+    }
     let synced = backup
         .annotations()
         .contains_key(crate::location::SYNCED_FROM_ANNOTATION);
@@ -44,6 +58,7 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action>
     }
     match phase {
         None | Some(Phase::New) => {}
+        Some(Phase::WaitingForVolumes) => return follow_volumes(&backup, &ctx).await,
         Some(Phase::InProgress) if !ctx.is_running(&key) => {
             // Nothing in this process runs it: the controller that did was stopped mid-way. Its
             // multipart upload was never completed, so no partial archive is visible.
@@ -60,7 +75,8 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action>
     let outcome = run(&backup, &ctx).await;
     ctx.stop_running(&key);
     match outcome {
-        Ok(()) => Ok(Action::await_change()),
+        Ok(Phase::WaitingForVolumes) => Ok(Action::requeue(POLL_INTERVAL)),
+        Ok(_) => Ok(Action::await_change()),
         Err(error) if error.is_retryable() => Err(error),
         Err(error) => {
             fail(&backup, &ctx, &error.to_string()).await?;
@@ -132,12 +148,22 @@ async fn validate(backup: &Backup, ctx: &Context) -> Result<Result<Plan, Vec<Str
         Err(error) => return Err(error),
     };
     if let Some(location) = &location
-        && location.spec.access_mode == Some(ferry_protocol::crd::AccessMode::ReadOnly)
+        && location.spec.access_mode == Some(AccessMode::ReadOnly)
     {
         problems.push(format!(
             "storageLocation {} is ReadOnly; backups cannot be written to it",
             location.name_any()
         ));
+    }
+    match ctx
+        .snapshot_locations(&spec.volume_snapshot_locations)
+        .await
+    {
+        Ok(_) => {}
+        Err(Error::NotFound { what }) => {
+            problems.push(format!("volumeSnapshotLocations: {what} not found"));
+        }
+        Err(error) => return Err(error),
     }
     let types = discover(&ctx.client).await?;
     let resources =
@@ -167,7 +193,8 @@ async fn validate(backup: &Backup, ctx: &Context) -> Result<Result<Plan, Vec<Str
     }))
 }
 
-async fn run(backup: &Backup, ctx: &Context) -> Result<()> {
+/// Runs the backup up to its end, or up to WaitingForVolumes; returns the phase it reached.
+async fn run(backup: &Backup, ctx: &Context) -> Result<Phase> {
     let plan = match validate(backup, ctx).await? {
         Ok(plan) => plan,
         Err(problems) => {
@@ -185,7 +212,7 @@ async fn run(backup: &Backup, ctx: &Context) -> Result<()> {
                 problems.join("; "),
             )
             .await;
-            return Ok(());
+            return Ok(Phase::FailedValidation);
         }
     };
     let started = jiff::Timestamp::now();
@@ -223,58 +250,299 @@ async fn run(backup: &Backup, ctx: &Context) -> Result<()> {
     };
     finished?;
 
+    let volumes = volumes::snapshot_volumes(ctx, backup, &run.persistent_volumes).await?;
+    run.results.warnings.extend(volumes.warnings);
+    run.results.errors.extend(volumes.errors);
+    let records = VolumeRecords::new(volumes.records);
+    count_snapshots(&mut status, &records);
     run.log.push(format!(
         "backed up {} items, {} warnings, {} errors",
         run.done,
         run.results.warnings.len(),
         run.results.errors.len()
     ));
-    status.phase = Some(if run.results.errors.is_empty() {
-        Phase::Completed
-    } else {
-        Phase::PartiallyFailed
-    });
     status.progress = Some(Progress {
         items_total: run.done,
         items_done: run.done,
     });
-    status.warnings = u32::try_from(run.results.warnings.len()).unwrap_or(u32::MAX);
-    status.errors = u32::try_from(run.results.errors.len()).unwrap_or(u32::MAX);
-    status.completion_timestamp = Some(now());
 
     let keys = &plan.keys;
     plan.store
         .put(&keys.resource_list(), gzip_json(&run.resource_list)?)
         .await?;
     plan.store
-        .put(&keys.results(), gzip_json(&run.results)?)
+        .put(&keys.volumes(), gzip_json(&records)?)
         .await?;
-    plan.store
-        .put(&keys.logs(), crate::gzip(run.log.join("\n").as_bytes())?)
+    if records
+        .volumes
+        .iter()
+        .any(|r| r.phase == VolumePhase::InProgress)
+    {
+        // The results and log are complete but for the snapshots; finish() rewrites them.
+        run.log.push(format!(
+            "waiting for {} volume snapshots to complete",
+            status.volume_snapshots_attempted - status.volume_snapshots_completed
+        ));
+        plan.store
+            .put(&keys.results(), gzip_json(&run.results)?)
+            .await?;
+        plan.store
+            .put(&keys.logs(), crate::gzip(run.log.join("\n").as_bytes())?)
+            .await?;
+        status.phase = Some(Phase::WaitingForVolumes);
+        ctx.apply_status(backup, &status).await?;
+        return Ok(Phase::WaitingForVolumes);
+    }
+    finish(
+        backup,
+        ctx,
+        &plan.store,
+        keys,
+        status,
+        &run.results,
+        &run.log,
+        &records,
+    )
+    .await
+}
+
+fn count_snapshots(status: &mut BackupStatus, records: &VolumeRecords) {
+    let snapshotted = records.volumes.iter().filter(|r| r.snapshot.is_some());
+    status.volume_snapshots_attempted =
+        u32::try_from(snapshotted.clone().count()).unwrap_or(u32::MAX);
+    status.volume_snapshots_completed = u32::try_from(
+        snapshotted
+            .filter(|r| r.phase == VolumePhase::Completed)
+            .count(),
+    )
+    .unwrap_or(u32::MAX);
+}
+
+/// Ends a backup: its phase from its errors, the results and log, then the record (last: a
+/// backup directory without one is incomplete, and sync ignores it), then the status.
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    backup: &Backup,
+    ctx: &Context,
+    store: &ObjectStore,
+    keys: &BackupKeys,
+    mut status: BackupStatus,
+    results: &Results,
+    log: &[String],
+    records: &VolumeRecords,
+) -> Result<Phase> {
+    let phase = if results.errors.is_empty() {
+        Phase::Completed
+    } else {
+        Phase::PartiallyFailed
+    };
+    status.phase = Some(phase);
+    status.warnings = u32::try_from(results.warnings.len()).unwrap_or(u32::MAX);
+    status.errors = u32::try_from(results.errors.len()).unwrap_or(u32::MAX);
+    status.completion_timestamp = Some(now());
+    let failed_volumes: Vec<String> = records
+        .volumes
+        .iter()
+        .filter(|r| r.phase == VolumePhase::Failed)
+        .map(|r| {
+            format!(
+                "{}: {}",
+                r.describe(),
+                r.message.as_deref().unwrap_or("failed")
+            )
+        })
+        .collect();
+    status.failure_reason = (!failed_volumes.is_empty())
+        .then(|| format!("volumes not backed up: {}", failed_volumes.join("; ")));
+
+    store.put(&keys.results(), gzip_json(results)?).await?;
+    store
+        .put(&keys.logs(), crate::gzip(log.join("\n").as_bytes())?)
         .await?;
-    // The record goes last: a backup directory without one is incomplete, and sync ignores it.
     let mut record = backup.clone();
     record.metadata.managed_fields = None;
     record.status = Some(status.clone());
-    plan.store
+    store
         .put(&keys.record(), serde_json::to_vec_pretty(&record)?.into())
         .await?;
 
     ctx.apply_status(backup, &status).await?;
-    let note = format!(
+    let mut note = format!(
         "{} items; {} warnings, {} errors",
-        run.done, status.warnings, status.errors
+        status.progress.as_ref().map_or(0, |p| p.items_done),
+        status.warnings,
+        status.errors
     );
-    let (type_, reason) = match status.phase {
-        Some(Phase::Completed) => (EventType::Normal, "BackupCompleted"),
+    if status.volume_snapshots_attempted > 0 {
+        note.push_str(&format!(
+            "; {} of {} volume snapshots completed",
+            status.volume_snapshots_completed, status.volume_snapshots_attempted
+        ));
+    }
+    if let Some(reason) = &status.failure_reason {
+        note.push_str(&format!("; {reason}"));
+    }
+    let (type_, reason) = match phase {
+        Phase::Completed => (EventType::Normal, "BackupCompleted"),
         _ => (EventType::Warning, "BackupPartiallyFailed"),
     };
     ctx.event(backup, type_, reason, note).await;
-    Ok(())
+    Ok(phase)
+}
+
+/// The store and keys of a backup that has begun: its storage location's.
+async fn backup_store(backup: &Backup, ctx: &Context) -> Result<(ObjectStore, BackupKeys)> {
+    let location = ctx
+        .storage_location(backup.spec.storage_location.as_deref())
+        .await?;
+    let store = ctx.object_store(&location).await?;
+    let keys = BackupKeys::new(store.prefix(), &backup.name_any());
+    Ok((store, keys))
+}
+
+/// A backup in WaitingForVolumes: asks how its snapshots are doing, and finishes it once every
+/// one has ended. Everything it needs is in the bucket, so a restarted controller carries on.
+async fn follow_volumes(backup: &Backup, ctx: &Context) -> Result<Action> {
+    let (store, keys) = backup_store(backup, ctx).await?;
+    let mut records: VolumeRecords = gunzip_json(&store.get(&keys.volumes()).await?)?;
+    let was_failed: Vec<bool> = records
+        .volumes
+        .iter()
+        .map(|r| r.phase == VolumePhase::Failed)
+        .collect();
+    let done = volumes::follow_snapshots(ctx, &mut records).await?;
+    store.put(&keys.volumes(), gzip_json(&records)?).await?;
+    let mut status = backup.status.clone().unwrap_or_default();
+    count_snapshots(&mut status, &records);
+    if !done {
+        ctx.apply_status(backup, &status).await?;
+        return Ok(Action::requeue(POLL_INTERVAL));
+    }
+    let mut results: Results = gunzip_json(&store.get(&keys.results()).await?)?;
+    let mut log: Vec<String> = String::from_utf8_lossy(&gunzip(&store.get(&keys.logs()).await?)?)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    for (record, was_failed) in records.volumes.iter().zip(was_failed) {
+        if record.phase == VolumePhase::Failed && !was_failed {
+            results.errors.push(format!(
+                "{}: {}",
+                record.describe(),
+                record.message.as_deref().unwrap_or("the snapshot failed")
+            ));
+        }
+    }
+    log.push(format!(
+        "{} of {} volume snapshots completed",
+        status.volume_snapshots_completed, status.volume_snapshots_attempted
+    ));
+    finish(backup, ctx, &store, &keys, status, &results, &log, &records).await?;
+    Ok(Action::await_change())
+}
+
+/// Deletes a backup: its native snapshots, its files (the record first, so that no sync brings
+/// it back half-deleted), then the resource. A backup still running is deleted once it ends; a
+/// step that fails is reported in the status and retried.
+async fn delete(backup: &Backup, ctx: &Context, running_here: bool) -> Result<Action> {
+    let mut status = backup.status.clone().unwrap_or_default();
+    let phase = status.phase;
+    // The reconciler runs one backup at a time per object, so a backup listing its objects is
+    // seen here only once it has ended; one waiting for its snapshots is seen while it waits.
+    if running_here || phase == Some(Phase::WaitingForVolumes) {
+        let message = "deletion queued: the backup is still running and is deleted when it ends";
+        if status.deletion_message.as_deref() != Some(message) {
+            status.deletion_message = Some(message.to_owned());
+            ctx.apply_status(backup, &status).await?;
+            ctx.event(
+                backup,
+                EventType::Normal,
+                "DeletionQueued",
+                message.to_owned(),
+            )
+            .await;
+        }
+        // A WaitingForVolumes backup still needs following to end.
+        if phase == Some(Phase::WaitingForVolumes) {
+            follow_volumes(backup, ctx).await?;
+        }
+        return Ok(Action::requeue(POLL_INTERVAL));
+    }
+    if phase != Some(Phase::Deleting) {
+        status.phase = Some(Phase::Deleting);
+        status.deletion_message = None;
+        ctx.apply_status(backup, &status).await?;
+    }
+    // A backup that failed validation wrote nothing, and may name a location that does not exist.
+    let deleted = if phase == Some(Phase::FailedValidation) {
+        Ok((0, 0))
+    } else {
+        delete_data(backup, ctx).await
+    };
+    match deleted {
+        Ok((snapshots, files)) => {
+            let api: Api<Backup> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+            match api
+                .delete(&backup.name_any(), &DeleteParams::default())
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(error) => return Err(error.into()),
+            }
+            tracing::info!(message = "deleted a backup", backup = %backup.name_any(), snapshots, files);
+            Ok(Action::await_change())
+        }
+        Err(error) => {
+            let message = format!("deleting failed, retrying: {error}");
+            if status.deletion_message.as_deref() != Some(message.as_str()) {
+                status.deletion_message = Some(message.clone());
+                ctx.apply_status(backup, &status).await?;
+                ctx.event(backup, EventType::Warning, "DeletionFailed", message)
+                    .await;
+            }
+            Err(error)
+        }
+    }
+}
+
+/// Deletes what a backup keeps outside the cluster; returns how many snapshots and files.
+async fn delete_data(backup: &Backup, ctx: &Context) -> Result<(usize, usize)> {
+    let location = match ctx
+        .storage_location(backup.spec.storage_location.as_deref())
+        .await
+    {
+        Ok(location) => location,
+        Err(Error::NotFound { what }) => {
+            return Err(Error::Validation(vec![format!(
+                "{what} not found, so the backup's files cannot be deleted; recreate the location, or delete the Backup resource with kubectl to leave its files in the bucket"
+            )]));
+        }
+        Err(error) => return Err(error),
+    };
+    if location.spec.access_mode == Some(AccessMode::ReadOnly) {
+        return Err(Error::Validation(vec![format!(
+            "BackupStorageLocation {} is ReadOnly; backups in it cannot be deleted until it is ReadWrite",
+            location.name_any()
+        )]));
+    }
+    let store = ctx.object_store(&location).await?;
+    let keys = BackupKeys::new(store.prefix(), &backup.name_any());
+    let records: VolumeRecords = match store.get(&keys.volumes()).await {
+        Ok(data) => gunzip_json(&data)?,
+        Err(Error::NotFound { .. }) => VolumeRecords::default(),
+        Err(error) => return Err(error),
+    };
+    let snapshots = volumes::delete_snapshots(ctx, &records).await?;
+    store.delete(&keys.record()).await?;
+    let files = store.list(keys.dir()).await?;
+    for key in &files {
+        store.delete(key).await?;
+    }
+    Ok((snapshots, files.len() + 1))
 }
 
 /// Warnings and errors of a backup, stored as its results file.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Results {
     pub warnings: Vec<String>,
     pub errors: Vec<String>,
@@ -293,6 +561,8 @@ struct Run<'a> {
     results: Results,
     log: Vec<String>,
     needed: Needed,
+    /// Every PersistentVolume written, for the volume snapshots that follow the listing.
+    persistent_volumes: Vec<Value>,
 }
 
 /// Cluster-scoped objects the namespaced ones depend on, collected while listing.
@@ -329,6 +599,7 @@ impl<'a> Run<'a> {
             results: Results::default(),
             log: Vec::new(),
             needed: Needed::default(),
+            persistent_volumes: Vec::new(),
         }
     }
 
@@ -563,7 +834,11 @@ impl<'a> Run<'a> {
             Some(ns) => format!("{ns}/{}", item.name),
             None => item.name.clone(),
         };
-        writer.add(&item, serde_json::to_vec(&object)?).await?;
+        let json = serde_json::to_vec(&object)?;
+        if *resource == GroupResource::new("persistentvolumes", "") {
+            self.persistent_volumes.push(serde_json::to_value(&object)?);
+        }
+        writer.add(&item, json).await?;
         self.resource_list
             .entry(resource.to_string())
             .or_default()

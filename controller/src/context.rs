@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::sync::Mutex;
 
-use ferry_protocol::crd::{BackupStorageLocation, SecretKeyRef};
+use ferry_protocol::crd::{BackupStorageLocation, SecretKeyRef, VolumeSnapshotLocation};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::ListParams;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -11,6 +11,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::ebs::{Ebs, EbsConfig};
 use crate::error::{Error, Result};
 use crate::storage::{ObjectStore, StoreConfig};
 
@@ -133,6 +134,60 @@ impl Context {
             region: spec.region.clone(),
             endpoint: spec.endpoint.clone(),
             force_path_style: spec.force_path_style.unwrap_or(false),
+            credentials,
+        })
+        .await)
+    }
+
+    /// The VolumeSnapshotLocations named, or every one in Ferry's namespace when `names` is
+    /// empty. A name that does not exist is an error naming it.
+    pub async fn snapshot_locations(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<VolumeSnapshotLocation>> {
+        let api: Api<VolumeSnapshotLocation> =
+            Api::namespaced(self.client.clone(), &self.namespace);
+        if names.is_empty() {
+            return Ok(api.list(&ListParams::default()).await?.items);
+        }
+        let mut locations = Vec::with_capacity(names.len());
+        for name in names {
+            let location = api.get_opt(name).await?.ok_or_else(|| Error::NotFound {
+                what: format!("VolumeSnapshotLocation {}/{name}", self.namespace),
+            })?;
+            locations.push(location);
+        }
+        Ok(locations)
+    }
+
+    /// Connects to the EC2 API of a VolumeSnapshotLocation with the credentials its Secret names.
+    pub async fn ebs(&self, location: &VolumeSnapshotLocation) -> Result<Ebs> {
+        let spec = &location.spec;
+        if spec.provider != "aws" {
+            return Err(Error::Validation(vec![format!(
+                "VolumeSnapshotLocation {}: provider {:?} is not supported; use \"aws\" (EBS snapshots)",
+                location.name_any(),
+                spec.provider
+            )]));
+        }
+        let region = spec
+            .region
+            .clone()
+            .filter(|r| !r.is_empty())
+            .ok_or_else(|| {
+                Error::Validation(vec![format!(
+                    "VolumeSnapshotLocation {} names no region; set spec.region, e.g. eu-west-1",
+                    location.name_any()
+                )])
+            })?;
+        let credentials = match &spec.credential {
+            Some(reference) => Some(self.aws_credentials(reference).await?),
+            None => None,
+        };
+        Ok(Ebs::connect(EbsConfig {
+            location: location.name_any(),
+            region,
+            endpoint: spec.endpoint.clone(),
             credentials,
         })
         .await)

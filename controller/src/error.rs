@@ -19,6 +19,10 @@ pub enum Error {
     #[error("{0}")]
     Archive(String),
 
+    /// A call to a snapshot provider (EC2) failed.
+    #[error("volume snapshots: {message}")]
+    Snapshot { message: String, retryable: bool },
+
     /// The spec cannot be carried out as written; every problem is listed.
     #[error("invalid spec: {}", .0.join("; "))]
     Validation(Vec<String>),
@@ -35,7 +39,7 @@ impl Error {
                 status.code == 429 || status.code >= 500 || status.code == 409
             }
             Error::Kube(_) => true,
-            Error::Storage { retryable, .. } => *retryable,
+            Error::Storage { retryable, .. } | Error::Snapshot { retryable, .. } => *retryable,
             Error::NotFound { .. } | Error::Archive(_) | Error::Validation(_) | Error::Json(_) => {
                 false
             }

@@ -1,27 +1,31 @@
 //! Ferry's controller.
 //!
-//! Reconciles Backup, Restore and BackupStorageLocation resources (VolumeSnapshotLocation and
-//! Schedule follow with their issues): backs up the objects of an application into a storage
-//! location and restores them, in the same cluster or a new one.
+//! Reconciles Backup, Restore, BackupStorageLocation and VolumeSnapshotLocation resources (Schedule
+//! follows with its issue): backs up the objects of an application into a storage location, with
+//! native snapshots of its volumes, and restores them, in the same cluster or a new one.
 //!
 //! Each resource has one `reconcile(object, ctx) -> Result<Action>` in a module named after it;
 //! [`Context`] is what they share; [`run`] starts them all.
 
 pub mod archive;
+mod aws;
 pub mod backup;
 mod context;
+pub mod ebs;
 mod error;
 pub mod location;
 pub mod resources;
 pub mod restore;
+pub mod snapshot_location;
 pub mod storage;
+pub mod volumes;
 
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry_protocol::crd::{Backup, BackupStorageLocation, Restore};
+use ferry_protocol::crd::{Backup, BackupStorageLocation, Restore, VolumeSnapshotLocation};
 use futures::StreamExt;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
@@ -49,12 +53,18 @@ pub async fn run(client: Client, namespace: String) {
     .for_each(log_outcome);
     let locations = Controller::new(
         Api::<BackupStorageLocation>::namespaced(client.clone(), namespace),
-        config,
+        config.clone(),
     )
     .run(location::reconcile, error_policy, ctx.clone())
     .for_each(log_outcome);
+    let snapshot_locations = Controller::new(
+        Api::<VolumeSnapshotLocation>::namespaced(client.clone(), namespace),
+        config,
+    )
+    .run(snapshot_location::reconcile, error_policy, ctx.clone())
+    .for_each(log_outcome);
     tracing::info!(message = "controller started", %namespace);
-    tokio::join!(backups, restores, locations);
+    tokio::join!(backups, restores, locations, snapshot_locations);
 }
 
 fn error_policy<K: ResourceExt>(object: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {

@@ -9,8 +9,9 @@ use ferry_protocol::crd::{
     Backup, ExistingResourcePolicy, Phase, Progress, Restore, RestoreStatus,
 };
 use ferry_protocol::layout::{ArchiveItem, BackupKeys, GroupResource, RestoreKeys};
+use ferry_protocol::volume::VolumeRecords;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolume};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
@@ -25,6 +26,7 @@ use serde_json::Value;
 
 use crate::archive::Archive;
 use crate::context::Context;
+use crate::ebs;
 use crate::error::{Error, Result};
 use crate::resources::{
     IncludesExcludes, ResourceType, discover, is_never_backed_up, parse_selector,
@@ -140,6 +142,27 @@ struct Plan {
     policy: ExistingResourcePolicy,
     restore_status: Option<(Vec<String>, Vec<String>)>,
     priorities: Vec<String>,
+    restore_volumes: bool,
+    zone_mapping: BTreeMap<String, String>,
+}
+
+/// Annotates a restored PersistentVolume that had to be renamed with the name it had.
+pub const ORIGINAL_PV_NAME_ANNOTATION: &str = "ferry.dev/original-pv-name";
+
+/// What a restore does with a PersistentVolume's disk, decided before the volume is created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum VolumePlan {
+    /// A new disk was made from the volume's snapshot; the PV points at it, in `zone`, and is
+    /// called `rename` when its own name is taken.
+    FromSnapshot {
+        volume_id: String,
+        from_zone: String,
+        zone: String,
+        rename: Option<String>,
+    },
+    /// The PV is not restored; its claim gets a new volume from its StorageClass.
+    Skip(String),
+    Fail(String),
 }
 
 async fn validate(restore: &Restore, ctx: &Context) -> Result<Result<Plan, Vec<String>>> {
@@ -221,6 +244,8 @@ async fn validate(restore: &Restore, ctx: &Context) -> Result<Result<Plan, Vec<S
         } else {
             spec.resource_priorities.clone()
         },
+        restore_volumes: spec.restore_pvs != Some(false),
+        zone_mapping: spec.availability_zone_mapping.clone(),
     }))
 }
 
@@ -266,6 +291,12 @@ async fn run(restore: &Restore, ctx: &Context) -> Result<()> {
     let backup_keys = BackupKeys::new(plan.store.prefix(), &plan.backup_name);
     // A malformed or crafted archive fails here, before a single object is created.
     let archive = Archive::read(plan.store.get_reader(&backup_keys.archive()).await?).await?;
+    // Backups of Ferry before volume snapshots, and backups without volumes, have no records.
+    let volumes: VolumeRecords = match plan.store.get(&backup_keys.volumes()).await {
+        Ok(data) => crate::gunzip_json(&data)?,
+        Err(Error::NotFound { .. }) => VolumeRecords::default(),
+        Err(error) => return Err(error),
+    };
     let mut run = Run {
         restore,
         ctx,
@@ -273,6 +304,8 @@ async fn run(restore: &Restore, ctx: &Context) -> Result<()> {
         archive: &archive,
         status: status.clone(),
         results: Vec::new(),
+        volumes: &volumes,
+        volume_plans: BTreeMap::new(),
     };
     let selected = run.select()?;
     status.progress = Some(Progress {
@@ -326,6 +359,9 @@ struct Run<'a> {
     archive: &'a Archive,
     status: RestoreStatus,
     results: Vec<ItemResult>,
+    volumes: &'a VolumeRecords,
+    /// By PersistentVolume name, for the PVs (and then PVCs) this restore creates.
+    volume_plans: BTreeMap<String, VolumePlan>,
 }
 
 impl Run<'_> {
@@ -382,6 +418,7 @@ impl Run<'_> {
             let crd_tier = items
                 .iter()
                 .any(|i| i.resource.resource == "customresourcedefinitions");
+            self.plan_volumes(&items).await?;
             let mut prepared = Vec::with_capacity(items.len());
             for item in items {
                 match self.prepare(&item) {
@@ -412,8 +449,15 @@ impl Run<'_> {
                 self.record(&item, outcome);
             }
             if crd_tier {
-                self.await_crds_established().await;
+                let established = self.await_crds_established().await;
                 types = api_resources(&discover(&self.ctx.client).await?);
+                // Discovery lags behind the Established condition by a moment; the CRD itself
+                // says what it serves, so its objects need not wait for discovery to catch up.
+                for crd in &established {
+                    if let Some((group_resource, api_resource)) = crd_api_resource(crd) {
+                        types.entry(group_resource).or_insert(api_resource);
+                    }
+                }
             }
             if last_progress.elapsed() >= PROGRESS_INTERVAL {
                 last_progress = std::time::Instant::now();
@@ -516,6 +560,59 @@ impl Run<'_> {
             mapping,
             &in_archive,
         );
+        match (
+            item.resource.resource.as_str(),
+            item.resource.group.as_str(),
+        ) {
+            ("persistentvolumes", "") => match self.volume_plans.get(&item.name).cloned() {
+                Some(VolumePlan::FromSnapshot {
+                    volume_id,
+                    from_zone,
+                    zone,
+                    rename,
+                }) => {
+                    ebs::rewrite_volume(&mut object, &volume_id, &from_zone, &zone);
+                    if let Some(rename) = rename {
+                        object["metadata"]["name"] = Value::String(rename);
+                        let annotations = object["metadata"].as_object_mut().map(|m| {
+                            m.entry("annotations")
+                                .or_insert_with(|| serde_json::json!({}))
+                        });
+                        if let Some(Value::Object(annotations)) = annotations {
+                            annotations.insert(
+                                ORIGINAL_PV_NAME_ANNOTATION.to_owned(),
+                                Value::String(item.name.clone()),
+                            );
+                        }
+                    }
+                }
+                Some(VolumePlan::Skip(reason)) => {
+                    self.record(item, Outcome::Skipped(reason));
+                    return Ok(None);
+                }
+                Some(VolumePlan::Fail(reason)) => return Err(reason),
+                None => {}
+            },
+            ("persistentvolumeclaims", "") => {
+                let volume = object
+                    .pointer("/spec/volumeName")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                match volume.and_then(|v| self.volume_plans.get(&v)) {
+                    Some(VolumePlan::FromSnapshot {
+                        rename: Some(rename),
+                        ..
+                    }) => object["spec"]["volumeName"] = Value::String(rename.clone()),
+                    Some(VolumePlan::Skip(_) | VolumePlan::Fail(_)) => {
+                        if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
+                            spec.remove("volumeName");
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
         let labels = object
             .pointer_mut("/metadata")
             .and_then(Value::as_object_mut)
@@ -590,7 +687,106 @@ impl Run<'_> {
         }
     }
 
-    async fn await_crds_established(&self) {
+    /// Waits for the CRDs this restore created or found to be Established, and returns those that
+    /// are.
+    /// Decides what happens to the disk of every PersistentVolume in `items`, and creates the
+    /// disks that come from snapshots. A PV that exists in the cluster keeps its disk (and meets
+    /// the existing-resource policy), unless its claim moves to a mapped namespace: then it is
+    /// restored under a new name.
+    async fn plan_volumes(&mut self, items: &[ArchiveItem]) -> Result<()> {
+        let pv_resource = GroupResource::new("persistentvolumes", "");
+        let pvs: Api<PersistentVolume> = Api::all(self.ctx.client.clone());
+        for item in items.iter().filter(|i| i.resource == pv_resource) {
+            let Ok(object) = self.archive.object(item) else {
+                continue; // prepare() reports the unreadable object
+            };
+            let claim_namespace = object
+                .pointer("/spec/claimRef/namespace")
+                .and_then(Value::as_str);
+            let remapped = claim_namespace.is_some_and(|ns| self.plan.mapping.contains_key(ns));
+            let exists = pvs.get_opt(&item.name).await?.is_some();
+            if exists && !remapped {
+                continue;
+            }
+            let plan = match self.volumes.completed_snapshot(&item.name) {
+                Some(_) if !self.plan.restore_volumes => VolumePlan::Skip(
+                    "restorePVs is false; its claim gets a new volume from its StorageClass"
+                        .to_owned(),
+                ),
+                Some(snapshot) => {
+                    let rename = exists.then(|| renamed_pv(&item.name, self.restore));
+                    self.volume_from_snapshot(snapshot, rename).await
+                }
+                None => {
+                    let recorded = self
+                        .volumes
+                        .volumes
+                        .iter()
+                        .any(|r| r.persistent_volume == item.name);
+                    let reclaim = object
+                        .pointer("/spec/persistentVolumeReclaimPolicy")
+                        .and_then(Value::as_str);
+                    if recorded && reclaim == Some("Delete") && !exists {
+                        VolumePlan::Skip("its disk has no snapshot in the backup and was deleted with the volume (reclaimPolicy Delete); its claim gets a new volume from its StorageClass".to_owned())
+                    } else {
+                        continue;
+                    }
+                }
+            };
+            self.volume_plans.insert(item.name.clone(), plan);
+        }
+        Ok(())
+    }
+
+    async fn volume_from_snapshot(
+        &self,
+        snapshot: &ferry_protocol::volume::NativeSnapshot,
+        rename: Option<String>,
+    ) -> VolumePlan {
+        let zone = self
+            .plan
+            .zone_mapping
+            .get(&snapshot.availability_zone)
+            .cloned()
+            .unwrap_or_else(|| snapshot.availability_zone.clone());
+        let location = match self
+            .ctx
+            .snapshot_locations(std::slice::from_ref(&snapshot.location))
+            .await
+        {
+            Ok(mut locations) => locations.remove(0),
+            Err(error) => {
+                return VolumePlan::Fail(format!(
+                    "{error}; the snapshot {} was taken through it, so restoring the volume needs it",
+                    snapshot.snapshot_id
+                ));
+            }
+        };
+        let ebs = match self.ctx.ebs(&location).await {
+            Ok(ebs) => ebs,
+            Err(error) => return VolumePlan::Fail(error.to_string()),
+        };
+        let mut tags = snapshot.tags.clone();
+        tags.insert(ebs::tags::RESTORE.to_owned(), self.restore.name_any());
+        tags.insert(ebs::tags::BACKUP.to_owned(), self.plan.backup_name.clone());
+        match ebs
+            .create_volume(snapshot, &zone, location.spec.kms_key_id.as_deref(), &tags)
+            .await
+        {
+            Ok(volume_id) => {
+                tracing::info!(message = "created a volume from a snapshot", snapshot = %snapshot.snapshot_id, volume = %volume_id, %zone);
+                VolumePlan::FromSnapshot {
+                    volume_id,
+                    from_zone: snapshot.availability_zone.clone(),
+                    zone,
+                    rename,
+                }
+            }
+            Err(error) => VolumePlan::Fail(error.message),
+        }
+    }
+
+    async fn await_crds_established(&self) -> Vec<CustomResourceDefinition> {
         let crds: Api<CustomResourceDefinition> = Api::all(self.ctx.client.clone());
         let names: Vec<String> = self
             .results
@@ -607,17 +803,60 @@ impl Run<'_> {
             })
             .map(|r| r.name.clone())
             .collect();
+        let mut established = Vec::with_capacity(names.len());
         for name in names {
-            let established =
-                await_condition(crds.clone(), &name, conditions::is_crd_established());
-            if tokio::time::timeout(CRD_ESTABLISHED_TIMEOUT, established)
-                .await
-                .is_err()
-            {
-                tracing::warn!(message = "a restored CRD was not established in time; its objects may fail", crd = %name);
+            let condition = await_condition(crds.clone(), &name, conditions::is_crd_established());
+            match tokio::time::timeout(CRD_ESTABLISHED_TIMEOUT, condition).await {
+                Ok(Ok(Some(crd))) => established.push(crd),
+                Ok(Ok(None)) => {
+                    tracing::warn!(message = "a restored CRD vanished while waiting for it to be established", crd = %name);
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(message = "watching a restored CRD failed; its objects may fail", crd = %name, %error);
+                }
+                Err(_) => {
+                    tracing::warn!(message = "a restored CRD was not established in time; its objects may fail", crd = %name);
+                }
             }
         }
+        established
     }
+}
+
+/// The name of a PersistentVolume restored beside the one it was backed up from: its name and
+/// the restore's uid, within the 253 characters a name may have.
+fn renamed_pv(name: &str, restore: &Restore) -> String {
+    let uid = restore.uid().unwrap_or_default();
+    let suffix: String = uid
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(8)
+        .collect();
+    let keep = 253 - suffix.len() - 1;
+    let base: String = name.chars().take(keep).collect();
+    format!("{}-{suffix}", base.trim_end_matches(['-', '.']))
+}
+
+/// The resource a CRD serves, at its storage version (the version its objects are kept in, so the
+/// one every served version converts from).
+fn crd_api_resource(crd: &CustomResourceDefinition) -> Option<(GroupResource, ApiResource)> {
+    let spec = &crd.spec;
+    let version = spec
+        .versions
+        .iter()
+        .find(|v| v.storage && v.served)
+        .or_else(|| spec.versions.iter().find(|v| v.served))?;
+    let api_resource = ApiResource {
+        group: spec.group.clone(),
+        version: version.name.clone(),
+        api_version: format!("{}/{}", spec.group, version.name),
+        kind: spec.names.kind.clone(),
+        plural: spec.names.plural.clone(),
+    };
+    Some((
+        GroupResource::new(&spec.names.plural, &spec.group),
+        api_resource,
+    ))
 }
 
 /// Which resource types of the archive the cluster serves, by group and plural name. The
@@ -863,6 +1102,28 @@ mod tests {
 
     fn no_volumes(_: &GroupResource, _: &str) -> bool {
         false
+    }
+
+    #[test]
+    fn a_crd_serves_its_storage_version() {
+        let crd: CustomResourceDefinition = serde_json::from_value(json!({
+            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "widgets.example.com"},
+            "spec": {
+                "group": "example.com", "scope": "Namespaced",
+                "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+                "versions": [
+                    {"name": "v1beta1", "served": true, "storage": false},
+                    {"name": "v1", "served": true, "storage": true},
+                ],
+            },
+        }))
+        .unwrap();
+        let (group_resource, api_resource) = crd_api_resource(&crd).unwrap();
+        assert_eq!(group_resource, GroupResource::new("widgets", "example.com"));
+        assert_eq!(api_resource.api_version, "example.com/v1");
+        assert_eq!(api_resource.kind, "Widget");
+        assert_eq!(api_resource.plural, "widgets");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use aws_credential_types::Credentials;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::retry::RetryConfig;
-use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
@@ -39,17 +39,8 @@ pub struct ObjectStore {
 
 impl ObjectStore {
     pub async fn connect(config: StoreConfig) -> ObjectStore {
-        let region = Region::new(
-            config
-                .region
-                .clone()
-                .unwrap_or_else(|| "us-east-1".to_owned()),
-        );
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).region(region);
-        if let Some(credentials) = &config.credentials {
-            loader = loader.credentials_provider(credentials.clone());
-        }
-        let shared = loader.load().await;
+        let shared =
+            crate::aws::shared_config(config.region.as_deref(), config.credentials.clone()).await;
         let mut builder = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(config.force_path_style)
             .retry_config(RetryConfig::standard().with_max_attempts(6))

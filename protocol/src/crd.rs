@@ -12,10 +12,18 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// Set on a Backup to ask the controller to delete it: its native snapshots, its files in the
+/// storage location, then the resource. `ferry backup delete` sets it; the value is the time asked.
+pub const DELETE_REQUESTED_ANNOTATION: &str = "ferry.dev/delete-requested";
+
 /// The API group of every Ferry resource.
 pub const GROUP: &str = "ferry.dev";
 /// The version of every Ferry resource.
 pub const VERSION: &str = "v1alpha1";
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
 
 /// A reference to one key of a Secret in the controller's namespace.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -90,6 +98,8 @@ pub enum Phase {
     /// The spec is invalid; `validationErrors` lists every problem. Nothing was written.
     FailedValidation,
     InProgress,
+    /// The objects are stored; volume snapshots are still being taken. Resumes after a restart.
+    WaitingForVolumes,
     Completed,
     /// Finished, but some items failed; `errors` counts them and the results file names them.
     PartiallyFailed,
@@ -131,12 +141,22 @@ pub struct BackupStatus {
     pub warnings: u32,
     #[serde(default)]
     pub errors: u32,
+    /// Native volume snapshots started.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub volume_snapshots_attempted: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub volume_snapshots_completed: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_timestamp: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_timestamp: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expiration: Option<Time>,
+    /// Why a requested deletion has not finished yet (queued behind a running backup, or a step
+    /// that failed and is being retried).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_message: Option<String>,
+    /// Why the backup Failed, or which volumes failed when it PartiallyFailed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_reason: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -201,6 +221,10 @@ pub struct RestoreSpec {
     pub label_selector: Option<LabelSelector>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub existing_resource_policy: Option<ExistingResourcePolicy>,
+    /// Creates restored volumes in availability zone `value` where they were in `key`, e.g.
+    /// `{"eu-west-1a": "eu-west-1b"}`; zones not named keep their zone.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub availability_zone_mapping: BTreeMap<String, String>,
     /// Whether volumes are restored from their snapshots; default true.
     #[serde(
         default,
@@ -325,7 +349,9 @@ pub struct LocationStatus {
     pub last_synced_time: Option<Time>,
 }
 
-/// Where native volume snapshots are taken: a cloud provider's snapshot API.
+/// Where native volume snapshots are taken: a cloud provider's snapshot API. A Backup uses the
+/// locations it names, or every location when it names none; each volume is snapshotted through
+/// the location of its own region.
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "ferry.dev",
@@ -338,20 +364,24 @@ pub struct LocationStatus {
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Provider","type":"string","jsonPath":".spec.provider"}"#,
     printcolumn = r#"{"name":"Region","type":"string","jsonPath":".spec.region"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","jsonPath":".status.message","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeSnapshotLocationSpec {
     /// `aws` (EBS snapshots through the EC2 API).
     pub provider: String,
+    /// The AWS region of the volumes, e.g. `eu-west-1`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
     /// An EC2-compatible endpoint URL; default AWS's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// A Secret key holding an AWS credentials file (`[default]` profile); default: the
+    /// controller's own credentials (environment, web identity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<SecretKeyRef>,
-    /// The KMS key that encrypts volumes created from snapshots.
+    /// The KMS key that encrypts volumes created from snapshots; default: the source volume's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kms_key_id: Option<String>,
 }

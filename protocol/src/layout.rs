@@ -8,6 +8,7 @@
 //! <prefix>/backups/<backup>/<backup>-resource-list.json.gz  every item, by resource
 //! <prefix>/backups/<backup>/<backup>-results.json.gz      warnings and errors
 //! <prefix>/backups/<backup>/<backup>-logs.gz              the backup's log lines
+//! <prefix>/backups/<backup>/<backup>-volumes.json.gz      each volume's snapshot (crate::volume)
 //! <prefix>/restores/<restore>/<restore>-results.json.gz   per-object outcomes of a restore
 //! <prefix>/restores/<restore>/<restore>-logs.gz
 //! ```
@@ -69,6 +70,11 @@ impl BackupKeys {
 
     pub fn logs(&self) -> String {
         format!("{}{}-logs.gz", self.dir, self.name)
+    }
+
+    /// The volume records ([`crate::volume::VolumeRecords`]).
+    pub fn volumes(&self) -> String {
+        format!("{}{}-volumes.json.gz", self.dir, self.name)
     }
 }
 

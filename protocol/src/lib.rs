@@ -8,3 +8,4 @@
 pub mod crd;
 pub mod layout;
 pub mod tls;
+pub mod volume;

@@ -1,11 +1,15 @@
 //! Ferry's controller running inside the test process, watching a namespace of its own, with a
 //! credentials Secret for the test bucket and (optionally) a default storage location there.
 
-use kube::Client;
+use std::time::Duration;
+
+use ferry_protocol::crd::{Backup, Phase, Restore};
 use kube::api::{Api, DynamicObject, PostParams};
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::{BucketPrefix, TestEnv, TestNamespace};
+use crate::{BucketPrefix, CONVERGENCE_TIMEOUT, TestEnv, TestNamespace};
 
 /// The Secret (and its key) holding the test bucket's credentials in the controller's namespace.
 pub const CREDENTIALS_SECRET: (&str, &str) = ("cloud-credentials", "cloud");
@@ -82,6 +86,67 @@ impl RunningController {
         }
     }
 
+    /// [`RunningController::start`] with the default storage location.
+    pub async fn start_with_location(test: &str) -> RunningController {
+        RunningController::start(test, true).await
+    }
+
+    pub fn backups(&self) -> Api<Backup> {
+        Api::namespaced(self.client.clone(), self.namespace.name())
+    }
+
+    pub fn restores(&self) -> Api<Restore> {
+        Api::namespaced(self.client.clone(), self.namespace.name())
+    }
+
+    /// Creates an object of Ferry's (or any namespaced one) in the controller's namespace.
+    pub async fn create(&self, object: Value) {
+        create_object(&self.client, self.namespace.name(), object).await;
+    }
+
+    /// Creates a Backup with `spec` and waits until it has finished.
+    pub async fn backup(&self, name: &str, spec: Value) -> Backup {
+        self.create(json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "Backup", "metadata": {"name": name}, "spec": spec}))
+            .await;
+        finished(&self.backups(), name).await
+    }
+
+    /// Creates a Restore with `spec` and waits until it has finished; prints its per-object
+    /// results when it did not complete.
+    pub async fn restore(&self, name: &str, spec: Value) -> Restore {
+        self.create(json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "Restore", "metadata": {"name": name}, "spec": spec}))
+            .await;
+        let restore = finished(&self.restores(), name).await;
+        if restore.phase() != Some(Phase::Completed) {
+            eprintln!(
+                "results of restore {name}: {}",
+                self.restore_results(name).await
+            );
+        }
+        restore
+    }
+
+    /// Reads a gzipped JSON file of this controller's storage location, e.g. a backup's results.
+    pub async fn read_json(&self, key: &str) -> Result<Value, String> {
+        let key = self.store.key(key);
+        let object = TestEnv::get()
+            .s3_client()
+            .get_object()
+            .bucket(self.store.bucket())
+            .key(&key)
+            .send()
+            .await
+            .map_err(|error| format!("{key} cannot be read: {error}"))?;
+        let bytes = object.body.collect().await.unwrap().into_bytes();
+        ferry_controller::gunzip_json(&bytes).map_err(|error| format!("{key}: {error}"))
+    }
+
+    /// The per-object results a restore wrote to the bucket.
+    pub async fn restore_results(&self, name: &str) -> Value {
+        let key = ferry_protocol::layout::RestoreKeys::new(None, name).results();
+        self.read_json(&key).await.unwrap_or_else(Value::String)
+    }
+
     /// Stops the controller and removes its namespace and bucket prefix.
     pub async fn stop(self) {
         self.task.abort();
@@ -119,4 +184,45 @@ pub async fn create_object(client: &Client, namespace: &str, object: Value) {
                 kube::ResourceExt::name_any(&object)
             )
         });
+}
+
+/// Backups and Restores: what their status says of where they are.
+pub trait HasPhase {
+    fn phase(&self) -> Option<Phase>;
+}
+
+impl HasPhase for Backup {
+    fn phase(&self) -> Option<Phase> {
+        self.status.as_ref().and_then(|s| s.phase)
+    }
+}
+
+impl HasPhase for Restore {
+    fn phase(&self) -> Option<Phase> {
+        self.status.as_ref().and_then(|s| s.phase)
+    }
+}
+
+/// Waits until the resource reaches a final phase, and returns it.
+pub async fn finished<K>(api: &Api<K>, name: &str) -> K
+where
+    K: HasPhase + Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let deadline = tokio::time::Instant::now() + CONVERGENCE_TIMEOUT;
+    loop {
+        let object = api.get(name).await.unwrap();
+        if object.phase().is_some_and(Phase::is_terminal) {
+            return object;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} did not finish in {CONVERGENCE_TIMEOUT:?}: {object:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// A resource's status as pretty JSON, for assertion messages.
+pub fn summary<K: serde::Serialize>(object: &K) -> String {
+    serde_json::to_string_pretty(&serde_json::to_value(object).unwrap()["status"]).unwrap()
 }

@@ -18,7 +18,9 @@ mod kubelet;
 mod namespace;
 mod s3;
 
-pub use controller::{CREDENTIALS_SECRET, RunningController, create_object};
+pub use controller::{
+    CREDENTIALS_SECRET, HasPhase, RunningController, create_object, finished, summary,
+};
 pub use env::TestEnv;
 pub use kubelet::FakeKubelet;
 pub use namespace::TestNamespace;

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use ferry_protocol::crd::{Backup, Phase, Restore};
 use ferry_tests::{
-    CONVERGENCE_TIMEOUT, RunningController, TestEnv, TestNamespace, create_object as create,
-    unique_name,
+    CONVERGENCE_TIMEOUT, HasPhase, RunningController, TestEnv, TestNamespace,
+    create_object as create, finished, summary, unique_name,
 };
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{
@@ -25,122 +25,7 @@ use kube::discovery::ApiResource;
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
-
-/// A controller running in this process, with a default storage location of its own.
-struct Ferry(RunningController);
-
-impl std::ops::Deref for Ferry {
-    type Target = RunningController;
-    fn deref(&self) -> &RunningController {
-        &self.0
-    }
-}
-
-impl Ferry {
-    async fn start(test: &str) -> Ferry {
-        Ferry(RunningController::start(test, true).await)
-    }
-
-    fn backups(&self) -> Api<Backup> {
-        Api::namespaced(self.client.clone(), self.namespace.name())
-    }
-
-    fn restores(&self) -> Api<Restore> {
-        Api::namespaced(self.client.clone(), self.namespace.name())
-    }
-
-    async fn backup(&self, name: &str, spec: Value) -> Backup {
-        create(
-            &self.client,
-            self.namespace.name(),
-            json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "Backup", "metadata": {"name": name}, "spec": spec}),
-        )
-        .await;
-        finished(&self.backups(), name).await
-    }
-
-    async fn restore(&self, name: &str, spec: Value) -> Restore {
-        create(
-            &self.client,
-            self.namespace.name(),
-            json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "Restore", "metadata": {"name": name}, "spec": spec}),
-        )
-        .await;
-        let restore = finished(&self.restores(), name).await;
-        if restore.phase() != Some(Phase::Completed) {
-            eprintln!(
-                "results of restore {name}: {}",
-                self.restore_results(name).await
-            );
-        }
-        restore
-    }
-
-    /// The per-object results a restore wrote to the bucket.
-    async fn restore_results(&self, name: &str) -> Value {
-        let key =
-            ferry_protocol::layout::RestoreKeys::new(Some(self.store.prefix()), name).results();
-        let object = TestEnv::get()
-            .s3_client()
-            .get_object()
-            .bucket(self.store.bucket())
-            .key(&key)
-            .send()
-            .await;
-        match object {
-            Ok(object) => {
-                let bytes = object.body.collect().await.unwrap().into_bytes();
-                ferry_controller::gunzip_json(&bytes).unwrap()
-            }
-            Err(error) => json!(format!("{key} cannot be read: {error}")),
-        }
-    }
-
-    async fn stop(self) {
-        self.0.stop().await;
-    }
-}
-
-trait HasPhase {
-    fn phase(&self) -> Option<Phase>;
-}
-
-impl HasPhase for Backup {
-    fn phase(&self) -> Option<Phase> {
-        self.status.as_ref().and_then(|s| s.phase)
-    }
-}
-
-impl HasPhase for Restore {
-    fn phase(&self) -> Option<Phase> {
-        self.status.as_ref().and_then(|s| s.phase)
-    }
-}
-
-/// Waits until the resource reaches a final phase, and returns it.
-async fn finished<K>(api: &Api<K>, name: &str) -> K
-where
-    K: HasPhase + Resource + Clone + DeserializeOwned + std::fmt::Debug,
-{
-    let deadline = tokio::time::Instant::now() + CONVERGENCE_TIMEOUT;
-    loop {
-        let object = api.get(name).await.unwrap();
-        if matches!(
-            object.phase(),
-            Some(
-                Phase::Completed | Phase::PartiallyFailed | Phase::Failed | Phase::FailedValidation
-            )
-        ) {
-            return object;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name} did not finish in {CONVERGENCE_TIMEOUT:?}: {object:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
+use serde_json::json;
 
 /// An application: a Deployment, a StatefulSet, Services of both kinds, a ConfigMap, a Secret, a
 /// ServiceAccount with a Role and RoleBinding, a custom object of its own CRD, and a PVC bound to
@@ -270,10 +155,6 @@ fn widgets(client: &Client, namespace: &str, group: &str) -> Api<DynamicObject> 
     Api::namespaced_with(client.clone(), namespace, &resource)
 }
 
-fn summary<K: HasPhase + Resource + serde::Serialize>(object: &K) -> String {
-    serde_json::to_string_pretty(&serde_json::to_value(object).unwrap()["status"]).unwrap()
-}
-
 /// Every object of the application, as the original had it (after what a restore must strip).
 async fn assert_application_restored(
     client: &Client,
@@ -372,7 +253,7 @@ async fn read_application(client: &Client, namespace: &str, group: &str) -> Snap
 
 #[tokio::test]
 async fn an_application_is_backed_up_deleted_and_restored() {
-    let ferry = Ferry::start("controller-round-trip").await;
+    let ferry = RunningController::start_with_location("controller-round-trip").await;
     let client = ferry.client.clone();
     let app = TestNamespace::create(&client, "shop").await;
     let (group, pv_name) = create_application(&client, app.name()).await;
@@ -494,7 +375,7 @@ async fn an_application_is_backed_up_deleted_and_restored() {
 
 #[tokio::test]
 async fn filters_selectors_and_existing_resource_policies() {
-    let ferry = Ferry::start("controller-policies").await;
+    let ferry = RunningController::start_with_location("controller-policies").await;
     let client = ferry.client.clone();
     let app = TestNamespace::create(&client, "shop").await;
     let configmaps = Api::<ConfigMap>::namespaced(client.clone(), app.name());
@@ -601,7 +482,7 @@ async fn filters_selectors_and_existing_resource_policies() {
 
 #[tokio::test]
 async fn user_mistakes_end_with_reasons() {
-    let ferry = Ferry::start("controller-mistakes").await;
+    let ferry = RunningController::start_with_location("controller-mistakes").await;
 
     let invalid = ferry
         .backup(
@@ -643,7 +524,7 @@ async fn user_mistakes_end_with_reasons() {
 /// through the location's sync, marked as synced, and restores.
 #[tokio::test]
 async fn backups_in_the_bucket_are_synced_into_the_cluster() {
-    let ferry = Ferry::start("controller-sync").await;
+    let ferry = RunningController::start_with_location("controller-sync").await;
     let client = ferry.client.clone();
     let app = TestNamespace::create(&client, "sync").await;
     create(
@@ -731,7 +612,7 @@ fn crafted_archive(entries: &[(&str, &[u8])]) -> Vec<u8> {
 /// not archives at all: the restore fails naming the problem, and creates nothing.
 #[tokio::test]
 async fn crafted_and_malformed_archives_fail_before_anything_is_restored() {
-    let ferry = Ferry::start("controller-crafted").await;
+    let ferry = RunningController::start_with_location("controller-crafted").await;
     let client = ferry.client.clone();
     let app = TestNamespace::create(&client, "crafted").await;
     create(
@@ -850,7 +731,7 @@ async fn crafted_and_malformed_archives_fail_before_anything_is_restored() {
 #[tokio::test]
 async fn a_new_cluster_recovers_from_the_bucket() {
     let env = TestEnv::get();
-    let ferry = Ferry::start("controller-recovery").await;
+    let ferry = RunningController::start_with_location("controller-recovery").await;
     let client = ferry.client.clone();
     let app = TestNamespace::create(&client, "recover").await;
     for object in [
@@ -949,7 +830,7 @@ async fn a_new_cluster_recovers_from_the_bucket() {
 #[tokio::test]
 async fn an_unusable_location_is_unavailable_with_the_reason() {
     let env = TestEnv::get();
-    let ferry = Ferry::start("controller-locations").await;
+    let ferry = RunningController::start_with_location("controller-locations").await;
     let client = ferry.client.clone();
     create(
         &client,

@@ -1,0 +1,486 @@
+//! The data of a backup's volumes: which PersistentVolumes get a native snapshot, taking the
+//! snapshots, following them to completion, and deleting them with the backup.
+//!
+//! Every PersistentVolume in a backup's scope ends up with one [`VolumeRecord`]; a volume that no
+//! native snapshotter covers is recorded for file-level backup with a warning, never left out
+//! silently.
+
+use std::collections::BTreeMap;
+
+use ferry_protocol::crd::{Backup, VolumeSnapshotLocation};
+use ferry_protocol::volume::{
+    ClaimRef, NativeSnapshot, VolumeMethod, VolumePhase, VolumeRecord, VolumeRecords,
+};
+use futures::StreamExt;
+use kube::ResourceExt;
+use serde_json::Value;
+
+use crate::context::Context;
+use crate::ebs::{self, Ebs, EbsError, SnapshotProgress, zone_in_region};
+use crate::error::{Error, Result};
+
+/// Snapshots started at once; EC2 throttles a burst of CreateSnapshot calls.
+const CONCURRENT_SNAPSHOTS: usize = 8;
+/// EC2 allows 50 tags on a resource; Ferry's own take a few of them.
+const MAX_TAGS: usize = 50;
+
+/// What snapshotting a backup's volumes came to.
+#[derive(Debug, Default)]
+pub struct VolumeOutcome {
+    pub records: Vec<VolumeRecord>,
+    pub warnings: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+/// The EC2 connections of the snapshot locations a backup may use.
+struct Snapshotters {
+    /// (location, its region, the connection or why there is none).
+    locations: Vec<(String, String, std::result::Result<Ebs, String>)>,
+}
+
+impl Snapshotters {
+    async fn connect(ctx: &Context, locations: Vec<VolumeSnapshotLocation>) -> Snapshotters {
+        let mut connected = Vec::with_capacity(locations.len());
+        for location in locations {
+            let region = location.spec.region.clone().unwrap_or_default();
+            let ebs = ctx.ebs(&location).await.map_err(|e| e.to_string());
+            connected.push((location.name_any(), region, ebs));
+        }
+        Snapshotters {
+            locations: connected,
+        }
+    }
+
+    /// The locations that may hold a volume in `zone` (every location when the zone is unknown).
+    fn for_zone(
+        &self,
+        zone: Option<&str>,
+    ) -> Vec<&(String, String, std::result::Result<Ebs, String>)> {
+        self.locations
+            .iter()
+            .filter(|(_, region, _)| zone.is_none_or(|zone| zone_in_region(zone, region)))
+            .collect()
+    }
+
+    fn describe(&self) -> String {
+        self.locations
+            .iter()
+            .map(|(name, region, _)| format!("{name} ({region})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Decides, for every PersistentVolume of the backup, how its data is kept, and starts the
+/// native snapshots.
+pub async fn snapshot_volumes(
+    ctx: &Context,
+    backup: &Backup,
+    persistent_volumes: &[Value],
+) -> Result<VolumeOutcome> {
+    let spec = &backup.spec;
+    let mut outcome = VolumeOutcome::default();
+    if persistent_volumes.is_empty() {
+        return Ok(outcome);
+    }
+    let snapshots_wanted = spec.snapshot_volumes != Some(false);
+    // A user who asked for snapshots by name gets an error when they cannot be taken; one who
+    // left everything at its default gets a warning.
+    let snapshots_explicit =
+        spec.snapshot_volumes == Some(true) || !spec.volume_snapshot_locations.is_empty();
+    let snapshotters = if snapshots_wanted {
+        let locations = ctx
+            .snapshot_locations(&spec.volume_snapshot_locations)
+            .await?;
+        Snapshotters::connect(ctx, locations).await
+    } else {
+        Snapshotters {
+            locations: Vec::new(),
+        }
+    };
+
+    let mut pending = Vec::new();
+    for pv in persistent_volumes {
+        let name = pv
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let claim = claim_of(pv);
+        let record = |method, phase, message: Option<String>| VolumeRecord {
+            persistent_volume: name.clone(),
+            claim: claim.clone(),
+            method,
+            phase,
+            message,
+            snapshot: None,
+        };
+        let ebs_volume = ebs::volume_of(pv);
+        let skipped = if spec.default_volumes_to_fs_backup == Some(true) || ebs_volume.is_none() {
+            let why = if ebs_volume.is_none() {
+                format!("no native snapshotter covers {} volumes", volume_source(pv))
+            } else {
+                "defaultVolumesToFsBackup is set".to_owned()
+            };
+            Some(record(
+                VolumeMethod::FileSystem,
+                VolumePhase::Skipped,
+                Some(format!(
+                    "{why}; it needs file-level backup by the node agents, which this version of Ferry does not run yet, so its data is not in this backup"
+                )),
+            ))
+        } else if !snapshots_wanted {
+            Some(record(
+                VolumeMethod::None,
+                VolumePhase::Skipped,
+                Some("snapshotVolumes is false".to_owned()),
+            ))
+        } else if snapshotters.locations.is_empty() {
+            let phase = if snapshots_explicit {
+                VolumePhase::Failed
+            } else {
+                VolumePhase::Skipped
+            };
+            Some(record(
+                VolumeMethod::NativeSnapshot,
+                phase,
+                Some("there is no VolumeSnapshotLocation to snapshot it through; create one for its region (ferry snapshot-location create)".to_owned()),
+            ))
+        } else {
+            None
+        };
+        match skipped {
+            Some(skipped) => {
+                note(&mut outcome, &skipped, snapshots_wanted);
+                outcome.records.push(skipped);
+            }
+            None => pending.push((
+                record(VolumeMethod::NativeSnapshot, VolumePhase::InProgress, None),
+                ebs_volume.expect("only EBS volumes reach here"),
+            )),
+        }
+    }
+
+    let snapshotters = &snapshotters;
+    let taken: Vec<VolumeRecord> = futures::stream::iter(pending)
+        .map(|(record, volume)| async move {
+            take_snapshot(backup, snapshotters, record, &volume).await
+        })
+        .buffered(CONCURRENT_SNAPSHOTS)
+        .collect()
+        .await;
+    for record in taken {
+        note(&mut outcome, &record, true);
+        outcome.records.push(record);
+    }
+    Ok(outcome)
+}
+
+/// Adds a record's failure or skip to the backup's errors or warnings.
+fn note(outcome: &mut VolumeOutcome, record: &VolumeRecord, snapshots_wanted: bool) {
+    let Some(message) = &record.message else {
+        return;
+    };
+    let line = format!("{}: {message}", record.describe());
+    match record.phase {
+        VolumePhase::Failed => outcome.errors.push(line),
+        // Opting out of snapshots is a choice, not something to warn about.
+        VolumePhase::Skipped if snapshots_wanted || record.method == VolumeMethod::FileSystem => {
+            outcome.warnings.push(line)
+        }
+        _ => {}
+    }
+}
+
+async fn take_snapshot(
+    backup: &Backup,
+    snapshotters: &Snapshotters,
+    mut record: VolumeRecord,
+    volume: &ebs::EbsVolumeRef,
+) -> VolumeRecord {
+    let candidates = snapshotters.for_zone(volume.zone.as_deref());
+    if candidates.is_empty() {
+        record.phase = VolumePhase::Failed;
+        record.message = Some(format!(
+            "EBS volume {} is in zone {}, in no region of the VolumeSnapshotLocations used ({}); create a VolumeSnapshotLocation for its region",
+            volume.volume_id,
+            volume.zone.as_deref().unwrap_or("?"),
+            snapshotters.describe()
+        ));
+        return record;
+    }
+    let mut last_error = String::new();
+    for (location, _, connection) in candidates {
+        let ebs = match connection {
+            Ok(ebs) => ebs,
+            Err(error) => {
+                last_error = error.clone();
+                continue;
+            }
+        };
+        let info = match ebs.describe_volume(&volume.volume_id).await {
+            Ok(info) => info,
+            Err(error) => {
+                // Without a known zone, the volume may be in another location's region.
+                last_error = error.message;
+                continue;
+            }
+        };
+        let tags = snapshot_tags(backup, &record, &info.tags);
+        let description = format!(
+            "Ferry backup {} of {}",
+            backup.name_any(),
+            record.describe()
+        );
+        match ebs.create_snapshot(&info, &description, &tags).await {
+            Ok((snapshot_id, progress)) => {
+                record.snapshot = Some(NativeSnapshot {
+                    provider: "aws".to_owned(),
+                    location: location.clone(),
+                    region: ebs.region().to_owned(),
+                    snapshot_id,
+                    volume_id: info.volume_id,
+                    availability_zone: info.availability_zone,
+                    volume_type: info.volume_type,
+                    iops: info.iops,
+                    throughput: info.throughput,
+                    size_gib: info.size_gib,
+                    encrypted: info.encrypted,
+                    kms_key_id: info.kms_key_id,
+                    tags: info.tags,
+                });
+                apply_progress(&mut record, progress);
+            }
+            Err(error) => {
+                record.phase = VolumePhase::Failed;
+                record.message = Some(format!("snapshot failed: {}", error.message));
+            }
+        }
+        return record;
+    }
+    record.phase = VolumePhase::Failed;
+    record.message = Some(last_error);
+    record
+}
+
+fn apply_progress(record: &mut VolumeRecord, progress: SnapshotProgress) {
+    match progress {
+        SnapshotProgress::Pending => record.phase = VolumePhase::InProgress,
+        SnapshotProgress::Completed => {
+            record.phase = VolumePhase::Completed;
+            record.message = None;
+        }
+        SnapshotProgress::Failed(message) => {
+            record.phase = VolumePhase::Failed;
+            record.message = Some(message);
+        }
+    }
+}
+
+/// The volume's own tags, then Ferry's (which win), within EC2's limit.
+fn snapshot_tags(
+    backup: &Backup,
+    record: &VolumeRecord,
+    own: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut ferry = BTreeMap::from([
+        (ebs::tags::BACKUP.to_owned(), backup.name_any()),
+        (
+            ebs::tags::BACKUP_UID.to_owned(),
+            backup.uid().unwrap_or_default(),
+        ),
+        (
+            ebs::tags::PERSISTENT_VOLUME.to_owned(),
+            record.persistent_volume.clone(),
+        ),
+    ]);
+    if let Some(claim) = &record.claim {
+        ferry.insert(ebs::tags::CLAIM.to_owned(), claim.name.clone());
+        ferry.insert(ebs::tags::NAMESPACE.to_owned(), claim.namespace.clone());
+    }
+    let room = MAX_TAGS - ferry.len();
+    let mut tags: BTreeMap<String, String> = own
+        .iter()
+        .filter(|(key, _)| !ferry.contains_key(*key))
+        .take(room)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    tags.append(&mut ferry);
+    tags
+}
+
+fn claim_of(pv: &Value) -> Option<ClaimRef> {
+    let claim = pv.pointer("/spec/claimRef")?;
+    Some(ClaimRef {
+        namespace: claim.get("namespace")?.as_str()?.to_owned(),
+        name: claim.get("name")?.as_str()?.to_owned(),
+    })
+}
+
+/// What kind of volume a PersistentVolume is, for messages: `hostPath`, `csi (driver x)`, ...
+fn volume_source(pv: &Value) -> String {
+    let Some(spec) = pv.get("spec").and_then(Value::as_object) else {
+        return "such".to_owned();
+    };
+    if let Some(driver) = spec
+        .get("csi")
+        .and_then(|csi| csi.get("driver"))
+        .and_then(Value::as_str)
+    {
+        return format!("CSI ({driver})");
+    }
+    const NOT_SOURCES: [&str; 9] = [
+        "accessModes",
+        "capacity",
+        "claimRef",
+        "mountOptions",
+        "nodeAffinity",
+        "persistentVolumeReclaimPolicy",
+        "storageClassName",
+        "volumeAttributesClassName",
+        "volumeMode",
+    ];
+    spec.keys()
+        .find(|key| !NOT_SOURCES.contains(&key.as_str()))
+        .cloned()
+        .unwrap_or_else(|| "such".to_owned())
+}
+
+/// Asks EC2 how the snapshots still in progress are doing and records what it says. Returns
+/// whether every volume has finished.
+pub async fn follow_snapshots(ctx: &Context, records: &mut VolumeRecords) -> Result<bool> {
+    let mut by_location: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (index, record) in records.volumes.iter().enumerate() {
+        if record.phase == VolumePhase::InProgress
+            && let Some(snapshot) = &record.snapshot
+        {
+            by_location
+                .entry(snapshot.location.clone())
+                .or_default()
+                .push(index);
+        }
+    }
+    for (location, indices) in by_location {
+        let ebs = match snapshot_location_ebs(ctx, &location).await {
+            Ok(ebs) => ebs,
+            Err(Error::NotFound { what }) => {
+                for &index in &indices {
+                    let record = &mut records.volumes[index];
+                    record.phase = VolumePhase::Failed;
+                    record.message = Some(format!(
+                        "{what} was deleted while the snapshot was being taken"
+                    ));
+                }
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
+        let ids: Vec<String> = indices
+            .iter()
+            .filter_map(|&i| records.volumes[i].snapshot.as_ref())
+            .map(|s| s.snapshot_id.clone())
+            .collect();
+        let progress = ebs.snapshot_progress(&ids).await.map_err(ebs_error)?;
+        for index in indices {
+            let record = &mut records.volumes[index];
+            let id = record
+                .snapshot
+                .as_ref()
+                .map(|s| s.snapshot_id.clone())
+                .unwrap_or_default();
+            if let Some(progress) = progress.get(&id) {
+                apply_progress(record, progress.clone());
+            }
+        }
+    }
+    Ok(records.volumes.iter().all(|r| r.phase.is_terminal()))
+}
+
+/// Deletes every native snapshot of a backup; one already gone counts as deleted. Returns how
+/// many snapshots it deleted.
+pub async fn delete_snapshots(ctx: &Context, records: &VolumeRecords) -> Result<usize> {
+    let mut connections: BTreeMap<String, Ebs> = BTreeMap::new();
+    let mut deleted = 0;
+    for snapshot in records.volumes.iter().filter_map(|r| r.snapshot.as_ref()) {
+        if !connections.contains_key(&snapshot.location) {
+            let ebs = snapshot_location_ebs(ctx, &snapshot.location)
+                .await
+                .map_err(|error| match error {
+                    Error::NotFound { what } => Error::Validation(vec![format!(
+                        "{what} is needed to delete snapshot {} in region {}; recreate it",
+                        snapshot.snapshot_id, snapshot.region
+                    )]),
+                    other => other,
+                })?;
+            connections.insert(snapshot.location.clone(), ebs);
+        }
+        connections[&snapshot.location]
+            .delete_snapshot(&snapshot.snapshot_id)
+            .await
+            .map_err(ebs_error)?;
+        deleted += 1;
+    }
+    Ok(deleted)
+}
+
+/// The EC2 connection of the VolumeSnapshotLocation `name`.
+pub async fn snapshot_location_ebs(ctx: &Context, name: &str) -> Result<Ebs> {
+    let mut locations = ctx.snapshot_locations(&[name.to_owned()]).await?;
+    ctx.ebs(&locations.remove(0)).await
+}
+
+pub fn ebs_error(error: EbsError) -> Error {
+    Error::Snapshot {
+        message: error.message,
+        retryable: error.retryable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn ferry_tags_win_and_the_total_stays_within_ec2s_limit() {
+        let mut backup = Backup::new("nightly", Default::default());
+        backup.metadata.uid = Some("u-1".into());
+        let record = VolumeRecord {
+            persistent_volume: "pv-1".into(),
+            claim: Some(ClaimRef {
+                namespace: "shop".into(),
+                name: "data".into(),
+            }),
+            method: VolumeMethod::NativeSnapshot,
+            phase: VolumePhase::InProgress,
+            message: None,
+            snapshot: None,
+        };
+        let mut own: BTreeMap<String, String> = (0..60)
+            .map(|i| (format!("k{i:02}"), "v".to_owned()))
+            .collect();
+        own.insert(ebs::tags::BACKUP.into(), "spoofed".into());
+        let tags = snapshot_tags(&backup, &record, &own);
+        assert_eq!(tags.len(), MAX_TAGS);
+        assert_eq!(tags[ebs::tags::BACKUP], "nightly");
+        assert_eq!(tags[ebs::tags::BACKUP_UID], "u-1");
+        assert_eq!(tags[ebs::tags::CLAIM], "data");
+        assert_eq!(tags[ebs::tags::NAMESPACE], "shop");
+        assert_eq!(tags["k00"], "v");
+    }
+
+    #[test]
+    fn volume_sources_are_named_for_messages() {
+        let host_path = json!({"spec": {"capacity": {"storage": "1Gi"}, "hostPath": {"path": "/d"}, "accessModes": ["ReadWriteOnce"]}});
+        assert_eq!(volume_source(&host_path), "hostPath");
+        let csi = json!({"spec": {"csi": {"driver": "rook-ceph.rbd.csi.ceph.com"}}});
+        assert_eq!(volume_source(&csi), "CSI (rook-ceph.rbd.csi.ceph.com)");
+        assert_eq!(
+            claim_of(&json!({"spec": {"claimRef": {"namespace": "a", "name": "b"}}})),
+            Some(ClaimRef {
+                namespace: "a".into(),
+                name: "b".into()
+            })
+        );
+    }
+}

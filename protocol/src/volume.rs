@@ -1,0 +1,190 @@
+//! What a backup records about the data of its volumes, stored beside the archive as
+//! `backups/<backup>/<backup>-volumes.json.gz` (gzipped JSON, [`VolumeRecords`]).
+//!
+//! Every PersistentVolume in a backup's scope gets one [`VolumeRecord`], whatever happened to it,
+//! so that no volume is ever silently left out: a native snapshot (an EBS snapshot, with what a
+//! restore needs to create an equal disk from it), a volume handed to file-level backup by the node
+//! agents, or the reason it was not backed up. A restore reads this file to know which snapshot
+//! belongs to which PersistentVolume.
+//!
+//! ```json
+//! {
+//!   "formatVersion": "1",
+//!   "volumes": [{
+//!     "persistentVolume": "pvc-1f3e",
+//!     "claim": {"namespace": "shop", "name": "data"},
+//!     "method": "NativeSnapshot",
+//!     "phase": "Completed",
+//!     "snapshot": {
+//!       "provider": "aws", "location": "default", "region": "eu-west-1",
+//!       "snapshotId": "snap-0a1b", "volumeId": "vol-0c2d", "availabilityZone": "eu-west-1a",
+//!       "volumeType": "gp3", "iops": 6000, "throughput": 500, "sizeGiB": 100,
+//!       "encrypted": true, "kmsKeyId": "arn:aws:kms:...", "tags": {"team": "shop"}
+//!     }
+//!   }]
+//! }
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The version of the volume records format this build writes.
+pub const VOLUME_RECORDS_FORMAT_VERSION: &str = "1";
+
+/// Every volume of one backup.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeRecords {
+    pub format_version: String,
+    pub volumes: Vec<VolumeRecord>,
+}
+
+impl VolumeRecords {
+    pub fn new(volumes: Vec<VolumeRecord>) -> VolumeRecords {
+        VolumeRecords {
+            format_version: VOLUME_RECORDS_FORMAT_VERSION.to_owned(),
+            volumes,
+        }
+    }
+
+    /// The native snapshot taken of PersistentVolume `name`, when one completed.
+    pub fn completed_snapshot(&self, persistent_volume: &str) -> Option<&NativeSnapshot> {
+        self.volumes
+            .iter()
+            .find(|v| v.persistent_volume == persistent_volume && v.phase == VolumePhase::Completed)
+            .and_then(|v| v.snapshot.as_ref())
+    }
+}
+
+/// What happened to the data of one PersistentVolume.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeRecord {
+    pub persistent_volume: String,
+    /// The claim the volume was bound to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<ClaimRef>,
+    pub method: VolumeMethod,
+    pub phase: VolumePhase,
+    /// Why the volume failed or was skipped, in words a user can act on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<NativeSnapshot>,
+}
+
+impl VolumeRecord {
+    /// How the volume is named in messages: `pv-name (namespace/claim)`.
+    pub fn describe(&self) -> String {
+        match &self.claim {
+            Some(claim) => format!(
+                "volume {} (claim {}/{})",
+                self.persistent_volume, claim.namespace, claim.name
+            ),
+            None => format!("volume {}", self.persistent_volume),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// How a volume's data is backed up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VolumeMethod {
+    /// A cloud provider's snapshot of the disk (EBS).
+    NativeSnapshot,
+    /// File by file, by the node agent of the pod's node, into a Ferry repository.
+    FileSystem,
+    /// Not backed up; `message` says why.
+    None,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VolumePhase {
+    /// Started; the provider is still taking it.
+    InProgress,
+    Completed,
+    Failed,
+    /// Deliberately not backed up (`snapshotVolumes: false`, or nothing can back it up here).
+    Skipped,
+}
+
+impl VolumePhase {
+    pub fn is_terminal(self) -> bool {
+        self != VolumePhase::InProgress
+    }
+}
+
+/// An EBS snapshot and what a restore needs to create an equal volume from it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NativeSnapshot {
+    /// `aws`.
+    pub provider: String,
+    /// The VolumeSnapshotLocation it was taken through.
+    pub location: String,
+    pub region: String,
+    pub snapshot_id: String,
+    pub volume_id: String,
+    pub availability_zone: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iops: Option<i32>,
+    /// MiB/s; gp3 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throughput: Option<i32>,
+    #[serde(default, rename = "sizeGiB", skip_serializing_if = "Option::is_none")]
+    pub size_gib: Option<i32>,
+    #[serde(default)]
+    pub encrypted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key_id: Option<String>,
+    /// The source volume's own tags, given to the volume a restore creates.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_in_the_documented_shape() {
+        let records = VolumeRecords::new(vec![VolumeRecord {
+            persistent_volume: "pv-1".into(),
+            claim: Some(ClaimRef {
+                namespace: "shop".into(),
+                name: "data".into(),
+            }),
+            method: VolumeMethod::NativeSnapshot,
+            phase: VolumePhase::Completed,
+            message: None,
+            snapshot: Some(NativeSnapshot {
+                provider: "aws".into(),
+                snapshot_id: "snap-1".into(),
+                iops: Some(6000),
+                size_gib: Some(100),
+                ..Default::default()
+            }),
+        }]);
+        let json = serde_json::to_value(&records).unwrap();
+        assert_eq!(json["formatVersion"], "1");
+        assert_eq!(json["volumes"][0]["persistentVolume"], "pv-1");
+        assert_eq!(json["volumes"][0]["snapshot"]["snapshotId"], "snap-1");
+        assert_eq!(json["volumes"][0]["snapshot"]["sizeGiB"], 100);
+        let back: VolumeRecords = serde_json::from_value(json).unwrap();
+        assert_eq!(back, records);
+        assert_eq!(
+            back.completed_snapshot("pv-1")
+                .map(|s| s.snapshot_id.as_str()),
+            Some("snap-1")
+        );
+        assert!(back.completed_snapshot("pv-2").is_none());
+    }
+}
