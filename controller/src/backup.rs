@@ -61,10 +61,21 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action>
         Some(Phase::WaitingForVolumes) => return follow_volumes(&backup, &ctx).await,
         Some(Phase::InProgress) if !ctx.is_running(&key) => {
             // Nothing in this process runs it: the controller that did was stopped mid-way. Its
-            // multipart upload was never completed, so no partial archive is visible.
-            let reason = "the controller restarted while this backup was in progress; nothing of it was kept. \
-                          Create the backup again.";
-            fail(&backup, &ctx, reason).await?;
+            // multipart upload was never completed, so no partial archive is visible; snapshots
+            // it may have started are found by their tag.
+            let reason = match volumes::delete_unrecorded_snapshots(&ctx, &backup).await {
+                Ok(_) => "the controller restarted while this backup was in progress; nothing of it was kept. \
+                          Create the backup again."
+                    .to_owned(),
+                Err(error) => format!(
+                    "the controller restarted while this backup was in progress; create the backup again. \
+                     Deleting the volume snapshots it may have started failed ({error}): delete the EBS \
+                     snapshots tagged {}={} by hand",
+                    crate::ebs::tags::BACKUP_UID,
+                    backup.uid().unwrap_or_default()
+                ),
+            };
+            fail(&backup, &ctx, &reason).await?;
             return Ok(Action::await_change());
         }
         Some(_) => return Ok(Action::await_change()),

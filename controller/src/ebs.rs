@@ -418,6 +418,32 @@ impl Ebs {
             })
     }
 
+    /// The ids of the snapshots tagged `key` = `value`.
+    pub async fn snapshots_tagged(&self, key: &str, value: &str) -> Result<Vec<String>, EbsError> {
+        let mut ids = Vec::new();
+        let mut pages = self
+            .client
+            .describe_snapshots()
+            .owner_ids("self")
+            .filters(
+                Filter::builder()
+                    .name(format!("tag:{key}"))
+                    .values(value)
+                    .build(),
+            )
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|error| self.error("listing snapshots by tag", error))?;
+            ids.extend(
+                page.snapshots()
+                    .iter()
+                    .filter_map(|s| s.snapshot_id().map(str::to_owned)),
+            );
+        }
+        Ok(ids)
+    }
+
     /// Deletes a snapshot; one already gone counts as deleted.
     pub async fn delete_snapshot(&self, snapshot_id: &str) -> Result<(), EbsError> {
         match self

@@ -423,6 +423,26 @@ pub async fn delete_snapshots(ctx: &Context, records: &VolumeRecords) -> Result<
     Ok(deleted)
 }
 
+/// Deletes the snapshots a backup interrupted by a restart may have started before it recorded
+/// them: every snapshot tagged with its uid, in every snapshot location. Returns how many it
+/// deleted.
+pub async fn delete_unrecorded_snapshots(ctx: &Context, backup: &Backup) -> Result<usize> {
+    let uid = backup.uid().unwrap_or_default();
+    let mut deleted = 0;
+    for location in ctx.snapshot_locations(&[]).await? {
+        let ebs = ctx.ebs(&location).await?;
+        let ids = ebs
+            .snapshots_tagged(ebs::tags::BACKUP_UID, &uid)
+            .await
+            .map_err(ebs_error)?;
+        for id in ids {
+            ebs.delete_snapshot(&id).await.map_err(ebs_error)?;
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}
+
 /// The EC2 connection of the VolumeSnapshotLocation `name`.
 pub async fn snapshot_location_ebs(ctx: &Context, name: &str) -> Result<Ebs> {
     let mut locations = ctx.snapshot_locations(&[name.to_owned()]).await?;

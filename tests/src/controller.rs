@@ -86,6 +86,21 @@ impl RunningController {
         }
     }
 
+    /// Stops the controller as a crash would, leaving its namespace, resources and bucket as they
+    /// are; [`RunningController::restart`] starts it again.
+    pub async fn crash(&mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+
+    /// Starts the controller again after [`RunningController::crash`], as a restarted pod would.
+    pub fn restart(&mut self) {
+        self.task = tokio::spawn(ferry_controller::run(
+            self.client.clone(),
+            self.namespace.name().to_owned(),
+        ));
+    }
+
     /// [`RunningController::start`] with the default storage location.
     pub async fn start_with_location(test: &str) -> RunningController {
         RunningController::start(test, true).await

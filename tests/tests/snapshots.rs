@@ -575,3 +575,174 @@ async fn volumes_that_cannot_be_snapshotted_are_named_and_none_is_skipped_silent
     drop(app);
     ferry.stop().await;
 }
+
+/// Copies a backup's files in the bucket to the keys of another backup.
+async fn copy_backup_files(ferry: &RunningController, from: &str, to: &str) {
+    let (from, to) = (BackupKeys::new(None, from), BackupKeys::new(None, to));
+    let s3 = TestEnv::get().s3_client();
+    for (source, target) in [
+        (from.archive(), to.archive()),
+        (from.resource_list(), to.resource_list()),
+        (from.results(), to.results()),
+        (from.logs(), to.logs()),
+    ] {
+        s3.copy_object()
+            .bucket(ferry.store.bucket())
+            .copy_source(format!(
+                "{}/{}",
+                ferry.store.bucket(),
+                ferry.store.key(&source)
+            ))
+            .key(ferry.store.key(&target))
+            .send()
+            .await
+            .unwrap_or_else(|error| panic!("copying {source}: {error}"));
+    }
+}
+
+#[tokio::test]
+async fn a_controller_restart_neither_strands_nor_orphans_snapshots() {
+    let env = TestEnv::get();
+    let mut ferry = RunningController::start_with_location("snapshots-restart").await;
+    let client = ferry.client.clone();
+    snapshot_location(&ferry, "ebs", env.ec2_endpoint()).await;
+    let app = TestNamespace::create(&client, "restart").await;
+    let ns = app.name().to_owned();
+    let volume = ebs_volume(
+        "us-east-1a",
+        VolumeType::Gp2,
+        None,
+        None,
+        None,
+        &[("app", "restart")],
+    )
+    .await;
+    let pv = bound_claim(
+        &client,
+        &ns,
+        "data",
+        json!({"metadata": {"name": unique_name("pv-restart")}, "spec": {
+            "csi": {"driver": "ebs.csi.aws.com", "volumeHandle": volume}}}),
+    )
+    .await;
+    bound_volume(&client, &ns, "data").await;
+    let spec = json!({"includedNamespaces": [ns], "volumeSnapshotLocations": ["ebs"]});
+    let first = ferry.backup("first", spec.clone()).await;
+    assert_eq!(first.phase(), Some(Phase::Completed), "{}", summary(&first));
+
+    ferry.crash().await;
+    let backups = ferry.backups();
+    let set_status = |name: &'static str, status: Value| {
+        let backups = backups.clone();
+        async move {
+            backups
+                .patch_status(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": status})),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    // A backup that was waiting for two snapshots when the controller stopped: one completed
+    // meanwhile, the other vanished.
+    ferry
+        .create(json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "Backup",
+                       "metadata": {"name": "waiting"}, "spec": spec}))
+        .await;
+    copy_backup_files(&ferry, "first", "waiting").await;
+    let mut records = volume_records(&ferry, "first").await;
+    records.volumes[0].phase = VolumePhase::InProgress;
+    let mut vanished = records.volumes[0].clone();
+    vanished.persistent_volume = "pv-vanished".to_owned();
+    vanished.snapshot.as_mut().unwrap().snapshot_id = "snap-0000000000000dead".to_owned();
+    records.volumes.push(vanished);
+    env.s3_client()
+        .put_object()
+        .bucket(ferry.store.bucket())
+        .key(ferry.store.key(&BackupKeys::new(None, "waiting").volumes()))
+        .body(ferry_controller::gzip_json(&records).unwrap().into())
+        .send()
+        .await
+        .unwrap();
+    set_status(
+        "waiting",
+        json!({"phase": "WaitingForVolumes", "progress": {"itemsTotal": 5, "itemsDone": 5},
+               "volumeSnapshotsAttempted": 2}),
+    )
+    .await;
+    // A backup stopped while listing, after it had started a snapshot it never recorded.
+    ferry
+        .create(json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "Backup",
+                       "metadata": {"name": "interrupted"}, "spec": spec}))
+        .await;
+    let interrupted_uid = backups.get("interrupted").await.unwrap().uid().unwrap();
+    set_status("interrupted", json!({"phase": "InProgress"})).await;
+    env.ec2_client()
+        .create_snapshot()
+        .volume_id(&volume)
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::Snapshot)
+                .tags(
+                    Tag::builder()
+                        .key("ferry.dev/backup-uid")
+                        .value(&interrupted_uid)
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(snapshots_of(&interrupted_uid).await.len(), 1);
+
+    ferry.restart();
+    let waiting = ferry_tests::finished(&backups, "waiting").await;
+    assert_eq!(
+        waiting.phase(),
+        Some(Phase::PartiallyFailed),
+        "{}",
+        summary(&waiting)
+    );
+    let status = waiting.status.clone().unwrap();
+    assert_eq!(
+        (
+            status.volume_snapshots_attempted,
+            status.volume_snapshots_completed
+        ),
+        (2, 1)
+    );
+    let reason = status.failure_reason.unwrap_or_default();
+    assert!(
+        reason.contains("pv-vanished") && reason.contains("vanished from region"),
+        "{reason}"
+    );
+    assert!(!reason.contains(&pv), "{reason}");
+    // Finished means recorded: the record is in the bucket, so the backup can be synced and restored.
+    env.s3_client()
+        .head_object()
+        .bucket(ferry.store.bucket())
+        .key(ferry.store.key(&BackupKeys::new(None, "waiting").record()))
+        .send()
+        .await
+        .expect("the finished backup has its record");
+
+    let interrupted = ferry_tests::finished(&backups, "interrupted").await;
+    assert_eq!(
+        interrupted.phase(),
+        Some(Phase::Failed),
+        "{}",
+        summary(&interrupted)
+    );
+    assert!(
+        snapshots_of(&interrupted_uid).await.is_empty(),
+        "the unrecorded snapshot was left behind"
+    );
+
+    delete_namespace(&client, &ns).await;
+    delete_pv(&client, &pv).await;
+    drop(app);
+    ferry.stop().await;
+}
