@@ -54,6 +54,9 @@ pub struct BackupOptions {
     pub progress: Option<Arc<dyn ProgressSink>>,
     /// Reader and sealing threads each; defaults to the number of cores.
     pub workers: Option<usize>,
+    /// Set to stop the backup: it ends with [`Error::Cancelled`] at the next file, writing no
+    /// snapshot (the packs already written are reclaimed by prune).
+    pub cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 #[derive(Debug, Clone)]
@@ -503,6 +506,14 @@ impl Walker<'_> {
             subdirs: Vec::new(),
         };
         for (name, path) in entries {
+            if self
+                .options
+                .cancel
+                .as_ref()
+                .is_some_and(|cancel| cancel.load(Ordering::Relaxed))
+            {
+                return Err(Error::Cancelled);
+            }
             let meta = match std::fs::symlink_metadata(&path) {
                 Ok(meta) => meta,
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue, // deleted meanwhile

@@ -51,6 +51,10 @@ pub enum Error {
     #[error("refusing unsafe path in snapshot: {0}")]
     UnsafePath(String),
 
+    /// Stopped because the caller asked (the agent's Cancel); what was written stays consistent.
+    #[error("cancelled")]
+    Cancelled,
+
     #[error("{0}")]
     Other(String),
 }

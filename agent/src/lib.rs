@@ -2,13 +2,15 @@
 //!
 //! The agent runs on every node, reads pod volumes from the kubelet's directory and stores them in
 //! a deduplicating, encrypted repository. The same data mover backs the CLI's standalone
-//! `ferry volume` commands. The repository format is specified in `agent/FORMAT.md`.
+//! `ferry volume` commands. The repository format is specified in `agent/FORMAT.md`; the daemon
+//! that serves the controller is [`daemon`].
 
 pub mod backend;
 pub mod backup;
 pub mod blob;
 pub mod chunker;
 pub mod crypto;
+pub mod daemon;
 mod error;
 pub mod id;
 pub mod index;

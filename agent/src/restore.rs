@@ -43,6 +43,9 @@ pub struct RestoreOptions {
     pub delete: bool,
     pub workers: Option<usize>,
     pub progress: Option<Arc<dyn ProgressSink>>,
+    /// Set to stop the restore between its steps (scanning the target, copying what it holds,
+    /// downloading); it ends with [`Error::Cancelled`], leaving the target partly restored.
+    pub cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -386,6 +389,15 @@ pub fn restore_tree(
             }
         }
     }
+    let cancelled = || {
+        options
+            .cancel
+            .as_ref()
+            .is_some_and(|cancel| cancel.load(Ordering::Relaxed))
+    };
+    if cancelled() {
+        return Err(Error::Cancelled);
+    }
     let counters = Counters::default();
     let failed_local: Mutex<Vec<(Id, BlobPlan)>> = Mutex::new(Vec::new());
     let damaged = Mutex::new(damaged);
@@ -435,6 +447,9 @@ pub fn restore_tree(
                 });
             }
         });
+    }
+    if cancelled() {
+        return Err(Error::Cancelled);
     }
     for (id, plan) in failed_local.into_inner().expect("lock") {
         remote.insert(id, plan);

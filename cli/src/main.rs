@@ -1,6 +1,7 @@
 //! `ferry`: the one binary of Ferry. The CLI, the controller (`ferry controller`) and the node
 //! agent (`ferry agent`) are subcommands, so that a user installs one image and one command.
 
+mod agent_cmd;
 mod cluster_cmd;
 mod controller_cmd;
 mod output;
@@ -155,12 +156,14 @@ enum Command {
     SnapshotLocation(cluster_cmd::SnapshotLocationCommand),
     /// Run the controller (in the cluster, as deploy/controller.yaml does).
     Controller(controller_cmd::ControllerArgs),
+    /// Run the node agent (on every node, as deploy/agent.yaml does).
+    Agent(agent_cmd::AgentArgs),
 }
 
 /// A long-running controller logs what it does; a command run by hand only what went wrong.
 fn default_log_level(cli: &Cli) -> &'static str {
     match cli.command {
-        Command::Controller(_) => "info",
+        Command::Controller(_) | Command::Agent(_) => "info",
         _ => "warn",
     }
 }
@@ -185,6 +188,7 @@ fn main() -> ExitCode {
             cluster_cmd::run_snapshot_location(&cli.global, &cli.cluster, command)
         }
         Command::Controller(args) => controller_cmd::run(args),
+        Command::Agent(args) => agent_cmd::run(args),
     };
     match result {
         Ok(code) => code,

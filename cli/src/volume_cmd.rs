@@ -80,7 +80,7 @@ pub fn run(global: &GlobalArgs, command: VolumeCommand) -> anyhow::Result<ExitCo
                 cross_filesystems,
                 fail_on_unreadable,
                 progress: progress.as_ref().map(|(_, sink)| sink.clone()),
-                workers: None,
+                ..Default::default()
             };
             let outcome = ferry_agent::backup(&repo, &path, &options);
             if let Some((bar, _)) = &progress {
@@ -123,8 +123,8 @@ pub fn run(global: &GlobalArgs, command: VolumeCommand) -> anyhow::Result<ExitCo
             let options = RestoreOptions {
                 incremental,
                 delete,
-                workers: None,
                 progress: progress.as_ref().map(|(_, sink)| sink.clone()),
+                ..Default::default()
             };
             let summary = ferry_agent::restore(&repo, &snapshot, &target, &options);
             if let Some((bar, _)) = &progress {

@@ -5,6 +5,7 @@
 //! storage. Everything those conversations depend on lives here, so that a change to any of them is
 //! a change to this crate.
 
+pub mod agent;
 pub mod crd;
 pub mod layout;
 pub mod tls;

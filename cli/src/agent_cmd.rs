@@ -1,0 +1,79 @@
+//! `ferry agent`: the node agent. deploy/agent.yaml runs this on every node.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Args;
+use ferry_agent::daemon::{AgentConfig, AgentSettings};
+use ferry_protocol::agent::TlsCredentials;
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The node this agent serves (the downward API's spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// Ferry's namespace, where the agent keeps its Lease.
+    #[arg(long, env = "FERRY_NAMESPACE", default_value = "ferry-system")]
+    namespace: String,
+    /// The kubelet's pods directory, as mounted into the agent.
+    #[arg(long, env = "FERRY_PODS_DIR", default_value = "/host_pods")]
+    pods_dir: PathBuf,
+    /// Where the gRPC server listens.
+    #[arg(long, env = "FERRY_AGENT_LISTEN", default_value = "0.0.0.0:7443")]
+    listen: SocketAddr,
+    /// The address the controller reaches this agent at; default: POD_IP and the listen port.
+    #[arg(long, env = "FERRY_AGENT_ADVERTISE")]
+    advertise: Option<String>,
+    /// The mounted Secret ferry-agent-tls (ca.crt, tls.crt, tls.key).
+    #[arg(long, env = "FERRY_AGENT_TLS_DIR", default_value = "/etc/ferry/tls")]
+    tls_dir: PathBuf,
+    /// Volume backups and restores at once on this node.
+    #[arg(long, env = "FERRY_AGENT_MAX_TASKS", default_value_t = 2)]
+    max_tasks: usize,
+}
+
+pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    let advertise = match args.advertise {
+        Some(address) => address,
+        None => {
+            let ip = std::env::var("POD_IP").context(
+                "neither --advertise nor POD_IP is set: the controller could not reach this agent",
+            )?;
+            format!("{ip}:{}", args.listen.port())
+        }
+    };
+    let tls = TlsCredentials::read_dir(&args.tls_dir).map_err(anyhow::Error::msg)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let client = kube::Client::try_default().await.context(
+            "connecting to the Kubernetes API server (in a pod: its service account; else KUBECONFIG or ~/.kube/config)",
+        )?;
+        let config = AgentConfig {
+            settings: AgentSettings {
+                node_name: args.node_name,
+                pods_dir: args.pods_dir,
+                max_tasks: args.max_tasks,
+            },
+            namespace: args.namespace,
+            listen: args.listen,
+            advertise,
+            tls,
+        };
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("installing the SIGTERM handler")?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+            tracing::info!(message = "stopping");
+        };
+        ferry_agent::daemon::run(client, config, shutdown)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
