@@ -124,7 +124,18 @@ impl Repository {
             config,
             index: RwLock::new(MasterIndex::default()),
         };
-        repo.put_json(Kind::Config, "config", &repo.config)?;
+        // Created only if absent: two writers initialising the same repository at once (two node
+        // agents' first backups) must not each write a config with its own master key.
+        if !repo.backend.put_new(
+            Kind::Config,
+            "config",
+            &repo.encode_object(&serde_json::to_vec(&repo.config).expect("serializes")),
+        )? {
+            repo.backend.delete(Kind::Key, &repo.key_id)?;
+            return Err(Error::RepositoryExists {
+                location: repo.backend.location(),
+            });
+        }
         Ok(repo)
     }
 
@@ -236,9 +247,14 @@ impl Repository {
     }
 
     pub(crate) fn put_object(&self, kind: Kind, name: &str, plaintext: &[u8]) -> Result<()> {
+        self.backend.put(kind, name, &self.encode_object(plaintext))
+    }
+
+    /// A JSON object as stored: framed, compressed, encrypted.
+    fn encode_object(&self, plaintext: &[u8]) -> Vec<u8> {
         let mut framed = vec![OBJECT_JSON_ZSTD];
         framed.extend_from_slice(&zstd::bulk::compress(plaintext, 3).expect("in-memory zstd"));
-        self.backend.put(kind, name, &self.key.encrypt(&framed))
+        self.key.encrypt(&framed)
     }
 
     pub(crate) fn get_object(&self, kind: Kind, name: &str) -> Result<Vec<u8>> {
@@ -443,4 +459,55 @@ fn decode_json_object<T: serde::de::DeserializeOwned>(
 ) -> Result<T> {
     let plain = decode_object(key, bytes, what)?;
     serde_json::from_slice(&plain).map_err(|error| Error::Format(format!("{what}: {error}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{LocalBackend, MemoryBackend};
+
+    fn fast() -> InitOptions {
+        InitOptions {
+            // Cheap key derivation: the race is the point, not the cost.
+            kdf: KdfParams {
+                memory_kib: 64,
+                iterations: 1,
+                parallelism: 1,
+            },
+            ..Default::default()
+        }
+    }
+
+    /// Two node agents' first backups into one namespace's repository create it at once: exactly
+    /// one creates it, the other finds it, and both then open the same repository.
+    #[test]
+    fn racing_inits_create_one_repository() {
+        let dir = tempfile::tempdir().unwrap();
+        let backends: [Arc<dyn Backend>; 2] = [
+            Arc::new(LocalBackend::new(dir.path())),
+            Arc::new(MemoryBackend::new()),
+        ];
+        for backend in backends {
+            let results: Vec<Result<Repository>> = std::thread::scope(|scope| {
+                let racers: Vec<_> = (0..4)
+                    .map(|_| {
+                        scope.spawn(|| Repository::init(backend.clone(), b"one password", &fast()))
+                    })
+                    .collect();
+                racers.into_iter().map(|r| r.join().unwrap()).collect()
+            });
+            let created: Vec<&Repository> =
+                results.iter().filter_map(|r| r.as_ref().ok()).collect();
+            assert_eq!(created.len(), 1, "{:?}", backend.location());
+            for result in &results {
+                if let Err(error) = result {
+                    assert!(matches!(error, Error::RepositoryExists { .. }), "{error}");
+                }
+            }
+            // The losers removed their key slots, and the winner's config opens.
+            assert_eq!(backend.list(Kind::Key).unwrap().len(), 1);
+            let opened = Repository::open(backend.clone(), b"one password").unwrap();
+            assert_eq!(opened.config().id, created[0].config().id);
+        }
+    }
 }

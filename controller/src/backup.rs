@@ -12,7 +12,7 @@ use ferry_protocol::crd::{
     AccessMode, Backup, BackupStatus, DELETE_REQUESTED_ANNOTATION, Phase, Progress,
 };
 use ferry_protocol::layout::{ARCHIVE_FORMAT_VERSION, ArchiveItem, BackupKeys, GroupResource};
-use ferry_protocol::volume::{VolumePhase, VolumeRecords};
+use ferry_protocol::volume::{VolumePhase, VolumeRecord, VolumeRecords};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, DynamicObject, ListParams};
 use kube::core::{Selector, SelectorExt};
@@ -59,7 +59,11 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action>
     match phase {
         None | Some(Phase::New) => {}
         Some(Phase::WaitingForVolumes) => return follow_volumes(&backup, &ctx).await,
-        Some(Phase::InProgress) if !ctx.is_running(&key) => {
+        // The cache can still hold the InProgress version a moment after this process finished
+        // the backup; only the API server's own copy says whether a run was cut short.
+        Some(Phase::InProgress)
+            if !ctx.is_running(&key) && still_in_progress(&backup, &ctx).await? =>
+        {
             // Nothing in this process runs it: the controller that did was stopped mid-way. Its
             // multipart upload was never completed, so no partial archive is visible; snapshots
             // it may have started are found by their tag.
@@ -78,6 +82,10 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action>
             fail(&backup, &ctx, &reason).await?;
             return Ok(Action::await_change());
         }
+        // A stale InProgress copy: the next event (or this requeue) brings the current one.
+        Some(Phase::InProgress) if !ctx.is_running(&key) => {
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
         Some(_) => return Ok(Action::await_change()),
     }
     if !ctx.start_running(key.clone()) {
@@ -88,11 +96,34 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action>
     match outcome {
         Ok(Phase::WaitingForVolumes) => Ok(Action::requeue(POLL_INTERVAL)),
         Ok(_) => Ok(Action::await_change()),
-        Err(error) if error.is_retryable() => Err(error),
+        // Nothing was written yet: the whole backup can simply run again.
+        Err(error) if error.is_retryable() && !has_started(&backup, &ctx).await => Err(error),
+        // A backup that started cannot resume its listing; it ends with what went wrong.
         Err(error) => {
             fail(&backup, &ctx, &error.to_string()).await?;
             Ok(Action::await_change())
         }
+    }
+}
+
+/// Whether the API server's copy of the backup is InProgress; when it is not, the reconciler saw
+/// a stale copy and the backup is looked at again.
+async fn still_in_progress(backup: &Backup, ctx: &Context) -> Result<bool> {
+    let backups: Api<Backup> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let current = backups.get(&backup.name_any()).await?;
+    Ok(current.status.and_then(|s| s.phase) == Some(Phase::InProgress))
+}
+
+/// Whether the backup has gone InProgress (so it has begun writing to its storage location).
+async fn has_started(backup: &Backup, ctx: &Context) -> bool {
+    let backups: Api<Backup> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    match backups.get_opt(&backup.name_any()).await {
+        Ok(Some(current)) => current
+            .status
+            .and_then(|s| s.phase)
+            .is_some_and(|phase| phase != Phase::New),
+        // Unknown: assume it started, so that it fails with the reason instead of being misread.
+        _ => true,
     }
 }
 
@@ -118,6 +149,7 @@ fn now() -> Time {
 
 /// What a valid spec resolves to.
 struct Plan {
+    location: ferry_protocol::crd::BackupStorageLocation,
     store: ObjectStore,
     keys: BackupKeys,
     types: Vec<ResourceType>,
@@ -193,6 +225,7 @@ async fn validate(backup: &Backup, ctx: &Context) -> Result<Result<Plan, Vec<Str
     }
     let store = ctx.object_store(&location).await?;
     Ok(Ok(Plan {
+        location,
         keys: BackupKeys::new(store.prefix(), &backup.name_any()),
         store,
         types,
@@ -261,10 +294,21 @@ async fn run(backup: &Backup, ctx: &Context) -> Result<Phase> {
     };
     finished?;
 
-    let volumes = volumes::snapshot_volumes(ctx, backup, &run.persistent_volumes).await?;
+    let by_agents = volumes::choose_pod_volumes(backup, &run.pods, &run.persistent_volumes);
+    let covered: BTreeSet<String> = by_agents
+        .iter()
+        .filter_map(|choice| choice.persistent_volume.clone())
+        .collect();
+    let volumes = volumes::snapshot_volumes(ctx, backup, &run.persistent_volumes, &covered).await?;
     run.results.warnings.extend(volumes.warnings);
     run.results.errors.extend(volumes.errors);
-    let records = VolumeRecords::new(volumes.records);
+    let mut records = VolumeRecords::new(volumes.records);
+    records.volumes.extend(volumes::pod_volume_records(
+        backup,
+        by_agents,
+        &plan.location,
+    ));
+    volumes::follow_pod_volumes(ctx, backup, &plan.location, &mut records).await?;
     count_snapshots(&mut status, &records);
     run.log.push(format!(
         "backed up {} items, {} warnings, {} errors",
@@ -355,13 +399,7 @@ async fn finish(
         .volumes
         .iter()
         .filter(|r| r.phase == VolumePhase::Failed)
-        .map(|r| {
-            format!(
-                "{}: {}",
-                r.describe(),
-                r.message.as_deref().unwrap_or("failed")
-            )
-        })
+        .map(VolumeRecord::failure)
         .collect();
     status.failure_reason = (!failed_volumes.is_empty())
         .then(|| format!("volumes not backed up: {}", failed_volumes.join("; ")));
@@ -401,27 +439,32 @@ async fn finish(
     Ok(phase)
 }
 
-/// The store and keys of a backup that has begun: its storage location's.
-async fn backup_store(backup: &Backup, ctx: &Context) -> Result<(ObjectStore, BackupKeys)> {
+/// The location, store and keys of a backup that has begun.
+async fn backup_store(
+    backup: &Backup,
+    ctx: &Context,
+) -> Result<(
+    ferry_protocol::crd::BackupStorageLocation,
+    ObjectStore,
+    BackupKeys,
+)> {
     let location = ctx
         .storage_location(backup.spec.storage_location.as_deref())
         .await?;
     let store = ctx.object_store(&location).await?;
     let keys = BackupKeys::new(store.prefix(), &backup.name_any());
-    Ok((store, keys))
+    Ok((location, store, keys))
 }
 
 /// A backup in WaitingForVolumes: asks how its snapshots are doing, and finishes it once every
 /// one has ended. Everything it needs is in the bucket, so a restarted controller carries on.
 async fn follow_volumes(backup: &Backup, ctx: &Context) -> Result<Action> {
-    let (store, keys) = backup_store(backup, ctx).await?;
+    let (location, store, keys) = backup_store(backup, ctx).await?;
     let mut records: VolumeRecords = gunzip_json(&store.get(&keys.volumes()).await?)?;
-    let was_failed: Vec<bool> = records
-        .volumes
-        .iter()
-        .map(|r| r.phase == VolumePhase::Failed)
-        .collect();
-    let done = volumes::follow_snapshots(ctx, &mut records).await?;
+    let snapshots_done = volumes::follow_snapshots(ctx, &mut records).await?;
+    let pod_volumes_done =
+        volumes::follow_pod_volumes(ctx, backup, &location, &mut records).await?;
+    let done = snapshots_done && pod_volumes_done;
     store.put(&keys.volumes(), gzip_json(&records)?).await?;
     let mut status = backup.status.clone().unwrap_or_default();
     count_snapshots(&mut status, &records);
@@ -434,13 +477,15 @@ async fn follow_volumes(backup: &Backup, ctx: &Context) -> Result<Action> {
         .lines()
         .map(str::to_owned)
         .collect();
-    for (record, was_failed) in records.volumes.iter().zip(was_failed) {
-        if record.phase == VolumePhase::Failed && !was_failed {
-            results.errors.push(format!(
-                "{}: {}",
-                record.describe(),
-                record.message.as_deref().unwrap_or("the snapshot failed")
-            ));
+    // Volumes that failed while the backup waited; those that failed at once are there already.
+    for record in records
+        .volumes
+        .iter()
+        .filter(|r| r.phase == VolumePhase::Failed)
+    {
+        let line = record.failure();
+        if !results.errors.contains(&line) {
+            results.errors.push(line);
         }
     }
     log.push(format!(
@@ -574,6 +619,8 @@ struct Run<'a> {
     needed: Needed,
     /// Every PersistentVolume written, for the volume snapshots that follow the listing.
     persistent_volumes: Vec<Value>,
+    /// Every pod written, for the file-level backups of their volumes.
+    pods: Vec<Value>,
 }
 
 /// Cluster-scoped objects the namespaced ones depend on, collected while listing.
@@ -611,6 +658,7 @@ impl<'a> Run<'a> {
             log: Vec::new(),
             needed: Needed::default(),
             persistent_volumes: Vec::new(),
+            pods: Vec::new(),
         }
     }
 
@@ -848,6 +896,8 @@ impl<'a> Run<'a> {
         let json = serde_json::to_vec(&object)?;
         if *resource == GroupResource::new("persistentvolumes", "") {
             self.persistent_volumes.push(serde_json::to_value(&object)?);
+        } else if *resource == GroupResource::new("pods", "") {
+            self.pods.push(serde_json::to_value(&object)?);
         }
         writer.add(&item, json).await?;
         self.resource_list

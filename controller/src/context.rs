@@ -26,6 +26,8 @@ pub struct Context {
     /// Backups and restores this process is running now. One found InProgress but not here was
     /// interrupted by a restart.
     running: Mutex<HashSet<String>>,
+    /// File-level backups running on the node agents.
+    pub agent_tasks: crate::agents::AgentTasks,
 }
 
 impl Context {
@@ -39,6 +41,7 @@ impl Context {
             client,
             namespace: namespace.to_owned(),
             running: Mutex::new(HashSet::new()),
+            agent_tasks: Default::default(),
         }
     }
 
@@ -195,7 +198,7 @@ impl Context {
 
     /// Reads an AWS credentials file (`[default]` profile) from a Secret key, as Velero's
     /// `cloud-credentials` Secret holds it.
-    async fn aws_credentials(
+    pub(crate) async fn aws_credentials(
         &self,
         reference: &SecretKeyRef,
     ) -> Result<aws_credential_types::Credentials> {

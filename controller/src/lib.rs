@@ -7,6 +7,7 @@
 //! Each resource has one `reconcile(object, ctx) -> Result<Action>` in a module named after it;
 //! [`Context`] is what they share; [`run`] starts them all.
 
+pub mod agents;
 pub mod archive;
 mod aws;
 pub mod backup;

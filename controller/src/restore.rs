@@ -66,6 +66,13 @@ pub async fn reconcile(restore: Arc<Restore>, ctx: Arc<Context>) -> Result<Actio
     let key = format!("restore/{}", restore.name_any());
     match restore.status.as_ref().and_then(|s| s.phase) {
         None | Some(Phase::New) => {}
+        // The cache can still hold the InProgress version a moment after this process finished
+        // the restore; only the API server's own copy says whether a run was cut short.
+        Some(Phase::InProgress)
+            if !ctx.is_running(&key) && !still_in_progress(&restore, &ctx).await? =>
+        {
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
         Some(Phase::InProgress) if !ctx.is_running(&key) => {
             let reason = "the controller restarted while this restore was in progress; objects created before \
                           the restart remain (labelled ferry.dev/restore-name). Create the restore again with \
@@ -88,6 +95,13 @@ pub async fn reconcile(restore: Arc<Restore>, ctx: Arc<Context>) -> Result<Actio
             Ok(Action::await_change())
         }
     }
+}
+
+/// Whether the API server's copy of the restore is InProgress.
+async fn still_in_progress(restore: &Restore, ctx: &Context) -> Result<bool> {
+    let restores: Api<Restore> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let current = restores.get(&restore.name_any()).await?;
+    Ok(current.status.and_then(|s| s.phase) == Some(Phase::InProgress))
 }
 
 async fn fail(restore: &Restore, ctx: &Context, reason: &str) -> Result<()> {

@@ -9,12 +9,14 @@ use std::collections::BTreeMap;
 
 use ferry_protocol::crd::{Backup, VolumeSnapshotLocation};
 use ferry_protocol::volume::{
-    ClaimRef, NativeSnapshot, VolumeMethod, VolumePhase, VolumeRecord, VolumeRecords,
+    ClaimRef, FileSystemBackup, NativeSnapshot, PodVolumeRef, VolumeMethod, VolumePhase,
+    VolumeRecord, VolumeRecords,
 };
 use futures::StreamExt;
 use kube::ResourceExt;
 use serde_json::Value;
 
+use crate::agents::TaskState;
 use crate::context::Context;
 use crate::ebs::{self, Ebs, EbsError, SnapshotProgress, zone_in_region};
 use crate::error::{Error, Result};
@@ -77,6 +79,7 @@ pub async fn snapshot_volumes(
     ctx: &Context,
     backup: &Backup,
     persistent_volumes: &[Value],
+    backed_up_by_agents: &std::collections::BTreeSet<String>,
 ) -> Result<VolumeOutcome> {
     let spec = &backup.spec;
     let mut outcome = VolumeOutcome::default();
@@ -106,6 +109,9 @@ pub async fn snapshot_volumes(
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned();
+        if backed_up_by_agents.contains(&name) {
+            continue;
+        }
         let claim = claim_of(pv);
         let record = |method, phase, message: Option<String>| VolumeRecord {
             persistent_volume: name.clone(),
@@ -114,6 +120,8 @@ pub async fn snapshot_volumes(
             phase,
             message,
             snapshot: None,
+            pod_volume: None,
+            file_system: None,
         };
         let ebs_volume = ebs::volume_of(pv);
         let skipped = if spec.default_volumes_to_fs_backup == Some(true) || ebs_volume.is_none() {
@@ -126,7 +134,7 @@ pub async fn snapshot_volumes(
                 VolumeMethod::FileSystem,
                 VolumePhase::Skipped,
                 Some(format!(
-                    "{why}; it needs file-level backup by the node agents, which this version of Ferry does not run yet, so its data is not in this backup"
+                    "{why}; it needs file-level backup by a node agent, through a running pod that mounts it, and no running pod in this backup does: its data is not in this backup"
                 )),
             ))
         } else if !snapshots_wanted {
@@ -178,10 +186,10 @@ pub async fn snapshot_volumes(
 
 /// Adds a record's failure or skip to the backup's errors or warnings.
 fn note(outcome: &mut VolumeOutcome, record: &VolumeRecord, snapshots_wanted: bool) {
-    let Some(message) = &record.message else {
+    if record.message.is_none() {
         return;
-    };
-    let line = format!("{}: {message}", record.describe());
+    }
+    let line = record.failure();
     match record.phase {
         VolumePhase::Failed => outcome.errors.push(line),
         // Opting out of snapshots is a choice, not something to warn about.
@@ -475,6 +483,8 @@ mod tests {
             phase: VolumePhase::InProgress,
             message: None,
             snapshot: None,
+            pod_volume: None,
+            file_system: None,
         };
         let mut own: BTreeMap<String, String> = (0..60)
             .map(|i| (format!("k{i:02}"), "v".to_owned()))
@@ -503,4 +513,229 @@ mod tests {
             })
         );
     }
+}
+
+/// Names pod volumes to back up by file: `backup.ferry.dev/volumes: data,logs` on a pod (as
+/// Velero's `backup.velero.io/backup-volumes`).
+pub const FS_BACKUP_VOLUMES_ANNOTATION: &str = "backup.ferry.dev/volumes";
+/// With `defaultVolumesToFsBackup`, pod volumes left out: `backup.ferry.dev/volumes-excludes`.
+pub const FS_BACKUP_EXCLUDES_ANNOTATION: &str = "backup.ferry.dev/volumes-excludes";
+/// Attempts of one pod volume's backup before it is failed; a restarted controller or agent costs one.
+const MAX_ATTEMPTS: u32 = 3;
+
+/// A pod volume chosen for file-level backup.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodVolumeChoice {
+    pub pod_volume: PodVolumeRef,
+    /// The PersistentVolume behind it, when it is a claim.
+    pub persistent_volume: Option<String>,
+    pub claim: Option<ClaimRef>,
+}
+
+/// The pod volumes the node agents back up: those a pod's annotation names; with
+/// `defaultVolumesToFsBackup`, every data volume not excluded; and claims whose volume no native
+/// snapshotter covers. Only pods running on a node can be read.
+pub fn choose_pod_volumes(
+    backup: &Backup,
+    pods: &[Value],
+    persistent_volumes: &[Value],
+) -> Vec<PodVolumeChoice> {
+    let by_claim: BTreeMap<(String, String), &Value> = persistent_volumes
+        .iter()
+        .filter_map(|pv| {
+            let claim = claim_of(pv)?;
+            Some(((claim.namespace, claim.name), pv))
+        })
+        .collect();
+    let listed = |pod: &Value, annotation: &str| -> Vec<String> {
+        pod.pointer(&format!(
+            "/metadata/annotations/{}",
+            annotation.replace('/', "~1")
+        ))
+        .and_then(Value::as_str)
+        .map(|list| {
+            list.split(',')
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+    };
+    let default_fs = backup.spec.default_volumes_to_fs_backup == Some(true);
+    let mut chosen = Vec::new();
+    for pod in pods {
+        let text = |pointer: &str| {
+            pod.pointer(pointer)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let (namespace, name, node) = (
+            text("/metadata/namespace"),
+            text("/metadata/name"),
+            text("/spec/nodeName"),
+        );
+        if node.is_empty() || text("/status/phase") != "Running" {
+            continue;
+        }
+        let named = listed(pod, FS_BACKUP_VOLUMES_ANNOTATION);
+        let excluded = listed(pod, FS_BACKUP_EXCLUDES_ANNOTATION);
+        let volumes = pod
+            .pointer("/spec/volumes")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for volume in volumes {
+            let volume_name = volume
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let claim_name = volume
+                .pointer("/persistentVolumeClaim/claimName")
+                .and_then(Value::as_str);
+            let is_data = claim_name.is_some()
+                || ["emptyDir", "csi", "nfs"]
+                    .iter()
+                    .any(|k| volume.get(*k).is_some());
+            if !is_data {
+                continue;
+            }
+            let pv = claim_name.and_then(|claim| {
+                by_claim
+                    .get(&(namespace.clone(), claim.to_owned()))
+                    .copied()
+            });
+            let no_native_snapshotter = pv.is_some_and(|pv| ebs::volume_of(pv).is_none());
+            let wanted = named.contains(&volume_name)
+                || (!excluded.contains(&volume_name) && (default_fs || no_native_snapshotter));
+            if !wanted {
+                continue;
+            }
+            chosen.push(PodVolumeChoice {
+                pod_volume: PodVolumeRef {
+                    namespace: namespace.clone(),
+                    pod: name.clone(),
+                    volume: volume_name,
+                    node: node.clone(),
+                },
+                persistent_volume: pv
+                    .and_then(|pv| pv.pointer("/metadata/name"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+                claim: claim_name.map(|claim| ClaimRef {
+                    namespace: namespace.clone(),
+                    name: claim.to_owned(),
+                }),
+            });
+        }
+    }
+    // A claim mounted by several pods is read once.
+    let mut seen = std::collections::BTreeSet::new();
+    chosen.retain(|c| {
+        c.persistent_volume
+            .as_ref()
+            .is_none_or(|pv| seen.insert(pv.clone()))
+    });
+    chosen
+}
+
+/// The records of the file-level backups to run, one task each.
+pub fn pod_volume_records(
+    backup: &Backup,
+    chosen: Vec<PodVolumeChoice>,
+    location: &ferry_protocol::crd::BackupStorageLocation,
+) -> Vec<VolumeRecord> {
+    let uid = backup.uid().unwrap_or_default();
+    chosen
+        .into_iter()
+        .enumerate()
+        .map(|(n, choice)| VolumeRecord {
+            persistent_volume: choice.persistent_volume.unwrap_or_default(),
+            claim: choice.claim,
+            method: VolumeMethod::FileSystem,
+            phase: VolumePhase::InProgress,
+            message: None,
+            snapshot: None,
+            file_system: Some(FileSystemBackup {
+                repository: crate::agents::repository_url(location, &choice.pod_volume.namespace),
+                task_id: format!("{uid}-{n}"),
+                ..Default::default()
+            }),
+            pod_volume: Some(choice.pod_volume),
+        })
+        .collect()
+}
+
+/// Starts the file-level backups that are not running in this process, and records those that
+/// ended. Returns whether every one has ended.
+pub async fn follow_pod_volumes(
+    ctx: &Context,
+    backup: &Backup,
+    location: &ferry_protocol::crd::BackupStorageLocation,
+    records: &mut VolumeRecords,
+) -> Result<bool> {
+    for record in records.volumes.iter_mut() {
+        let (Some(pod), Some(fs)) = (record.pod_volume.clone(), record.file_system.as_mut()) else {
+            continue;
+        };
+        if record.phase != VolumePhase::InProgress {
+            continue;
+        }
+        let state = ctx.agent_tasks.state(&fs.task_id);
+        match state {
+            Some(TaskState::Running) => continue,
+            Some(TaskState::Done(result)) => {
+                ctx.agent_tasks.forget(&fs.task_id);
+                fs.snapshot_id = Some(result.snapshot_id);
+                fs.files = result.files;
+                fs.bytes = result.bytes;
+                fs.bytes_uploaded = result.bytes_transferred;
+                record.phase = VolumePhase::Completed;
+                record.message = (!result.errors.is_empty()).then(|| {
+                    format!(
+                        "{} files could not be read: {}",
+                        result.errors.len(),
+                        result.errors.join("; ")
+                    )
+                });
+                continue;
+            }
+            Some(TaskState::Failed { message, retryable }) => {
+                ctx.agent_tasks.forget(&fs.task_id);
+                if !retryable || fs.attempts >= MAX_ATTEMPTS {
+                    record.phase = VolumePhase::Failed;
+                    record.message = Some(format!(
+                        "file-level backup failed after {} attempts: {message}",
+                        fs.attempts
+                    ));
+                    continue;
+                }
+                tracing::warn!(message = "a pod volume backup failed; trying again", task = %fs.task_id, %message);
+            }
+            // Never started, or started by a controller that has since restarted.
+            None if fs.attempts >= MAX_ATTEMPTS => {
+                record.phase = VolumePhase::Failed;
+                record.message = Some(format!(
+                    "file-level backup did not finish in {} attempts (the controller restarted during each)",
+                    fs.attempts
+                ));
+                continue;
+            }
+            None => {}
+        }
+        fs.attempts += 1;
+        let repository = crate::agents::repository(ctx, location, &pod.namespace).await?;
+        let tags = vec![
+            format!("backup={}", backup.name_any()),
+            format!("backup-uid={}", backup.uid().unwrap_or_default()),
+        ];
+        let volume = ferry_protocol::agent::v1::PodVolume {
+            namespace: pod.namespace.clone(),
+            pod: pod.pod.clone(),
+            volume: pod.volume.clone(),
+        };
+        crate::agents::start_backup(ctx, &fs.task_id, &pod.node, volume, repository, tags).await;
+    }
+    Ok(records.volumes.iter().all(|r| r.phase.is_terminal()))
 }

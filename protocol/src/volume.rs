@@ -72,11 +72,66 @@ pub struct VolumeRecord {
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<NativeSnapshot>,
+    /// For file-level backups: the pod volume the node agent read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_volume: Option<PodVolumeRef>,
+    /// For file-level backups: where the data went and how the agent's task went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_system: Option<FileSystemBackup>,
+}
+
+/// A volume of a pod, on a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodVolumeRef {
+    pub namespace: String,
+    pub pod: String,
+    /// The volume's name in the pod's spec.
+    pub volume: String,
+    pub node: String,
+}
+
+/// A pod volume backed up file by file into a Ferry repository by the agent of its node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileSystemBackup {
+    /// The repository, `s3://bucket/prefix/repositories/<namespace>` (one per namespace and
+    /// storage location).
+    pub repository: String,
+    /// The repository snapshot, once the task completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<String>,
+    /// The agent task's id (`<backup uid>-<n>`), the same on every attempt.
+    pub task_id: String,
+    /// Attempts started; a task interrupted by a restart of the controller or the agent is tried
+    /// again, up to a limit.
+    pub attempts: u32,
+    #[serde(default)]
+    pub files: u64,
+    #[serde(default)]
+    pub bytes: u64,
+    /// Bytes the backup added to the repository: what an incremental backup cost.
+    #[serde(default)]
+    pub bytes_uploaded: u64,
 }
 
 impl VolumeRecord {
+    /// What went wrong with the volume, as the backup's errors and failure reason list it.
+    pub fn failure(&self) -> String {
+        format!(
+            "{}: {}",
+            self.describe(),
+            self.message.as_deref().unwrap_or("failed")
+        )
+    }
+
     /// How the volume is named in messages: `pv-name (namespace/claim)`.
     pub fn describe(&self) -> String {
+        if self.persistent_volume.is_empty()
+            && let Some(pod) = &self.pod_volume
+        {
+            return format!("volume {} of pod {}/{}", pod.volume, pod.namespace, pod.pod);
+        }
         match &self.claim {
             Some(claim) => format!(
                 "volume {} (claim {}/{})",
@@ -172,6 +227,8 @@ mod tests {
                 size_gib: Some(100),
                 ..Default::default()
             }),
+            pod_volume: None,
+            file_system: None,
         }]);
         let json = serde_json::to_value(&records).unwrap();
         assert_eq!(json["formatVersion"], "1");

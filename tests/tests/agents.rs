@@ -13,13 +13,18 @@ use ferry_protocol::agent::v1::{
     task_update,
 };
 use ferry_protocol::agent::{
-    ADDRESS_ANNOTATION, AGENT_SERVER_NAME, IssuedCredentials, issue_credentials, lease_name,
+    ADDRESS_ANNOTATION, AGENT_SERVER_NAME, AGENT_TLS_SECRET, TlsCredentials, issue_credentials,
+    lease_name,
 };
+use ferry_protocol::crd::Phase;
+use ferry_protocol::layout::BackupKeys;
+use ferry_protocol::volume::{VolumeMethod, VolumePhase, VolumeRecords};
 use ferry_tests::{
-    BucketPrefix, CONVERGENCE_TIMEOUT, FakeKubelet, TestEnv, TestNamespace, create_object,
-    unique_name,
+    BucketPrefix, CONVERGENCE_TIMEOUT, FakeKubelet, HasPhase, RunningController, TestEnv,
+    TestNamespace, create_object, summary, unique_name,
 };
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use kube::{Api, Client};
 use serde_json::json;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
@@ -32,11 +37,7 @@ struct RunningAgent {
 }
 
 impl RunningAgent {
-    async fn start(
-        client: &Client,
-        namespace: &str,
-        credentials: &IssuedCredentials,
-    ) -> RunningAgent {
+    async fn start(client: &Client, namespace: &str, tls: &TlsCredentials) -> RunningAgent {
         ferry_protocol::tls::install_crypto_provider();
         let kubelet = FakeKubelet::start(client, &unique_name("node")).await;
         std::fs::create_dir_all(kubelet.root().join("pods")).unwrap();
@@ -56,7 +57,7 @@ impl RunningAgent {
             namespace: namespace.to_owned(),
             listen: address.parse().unwrap(),
             advertise: address.clone(),
-            tls: credentials.agent.clone(),
+            tls: tls.clone(),
         };
         let task = tokio::spawn(ferry_agent::daemon::run(
             client.clone(),
@@ -201,7 +202,7 @@ async fn the_agent_answers_only_the_controller_and_says_where_it_is() {
     let client = TestEnv::get().kube_client().await;
     let namespace = TestNamespace::create(&client, "agent-tls").await;
     let credentials = issue_credentials().unwrap();
-    let agent = RunningAgent::start(&client, namespace.name(), &credentials).await;
+    let agent = RunningAgent::start(&client, namespace.name(), &credentials.agent).await;
 
     let mut controller = agent
         .connect(credentials.controller.client_config())
@@ -278,7 +279,7 @@ async fn pod_volumes_are_backed_up_and_restored_through_the_agent() {
     let app = TestNamespace::create(&client, "agent-app").await;
     let ns = app.name();
     let credentials = issue_credentials().unwrap();
-    let agent = RunningAgent::start(&client, ferry_namespace.name(), &credentials).await;
+    let agent = RunningAgent::start(&client, ferry_namespace.name(), &credentials.agent).await;
     let other_node = FakeKubelet::start(&client, &unique_name("node")).await;
     let mut controller = agent
         .connect(credentials.controller.client_config())
@@ -417,4 +418,254 @@ async fn pod_volumes_are_backed_up_and_restored_through_the_agent() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+}
+
+/// The agents' credentials as the controller issued them into the Secret the DaemonSet mounts.
+async fn issued_agent_credentials(ferry: &RunningController) -> TlsCredentials {
+    let ctx = ferry_controller::Context::new(ferry.client.clone(), ferry.namespace.name());
+    ferry_controller::agents::controller_credentials(&ctx)
+        .await
+        .unwrap();
+    let secret = Api::<Secret>::namespaced(ferry.client.clone(), ferry.namespace.name())
+        .get(AGENT_TLS_SECRET)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (key, value) in secret.data.unwrap() {
+        std::fs::write(dir.path().join(key), value.0).unwrap();
+    }
+    TlsCredentials::read_dir(dir.path()).unwrap()
+}
+
+/// The volume records a backup wrote.
+async fn records(ferry: &RunningController, backup: &str) -> VolumeRecords {
+    let key = BackupKeys::new(None, backup).volumes();
+    serde_json::from_value(ferry.read_json(&key).await.unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn a_backup_hands_pod_volumes_to_the_agents_of_their_nodes() {
+    let ferry = RunningController::start_with_location("agents-backup").await;
+    let client = ferry.client.clone();
+    let tls = issued_agent_credentials(&ferry).await;
+    let agent_a = RunningAgent::start(&client, ferry.namespace.name(), &tls).await;
+    let mut agent_b = RunningAgent::start(&client, ferry.namespace.name(), &tls).await;
+
+    let app = TestNamespace::create(&client, "agents-app").await;
+    let ns = app.name();
+    // Node A: an emptyDir volume its pod's annotation names.
+    create_object(
+        &client,
+        ns,
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "web", "annotations": {"backup.ferry.dev/volumes": "cache"}},
+               "spec": {"containers": [{"name": "app", "image": "busybox:1.36"}],
+                        "volumes": [{"name": "cache", "emptyDir": {}}]}}),
+    )
+    .await;
+    let web_uid = agent_a
+        .kubelet
+        .run_pod(&client, ns, "web")
+        .await
+        .metadata
+        .uid
+        .unwrap();
+    let cache = agent_a
+        .kubelet
+        .volume_dir(&web_uid, "kubernetes.io~empty-dir", "cache");
+    std::fs::write(cache.join("page.html"), b"<h1>shop</h1>\n").unwrap();
+    // Node B: a claim on a CSI volume no native snapshotter covers, backed up without asking.
+    let pv_name = unique_name("pv-ceph");
+    let storage_class = unique_name("ceph");
+    create_object(
+        &client,
+        ns,
+        json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv_name},
+               "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                        "persistentVolumeReclaimPolicy": "Retain", "storageClassName": storage_class,
+                        "claimRef": {"namespace": ns, "name": "data"},
+                        "csi": {"driver": "rook-ceph.rbd.csi.ceph.com", "volumeHandle": "0001-ceph-1"}}}),
+    )
+    .await;
+    create_object(
+        &client,
+        ns,
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data"},
+               "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": storage_class,
+                        "volumeName": pv_name, "resources": {"requests": {"storage": "1Gi"}}}}),
+    )
+    .await;
+    wait_bound(&client, ns, "data").await;
+    create_object(
+        &client,
+        ns,
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "db-0"},
+               "spec": {"containers": [{"name": "db", "image": "busybox:1.36"}],
+                        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]}}),
+    )
+    .await;
+    let db_uid = agent_b
+        .kubelet
+        .run_pod(&client, ns, "db-0")
+        .await
+        .metadata
+        .uid
+        .unwrap();
+    let data = agent_b.kubelet.csi_volume_dir(&db_uid, &pv_name);
+    std::fs::write(data.join("table.db"), pseudo_random(2 * 1024 * 1024, 3)).unwrap();
+
+    let first = ferry
+        .backup("b1", json!({"includedNamespaces": [ns]}))
+        .await;
+    assert_eq!(first.phase(), Some(Phase::Completed), "{}", summary(&first));
+    let recorded = records(&ferry, "b1").await;
+    let by_volume = |records: &VolumeRecords, volume: &str| {
+        records
+            .volumes
+            .iter()
+            .find(|r| r.pod_volume.as_ref().is_some_and(|p| p.volume == volume))
+            .cloned()
+            .unwrap_or_else(|| panic!("no record of volume {volume}: {records:?}"))
+    };
+    let cache_record = by_volume(&recorded, "cache");
+    let data_record = by_volume(&recorded, "data");
+    for (record, node) in [(&cache_record, &agent_a), (&data_record, &agent_b)] {
+        assert_eq!(record.method, VolumeMethod::FileSystem);
+        assert_eq!(record.phase, VolumePhase::Completed, "{record:?}");
+        assert_eq!(
+            record.pod_volume.as_ref().unwrap().node,
+            node.kubelet.node_name()
+        );
+    }
+    assert_eq!(data_record.persistent_volume, pv_name);
+
+    // The data is in the namespace's repository, under the password the controller keeps.
+    let fs = data_record.file_system.clone().unwrap();
+    let password = Api::<Secret>::namespaced(client.clone(), ferry.namespace.name())
+        .get(ferry_controller::agents::REPOSITORY_PASSWORD_SECRET)
+        .await
+        .unwrap()
+        .data
+        .unwrap()["password"]
+        .0
+        .clone();
+    let snapshots: Vec<String> = [&cache_record, &data_record]
+        .iter()
+        .map(|r| r.file_system.as_ref().unwrap().snapshot_id.clone().unwrap())
+        .collect();
+    let restored = in_repository(&fs.repository, password.clone(), move |repository| {
+        snapshots
+            .iter()
+            .map(|snapshot| {
+                let out = tempfile::tempdir().unwrap();
+                ferry_agent::restore(repository, snapshot, out.path(), &Default::default())
+                    .unwrap();
+                tree(out.path())
+            })
+            .collect::<Vec<_>>()
+    })
+    .await;
+    assert_eq!(
+        restored,
+        [tree(&cache), tree(&data)],
+        "the repository holds other data"
+    );
+
+    // The second backup is incremental.
+    let mut table = std::fs::read(data.join("table.db")).unwrap();
+    table[4096..8192].copy_from_slice(&pseudo_random(4096, 5));
+    std::fs::write(data.join("table.db"), &table).unwrap();
+    let second = ferry
+        .backup("b2", json!({"includedNamespaces": [ns]}))
+        .await;
+    assert_eq!(
+        second.phase(),
+        Some(Phase::Completed),
+        "{}",
+        summary(&second)
+    );
+    let uploaded = by_volume(&records(&ferry, "b2").await, "data")
+        .file_system
+        .unwrap()
+        .bytes_uploaded;
+    assert!(
+        uploaded < 512 * 1024,
+        "a 4 KiB change uploaded {uploaded} bytes"
+    );
+
+    // An agent that dies: its volume is tried again, then failed with the reason; never stuck.
+    agent_b.task.abort();
+    let _ = (&mut agent_b.task).await;
+    let third = ferry
+        .backup("b3", json!({"includedNamespaces": [ns]}))
+        .await;
+    assert_eq!(
+        third.phase(),
+        Some(Phase::PartiallyFailed),
+        "{}",
+        summary(&third)
+    );
+    let reason = third.status.unwrap().failure_reason.unwrap_or_default();
+    assert!(
+        reason.contains(&pv_name) && reason.contains("3 attempts"),
+        "{reason}"
+    );
+    assert_eq!(
+        by_volume(&records(&ferry, "b3").await, "cache").phase,
+        VolumePhase::Completed
+    );
+    let report = in_repository(&fs.repository, password, |repository| {
+        ferry_agent::check(repository, &Default::default()).unwrap()
+    })
+    .await;
+    assert!(
+        report.errors.is_empty(),
+        "the repository is damaged: {:?}",
+        report.errors
+    );
+
+    drop(app);
+    drop(agent_a);
+    ferry.stop().await;
+}
+
+/// Opens a repository in the test bucket and runs `work` on it, on a blocking thread: the data
+/// mover is synchronous and runs its own S3 runtime.
+async fn in_repository<T: Send + 'static>(
+    url: &str,
+    password: Vec<u8>,
+    work: impl FnOnce(&std::sync::Arc<ferry_agent::Repository>) -> T + Send + 'static,
+) -> T {
+    let env = TestEnv::get();
+    let options = ferry_agent::S3Options {
+        endpoint: Some(env.s3_endpoint().to_owned()),
+        region: env.s3_region().to_owned(),
+        path_style: true,
+        credentials: Some(env.s3_credentials()),
+        ..Default::default()
+    };
+    let url = url.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let backend = ferry_agent::open_backend(&url, &options).unwrap();
+        let repository =
+            std::sync::Arc::new(ferry_agent::Repository::open(backend, &password).unwrap());
+        work(&repository)
+    })
+    .await
+    .unwrap()
+}
+
+async fn wait_bound(client: &Client, namespace: &str, claim: &str) {
+    let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace);
+    tokio::time::timeout(
+        CONVERGENCE_TIMEOUT,
+        kube::runtime::wait::await_condition(claims, claim, |c: Option<&PersistentVolumeClaim>| {
+            c.and_then(|c| c.status.as_ref())
+                .and_then(|s| s.phase.as_deref())
+                == Some("Bound")
+        }),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("PVC {namespace}/{claim} did not bind"))
+    .unwrap();
 }

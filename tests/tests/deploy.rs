@@ -265,12 +265,44 @@ fn the_rbac_grants_delete_only_on_ferry_resources() {
         }
     }
 
-    // Leader election in its own namespace.
+    // Leader election in its own namespace, and the Secrets it issues there.
     let role = rules(find(&manifests, "Role", "ferry-controller"));
     for verb in ["get", "create", "update"] {
         assert!(
             grants(&role, "coordination.k8s.io", "leases", verb),
             "the Role does not grant {verb} on leases"
+        );
+    }
+    for verb in ["get", "create", "patch"] {
+        assert!(
+            grants(&role, "", "secrets", verb),
+            "the Role does not grant {verb} on secrets"
+        );
+    }
+
+    // The agent reads pods, claims and volumes, and keeps its Lease; nothing more.
+    let agent = rules(find(&manifests, "ClusterRole", "ferry-agent"));
+    for resource in ["pods", "persistentvolumeclaims", "persistentvolumes"] {
+        assert!(
+            grants(&agent, "", resource, "get"),
+            "the agent cannot get {resource}"
+        );
+        for verb in ["list", "create", "update", "patch"] {
+            assert!(
+                !grants(&agent, "", resource, verb),
+                "the agent may {verb} {resource}"
+            );
+        }
+    }
+    assert!(
+        !grants(&agent, "", "secrets", "get"),
+        "the agent may read Secrets"
+    );
+    let agent_role = rules(find(&manifests, "Role", "ferry-agent"));
+    for verb in ["get", "create", "patch"] {
+        assert!(
+            grants(&agent_role, "coordination.k8s.io", "leases", verb),
+            "the agent's Role does not grant {verb} on leases"
         );
     }
 }
@@ -291,6 +323,36 @@ fn the_workloads_run_the_controller_and_the_agent() {
         container_args("DaemonSet", "ferry-agent"),
         serde_json::json!(["agent"]),
         "the agent DaemonSet's container args"
+    );
+    // The agent finds its TLS credentials and advertises its address where `ferry agent` looks.
+    let agent = &find(&manifests, "DaemonSet", "ferry-agent").object["spec"]["template"]["spec"];
+    let container = &agent["containers"][0];
+    let mounts = container["volumeMounts"].as_array().unwrap();
+    let tls_mount = mounts
+        .iter()
+        .find(|m| m["name"] == "tls")
+        .expect("a tls mount");
+    assert_eq!(tls_mount["mountPath"], "/etc/ferry/tls");
+    let tls_volume = agent["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "tls")
+        .expect("a tls volume");
+    assert_eq!(
+        tls_volume["secret"]["secretName"],
+        ferry_protocol::agent::AGENT_TLS_SECRET
+    );
+    let env: Vec<&Value> = container["env"].as_array().unwrap().iter().collect();
+    for name in ["NODE_NAME", "POD_IP", "FERRY_NAMESPACE"] {
+        assert!(
+            env.iter().any(|e| e["name"] == name),
+            "the agent has no {name}"
+        );
+    }
+    assert_eq!(
+        container["ports"][0]["containerPort"],
+        u64::from(ferry_protocol::agent::DEFAULT_PORT)
     );
 }
 

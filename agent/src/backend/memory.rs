@@ -44,6 +44,17 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
+    fn put_new(&self, kind: Kind, name: &str, bytes: &[u8]) -> Result<bool> {
+        let mut objects = self.objects.lock().expect("memory backend lock");
+        match objects.entry((kind, name.to_owned())) {
+            std::collections::btree_map::Entry::Occupied(_) => Ok(false),
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert((bytes.to_vec(), SystemTime::now()));
+                Ok(true)
+            }
+        }
+    }
+
     fn get(&self, kind: Kind, name: &str) -> Result<Vec<u8>> {
         let objects = self.objects.lock().expect("memory backend lock");
         objects

@@ -73,6 +73,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         self.put(kind, name, &bytes)
     }
 
+    /// Stores `bytes` under `name` only if nothing is stored there yet, atomically: of writers
+    /// racing for the same name, exactly one creates it. Returns whether this call did.
+    fn put_new(&self, kind: Kind, name: &str, bytes: &[u8]) -> Result<bool>;
+
     fn get(&self, kind: Kind, name: &str) -> Result<Vec<u8>>;
 
     fn get_range(&self, kind: Kind, name: &str, offset: u64, length: u64) -> Result<Vec<u8>>;

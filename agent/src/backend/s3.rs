@@ -248,6 +248,34 @@ impl Backend for S3Backend {
         })
     }
 
+    fn put_new(&self, kind: Kind, name: &str, bytes: &[u8]) -> Result<bool> {
+        let key = self.key(kind, name);
+        self.runtime.block_on(async {
+            let put = self
+                .client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&key)
+                // S3's conditional write: refused with 412 when the key exists (409 while another
+                // conditional write of it is under way, which then wins).
+                .if_none_match("*")
+                .body(ByteStream::from(bytes.to_vec()))
+                .send()
+                .await;
+            match put {
+                Ok(_) => Ok(true),
+                Err(error)
+                    if error
+                        .raw_response()
+                        .is_some_and(|r| matches!(r.status().as_u16(), 409 | 412)) =>
+                {
+                    Ok(false)
+                }
+                Err(error) => Err(self.classify(&key, error)),
+            }
+        })
+    }
+
     fn put_file(&self, kind: Kind, name: &str, path: &Path) -> Result<()> {
         let key = self.key(kind, name);
         let size = std::fs::metadata(path)

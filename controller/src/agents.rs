@@ -1,0 +1,311 @@
+//! The node agents, seen from the controller: the mutual-TLS credentials it issues them, the
+//! repository password, finding the agent of a node through its Lease, and the file-level backup
+//! tasks it hands them. A task runs in a tokio task of its own; the Backup reconciler only looks at
+//! how it is doing, so a restart of the controller loses nothing but the running attempt, which it
+//! starts again (the data mover makes a repeated backup cheap).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ferry_protocol::agent::v1::agent_client::AgentClient;
+use ferry_protocol::agent::v1::{
+    BackupVolumeRequest, PodVolume, Repository, TaskResult, task_update,
+};
+use ferry_protocol::agent::{
+    ADDRESS_ANNOTATION, AGENT_TLS_SECRET, CONTROLLER_TLS_SECRET, TlsCredentials, issue_credentials,
+    lease_name,
+};
+use ferry_protocol::crd::BackupStorageLocation;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+
+use crate::context::{Context, MANAGER};
+use crate::error::{Error, Result};
+
+/// The Secret holding the password of the repositories the agents write; a user may create it
+/// (key `password`) before the first backup, else the controller makes a random one.
+pub const REPOSITORY_PASSWORD_SECRET: &str = "ferry-repository-password";
+const PASSWORD_KEY: &str = "password";
+
+/// How an agent's task is doing, as far as this controller process knows.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskState {
+    Running,
+    Done(TaskResult),
+    /// The attempt failed; `retryable` when another attempt may succeed (an agent restarted, the
+    /// network failed) rather than the request being wrong.
+    Failed {
+        message: String,
+        retryable: bool,
+    },
+}
+
+/// The agent tasks started by this process, by task id.
+#[derive(Debug, Clone, Default)]
+pub struct AgentTasks(Arc<Mutex<HashMap<String, TaskState>>>);
+
+impl AgentTasks {
+    pub fn state(&self, task_id: &str) -> Option<TaskState> {
+        self.0.lock().expect("agent tasks").get(task_id).cloned()
+    }
+
+    fn set(&self, task_id: &str, state: TaskState) {
+        self.0
+            .lock()
+            .expect("agent tasks")
+            .insert(task_id.to_owned(), state);
+    }
+
+    /// Forgets a finished task once its outcome is recorded.
+    pub fn forget(&self, task_id: &str) {
+        self.0.lock().expect("agent tasks").remove(task_id);
+    }
+}
+
+/// The controller's credentials for the agent API, issuing them (and the agents') on first use.
+pub async fn controller_credentials(ctx: &Context) -> Result<TlsCredentials> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    if let Some(secret) = secrets.get_opt(CONTROLLER_TLS_SECRET).await?
+        && let Some(credentials) = credentials_of(&secret)
+    {
+        return Ok(credentials);
+    }
+    let issued = issue_credentials()
+        .map_err(|error| Error::Archive(format!("issuing the agent API certificates: {error}")))?;
+    // The agents' Secret first: a controller Secret without one would never be issued again.
+    for (name, credentials) in [
+        (AGENT_TLS_SECRET, &issued.agent),
+        (CONTROLLER_TLS_SECRET, &issued.controller),
+    ] {
+        let data: BTreeMap<String, String> = credentials
+            .to_files()
+            .into_iter()
+            .map(|(key, value)| (key.to_owned(), value.to_owned()))
+            .collect();
+        let secret = serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "ferry"}},
+            "type": "Opaque",
+            "stringData": data,
+        });
+        secrets
+            .patch(
+                name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&secret),
+            )
+            .await?;
+    }
+    tracing::info!(
+        message = "issued the agent API certificates",
+        agents = AGENT_TLS_SECRET,
+        controller = CONTROLLER_TLS_SECRET
+    );
+    Ok(issued.controller)
+}
+
+fn credentials_of(secret: &Secret) -> Option<TlsCredentials> {
+    let data = secret.data.as_ref()?;
+    let text = |key: &str| String::from_utf8(data.get(key)?.0.clone()).ok();
+    Some(TlsCredentials {
+        ca_cert: text(ferry_protocol::agent::CA_CERT_KEY)?,
+        cert: text(ferry_protocol::agent::CERT_KEY)?,
+        key: text(ferry_protocol::agent::KEY_KEY)?,
+    })
+}
+
+/// The repositories' password: the user's, or one made at random the first time and kept.
+pub async fn repository_password(ctx: &Context) -> Result<String> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    if let Some(secret) = secrets.get_opt(REPOSITORY_PASSWORD_SECRET).await? {
+        let password = secret
+            .data
+            .and_then(|mut data| data.remove(PASSWORD_KEY))
+            .and_then(|value| String::from_utf8(value.0).ok())
+            .filter(|p| !p.is_empty());
+        return password.ok_or_else(|| {
+            Error::Validation(vec![format!(
+                "Secret {}/{REPOSITORY_PASSWORD_SECRET} has no UTF-8 key {PASSWORD_KEY:?}; the repositories cannot be opened",
+                ctx.namespace
+            )])
+        });
+    }
+    let password = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(REPOSITORY_PASSWORD_SECRET.to_owned()),
+            labels: Some([("app.kubernetes.io/name".to_owned(), "ferry".to_owned())].into()),
+            ..Default::default()
+        },
+        data: Some(
+            [(
+                PASSWORD_KEY.to_owned(),
+                ByteString(password.clone().into_bytes()),
+            )]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    match secrets.create(&PostParams::default(), &secret).await {
+        Ok(_) => Ok(password),
+        // Made meanwhile by another controller: use that one.
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            Box::pin(repository_password(ctx)).await
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Where the repository of `namespace`'s volumes is in a storage location:
+/// `s3://<bucket>/<prefix>/repositories/<namespace>`.
+pub fn repository_url(location: &BackupStorageLocation, namespace: &str) -> String {
+    let storage = &location.spec.object_storage;
+    let prefix = match storage.prefix.as_deref().map(|p| p.trim_matches('/')) {
+        Some(prefix) if !prefix.is_empty() => format!("{prefix}/"),
+        _ => String::new(),
+    };
+    format!("s3://{}/{prefix}repositories/{namespace}", storage.bucket)
+}
+
+/// The repository of `namespace`'s volumes in a storage location, as the agents are told it.
+pub async fn repository(
+    ctx: &Context,
+    location: &BackupStorageLocation,
+    namespace: &str,
+) -> Result<Repository> {
+    let spec = &location.spec;
+    let credentials = match &spec.credential {
+        Some(reference) => Some(ctx.aws_credentials(reference).await?),
+        None => None,
+    };
+    Ok(Repository {
+        url: repository_url(location, namespace),
+        s3_endpoint: spec.endpoint.clone().unwrap_or_default(),
+        s3_region: spec.region.clone().unwrap_or_default(),
+        s3_path_style: spec.force_path_style.unwrap_or(false),
+        access_key_id: credentials
+            .as_ref()
+            .map(|c| c.access_key_id().to_owned())
+            .unwrap_or_default(),
+        secret_access_key: credentials
+            .as_ref()
+            .map(|c| c.secret_access_key().to_owned())
+            .unwrap_or_default(),
+        session_token: credentials
+            .as_ref()
+            .and_then(|c| c.session_token().map(str::to_owned))
+            .unwrap_or_default(),
+        password: repository_password(ctx).await?,
+    })
+}
+
+/// Where the agent of `node` listens, if it is alive (its Lease renewed within its duration).
+pub async fn agent_address(ctx: &Context, node: &str) -> std::result::Result<String, String> {
+    let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let name = lease_name(node);
+    let lease = leases
+        .get_opt(&name)
+        .await
+        .map_err(|error| format!("reading Lease {name}: {error}"))?
+        .ok_or_else(|| format!("no agent runs on node {node} (no Lease {name}); is the ferry-agent DaemonSet there?"))?;
+    let spec = lease.spec.clone().unwrap_or_default();
+    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(30));
+    let fresh = spec.renew_time.is_some_and(|renewed| {
+        jiff::Timestamp::now().as_second() - renewed.0.as_second() <= duration
+    });
+    if !fresh {
+        return Err(format!(
+            "the agent on node {node} stopped renewing its Lease {name}; it is down"
+        ));
+    }
+    lease
+        .annotations()
+        .get(ADDRESS_ANNOTATION)
+        .cloned()
+        .ok_or_else(|| format!("Lease {name} has no {ADDRESS_ANNOTATION} annotation"))
+}
+
+/// Starts a backup of `volume` on the agent of `node`; its outcome shows in `ctx.agent_tasks`.
+pub async fn start_backup(
+    ctx: &Context,
+    task_id: &str,
+    node: &str,
+    volume: PodVolume,
+    repository: Repository,
+    tags: Vec<String>,
+) {
+    let tasks = ctx.agent_tasks.clone();
+    let failed = |message: String, retryable: bool| TaskState::Failed { message, retryable };
+    let address = match agent_address(ctx, node).await {
+        Ok(address) => address,
+        Err(message) => return tasks.set(task_id, failed(message, true)),
+    };
+    let tls = match controller_credentials(ctx).await {
+        Ok(tls) => tls,
+        Err(error) => return tasks.set(task_id, failed(error.to_string(), true)),
+    };
+    tasks.set(task_id, TaskState::Running);
+    let request = BackupVolumeRequest {
+        task_id: task_id.to_owned(),
+        volume: Some(volume),
+        repository: Some(repository),
+        tags,
+    };
+    let task_id = task_id.to_owned();
+    tokio::spawn(async move {
+        let state = match run_backup(&address, tls, request).await {
+            Ok(result) => TaskState::Done(result),
+            Err(status) => {
+                let retryable = matches!(
+                    status.code(),
+                    tonic::Code::Unavailable
+                        | tonic::Code::Unknown
+                        | tonic::Code::Aborted
+                        | tonic::Code::Cancelled
+                        | tonic::Code::DeadlineExceeded
+                        | tonic::Code::ResourceExhausted
+                );
+                failed(
+                    format!("agent at {address}: {}", status.message()),
+                    retryable,
+                )
+            }
+        };
+        tasks.set(&task_id, state);
+    });
+}
+
+async fn run_backup(
+    address: &str,
+    tls: TlsCredentials,
+    request: BackupVolumeRequest,
+) -> std::result::Result<TaskResult, tonic::Status> {
+    let channel = tonic::transport::Channel::from_shared(format!("https://{address}"))
+        .map_err(|error| tonic::Status::invalid_argument(error.to_string()))?
+        .tls_config(tls.client_config())
+        .map_err(|error| tonic::Status::internal(error.to_string()))?
+        .connect_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .map_err(|error| tonic::Status::unavailable(format!("connecting: {error}")))?;
+    let mut stream = AgentClient::new(channel)
+        .backup_volume(request)
+        .await?
+        .into_inner();
+    while let Some(update) = stream.message().await? {
+        if let Some(task_update::Update::Result(result)) = update.update {
+            return Ok(result);
+        }
+    }
+    Err(tonic::Status::unavailable(
+        "the agent ended the task without a result",
+    ))
+}
