@@ -77,3 +77,51 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         Ok(ExitCode::SUCCESS)
     })
 }
+
+/// `ferry restore-wait`: the init container a restore gives each pod whose volumes the agents
+/// fill. It holds the pod until every volume holds the restore's completion marker.
+#[derive(Debug, Args)]
+pub struct RestoreWaitArgs {
+    /// The marker file (in `.ferry/` of each volume) the agent writes once the data is in place.
+    #[arg(long)]
+    marker: String,
+    /// The volumes, as mounted into this container.
+    #[arg(required = true)]
+    volumes: Vec<PathBuf>,
+    /// How often to look, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    interval_ms: u64,
+}
+
+pub fn restore_wait(args: RestoreWaitArgs) -> anyhow::Result<ExitCode> {
+    let markers: Vec<PathBuf> = args
+        .volumes
+        .iter()
+        .map(|volume| {
+            volume
+                .join(ferry_agent::daemon::MARKER_DIR)
+                .join(&args.marker)
+        })
+        .collect();
+    let mut waiting_for = usize::MAX;
+    loop {
+        let missing: Vec<&PathBuf> = markers.iter().filter(|m| !m.exists()).collect();
+        if missing.is_empty() {
+            eprintln!("ferry: every volume is restored; starting the pod");
+            return Ok(ExitCode::SUCCESS);
+        }
+        if missing.len() != waiting_for {
+            waiting_for = missing.len();
+            eprintln!(
+                "ferry: waiting for the node agent to restore {} volume(s): {}",
+                missing.len(),
+                missing
+                    .iter()
+                    .map(|m| m.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(args.interval_ms));
+    }
+}

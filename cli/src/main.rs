@@ -158,6 +158,9 @@ enum Command {
     Controller(controller_cmd::ControllerArgs),
     /// Run the node agent (on every node, as deploy/agent.yaml does).
     Agent(agent_cmd::AgentArgs),
+    /// Wait until a restore's node agent has filled this pod's volumes (a restored pod's init
+    /// container).
+    RestoreWait(agent_cmd::RestoreWaitArgs),
 }
 
 /// A long-running controller logs what it does; a command run by hand only what went wrong.
@@ -189,6 +192,7 @@ fn main() -> ExitCode {
         }
         Command::Controller(args) => controller_cmd::run(args),
         Command::Agent(args) => agent_cmd::run(args),
+        Command::RestoreWait(args) => agent_cmd::restore_wait(args),
     };
     match result {
         Ok(code) => code,

@@ -400,3 +400,38 @@ fn forget_and_prune_through_the_cli() {
     ]);
     same_files(&source, &target);
 }
+
+/// A restored pod's init container: holds until every volume has the restore's marker.
+#[test]
+fn restore_wait_holds_until_every_volume_is_marked() {
+    let volumes = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut wait = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["restore-wait", "--marker", "r1.done", "--interval-ms", "50"])
+        .args(volumes.iter().map(|v| v.path()))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mark = |volume: &tempfile::TempDir| {
+        std::fs::create_dir_all(volume.path().join(".ferry")).unwrap();
+        std::fs::write(volume.path().join(".ferry/r1.done"), b"restored\n").unwrap();
+    };
+    mark(&volumes[0]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        wait.try_wait().unwrap().is_none(),
+        "it started the pod with a volume still empty"
+    );
+    mark(&volumes[1]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = wait.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "it kept waiting after every volume was marked"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success());
+}

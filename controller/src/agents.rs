@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ferry_protocol::agent::v1::agent_client::AgentClient;
 use ferry_protocol::agent::v1::{
-    BackupVolumeRequest, PodVolume, Repository, TaskResult, task_update,
+    BackupVolumeRequest, Repository, RestoreVolumeRequest, TaskResult, task_update,
 };
 use ferry_protocol::agent::{
     ADDRESS_ANNOTATION, AGENT_TLS_SECRET, CONTROLLER_TLS_SECRET, TlsCredentials, issue_credentials,
@@ -36,6 +36,8 @@ const PASSWORD_KEY: &str = "password";
 pub enum TaskState {
     Running,
     Done(TaskResult),
+    /// The agent cannot start yet (the kubelet has not mounted the volume): not an attempt.
+    NotReady(String),
     /// The attempt failed; `retryable` when another attempt may succeed (an agent restarted, the
     /// network failed) rather than the request being wrong.
     Failed {
@@ -233,15 +235,16 @@ pub async fn agent_address(ctx: &Context, node: &str) -> std::result::Result<Str
         .ok_or_else(|| format!("Lease {name} has no {ADDRESS_ANNOTATION} annotation"))
 }
 
-/// Starts a backup of `volume` on the agent of `node`; its outcome shows in `ctx.agent_tasks`.
-pub async fn start_backup(
-    ctx: &Context,
-    task_id: &str,
-    node: &str,
-    volume: PodVolume,
-    repository: Repository,
-    tags: Vec<String>,
-) {
+/// What an agent task does.
+#[derive(Debug, Clone)]
+pub enum AgentRequest {
+    Backup(BackupVolumeRequest),
+    Restore(RestoreVolumeRequest),
+}
+
+/// Starts `request` on the agent of `node`; its outcome shows in `ctx.agent_tasks` under
+/// `task_id`.
+pub async fn start_task(ctx: &Context, task_id: &str, node: &str, request: AgentRequest) {
     let tasks = ctx.agent_tasks.clone();
     let failed = |message: String, retryable: bool| TaskState::Failed { message, retryable };
     let address = match agent_address(ctx, node).await {
@@ -253,16 +256,13 @@ pub async fn start_backup(
         Err(error) => return tasks.set(task_id, failed(error.to_string(), true)),
     };
     tasks.set(task_id, TaskState::Running);
-    let request = BackupVolumeRequest {
-        task_id: task_id.to_owned(),
-        volume: Some(volume),
-        repository: Some(repository),
-        tags,
-    };
     let task_id = task_id.to_owned();
     tokio::spawn(async move {
-        let state = match run_backup(&address, tls, request).await {
+        let state = match run_task(&address, tls, request).await {
             Ok(result) => TaskState::Done(result),
+            Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                TaskState::NotReady(format!("agent at {address}: {}", status.message()))
+            }
             Err(status) => {
                 let retryable = matches!(
                     status.code(),
@@ -283,10 +283,10 @@ pub async fn start_backup(
     });
 }
 
-async fn run_backup(
+async fn run_task(
     address: &str,
     tls: TlsCredentials,
-    request: BackupVolumeRequest,
+    request: AgentRequest,
 ) -> std::result::Result<TaskResult, tonic::Status> {
     let channel = tonic::transport::Channel::from_shared(format!("https://{address}"))
         .map_err(|error| tonic::Status::invalid_argument(error.to_string()))?
@@ -296,10 +296,12 @@ async fn run_backup(
         .connect()
         .await
         .map_err(|error| tonic::Status::unavailable(format!("connecting: {error}")))?;
-    let mut stream = AgentClient::new(channel)
-        .backup_volume(request)
-        .await?
-        .into_inner();
+    let mut client = AgentClient::new(channel);
+    let mut stream = match request {
+        AgentRequest::Backup(request) => client.backup_volume(request).await?,
+        AgentRequest::Restore(request) => client.restore_volume(request).await?,
+    }
+    .into_inner();
     while let Some(update) = stream.message().await? {
         if let Some(task_update::Update::Result(result)) = update.update {
             return Ok(result);

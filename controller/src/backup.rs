@@ -308,7 +308,8 @@ async fn run(backup: &Backup, ctx: &Context) -> Result<Phase> {
         by_agents,
         &plan.location,
     ));
-    volumes::follow_pod_volumes(ctx, backup, &plan.location, &mut records).await?;
+    let transfer = backup_transfer(backup);
+    volumes::follow_pod_volumes(ctx, &plan.location, &transfer, &mut records).await?;
     count_snapshots(&mut status, &records);
     run.log.push(format!(
         "backed up {} items, {} warnings, {} errors",
@@ -439,6 +440,16 @@ async fn finish(
     Ok(phase)
 }
 
+/// How a backup's pod volumes go to the repository: tagged with the backup.
+fn backup_transfer(backup: &Backup) -> volumes::Transfer {
+    volumes::Transfer::Backup {
+        tags: vec![
+            format!("backup={}", backup.name_any()),
+            format!("backup-uid={}", backup.uid().unwrap_or_default()),
+        ],
+    }
+}
+
 /// The location, store and keys of a backup that has begun.
 async fn backup_store(
     backup: &Backup,
@@ -463,7 +474,7 @@ async fn follow_volumes(backup: &Backup, ctx: &Context) -> Result<Action> {
     let mut records: VolumeRecords = gunzip_json(&store.get(&keys.volumes()).await?)?;
     let snapshots_done = volumes::follow_snapshots(ctx, &mut records).await?;
     let pod_volumes_done =
-        volumes::follow_pod_volumes(ctx, backup, &location, &mut records).await?;
+        volumes::follow_pod_volumes(ctx, &location, &backup_transfer(backup), &mut records).await?;
     let done = snapshots_done && pod_volumes_done;
     store.put(&keys.volumes(), gzip_json(&records)?).await?;
     let mut status = backup.status.clone().unwrap_or_default();

@@ -9,7 +9,9 @@ use ferry_protocol::crd::{
     Backup, ExistingResourcePolicy, Phase, Progress, Restore, RestoreStatus,
 };
 use ferry_protocol::layout::{ArchiveItem, BackupKeys, GroupResource, RestoreKeys};
-use ferry_protocol::volume::VolumeRecords;
+use ferry_protocol::volume::{
+    FileSystemBackup, PodVolumeRef, VolumeMethod, VolumePhase, VolumeRecord, VolumeRecords,
+};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolume};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -32,11 +34,19 @@ use crate::resources::{
     IncludesExcludes, ResourceType, discover, is_never_backed_up, parse_selector,
 };
 use crate::storage::ObjectStore;
+use crate::volumes;
 
 /// Objects created at once within a tier. The API server, not Ferry, is the limit.
 const CONCURRENCY: usize = 32;
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
 const CRD_ESTABLISHED_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the agents' restores of pod volumes are looked at.
+const VOLUME_POLL_INTERVAL: Duration = Duration::from_secs(5);
+/// The image of the init container that holds a restored pod until its volumes are filled: Ferry's
+/// own (deploy/controller.yaml sets FERRY_IMAGE to the controller's image).
+const DEFAULT_IMAGE: &str = "ghcr.io/ferry-dev/ferry:latest";
+/// Where the init container mounts the volumes it waits for.
+const RESTORE_WAIT_DIR: &str = "/ferry-restore";
 
 /// Labels every restored object carries.
 pub const BACKUP_NAME_LABEL: &str = "ferry.dev/backup-name";
@@ -66,6 +76,7 @@ pub async fn reconcile(restore: Arc<Restore>, ctx: Arc<Context>) -> Result<Actio
     let key = format!("restore/{}", restore.name_any());
     match restore.status.as_ref().and_then(|s| s.phase) {
         None | Some(Phase::New) => {}
+        Some(Phase::WaitingForVolumes) => return follow_volumes(&restore, &ctx).await,
         // The cache can still hold the InProgress version a moment after this process finished
         // the restore; only the API server's own copy says whether a run was cut short.
         Some(Phase::InProgress)
@@ -95,6 +106,69 @@ pub async fn reconcile(restore: Arc<Restore>, ctx: Arc<Context>) -> Result<Actio
             Ok(Action::await_change())
         }
     }
+}
+
+/// How a restore's pod volumes come back: the agents write the data, then the marker the pods'
+/// init containers wait for.
+fn restore_transfer(restore: &Restore) -> volumes::Transfer {
+    volumes::Transfer::Restore {
+        marker: restore_marker(restore),
+    }
+}
+
+/// The file (in `.ferry/` of each volume) that tells a restored pod's init container its data is
+/// in place: the restore's uid, unique to this restore.
+fn restore_marker(restore: &Restore) -> String {
+    format!("{}.done", restore.uid().unwrap_or_default())
+}
+
+/// A restore in WaitingForVolumes: follows the agents' tasks and ends the restore once each has.
+async fn follow_volumes(restore: &Restore, ctx: &Context) -> Result<Action> {
+    let backups: Api<Backup> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let backup = backups.get(&restore.spec.backup_name).await?;
+    let location = ctx
+        .storage_location(backup.spec.storage_location.as_deref())
+        .await?;
+    let store = ctx.object_store(&location).await?;
+    let keys = RestoreKeys::new(store.prefix(), &restore.name_any());
+    let mut records: VolumeRecords = crate::gunzip_json(&store.get(&keys.volumes()).await?)?;
+    let done =
+        volumes::follow_pod_volumes(ctx, &location, &restore_transfer(restore), &mut records)
+            .await?;
+    store
+        .put(&keys.volumes(), crate::gzip_json(&records)?)
+        .await?;
+    if !done {
+        return Ok(Action::requeue(VOLUME_POLL_INTERVAL));
+    }
+    let mut status = restore.status.clone().unwrap_or_default();
+    let failed: Vec<String> = records
+        .volumes
+        .iter()
+        .filter(|r| r.phase == VolumePhase::Failed)
+        .map(VolumeRecord::failure)
+        .collect();
+    status.errors += u32::try_from(failed.len()).unwrap_or(u32::MAX);
+    status.phase = Some(if status.errors == 0 {
+        Phase::Completed
+    } else {
+        Phase::PartiallyFailed
+    });
+    status.failure_reason =
+        (!failed.is_empty()).then(|| format!("volumes not restored: {}", failed.join("; ")));
+    status.completion_timestamp = Some(Time(jiff::Timestamp::now()));
+    ctx.apply_status(restore, &status).await?;
+    let (type_, reason) = match status.phase {
+        Some(Phase::Completed) => (EventType::Normal, "RestoreCompleted"),
+        _ => (EventType::Warning, "RestorePartiallyFailed"),
+    };
+    let note = format!(
+        "{} pod volumes restored by the node agents, {} failed",
+        records.volumes.len() - failed.len(),
+        failed.len()
+    );
+    ctx.event(restore, type_, reason, note).await;
+    Ok(Action::await_change())
 }
 
 /// Whether the API server's copy of the restore is InProgress.
@@ -146,6 +220,7 @@ pub struct ItemResult {
 /// What a valid spec resolves to.
 struct Plan {
     backup_name: String,
+    location: ferry_protocol::crd::BackupStorageLocation,
     store: ObjectStore,
     namespaces: IncludesExcludes,
     included_resources: Vec<String>,
@@ -242,6 +317,7 @@ async fn validate(restore: &Restore, ctx: &Context) -> Result<Result<Plan, Vec<S
     Ok(Ok(Plan {
         backup_name: spec.backup_name.clone(),
         store: ctx.object_store(&location).await?,
+        location,
         namespaces: IncludesExcludes::new(&spec.included_namespaces, &spec.excluded_namespaces),
         included_resources: spec.included_resources.clone(),
         excluded_resources: spec.excluded_resources.clone(),
@@ -320,6 +396,7 @@ async fn run(restore: &Restore, ctx: &Context) -> Result<()> {
         results: Vec::new(),
         volumes: &volumes,
         volume_plans: BTreeMap::new(),
+        pod_volumes: Vec::new(),
     };
     let selected = run.select()?;
     status.progress = Some(Progress {
@@ -349,6 +426,25 @@ async fn run(restore: &Restore, ctx: &Context) -> Result<()> {
     plan.store
         .put(&keys.results(), crate::gzip_json(&results)?)
         .await?;
+    let pod_volumes = std::mem::take(&mut run.pod_volumes);
+    if !pod_volumes.is_empty() {
+        // The objects are there; the agents fill the pods' volumes once the pods are scheduled.
+        let mut records = VolumeRecords::new(pod_volumes);
+        volumes::follow_pod_volumes(
+            ctx,
+            &plan.location,
+            &restore_transfer(restore),
+            &mut records,
+        )
+        .await?;
+        plan.store
+            .put(&keys.volumes(), crate::gzip_json(&records)?)
+            .await?;
+        status.phase = Some(Phase::WaitingForVolumes);
+        status.completion_timestamp = None;
+        ctx.apply_status(restore, &status).await?;
+        return Ok(());
+    }
     ctx.apply_status(restore, &status).await?;
     let note = format!(
         "{} objects from backup {}: {} errors, {} warnings",
@@ -376,6 +472,8 @@ struct Run<'a> {
     volumes: &'a VolumeRecords,
     /// By PersistentVolume name, for the PVs (and then PVCs) this restore creates.
     volume_plans: BTreeMap<String, VolumePlan>,
+    /// Volumes of restored pods that the node agents fill from the repository.
+    pod_volumes: Vec<VolumeRecord>,
 }
 
 impl Run<'_> {
@@ -607,6 +705,7 @@ impl Run<'_> {
                 Some(VolumePlan::Fail(reason)) => return Err(reason),
                 None => {}
             },
+            ("pods", "") => self.wait_for_volumes(item, &mut object),
             ("persistentvolumeclaims", "") => {
                 let volume = object
                     .pointer("/spec/volumeName")
@@ -703,6 +802,81 @@ impl Run<'_> {
 
     /// Waits for the CRDs this restore created or found to be Established, and returns those that
     /// are.
+    /// Gives a restored pod whose volumes the agents backed up an init container that holds it
+    /// until they are filled, and records a task for each volume.
+    fn wait_for_volumes(&mut self, item: &ArchiveItem, object: &mut Value) {
+        if !self.plan.restore_volumes {
+            return;
+        }
+        let namespace = item.namespace.clone().unwrap_or_default();
+        let backed_up: Vec<VolumeRecord> = self
+            .volumes
+            .volumes
+            .iter()
+            .filter(|r| r.method == VolumeMethod::FileSystem && r.phase == VolumePhase::Completed)
+            .filter(|r| {
+                r.pod_volume
+                    .as_ref()
+                    .is_some_and(|p| p.namespace == namespace && p.pod == item.name)
+            })
+            .cloned()
+            .collect();
+        if backed_up.is_empty() {
+            return;
+        }
+        let marker = restore_marker(self.restore);
+        let mut args = vec![
+            "restore-wait".to_owned(),
+            "--marker".to_owned(),
+            marker.clone(),
+        ];
+        let mut mounts = Vec::new();
+        for record in backed_up {
+            let (Some(pod_volume), Some(backup)) = (record.pod_volume, record.file_system) else {
+                continue;
+            };
+            let mount = format!("{RESTORE_WAIT_DIR}/{}", pod_volume.volume);
+            mounts.push(serde_json::json!({"name": pod_volume.volume, "mountPath": mount}));
+            args.push(mount);
+            let task = self.pod_volumes.len();
+            self.pod_volumes.push(VolumeRecord {
+                persistent_volume: record.persistent_volume,
+                claim: record.claim,
+                method: VolumeMethod::FileSystem,
+                phase: VolumePhase::InProgress,
+                message: None,
+                snapshot: None,
+                pod_volume: Some(PodVolumeRef {
+                    namespace: self.target_namespace(&namespace),
+                    pod: item.name.clone(),
+                    volume: pod_volume.volume,
+                    node: String::new(),
+                }),
+                file_system: Some(FileSystemBackup {
+                    repository: backup.repository,
+                    snapshot_id: backup.snapshot_id,
+                    task_id: format!("{}-{task}", self.restore.uid().unwrap_or_default()),
+                    ..Default::default()
+                }),
+            });
+        }
+        let wait = serde_json::json!({
+            "name": "ferry-restore-wait",
+            "image": std::env::var("FERRY_IMAGE").unwrap_or_else(|_| DEFAULT_IMAGE.to_owned()),
+            "args": args,
+            "volumeMounts": mounts,
+            "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"cpu": "100m", "memory": "64Mi"}},
+        });
+        if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
+            let init = spec
+                .entry("initContainers")
+                .or_insert_with(|| Value::Array(Vec::new()));
+            if let Value::Array(init) = init {
+                init.insert(0, wait);
+            }
+        }
+    }
+
     /// Decides what happens to the disk of every PersistentVolume in `items`, and creates the
     /// disks that come from snapshots. A PV that exists in the cluster keeps its disk (and meets
     /// the existing-resource policy), unless its claim moves to a mapped namespace: then it is

@@ -16,10 +16,12 @@ use futures::StreamExt;
 use kube::ResourceExt;
 use serde_json::Value;
 
-use crate::agents::TaskState;
+use crate::agents::{AgentRequest, TaskState};
 use crate::context::Context;
 use crate::ebs::{self, Ebs, EbsError, SnapshotProgress, zone_in_region};
 use crate::error::{Error, Result};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
 
 /// Snapshots started at once; EC2 throttles a burst of CreateSnapshot calls.
 const CONCURRENT_SNAPSHOTS: usize = 8;
@@ -667,16 +669,27 @@ pub fn pod_volume_records(
         .collect()
 }
 
-/// Starts the file-level backups that are not running in this process, and records those that
-/// ended. Returns whether every one has ended.
+/// Which way a pod volume's data goes.
+#[derive(Debug, Clone)]
+pub enum Transfer {
+    /// Into the repository, tagged.
+    Backup { tags: Vec<String> },
+    /// Out of it into a restored pod's volume, then the marker its init container waits for.
+    Restore { marker: String },
+}
+
+/// Starts the pod volume tasks that are not running in this process, and records those that
+/// ended. A restore's task waits until its pod is bound to a node. Returns whether every volume
+/// has ended.
 pub async fn follow_pod_volumes(
     ctx: &Context,
-    backup: &Backup,
     location: &ferry_protocol::crd::BackupStorageLocation,
+    transfer: &Transfer,
     records: &mut VolumeRecords,
 ) -> Result<bool> {
     for record in records.volumes.iter_mut() {
-        let (Some(pod), Some(fs)) = (record.pod_volume.clone(), record.file_system.as_mut()) else {
+        let (Some(pod), Some(fs)) = (record.pod_volume.as_mut(), record.file_system.as_mut())
+        else {
             continue;
         };
         if record.phase != VolumePhase::InProgress {
@@ -694,48 +707,95 @@ pub async fn follow_pod_volumes(
                 record.phase = VolumePhase::Completed;
                 record.message = (!result.errors.is_empty()).then(|| {
                     format!(
-                        "{} files could not be read: {}",
+                        "{} files failed: {}",
                         result.errors.len(),
                         result.errors.join("; ")
                     )
                 });
                 continue;
             }
+            Some(TaskState::NotReady(message)) => {
+                // Waiting for the kubelet is not a failed attempt.
+                ctx.agent_tasks.forget(&fs.task_id);
+                fs.attempts = fs.attempts.saturating_sub(1);
+                tracing::debug!(message = "a pod volume is not ready yet", task = %fs.task_id, %message);
+            }
             Some(TaskState::Failed { message, retryable }) => {
                 ctx.agent_tasks.forget(&fs.task_id);
                 if !retryable || fs.attempts >= MAX_ATTEMPTS {
                     record.phase = VolumePhase::Failed;
                     record.message = Some(format!(
-                        "file-level backup failed after {} attempts: {message}",
+                        "file-level transfer failed after {} attempts: {message}",
                         fs.attempts
                     ));
                     continue;
                 }
-                tracing::warn!(message = "a pod volume backup failed; trying again", task = %fs.task_id, %message);
+                tracing::warn!(message = "a pod volume task failed; trying again", task = %fs.task_id, %message);
             }
             // Never started, or started by a controller that has since restarted.
             None if fs.attempts >= MAX_ATTEMPTS => {
                 record.phase = VolumePhase::Failed;
                 record.message = Some(format!(
-                    "file-level backup did not finish in {} attempts (the controller restarted during each)",
+                    "file-level transfer did not finish in {} attempts (the controller restarted during each)",
                     fs.attempts
                 ));
                 continue;
             }
             None => {}
         }
+        if pod.node.is_empty() {
+            // A restored pod: wait for the scheduler to bind it.
+            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace);
+            match pods.get_opt(&pod.pod).await? {
+                Some(found) => match found.spec.and_then(|s| s.node_name) {
+                    Some(node) => pod.node = node,
+                    None => continue,
+                },
+                None => {
+                    record.phase = VolumePhase::Failed;
+                    record.message = Some(format!("pod {}/{} is gone", pod.namespace, pod.pod));
+                    continue;
+                }
+            }
+        }
         fs.attempts += 1;
-        let repository = crate::agents::repository(ctx, location, &pod.namespace).await?;
-        let tags = vec![
-            format!("backup={}", backup.name_any()),
-            format!("backup-uid={}", backup.uid().unwrap_or_default()),
-        ];
-        let volume = ferry_protocol::agent::v1::PodVolume {
+        let namespace = match transfer {
+            Transfer::Backup { .. } => pod.namespace.clone(),
+            // A restore reads the repository of the namespace the volume was backed up from.
+            Transfer::Restore { .. } => fs
+                .repository
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+        };
+        let repository = crate::agents::repository(ctx, location, &namespace).await?;
+        let volume = Some(ferry_protocol::agent::v1::PodVolume {
             namespace: pod.namespace.clone(),
             pod: pod.pod.clone(),
             volume: pod.volume.clone(),
+        });
+        let request = match transfer {
+            Transfer::Backup { tags } => {
+                AgentRequest::Backup(ferry_protocol::agent::v1::BackupVolumeRequest {
+                    task_id: fs.task_id.clone(),
+                    volume,
+                    repository: Some(repository),
+                    tags: tags.clone(),
+                })
+            }
+            Transfer::Restore { marker } => {
+                AgentRequest::Restore(ferry_protocol::agent::v1::RestoreVolumeRequest {
+                    task_id: fs.task_id.clone(),
+                    volume,
+                    repository: Some(repository),
+                    snapshot_id: fs.snapshot_id.clone().unwrap_or_default(),
+                    in_place: false,
+                    marker: marker.clone(),
+                })
+            }
         };
-        crate::agents::start_backup(ctx, &fs.task_id, &pod.node, volume, repository, tags).await;
+        crate::agents::start_task(ctx, &fs.task_id, &pod.node, request).await;
     }
     Ok(records.volumes.iter().all(|r| r.phase.is_terminal()))
 }

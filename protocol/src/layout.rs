@@ -11,6 +11,7 @@
 //! <prefix>/backups/<backup>/<backup>-volumes.json.gz      each volume's snapshot (crate::volume)
 //! <prefix>/restores/<restore>/<restore>-results.json.gz   per-object outcomes of a restore
 //! <prefix>/restores/<restore>/<restore>-logs.gz
+//! <prefix>/restores/<restore>/<restore>-volumes.json.gz   pod volumes the agents restore into
 //! ```
 //!
 //! Inside the archive:
@@ -99,6 +100,11 @@ impl RestoreKeys {
 
     pub fn logs(&self) -> String {
         format!("{}{}-logs.gz", self.dir, self.name)
+    }
+
+    /// The pod volumes the node agents restore into ([`crate::volume::VolumeRecords`]).
+    pub fn volumes(&self) -> String {
+        format!("{}{}-volumes.json.gz", self.dir, self.name)
     }
 }
 

@@ -24,8 +24,8 @@ use ferry_tests::{
     TestNamespace, create_object, summary, unique_name,
 };
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
-use kube::{Api, Client};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
+use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
@@ -593,6 +593,77 @@ async fn a_backup_hands_pod_volumes_to_the_agents_of_their_nodes() {
         "a 4 KiB change uploaded {uploaded} bytes"
     );
 
+    // Disaster: the namespace and its volume are gone. The restore recreates the pods with an
+    // init container that waits; the harness schedules them and the kubelet mounts fresh, empty
+    // volumes; the agents of their nodes fill them.
+    let expected_cache = tree(&cache);
+    let expected_data = tree(&data);
+    let app_name = ns.to_owned();
+    delete_namespace(&client, &app_name).await;
+    delete_pv(&client, &pv_name).await;
+    ferry
+        .create(
+            json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "Restore",
+                       "metadata": {"name": "r1"}, "spec": {"backupName": "b2"}}),
+        )
+        .await;
+    let pods = Api::<Pod>::namespaced(client.clone(), &app_name);
+    let web = wait_for_pod(&pods, "web").await;
+    let init = web
+        .spec
+        .as_ref()
+        .unwrap()
+        .init_containers
+        .clone()
+        .unwrap_or_default();
+    assert_eq!(init[0].name, "ferry-restore-wait", "{init:?}");
+    assert_eq!(init[0].args.as_ref().unwrap()[0], "restore-wait");
+    wait_for_pod(&pods, "db-0").await;
+    let web_uid = agent_a
+        .kubelet
+        .run_pod(&client, &app_name, "web")
+        .await
+        .metadata
+        .uid
+        .unwrap();
+    let restored_cache = agent_a
+        .kubelet
+        .volume_dir(&web_uid, "kubernetes.io~empty-dir", "cache");
+    wait_bound(&client, &app_name, "data").await;
+    let db_uid = agent_b
+        .kubelet
+        .run_pod(&client, &app_name, "db-0")
+        .await
+        .metadata
+        .uid
+        .unwrap();
+    let restored_data = agent_b.kubelet.csi_volume_dir(&db_uid, &pv_name);
+    let restore = ferry_tests::finished(&ferry.restores(), "r1").await;
+    assert_eq!(
+        restore.phase(),
+        Some(Phase::Completed),
+        "{}",
+        summary(&restore)
+    );
+    assert_eq!(
+        tree(&restored_cache),
+        expected_cache,
+        "the emptyDir came back different"
+    );
+    assert_eq!(
+        tree(&restored_data),
+        expected_data,
+        "the claim's volume came back different"
+    );
+    let marker = format!("{}.done", restore.uid().unwrap());
+    for volume in [&restored_cache, &restored_data] {
+        assert!(
+            volume.join(".ferry").join(&marker).is_file(),
+            "no marker in {}",
+            volume.display()
+        );
+    }
+
     // An agent that dies: its volume is tried again, then failed with the reason; never stuck.
     agent_b.task.abort();
     let _ = (&mut agent_b.task).await;
@@ -624,6 +695,7 @@ async fn a_backup_hands_pod_volumes_to_the_agents_of_their_nodes() {
         report.errors
     );
 
+    delete_namespace(&client, &app_name).await;
     drop(app);
     drop(agent_a);
     ferry.stop().await;
@@ -653,6 +725,64 @@ async fn in_repository<T: Send + 'static>(
     })
     .await
     .unwrap()
+}
+
+async fn wait_for_pod(pods: &Api<Pod>, name: &str) -> Pod {
+    let deadline = tokio::time::Instant::now() + CONVERGENCE_TIMEOUT;
+    loop {
+        if let Some(pod) = pods.get_opt(name).await.unwrap() {
+            return pod;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pod {name} was not restored"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Deletes a namespace and waits until it is gone. Its pods are bound to fake nodes whose
+/// kubelet would confirm their end; the harness plays that kubelet and removes them at once.
+async fn delete_namespace(client: &Client, name: &str) {
+    let pods = Api::<Pod>::namespaced(client.clone(), name);
+    let now = kube::api::DeleteParams {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    };
+    pods.delete_collection(&now, &Default::default())
+        .await
+        .unwrap();
+    let namespaces = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone());
+    let uid = namespaces.get(name).await.unwrap().metadata.uid.unwrap();
+    namespaces.delete(name, &Default::default()).await.unwrap();
+    tokio::time::timeout(
+        CONVERGENCE_TIMEOUT,
+        kube::runtime::wait::await_condition(
+            namespaces,
+            name,
+            kube::runtime::wait::conditions::is_deleted(&uid),
+        ),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("namespace {name} was not finalized"))
+    .unwrap();
+}
+
+async fn delete_pv(client: &Client, name: &str) {
+    let pvs = Api::<k8s_openapi::api::core::v1::PersistentVolume>::all(client.clone());
+    let uid = pvs.get(name).await.unwrap().metadata.uid.unwrap();
+    pvs.delete(name, &Default::default()).await.unwrap();
+    tokio::time::timeout(
+        CONVERGENCE_TIMEOUT,
+        kube::runtime::wait::await_condition(
+            pvs,
+            name,
+            kube::runtime::wait::conditions::is_deleted(&uid),
+        ),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("PV {name} was not deleted"))
+    .unwrap();
 }
 
 async fn wait_bound(client: &Client, namespace: &str, claim: &str) {
