@@ -145,6 +145,10 @@ pub enum RestoreCommand {
         /// Create volumes of zone A in zone B: A:B, comma-separated or repeated.
         #[arg(long, value_delimiter = ',')]
         availability_zone_mappings: Vec<String>,
+        /// Bring the agent-backed volumes of pods that run now back to the backup's content in
+        /// place, fetching only what differs.
+        #[arg(long)]
+        in_place_volumes: bool,
         #[arg(long)]
         wait: bool,
     },
@@ -535,6 +539,7 @@ pub fn run_restore(
                 scope,
                 restore_volumes,
                 availability_zone_mappings,
+                in_place_volumes,
                 wait,
             } => {
                 let mapping =
@@ -560,6 +565,7 @@ pub fn run_restore(
                     },
                     restore_pvs: restore_volumes,
                     availability_zone_mapping: zone_mapping,
+                    in_place_volumes,
                     ..Default::default()
                 };
                 let name = name.unwrap_or_else(|| {

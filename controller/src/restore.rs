@@ -232,6 +232,7 @@ struct Plan {
     restore_status: Option<(Vec<String>, Vec<String>)>,
     priorities: Vec<String>,
     restore_volumes: bool,
+    in_place_volumes: bool,
     zone_mapping: BTreeMap<String, String>,
 }
 
@@ -335,6 +336,7 @@ async fn validate(restore: &Restore, ctx: &Context) -> Result<Result<Plan, Vec<S
             spec.resource_priorities.clone()
         },
         restore_volumes: spec.restore_pvs != Some(false),
+        in_place_volumes: spec.in_place_volumes,
         zone_mapping: spec.availability_zone_mapping.clone(),
     }))
 }
@@ -397,6 +399,7 @@ async fn run(restore: &Restore, ctx: &Context) -> Result<()> {
         volumes: &volumes,
         volume_plans: BTreeMap::new(),
         pod_volumes: Vec::new(),
+        running_pods: BTreeSet::new(),
     };
     let selected = run.select()?;
     status.progress = Some(Progress {
@@ -404,6 +407,7 @@ async fn run(restore: &Restore, ctx: &Context) -> Result<()> {
         items_done: 0,
     });
     run.status = status.clone();
+    run.find_running_pods().await?;
     run.restore_tiers(selected).await?;
 
     let results = std::mem::take(&mut run.results);
@@ -474,6 +478,9 @@ struct Run<'a> {
     volume_plans: BTreeMap<String, VolumePlan>,
     /// Volumes of restored pods that the node agents fill from the repository.
     pod_volumes: Vec<VolumeRecord>,
+    /// With inPlaceVolumes: the archived pods (namespace in the backup, name) that run in the
+    /// cluster now, on a node.
+    running_pods: BTreeSet<(String, String)>,
 }
 
 impl Run<'_> {
@@ -705,7 +712,17 @@ impl Run<'_> {
                 Some(VolumePlan::Fail(reason)) => return Err(reason),
                 None => {}
             },
-            ("pods", "") => self.wait_for_volumes(item, &mut object),
+            ("pods", "") => {
+                let key = (
+                    item.namespace.clone().unwrap_or_default(),
+                    item.name.clone(),
+                );
+                if self.plan.in_place_volumes && self.running_pods.contains(&key) {
+                    self.restore_in_place(item);
+                } else {
+                    self.wait_for_volumes(item, &mut object);
+                }
+            }
             ("persistentvolumeclaims", "") => {
                 let volume = object
                     .pointer("/spec/volumeName")
@@ -809,18 +826,7 @@ impl Run<'_> {
             return;
         }
         let namespace = item.namespace.clone().unwrap_or_default();
-        let backed_up: Vec<VolumeRecord> = self
-            .volumes
-            .volumes
-            .iter()
-            .filter(|r| r.method == VolumeMethod::FileSystem && r.phase == VolumePhase::Completed)
-            .filter(|r| {
-                r.pod_volume
-                    .as_ref()
-                    .is_some_and(|p| p.namespace == namespace && p.pod == item.name)
-            })
-            .cloned()
-            .collect();
+        let backed_up = self.agent_volumes_of(item);
         if backed_up.is_empty() {
             return;
         }
@@ -838,27 +844,15 @@ impl Run<'_> {
             let mount = format!("{RESTORE_WAIT_DIR}/{}", pod_volume.volume);
             mounts.push(serde_json::json!({"name": pod_volume.volume, "mountPath": mount}));
             args.push(mount);
-            let task = self.pod_volumes.len();
-            self.pod_volumes.push(VolumeRecord {
-                persistent_volume: record.persistent_volume,
-                claim: record.claim,
-                method: VolumeMethod::FileSystem,
-                phase: VolumePhase::InProgress,
-                message: None,
-                snapshot: None,
-                pod_volume: Some(PodVolumeRef {
-                    namespace: self.target_namespace(&namespace),
-                    pod: item.name.clone(),
-                    volume: pod_volume.volume,
-                    node: String::new(),
-                }),
-                file_system: Some(FileSystemBackup {
-                    repository: backup.repository,
-                    snapshot_id: backup.snapshot_id,
-                    task_id: format!("{}-{task}", self.restore.uid().unwrap_or_default()),
-                    ..Default::default()
-                }),
-            });
+            self.add_pod_volume_task(
+                &namespace,
+                item,
+                record.persistent_volume,
+                record.claim,
+                pod_volume.volume,
+                backup,
+                false,
+            );
         }
         let wait = serde_json::json!({
             "name": "ferry-restore-wait",
@@ -875,6 +869,106 @@ impl Run<'_> {
                 init.insert(0, wait);
             }
         }
+    }
+
+    /// The agent-backed volumes of an archived pod that the backup holds.
+    fn agent_volumes_of(&self, item: &ArchiveItem) -> Vec<VolumeRecord> {
+        let namespace = item.namespace.as_deref().unwrap_or_default();
+        self.volumes
+            .volumes
+            .iter()
+            .filter(|r| r.method == VolumeMethod::FileSystem && r.phase == VolumePhase::Completed)
+            .filter(|r| {
+                r.pod_volume
+                    .as_ref()
+                    .is_some_and(|p| p.namespace == namespace && p.pod == item.name)
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Records a task for the agent of the pod's node: fill one of its volumes from the backup.
+    #[allow(clippy::too_many_arguments)]
+    fn add_pod_volume_task(
+        &mut self,
+        namespace: &str,
+        item: &ArchiveItem,
+        persistent_volume: String,
+        claim: Option<ferry_protocol::volume::ClaimRef>,
+        volume: String,
+        backup: FileSystemBackup,
+        in_place: bool,
+    ) {
+        let task = self.pod_volumes.len();
+        self.pod_volumes.push(VolumeRecord {
+            persistent_volume,
+            claim,
+            method: VolumeMethod::FileSystem,
+            phase: VolumePhase::InProgress,
+            message: None,
+            snapshot: None,
+            pod_volume: Some(PodVolumeRef {
+                namespace: self.target_namespace(namespace),
+                pod: item.name.clone(),
+                volume,
+                node: String::new(),
+            }),
+            file_system: Some(FileSystemBackup {
+                repository: backup.repository,
+                snapshot_id: backup.snapshot_id,
+                task_id: format!("{}-{task}", self.restore.uid().unwrap_or_default()),
+                in_place,
+                ..Default::default()
+            }),
+        });
+    }
+
+    /// With inPlaceVolumes, a pod that runs now: its volumes are brought back to the backup's
+    /// content where they are, fetching only what differs.
+    fn restore_in_place(&mut self, item: &ArchiveItem) {
+        let namespace = item.namespace.clone().unwrap_or_default();
+        for record in self.agent_volumes_of(item) {
+            let (Some(pod_volume), Some(backup)) = (record.pod_volume, record.file_system) else {
+                continue;
+            };
+            self.add_pod_volume_task(
+                &namespace,
+                item,
+                record.persistent_volume,
+                record.claim,
+                pod_volume.volume,
+                backup,
+                true,
+            );
+        }
+    }
+
+    /// With inPlaceVolumes, notes which archived pods with agent-backed volumes run now.
+    async fn find_running_pods(&mut self) -> Result<()> {
+        if !self.plan.in_place_volumes {
+            return Ok(());
+        }
+        let pods: BTreeSet<(String, String)> = self
+            .volumes
+            .volumes
+            .iter()
+            .filter_map(|r| r.pod_volume.as_ref())
+            .map(|p| (p.namespace.clone(), p.pod.clone()))
+            .collect();
+        for (namespace, pod) in pods {
+            let api: Api<k8s_openapi::api::core::v1::Pod> =
+                Api::namespaced(self.ctx.client.clone(), &self.target_namespace(&namespace));
+            let running = api
+                .get_opt(&pod)
+                .await?
+                .and_then(|p| p.spec)
+                .and_then(|s| s.node_name)
+                .is_some();
+            if running {
+                self.running_pods.insert((namespace, pod));
+            }
+        }
+        Ok(())
     }
 
     /// Decides what happens to the disk of every PersistentVolume in `items`, and creates the

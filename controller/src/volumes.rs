@@ -790,7 +790,7 @@ pub async fn follow_pod_volumes(
                     volume,
                     repository: Some(repository),
                     snapshot_id: fs.snapshot_id.clone().unwrap_or_default(),
-                    in_place: false,
+                    in_place: fs.in_place,
                     marker: marker.clone(),
                 })
             }

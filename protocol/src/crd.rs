@@ -232,6 +232,11 @@ pub struct RestoreSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub restore_pvs: Option<bool>,
+    /// Restore the data of agent-backed volumes into the pods that run now, in place: only what
+    /// differs is fetched, and what the backup lacks is removed. Pods that do not exist are
+    /// created and filled as usual.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub in_place_volumes: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_status: Option<RestoreStatusSpec>,
     /// The order of restore tiers, as `resource.group` names; the rest follow. Default: CRDs,

@@ -110,9 +110,13 @@ pub struct FileSystemBackup {
     pub files: u64,
     #[serde(default)]
     pub bytes: u64,
-    /// Bytes the backup added to the repository: what an incremental backup cost.
+    /// Bytes the backup added to the repository (a restore: downloaded from it): what the
+    /// transfer cost.
     #[serde(default)]
     pub bytes_uploaded: u64,
+    /// A restore into a volume that holds data already: fetch only what differs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub in_place: bool,
 }
 
 impl VolumeRecord {

@@ -664,6 +664,36 @@ async fn a_backup_hands_pod_volumes_to_the_agents_of_their_nodes() {
         );
     }
 
+    // In place: the running database's volume drifted; a restore brings it back where it is,
+    // fetching only what differs and removing what the backup lacks.
+    let mut drifted = std::fs::read(restored_data.join("table.db")).unwrap();
+    drifted[..8192].copy_from_slice(&pseudo_random(8192, 13));
+    std::fs::write(restored_data.join("table.db"), &drifted).unwrap();
+    std::fs::write(restored_data.join("stray.tmp"), b"not in the backup").unwrap();
+    let in_place = ferry
+        .restore("r2", json!({"backupName": "b2", "inPlaceVolumes": true}))
+        .await;
+    assert_eq!(
+        in_place.phase(),
+        Some(Phase::Completed),
+        "{}",
+        summary(&in_place)
+    );
+    assert_eq!(
+        tree(&restored_data),
+        expected_data,
+        "the in-place restore left differences"
+    );
+    let key = ferry_protocol::layout::RestoreKeys::new(None, "r2").volumes();
+    let r2: VolumeRecords = serde_json::from_value(ferry.read_json(&key).await.unwrap()).unwrap();
+    let downloaded = by_volume(&r2, "data").file_system.unwrap();
+    assert!(downloaded.in_place);
+    assert!(
+        downloaded.bytes_uploaded < 1024 * 1024,
+        "an in-place restore of an 8 KiB drift downloaded {} bytes",
+        downloaded.bytes_uploaded
+    );
+
     // An agent that dies: its volume is tried again, then failed with the reason; never stuck.
     agent_b.task.abort();
     let _ = (&mut agent_b.task).await;
