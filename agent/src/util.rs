@@ -20,15 +20,21 @@ pub fn username() -> String {
 /// torn one: a temp file in the same directory, fsync, rename, fsync of the directory.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
+    let temp = durable_temp_file(dir, bytes)?;
+    temp.persist(path)
+        .map_err(|error| crate::Error::io(path, error.error))?;
+    sync_dir(dir)
+}
+
+/// `bytes` in a temp file in `dir`, written and fsynced, ready to be persisted under its name.
+pub fn durable_temp_file(dir: &Path, bytes: &[u8]) -> Result<tempfile::NamedTempFile> {
     let mut temp = tempfile::Builder::new()
         .prefix(".tmp-")
         .tempfile_in(dir)
         .at(dir)?;
     temp.write_all(bytes).at(temp.path().to_owned())?;
     temp.as_file().sync_all().at(temp.path().to_owned())?;
-    temp.persist(path)
-        .map_err(|error| crate::Error::io(path, error.error))?;
-    sync_dir(dir)
+    Ok(temp)
 }
 
 pub fn sync_dir(dir: &Path) -> Result<()> {

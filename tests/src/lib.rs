@@ -23,7 +23,7 @@ pub use controller::{
 };
 pub use env::TestEnv;
 pub use kubelet::FakeKubelet;
-pub use namespace::TestNamespace;
+pub use namespace::{TestNamespace, delete_namespace_and_wait, delete_pv_and_wait, wait_bound};
 pub use s3::BucketPrefix;
 
 /// How long a test waits for the control plane to act (a namespace to finalize, a PVC to bind)

@@ -61,25 +61,74 @@ impl TestNamespace {
 
     /// Deletes the namespace and waits until the controller manager has finalized it.
     pub async fn delete_and_wait(self) {
-        let name = self.name.clone();
-        let namespaces = Api::<Namespace>::all(self.client.clone());
-        let uid = namespaces
-            .get(&name)
-            .await
-            .ok()
-            .and_then(|ns| ns.metadata.uid)
-            .unwrap_or_default();
-        delete_namespace(&self.client, &name).await;
-        let gone = await_condition(namespaces, &name, conditions::is_deleted(&uid));
-        tokio::time::timeout(CONVERGENCE_TIMEOUT, gone)
-            .await
-            .unwrap_or_else(|_| {
-                panic!("namespace {name} was not finalized within {CONVERGENCE_TIMEOUT:?}")
-            })
-            .expect("watching namespaces");
+        delete_namespace_and_wait(&self.client, &self.name).await;
         // Already deleted; nothing left for Drop.
         std::mem::forget(self);
     }
+}
+
+/// Deletes namespace `name` (its pods at once, as there is no kubelet to confirm they stopped)
+/// and waits until the controller manager has finalized it. For namespaces a test recreates, such
+/// as those a restore brings back.
+pub async fn delete_namespace_and_wait(client: &Client, name: &str) {
+    let namespaces = Api::<Namespace>::all(client.clone());
+    let uid = namespaces
+        .get(name)
+        .await
+        .ok()
+        .and_then(|ns| ns.metadata.uid)
+        .unwrap_or_default();
+    delete_namespace(client, name).await;
+    let gone = await_condition(namespaces, name, conditions::is_deleted(&uid));
+    tokio::time::timeout(CONVERGENCE_TIMEOUT, gone)
+        .await
+        .unwrap_or_else(|_| {
+            panic!("namespace {name} was not finalized within {CONVERGENCE_TIMEOUT:?}")
+        })
+        .expect("watching namespaces");
+}
+
+/// Deletes PersistentVolume `name`, if it exists, and waits until it is gone.
+pub async fn delete_pv_and_wait(client: &Client, name: &str) {
+    let pvs = Api::<k8s_openapi::api::core::v1::PersistentVolume>::all(client.clone());
+    let Some(uid) = pvs
+        .get_opt(name)
+        .await
+        .unwrap()
+        .and_then(|pv| pv.metadata.uid)
+    else {
+        return;
+    };
+    let _ = pvs.delete(name, &DeleteParams::default()).await;
+    tokio::time::timeout(
+        CONVERGENCE_TIMEOUT,
+        await_condition(pvs, name, conditions::is_deleted(&uid)),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("PV {name} was not deleted"))
+    .unwrap();
+}
+
+/// Waits until claim `namespace/claim` is Bound, and returns it.
+pub async fn wait_bound(
+    client: &Client,
+    namespace: &str,
+    claim: &str,
+) -> k8s_openapi::api::core::v1::PersistentVolumeClaim {
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace);
+    tokio::time::timeout(
+        CONVERGENCE_TIMEOUT,
+        await_condition(claims, claim, |c: Option<&PersistentVolumeClaim>| {
+            c.and_then(|c| c.status.as_ref())
+                .and_then(|s| s.phase.as_deref())
+                == Some("Bound")
+        }),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("PVC {namespace}/{claim} did not bind"))
+    .unwrap()
+    .expect("the claim exists")
 }
 
 impl Drop for TestNamespace {

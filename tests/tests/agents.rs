@@ -21,10 +21,11 @@ use ferry_protocol::layout::BackupKeys;
 use ferry_protocol::volume::{VolumeMethod, VolumePhase, VolumeRecords};
 use ferry_tests::{
     BucketPrefix, CONVERGENCE_TIMEOUT, FakeKubelet, HasPhase, RunningController, TestEnv,
-    TestNamespace, create_object, summary, unique_name,
+    TestNamespace, create_object, delete_namespace_and_wait, delete_pv_and_wait, summary,
+    unique_name, wait_bound,
 };
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
@@ -599,8 +600,8 @@ async fn a_backup_hands_pod_volumes_to_the_agents_of_their_nodes() {
     let expected_cache = tree(&cache);
     let expected_data = tree(&data);
     let app_name = ns.to_owned();
-    delete_namespace(&client, &app_name).await;
-    delete_pv(&client, &pv_name).await;
+    delete_namespace_and_wait(&client, &app_name).await;
+    delete_pv_and_wait(&client, &pv_name).await;
     ferry
         .create(
             json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "Restore",
@@ -725,7 +726,7 @@ async fn a_backup_hands_pod_volumes_to_the_agents_of_their_nodes() {
         report.errors
     );
 
-    delete_namespace(&client, &app_name).await;
+    delete_namespace_and_wait(&client, &app_name).await;
     drop(app);
     drop(agent_a);
     ferry.stop().await;
@@ -769,63 +770,4 @@ async fn wait_for_pod(pods: &Api<Pod>, name: &str) -> Pod {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// Deletes a namespace and waits until it is gone. Its pods are bound to fake nodes whose
-/// kubelet would confirm their end; the harness plays that kubelet and removes them at once.
-async fn delete_namespace(client: &Client, name: &str) {
-    let pods = Api::<Pod>::namespaced(client.clone(), name);
-    let now = kube::api::DeleteParams {
-        grace_period_seconds: Some(0),
-        ..Default::default()
-    };
-    pods.delete_collection(&now, &Default::default())
-        .await
-        .unwrap();
-    let namespaces = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone());
-    let uid = namespaces.get(name).await.unwrap().metadata.uid.unwrap();
-    namespaces.delete(name, &Default::default()).await.unwrap();
-    tokio::time::timeout(
-        CONVERGENCE_TIMEOUT,
-        kube::runtime::wait::await_condition(
-            namespaces,
-            name,
-            kube::runtime::wait::conditions::is_deleted(&uid),
-        ),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("namespace {name} was not finalized"))
-    .unwrap();
-}
-
-async fn delete_pv(client: &Client, name: &str) {
-    let pvs = Api::<k8s_openapi::api::core::v1::PersistentVolume>::all(client.clone());
-    let uid = pvs.get(name).await.unwrap().metadata.uid.unwrap();
-    pvs.delete(name, &Default::default()).await.unwrap();
-    tokio::time::timeout(
-        CONVERGENCE_TIMEOUT,
-        kube::runtime::wait::await_condition(
-            pvs,
-            name,
-            kube::runtime::wait::conditions::is_deleted(&uid),
-        ),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("PV {name} was not deleted"))
-    .unwrap();
-}
-
-async fn wait_bound(client: &Client, namespace: &str, claim: &str) {
-    let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace);
-    tokio::time::timeout(
-        CONVERGENCE_TIMEOUT,
-        kube::runtime::wait::await_condition(claims, claim, |c: Option<&PersistentVolumeClaim>| {
-            c.and_then(|c| c.status.as_ref())
-                .and_then(|s| s.phase.as_deref())
-                == Some("Bound")
-        }),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("PVC {namespace}/{claim} did not bind"))
-    .unwrap();
 }

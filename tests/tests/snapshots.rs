@@ -15,10 +15,10 @@ use ferry_protocol::layout::BackupKeys;
 use ferry_protocol::volume::{VolumeMethod, VolumePhase, VolumeRecords};
 use ferry_tests::{
     CONVERGENCE_TIMEOUT, CREDENTIALS_SECRET, HasPhase, RunningController, TestEnv, TestNamespace,
-    create_object, summary, unique_name,
+    create_object, delete_namespace_and_wait, delete_pv_and_wait, summary, unique_name, wait_bound,
 };
-use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim};
-use kube::api::{DeleteParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::PersistentVolume;
+use kube::api::{Patch, PatchParams};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
@@ -118,56 +118,12 @@ async fn bound_claim(client: &Client, namespace: &str, claim: &str, pv: Value) -
 
 /// Waits until the claim is Bound and returns the PersistentVolume it is bound to.
 async fn bound_volume(client: &Client, namespace: &str, claim: &str) -> PersistentVolume {
-    let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace);
-    let bound = tokio::time::timeout(
-        CONVERGENCE_TIMEOUT,
-        await_condition(claims, claim, |c: Option<&PersistentVolumeClaim>| {
-            c.and_then(|c| c.status.as_ref())
-                .and_then(|s| s.phase.as_deref())
-                == Some("Bound")
-        }),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("PVC {namespace}/{claim} did not bind"))
-    .unwrap()
-    .unwrap();
+    let bound = wait_bound(client, namespace, claim).await;
     let volume = bound.spec.unwrap().volume_name.unwrap();
     Api::<PersistentVolume>::all(client.clone())
         .get(&volume)
         .await
         .unwrap()
-}
-
-async fn delete_pv(client: &Client, name: &str) {
-    let pvs = Api::<PersistentVolume>::all(client.clone());
-    let Some(uid) = pvs.get_opt(name).await.unwrap().and_then(|pv| pv.uid()) else {
-        return;
-    };
-    // The claim is gone; protection lets go of the PV then.
-    let _ = pvs.delete(name, &DeleteParams::default()).await;
-    tokio::time::timeout(
-        CONVERGENCE_TIMEOUT,
-        await_condition(pvs, name, conditions::is_deleted(&uid)),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("PV {name} was not deleted"))
-    .unwrap();
-}
-
-async fn delete_namespace(client: &Client, name: &str) {
-    let namespaces = Api::<Namespace>::all(client.clone());
-    let uid = namespaces.get(name).await.unwrap().uid().unwrap();
-    namespaces
-        .delete(name, &DeleteParams::default())
-        .await
-        .unwrap();
-    tokio::time::timeout(
-        CONVERGENCE_TIMEOUT,
-        await_condition(namespaces, name, conditions::is_deleted(&uid)),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("namespace {name} was not finalized"))
-    .unwrap();
 }
 
 /// The snapshots in moto that a backup (by uid) tagged, by id, with their tags.
@@ -319,9 +275,9 @@ async fn ebs_volumes_are_snapshotted_and_restored_with_their_attributes() {
     );
 
     // Disaster: the namespace and its PVs are gone.
-    delete_namespace(&client, &ns).await;
-    delete_pv(&client, &csi_pv).await;
-    delete_pv(&client, &in_tree_pv).await;
+    delete_namespace_and_wait(&client, &ns).await;
+    delete_pv_and_wait(&client, &csi_pv).await;
+    delete_pv_and_wait(&client, &in_tree_pv).await;
 
     let restore = ferry
         .restore("db-1-back", json!({"backupName": "db-1"}))
@@ -455,14 +411,14 @@ async fn ebs_volumes_are_snapshotted_and_restored_with_their_attributes() {
     );
 
     for namespace in [ns.as_str(), copy.as_str()] {
-        delete_namespace(&client, namespace).await;
+        delete_namespace_and_wait(&client, namespace).await;
     }
     for pv in [
         restored_csi.name_any(),
         restored_in_tree.name_any(),
         copied.name_any(),
     ] {
-        delete_pv(&client, &pv).await;
+        delete_pv_and_wait(&client, &pv).await;
     }
     drop(app);
     ferry.stop().await;
@@ -568,9 +524,9 @@ async fn volumes_that_cannot_be_snapshotted_are_named_and_none_is_skipped_silent
     let problems = invalid.status.unwrap().validation_errors.join("; ");
     assert!(problems.contains("missing"), "{problems}");
 
-    delete_namespace(&client, ns).await;
+    delete_namespace_and_wait(&client, ns).await;
     for pv in [unknown, elsewhere, local] {
-        delete_pv(&client, &pv).await;
+        delete_pv_and_wait(&client, &pv).await;
     }
     drop(app);
     ferry.stop().await;
@@ -741,8 +697,8 @@ async fn a_controller_restart_neither_strands_nor_orphans_snapshots() {
         "the unrecorded snapshot was left behind"
     );
 
-    delete_namespace(&client, &ns).await;
-    delete_pv(&client, &pv).await;
+    delete_namespace_and_wait(&client, &ns).await;
+    delete_pv_and_wait(&client, &pv).await;
     drop(app);
     ferry.stop().await;
 }

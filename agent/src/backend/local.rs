@@ -67,16 +67,10 @@ impl Backend for LocalBackend {
     }
 
     fn put_new(&self, kind: Kind, name: &str, bytes: &[u8]) -> Result<bool> {
-        use std::io::Write;
         let path = self.path(kind, name);
         self.ensure_parent(&path)?;
         let dir = path.parent().expect("a parent");
-        let mut temp = tempfile::Builder::new()
-            .prefix(".tmp-")
-            .tempfile_in(dir)
-            .at(dir)?;
-        temp.write_all(bytes).at(temp.path().to_owned())?;
-        temp.as_file().sync_all().at(temp.path().to_owned())?;
+        let temp = crate::util::durable_temp_file(dir, bytes)?;
         // A hard link fails if the name exists: the create is atomic, unlike a rename.
         match temp.persist_noclobber(&path) {
             Ok(_) => sync_dir(dir).map(|()| true),
