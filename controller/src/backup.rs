@@ -106,24 +106,25 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action>
     }
 }
 
+/// The backup's phase as the API server has it now, not as the reconciler's cache had it.
+async fn current_phase(backup: &Backup, ctx: &Context) -> Result<Option<Phase>> {
+    let backups: Api<Backup> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let current = backups.get(&backup.name_any()).await?;
+    Ok(current.status.and_then(|s| s.phase))
+}
+
 /// Whether the API server's copy of the backup is InProgress; when it is not, the reconciler saw
 /// a stale copy and the backup is looked at again.
 async fn still_in_progress(backup: &Backup, ctx: &Context) -> Result<bool> {
-    let backups: Api<Backup> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-    let current = backups.get(&backup.name_any()).await?;
-    Ok(current.status.and_then(|s| s.phase) == Some(Phase::InProgress))
+    Ok(current_phase(backup, ctx).await? == Some(Phase::InProgress))
 }
 
 /// Whether the backup has gone InProgress (so it has begun writing to its storage location).
 async fn has_started(backup: &Backup, ctx: &Context) -> bool {
-    let backups: Api<Backup> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-    match backups.get_opt(&backup.name_any()).await {
-        Ok(Some(current)) => current
-            .status
-            .and_then(|s| s.phase)
-            .is_some_and(|phase| phase != Phase::New),
+    match current_phase(backup, ctx).await {
+        Ok(phase) => phase.is_some_and(|phase| phase != Phase::New),
         // Unknown: assume it started, so that it fails with the reason instead of being misread.
-        _ => true,
+        Err(_) => true,
     }
 }
 
@@ -329,15 +330,15 @@ async fn run(backup: &Backup, ctx: &Context) -> Result<Phase> {
     plan.store
         .put(&keys.volumes(), gzip_json(&records)?)
         .await?;
-    if records
+    let pending = records
         .volumes
         .iter()
-        .any(|r| r.phase == VolumePhase::InProgress)
-    {
-        // The results and log are complete but for the snapshots; finish() rewrites them.
+        .filter(|r| r.phase == VolumePhase::InProgress)
+        .count();
+    if pending > 0 {
+        // The results and log are complete but for the volumes; finish() rewrites them.
         run.log.push(format!(
-            "waiting for {} volume snapshots to complete",
-            status.volume_snapshots_attempted - status.volume_snapshots_completed
+            "waiting for {pending} volumes (native snapshots and node agents) to complete"
         ));
         plan.store
             .put(&keys.results(), gzip_json(&run.results)?)
@@ -467,8 +468,9 @@ async fn backup_store(
     Ok((location, store, keys))
 }
 
-/// A backup in WaitingForVolumes: asks how its snapshots are doing, and finishes it once every
-/// one has ended. Everything it needs is in the bucket, so a restarted controller carries on.
+/// A backup in WaitingForVolumes: asks how its native snapshots and its node agents' tasks are
+/// doing, and finishes it once every volume has ended. Everything it needs is in the bucket, so a
+/// restarted controller carries on.
 async fn follow_volumes(backup: &Backup, ctx: &Context) -> Result<Action> {
     let (location, store, keys) = backup_store(backup, ctx).await?;
     let mut records: VolumeRecords = gunzip_json(&store.get(&keys.volumes()).await?)?;
@@ -499,9 +501,16 @@ async fn follow_volumes(backup: &Backup, ctx: &Context) -> Result<Action> {
             results.errors.push(line);
         }
     }
+    let by_agents = records.volumes.iter().filter(|r| r.file_system.is_some());
     log.push(format!(
-        "{} of {} volume snapshots completed",
-        status.volume_snapshots_completed, status.volume_snapshots_attempted
+        "{} of {} volume snapshots and {} of {} pod volumes completed",
+        status.volume_snapshots_completed,
+        status.volume_snapshots_attempted,
+        by_agents
+            .clone()
+            .filter(|r| r.phase == VolumePhase::Completed)
+            .count(),
+        by_agents.count()
     ));
     finish(backup, ctx, &store, &keys, status, &results, &log, &records).await?;
     Ok(Action::await_change())

@@ -42,6 +42,9 @@ const PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
 const CRD_ESTABLISHED_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often the agents' restores of pod volumes are looked at.
 const VOLUME_POLL_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a restore waits for its pods to be scheduled and their volumes filled (Velero's
+/// default too).
+const VOLUME_WAIT_LIMIT: Duration = Duration::from_secs(4 * 3600);
 /// The image of the init container that holds a restored pod until its volumes are filled: Ferry's
 /// own (deploy/controller.yaml sets FERRY_IMAGE to the controller's image).
 const DEFAULT_IMAGE: &str = "ghcr.io/ferry-dev/ferry:latest";
@@ -132,9 +135,30 @@ async fn follow_volumes(restore: &Restore, ctx: &Context) -> Result<Action> {
     let store = ctx.object_store(&location).await?;
     let keys = RestoreKeys::new(store.prefix(), &restore.name_any());
     let mut records: VolumeRecords = crate::gunzip_json(&store.get(&keys.volumes()).await?)?;
-    let done =
+    let mut done =
         volumes::follow_pod_volumes(ctx, &location, &restore_transfer(restore), &mut records)
             .await?;
+    let started = restore
+        .status
+        .as_ref()
+        .and_then(|s| s.start_timestamp.as_ref())
+        .map_or(0, |t| t.0.as_second());
+    if !done && jiff::Timestamp::now().as_second() - started > VOLUME_WAIT_LIMIT.as_secs() as i64 {
+        // A pod that is never scheduled, or whose volume is never mounted, must not hold the
+        // restore for ever.
+        for record in records
+            .volumes
+            .iter_mut()
+            .filter(|r| r.phase == VolumePhase::InProgress)
+        {
+            record.phase = VolumePhase::Failed;
+            record.message = Some(format!(
+                "not restored within {} h: its pod was not scheduled, or its volume not mounted",
+                VOLUME_WAIT_LIMIT.as_secs() / 3600
+            ));
+        }
+        done = true;
+    }
     store
         .put(&keys.volumes(), crate::gzip_json(&records)?)
         .await?;
