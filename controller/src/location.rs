@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_protocol::crd::{Backup, BackupStorageLocation, LocationPhase};
+use ferry_protocol::crd::{Backup, BackupStorageLocation, LocationPhase, LocationStatus};
 use ferry_protocol::layout::{BackupKeys, backups_prefix};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ObjectMeta, PostParams};
@@ -33,28 +33,8 @@ pub async fn reconcile(location: Arc<BackupStorageLocation>, ctx: Arc<Context>) 
     let sync_period = period(&location.spec.backup_sync_period);
 
     let checked = check(&location, &ctx).await;
-    let previous = location.status.as_ref().and_then(|s| s.phase);
-    let mut status = location.status.clone().unwrap_or_default();
-    status.last_validation_time = Some(Time(jiff::Timestamp::now()));
-    match &checked {
-        Ok(()) => {
-            status.phase = Some(LocationPhase::Available);
-            status.message = None;
-        }
-        Err(message) => {
-            status.phase = Some(LocationPhase::Unavailable);
-            status.message = Some(message.clone());
-            if previous != Some(LocationPhase::Unavailable) {
-                ctx.event(
-                    location.as_ref(),
-                    EventType::Warning,
-                    "LocationUnavailable",
-                    message.clone(),
-                )
-                .await;
-            }
-        }
-    }
+    let mut status =
+        checked_status(&ctx, location.as_ref(), location.status.clone(), &checked).await;
     if checked.is_ok() {
         match sync(&location, &ctx).await {
             Ok(()) => status.last_synced_time = Some(Time(jiff::Timestamp::now())),
@@ -65,6 +45,42 @@ pub async fn reconcile(location: Arc<BackupStorageLocation>, ctx: Arc<Context>) 
     }
     ctx.apply_status(location.as_ref(), &status).await?;
     Ok(Action::requeue(validation_period.min(sync_period)))
+}
+
+/// A location's status after a check: Available, or Unavailable with what is wrong (and an Event
+/// when it just became so). Storage and snapshot locations alike.
+pub(crate) async fn checked_status<K>(
+    ctx: &Context,
+    location: &K,
+    status: Option<LocationStatus>,
+    checked: &Result<(), String>,
+) -> LocationStatus
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    let mut status = status.unwrap_or_default();
+    let previous = status.phase;
+    status.last_validation_time = Some(Time(jiff::Timestamp::now()));
+    match checked {
+        Ok(()) => {
+            status.phase = Some(LocationPhase::Available);
+            status.message = None;
+        }
+        Err(message) => {
+            status.phase = Some(LocationPhase::Unavailable);
+            status.message = Some(message.clone());
+            if previous != Some(LocationPhase::Unavailable) {
+                ctx.event(
+                    location,
+                    EventType::Warning,
+                    "LocationUnavailable",
+                    message.clone(),
+                )
+                .await;
+            }
+        }
+    }
+    status
 }
 
 /// Ok when the bucket answers with these credentials; otherwise what is wrong, in words a user
