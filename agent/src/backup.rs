@@ -580,6 +580,8 @@ impl Walker<'_> {
                         node.links = meta.nlink();
                         node.device = meta.dev();
                         self.summary.files_unmodified += 1;
+                        self.summary.total_files += 1;
+                        self.summary.total_bytes += meta.len();
                         self.tracker.file_done(meta.len());
                         pending.nodes.push(node);
                         continue;
@@ -650,6 +652,8 @@ impl Walker<'_> {
                         } else {
                             self.summary.files_changed += 1;
                         }
+                        self.summary.total_files += 1;
+                        self.summary.total_bytes += size;
                         dir.nodes[file.node].content = content;
                         dir.nodes[file.node].size = size;
                     }

@@ -188,6 +188,14 @@ fn an_incremental_backup_reads_no_unchanged_file(backend_kind: &str, name: &str)
     }
     let first = backup(&repo, &source);
     assert_eq!(first.snapshot.summary.files_new, 50);
+    let source_bytes: u64 = (0..50).map(|i| 10_000 + i).sum();
+    assert_eq!(
+        (
+            first.snapshot.summary.total_files,
+            first.snapshot.summary.total_bytes
+        ),
+        (50, source_bytes)
+    );
 
     let second = backup(&repo, &source);
     let summary = &second.snapshot.summary;
@@ -214,6 +222,11 @@ fn an_incremental_backup_reads_no_unchanged_file(backend_kind: &str, name: &str)
             third.bytes_read
         ),
         (1, 49, 7)
+    );
+    // The totals count every file, read again or not.
+    assert_eq!(
+        (third.total_files, third.total_bytes),
+        (50, source_bytes - 10_001 + 7)
     );
 
     // Without a parent, everything is read again (but nothing new is stored).

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ferry_protocol::agent::v1::agent_client::AgentClient;
 use ferry_protocol::agent::v1::{
-    BackupVolumeRequest, Repository, RestoreVolumeRequest, TaskResult, task_update,
+    BackupVolumeRequest, Progress, Repository, RestoreVolumeRequest, TaskResult, task_update,
 };
 use ferry_protocol::agent::{
     ADDRESS_ANNOTATION, AGENT_TLS_SECRET, CONTROLLER_TLS_SECRET, TlsCredentials, issue_credentials,
@@ -34,9 +34,12 @@ const PASSWORD_KEY: &str = "password";
 /// How an agent's task is doing, as far as this controller process knows.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TaskState {
-    Running,
+    /// Started; the agent's latest progress report, once it sent one.
+    Running(Option<Progress>),
     Done(TaskResult),
-    /// The agent cannot start yet (the kubelet has not mounted the volume): not an attempt.
+    /// The agent cannot start yet (the kubelet has not mounted the volume; the agent is restarting
+    /// and cannot be reached while its Lease is still fresh; an earlier attempt still runs there):
+    /// not an attempt.
     NotReady(String),
     /// The attempt failed; `retryable` when another attempt may succeed (an agent restarted, the
     /// network failed) rather than the request being wrong.
@@ -255,15 +258,24 @@ pub async fn start_task(ctx: &Context, task_id: &str, node: &str, request: Agent
         Ok(tls) => tls,
         Err(error) => return tasks.set(task_id, failed(error.to_string(), true)),
     };
-    tasks.set(task_id, TaskState::Running);
+    tasks.set(task_id, TaskState::Running(None));
     let task_id = task_id.to_owned();
     tokio::spawn(async move {
-        let state = match run_task(&address, tls, request).await {
+        let report = |progress| tasks.set(&task_id, TaskState::Running(Some(progress)));
+        let state = match run_task(&address, tls, request, report).await {
             Ok(result) => TaskState::Done(result),
-            Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+            Err(TaskError::Unreachable(error)) => {
+                TaskState::NotReady(format!("agent at {address} unreachable: {error}"))
+            }
+            Err(TaskError::Status(status))
+                if matches!(
+                    status.code(),
+                    tonic::Code::FailedPrecondition | tonic::Code::AlreadyExists
+                ) =>
+            {
                 TaskState::NotReady(format!("agent at {address}: {}", status.message()))
             }
-            Err(status) => {
+            Err(TaskError::Status(status)) => {
                 let retryable = matches!(
                     status.code(),
                     tonic::Code::Unavailable
@@ -283,11 +295,27 @@ pub async fn start_task(ctx: &Context, task_id: &str, node: &str, request: Agent
     });
 }
 
+/// Why a task's attempt ended without a result.
+enum TaskError {
+    /// No connection: the agent is down or restarting. While its Lease is fresh it may be back
+    /// soon, so this is not an attempt; once the Lease expires, [`agent_address`] fails instead.
+    Unreachable(tonic::transport::Error),
+    /// The agent refused the task or failed it, or the stream broke off.
+    Status(tonic::Status),
+}
+
+impl From<tonic::Status> for TaskError {
+    fn from(status: tonic::Status) -> Self {
+        TaskError::Status(status)
+    }
+}
+
 async fn run_task(
     address: &str,
     tls: TlsCredentials,
     request: AgentRequest,
-) -> std::result::Result<TaskResult, tonic::Status> {
+    report: impl Fn(Progress),
+) -> std::result::Result<TaskResult, TaskError> {
     let channel = tonic::transport::Channel::from_shared(format!("https://{address}"))
         .map_err(|error| tonic::Status::invalid_argument(error.to_string()))?
         .tls_config(tls.client_config())
@@ -295,7 +323,7 @@ async fn run_task(
         .connect_timeout(Duration::from_secs(10))
         .connect()
         .await
-        .map_err(|error| tonic::Status::unavailable(format!("connecting: {error}")))?;
+        .map_err(TaskError::Unreachable)?;
     let mut client = AgentClient::new(channel);
     let mut stream = match request {
         AgentRequest::Backup(request) => client.backup_volume(request).await?,
@@ -303,11 +331,11 @@ async fn run_task(
     }
     .into_inner();
     while let Some(update) = stream.message().await? {
-        if let Some(task_update::Update::Result(result)) = update.update {
-            return Ok(result);
+        match update.update {
+            Some(task_update::Update::Result(result)) => return Ok(result),
+            Some(task_update::Update::Progress(progress)) => report(progress),
+            None => {}
         }
     }
-    Err(tonic::Status::unavailable(
-        "the agent ended the task without a result",
-    ))
+    Err(tonic::Status::unavailable("the agent ended the task without a result").into())
 }

@@ -311,7 +311,7 @@ async fn run(backup: &Backup, ctx: &Context) -> Result<Phase> {
     ));
     let transfer = backup_transfer(backup);
     volumes::follow_pod_volumes(ctx, &plan.location, &transfer, &mut records).await?;
-    count_snapshots(&mut status, &records);
+    count_volumes(ctx, &mut status, &records);
     run.log.push(format!(
         "backed up {} items, {} warnings, {} errors",
         run.done,
@@ -363,7 +363,9 @@ async fn run(backup: &Backup, ctx: &Context) -> Result<Phase> {
     .await
 }
 
-fn count_snapshots(status: &mut BackupStatus, records: &VolumeRecords) {
+/// The status's counts of native snapshots and of the agents' pod volumes.
+fn count_volumes(ctx: &Context, status: &mut BackupStatus, records: &VolumeRecords) {
+    status.pod_volumes = volumes::pod_volume_progress(ctx, records);
     let snapshotted = records.volumes.iter().filter(|r| r.snapshot.is_some());
     status.volume_snapshots_attempted =
         u32::try_from(snapshotted.clone().count()).unwrap_or(u32::MAX);
@@ -480,7 +482,7 @@ async fn follow_volumes(backup: &Backup, ctx: &Context) -> Result<Action> {
     let done = snapshots_done && pod_volumes_done;
     store.put(&keys.volumes(), gzip_json(&records)?).await?;
     let mut status = backup.status.clone().unwrap_or_default();
-    count_snapshots(&mut status, &records);
+    count_volumes(ctx, &mut status, &records);
     if !done {
         ctx.apply_status(backup, &status).await?;
         return Ok(Action::requeue(POLL_INTERVAL));

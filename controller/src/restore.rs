@@ -162,10 +162,12 @@ async fn follow_volumes(restore: &Restore, ctx: &Context) -> Result<Action> {
     store
         .put(&keys.volumes(), crate::gzip_json(&records)?)
         .await?;
+    let mut status = restore.status.clone().unwrap_or_default();
+    status.pod_volumes = volumes::pod_volume_progress(ctx, &records);
     if !done {
+        ctx.apply_status(restore, &status).await?;
         return Ok(Action::requeue(VOLUME_POLL_INTERVAL));
     }
-    let mut status = restore.status.clone().unwrap_or_default();
     let failed: Vec<String> = records
         .volumes
         .iter()
@@ -468,6 +470,7 @@ async fn run(restore: &Restore, ctx: &Context) -> Result<()> {
         plan.store
             .put(&keys.volumes(), crate::gzip_json(&records)?)
             .await?;
+        status.pod_volumes = volumes::pod_volume_progress(ctx, &records);
         status.phase = Some(Phase::WaitingForVolumes);
         status.completion_timestamp = None;
         ctx.apply_status(restore, &status).await?;

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use ferry_protocol::crd::{Backup, VolumeSnapshotLocation};
+use ferry_protocol::crd::{Backup, PodVolumeProgress, VolumeSnapshotLocation};
 use ferry_protocol::volume::{
     ClaimRef, FileSystemBackup, NativeSnapshot, PodVolumeRef, VolumeMethod, VolumePhase,
     VolumeRecord, VolumeRecords,
@@ -669,6 +669,38 @@ pub fn pod_volume_records(
         .collect()
 }
 
+/// How long a pod volume task may wait for its volume to be mounted, or its agent to be reachable,
+/// before the volume fails.
+const NOT_READY_LIMIT: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+
+/// How the node agents' tasks of `records` are doing, for the resource's status; `None` when no
+/// volume goes through the agents.
+pub fn pod_volume_progress(ctx: &Context, records: &VolumeRecords) -> Option<PodVolumeProgress> {
+    let mut progress = PodVolumeProgress::default();
+    for record in &records.volumes {
+        let Some(fs) = &record.file_system else {
+            continue;
+        };
+        progress.total += 1;
+        match record.phase {
+            VolumePhase::Completed => {
+                progress.completed += 1;
+                progress.bytes_done += fs.bytes;
+                progress.bytes_total += fs.bytes;
+            }
+            VolumePhase::Failed => progress.failed += 1,
+            _ => {
+                if let Some(TaskState::Running(Some(running))) = ctx.agent_tasks.state(&fs.task_id)
+                {
+                    progress.bytes_done += running.bytes_done;
+                    progress.bytes_total += running.bytes_total;
+                }
+            }
+        }
+    }
+    (progress.total > 0).then_some(progress)
+}
+
 /// Which way a pod volume's data goes.
 #[derive(Debug, Clone)]
 pub enum Transfer {
@@ -697,9 +729,15 @@ pub async fn follow_pod_volumes(
         }
         let state = ctx.agent_tasks.state(&fs.task_id);
         match state {
-            Some(TaskState::Running) => continue,
+            Some(TaskState::Running(progress)) => {
+                if progress.is_some() {
+                    fs.waiting_since = None;
+                }
+                continue;
+            }
             Some(TaskState::Done(result)) => {
                 ctx.agent_tasks.forget(&fs.task_id);
+                fs.waiting_since = None;
                 fs.snapshot_id = Some(result.snapshot_id);
                 fs.files = result.files;
                 fs.bytes = result.bytes;
@@ -715,9 +753,20 @@ pub async fn follow_pod_volumes(
                 continue;
             }
             Some(TaskState::NotReady(message)) => {
-                // Waiting for the kubelet is not a failed attempt.
+                // Waiting for the kubelet, or for an agent to come back, is not a failed attempt;
+                // but a wait has its limit.
                 ctx.agent_tasks.forget(&fs.task_id);
                 fs.attempts = fs.attempts.saturating_sub(1);
+                let now = jiff::Timestamp::now().as_second();
+                let since = *fs.waiting_since.get_or_insert(now);
+                if now - since > NOT_READY_LIMIT.as_secs() as i64 {
+                    record.phase = VolumePhase::Failed;
+                    record.message = Some(format!(
+                        "waited {} minutes for it to be ready: {message}",
+                        NOT_READY_LIMIT.as_secs() / 60
+                    ));
+                    continue;
+                }
                 tracing::debug!(message = "a pod volume is not ready yet", task = %fs.task_id, %message);
             }
             Some(TaskState::Failed { message, retryable }) => {

@@ -127,6 +127,20 @@ pub struct Progress {
     pub items_done: u64,
 }
 
+/// How the node agents' file-level transfers of a Backup's or Restore's pod volumes are doing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodVolumeProgress {
+    /// Pod volumes handed to the agents.
+    pub total: u32,
+    pub completed: u32,
+    pub failed: u32,
+    /// Bytes read (backup) or written (restore) so far, over the volumes running and completed.
+    pub bytes_done: u64,
+    /// The size of those volumes, as far as the agents have measured them.
+    pub bytes_total: u64,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BackupStatus {
@@ -141,6 +155,9 @@ pub struct BackupStatus {
     pub warnings: u32,
     #[serde(default)]
     pub errors: u32,
+    /// The node agents' file-level backups of pod volumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_volumes: Option<PodVolumeProgress>,
     /// Native volume snapshots started.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub volume_snapshots_attempted: u32,
@@ -253,6 +270,9 @@ pub struct RestoreStatus {
     pub phase: Option<Phase>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
+    /// The node agents' restores of pod volumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_volumes: Option<PodVolumeProgress>,
     #[serde(default)]
     pub warnings: u32,
     #[serde(default)]

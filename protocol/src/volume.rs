@@ -117,6 +117,10 @@ pub struct FileSystemBackup {
     /// A restore into a volume that holds data already: fetch only what differs.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub in_place: bool,
+    /// Since when (Unix seconds) the task has waited for its agent or volume to be ready, while it
+    /// waits: a wait that lasts too long fails the volume rather than hold the backup for ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_since: Option<i64>,
 }
 
 impl VolumeRecord {

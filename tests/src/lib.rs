@@ -9,15 +9,18 @@
 //! - [`TestNamespace`]: a fresh namespace, deleted when dropped;
 //! - [`BucketPrefix`]: a fresh prefix in the test bucket, emptied when dropped;
 //! - [`RunningController`]: Ferry's controller in the test process, on a namespace of its own;
+//! - [`RunningAgent`]: Ferry's node agent as a `ferry agent` process for one [`FakeKubelet`];
 //! - [`FakeKubelet`]: there is no kubelet in the environment, so tests play its part: a kubelet
 //!   root directory with a volume directory per pod UID, Node objects, and pod bindings.
 
+mod agent;
 mod controller;
 mod env;
 mod kubelet;
 mod namespace;
 mod s3;
 
+pub use agent::{RunningAgent, ferry_binary, issue_agent_credentials};
 pub use controller::{
     CREDENTIALS_SECRET, HasPhase, RunningController, create_object, finished, summary,
 };

@@ -1,4 +1,5 @@
-//! The node agent against the test API server and MinIO, with the harness playing the kubelet: it
+//! The node agent (a `ferry agent` process per fake node) against the test API server and MinIO,
+//! with the harness playing the kubelet and the scheduler: it
 //! answers only a client holding the controller's certificate; it finds a pod volume by
 //! (namespace, pod, volume) under its own kubelet root and refuses anything else; it backs the
 //! volume up into a repository (symlinks as symlinks, never followed; the second backup
@@ -12,17 +13,14 @@ use ferry_protocol::agent::v1::{
     BackupVolumeRequest, GetInfoRequest, PodVolume, Repository, RestoreVolumeRequest, TaskResult,
     task_update,
 };
-use ferry_protocol::agent::{
-    ADDRESS_ANNOTATION, AGENT_SERVER_NAME, AGENT_TLS_SECRET, TlsCredentials, issue_credentials,
-    lease_name,
-};
+use ferry_protocol::agent::{ADDRESS_ANNOTATION, AGENT_SERVER_NAME, issue_credentials, lease_name};
 use ferry_protocol::crd::Phase;
 use ferry_protocol::layout::BackupKeys;
 use ferry_protocol::volume::{VolumeMethod, VolumePhase, VolumeRecords};
 use ferry_tests::{
-    BucketPrefix, CONVERGENCE_TIMEOUT, FakeKubelet, HasPhase, RunningController, TestEnv,
-    TestNamespace, create_object, delete_namespace_and_wait, delete_pv_and_wait, summary,
-    unique_name, wait_bound,
+    BucketPrefix, CONVERGENCE_TIMEOUT, FakeKubelet, HasPhase, RunningAgent, RunningController,
+    TestEnv, TestNamespace, create_object, delete_namespace_and_wait, delete_pv_and_wait,
+    issue_agent_credentials, summary, unique_name, wait_bound,
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -30,71 +28,25 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
-/// An agent serving one fake node, in this process.
-struct RunningAgent {
-    address: String,
-    kubelet: FakeKubelet,
-    task: tokio::task::JoinHandle<Result<(), String>>,
-}
-
-impl RunningAgent {
-    async fn start(client: &Client, namespace: &str, tls: &TlsCredentials) -> RunningAgent {
-        ferry_protocol::tls::install_crypto_provider();
-        let kubelet = FakeKubelet::start(client, &unique_name("node")).await;
-        std::fs::create_dir_all(kubelet.root().join("pods")).unwrap();
-        // A free port: bound, noted, released for the agent to bind.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let address = format!("127.0.0.1:{port}");
-        let config = ferry_agent::daemon::AgentConfig {
-            settings: ferry_agent::daemon::AgentSettings {
-                node_name: kubelet.node_name().to_owned(),
-                pods_dir: kubelet.root().join("pods"),
-                max_tasks: 2,
-            },
-            namespace: namespace.to_owned(),
-            listen: address.parse().unwrap(),
-            advertise: address.clone(),
-            tls: tls.clone(),
-        };
-        let task = tokio::spawn(ferry_agent::daemon::run(
-            client.clone(),
-            config,
-            std::future::pending(),
-        ));
-        RunningAgent {
-            address,
-            kubelet,
-            task,
-        }
-    }
-
-    async fn connect(&self, tls: ClientTlsConfig) -> Result<AgentClient<Channel>, String> {
-        let endpoint = Channel::from_shared(format!("https://{}", self.address))
-            .unwrap()
-            .tls_config(tls)
-            .map_err(|e| e.to_string())?
-            .connect_timeout(Duration::from_secs(5));
-        // The server may still be binding its port.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            match endpoint.connect().await {
-                Ok(channel) => return Ok(AgentClient::new(channel)),
-                Err(error) if tokio::time::Instant::now() >= deadline => {
-                    return Err(format!("{error:?}"));
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+/// Connects to `agent` with `tls`, retrying while it may still be binding its port.
+async fn connect(
+    agent: &RunningAgent,
+    tls: ClientTlsConfig,
+) -> Result<AgentClient<Channel>, String> {
+    let endpoint = Channel::from_shared(format!("https://{}", agent.address()))
+        .unwrap()
+        .tls_config(tls)
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(5));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match endpoint.connect().await {
+            Ok(channel) => return Ok(AgentClient::new(channel)),
+            Err(error) if tokio::time::Instant::now() >= deadline => {
+                return Err(format!("{error:?}"));
             }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
-    }
-}
-
-impl Drop for RunningAgent {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
@@ -205,8 +157,7 @@ async fn the_agent_answers_only_the_controller_and_says_where_it_is() {
     let credentials = issue_credentials().unwrap();
     let agent = RunningAgent::start(&client, namespace.name(), &credentials.agent).await;
 
-    let mut controller = agent
-        .connect(credentials.controller.client_config())
+    let mut controller = connect(&agent, credentials.controller.client_config())
         .await
         .expect("the controller connects");
     let info = controller
@@ -222,7 +173,7 @@ async fn the_agent_answers_only_the_controller_and_says_where_it_is() {
     let anonymous = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&credentials.agent.ca_cert))
         .domain_name(AGENT_SERVER_NAME);
-    let refused = match agent.connect(anonymous).await {
+    let refused = match connect(&agent, anonymous).await {
         Ok(mut client) => client.get_info(GetInfoRequest {}).await.is_err(),
         Err(_) => true,
     };
@@ -236,7 +187,7 @@ async fn the_agent_answers_only_the_controller_and_says_where_it_is() {
             &stranger.controller.key,
         ))
         .domain_name(AGENT_SERVER_NAME);
-    let refused = match agent.connect(impostor).await {
+    let refused = match connect(&agent, impostor).await {
         Ok(mut client) => client.get_info(GetInfoRequest {}).await.is_err(),
         Err(_) => true,
     };
@@ -261,8 +212,9 @@ async fn the_agent_answers_only_the_controller_and_says_where_it_is() {
             .metadata
             .annotations
             .unwrap_or_default()
-            .get(ADDRESS_ANNOTATION),
-        Some(&agent.address)
+            .get(ADDRESS_ANNOTATION)
+            .map(String::as_str),
+        Some(agent.address())
     );
     let spec = lease.spec.unwrap();
     assert_eq!(
@@ -282,8 +234,7 @@ async fn pod_volumes_are_backed_up_and_restored_through_the_agent() {
     let credentials = issue_credentials().unwrap();
     let agent = RunningAgent::start(&client, ferry_namespace.name(), &credentials.agent).await;
     let other_node = FakeKubelet::start(&client, &unique_name("node")).await;
-    let mut controller = agent
-        .connect(credentials.controller.client_config())
+    let mut controller = connect(&agent, credentials.controller.client_config())
         .await
         .unwrap();
     let store = BucketPrefix::new(env, "agent-repo");
@@ -421,23 +372,6 @@ async fn pod_volumes_are_backed_up_and_restored_through_the_agent() {
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
 }
 
-/// The agents' credentials as the controller issued them into the Secret the DaemonSet mounts.
-async fn issued_agent_credentials(ferry: &RunningController) -> TlsCredentials {
-    let ctx = ferry_controller::Context::new(ferry.client.clone(), ferry.namespace.name());
-    ferry_controller::agents::controller_credentials(&ctx)
-        .await
-        .unwrap();
-    let secret = Api::<Secret>::namespaced(ferry.client.clone(), ferry.namespace.name())
-        .get(AGENT_TLS_SECRET)
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    for (key, value) in secret.data.unwrap() {
-        std::fs::write(dir.path().join(key), value.0).unwrap();
-    }
-    TlsCredentials::read_dir(dir.path()).unwrap()
-}
-
 /// The volume records a backup wrote.
 async fn records(ferry: &RunningController, backup: &str) -> VolumeRecords {
     let key = BackupKeys::new(None, backup).volumes();
@@ -448,7 +382,7 @@ async fn records(ferry: &RunningController, backup: &str) -> VolumeRecords {
 async fn a_backup_hands_pod_volumes_to_the_agents_of_their_nodes() {
     let ferry = RunningController::start_with_location("agents-backup").await;
     let client = ferry.client.clone();
-    let tls = issued_agent_credentials(&ferry).await;
+    let tls = issue_agent_credentials(&ferry).await;
     let agent_a = RunningAgent::start(&client, ferry.namespace.name(), &tls).await;
     let mut agent_b = RunningAgent::start(&client, ferry.namespace.name(), &tls).await;
 
@@ -656,6 +590,22 @@ async fn a_backup_hands_pod_volumes_to_the_agents_of_their_nodes() {
         expected_data,
         "the claim's volume came back different"
     );
+    let restored_volumes = restore
+        .status
+        .as_ref()
+        .unwrap()
+        .pod_volumes
+        .clone()
+        .unwrap();
+    assert_eq!(
+        (restored_volumes.total, restored_volumes.completed),
+        (2, 2),
+        "{restored_volumes:?}"
+    );
+    assert!(
+        restored_volumes.bytes_done >= 2 * 1024 * 1024,
+        "{restored_volumes:?}"
+    );
     let marker = format!("{}.done", restore.uid().unwrap());
     for volume in [&restored_cache, &restored_data] {
         assert!(
@@ -695,27 +645,62 @@ async fn a_backup_hands_pod_volumes_to_the_agents_of_their_nodes() {
         downloaded.bytes_uploaded
     );
 
-    // An agent that dies: its volume is tried again, then failed with the reason; never stuck.
-    agent_b.task.abort();
-    let _ = (&mut agent_b.task).await;
-    let third = ferry
-        .backup("b3", json!({"includedNamespaces": [ns]}))
+    // The agent is killed in the middle of a backup and comes back, as a DaemonSet pod would:
+    // the volume is tried again, and the backup completes.
+    std::fs::write(
+        restored_data.join("bulk.bin"),
+        pseudo_random(64 * 1024 * 1024, 17),
+    )
+    .unwrap();
+    let started = agent_b.log().matches("task started").count();
+    ferry
+        .create(json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "Backup",
+                       "metadata": {"name": "b3"}, "spec": {"includedNamespaces": [ns]}}))
+        .await;
+    agent_b.wait_for_log("task started", started + 1).await;
+    agent_b.kill();
+    let ended = agent_b.log().matches("task ended").count();
+    assert_eq!(
+        ended,
+        started,
+        "the backup ended before the agent was killed; give it more data:\n{}",
+        agent_b.log()
+    );
+    agent_b.restart().await;
+    let third = ferry_tests::finished(&ferry.backups(), "b3").await;
+    assert_eq!(third.phase(), Some(Phase::Completed), "{}", summary(&third));
+    let retried = by_volume(&records(&ferry, "b3").await, "data");
+    assert_eq!(retried.phase, VolumePhase::Completed, "{retried:?}");
+    assert!(
+        retried.file_system.as_ref().unwrap().attempts >= 2,
+        "the killed attempt was not counted: {retried:?}"
+    );
+    let progress = third.status.unwrap().pod_volumes.unwrap();
+    assert_eq!((progress.total, progress.completed), (2, 2), "{progress:?}");
+    assert!(progress.bytes_done >= 64 * 1024 * 1024, "{progress:?}");
+
+    // An agent that is gone for good: once its Lease expires, its volume is tried again, then
+    // failed with the reason; the backup is never stuck, and the rest of it completes.
+    agent_b.kill();
+    let fourth = ferry
+        .backup("b4", json!({"includedNamespaces": [ns]}))
         .await;
     assert_eq!(
-        third.phase(),
+        fourth.phase(),
         Some(Phase::PartiallyFailed),
         "{}",
-        summary(&third)
+        summary(&fourth)
     );
-    let reason = third.status.unwrap().failure_reason.unwrap_or_default();
+    let reason = fourth.status.unwrap().failure_reason.unwrap_or_default();
     assert!(
-        reason.contains(&pv_name) && reason.contains("3 attempts"),
+        reason.contains(&pv_name) && reason.contains("3 attempts") && reason.contains("Lease"),
         "{reason}"
     );
     assert_eq!(
-        by_volume(&records(&ferry, "b3").await, "cache").phase,
+        by_volume(&records(&ferry, "b4").await, "cache").phase,
         VolumePhase::Completed
     );
+    // Killed writers leave the repository consistent: every snapshot and pack checks clean.
     let report = in_repository(&fs.repository, password, |repository| {
         ferry_agent::check(repository, &Default::default()).unwrap()
     })

@@ -68,9 +68,11 @@ impl AgentService {
     }
 
     /// Runs `work` on a blocking thread once a slot is free, streaming its progress and result.
+    /// `what` names the task in the agent's log.
     fn spawn_task<F>(
         &self,
         task_id: String,
+        what: String,
         work: F,
     ) -> Result<ReceiverStream<Result<TaskUpdate, Status>>, Status>
     where
@@ -100,6 +102,7 @@ impl AgentService {
         tokio::spawn(async move {
             let outcome = match slots.acquire_owned().await {
                 Ok(permit) => {
+                    tracing::info!(message = "task started", task = %task_id, %what);
                     let sender = updates.clone();
                     let cancel = cancel.clone();
                     let joined = tokio::task::spawn_blocking(move || {
@@ -115,6 +118,24 @@ impl AgentService {
                 Err(_) => Err(Status::unavailable("the agent is shutting down")),
             };
             running.lock().expect("task registry").remove(&task_id);
+            match &outcome {
+                Ok(result) => tracing::info!(
+                    message = "task ended",
+                    task = %task_id,
+                    %what,
+                    snapshot = %result.snapshot_id,
+                    files = result.files,
+                    bytes = result.bytes,
+                    bytes_transferred = result.bytes_transferred,
+                    file_errors = result.errors.len()
+                ),
+                Err(error) => tracing::warn!(
+                    message = "task failed",
+                    task = %task_id,
+                    %what,
+                    error = %error.message()
+                ),
+            }
             let last = outcome.map(|result| TaskUpdate {
                 update: Some(task_update::Update::Result(result)),
             });
@@ -155,7 +176,11 @@ impl Agent for AgentService {
             volume.namespace, volume.pod, volume.volume
         );
         let node = self.settings.node_name.clone();
-        let stream = self.spawn_task(request.task_id, move |cancel, updates| {
+        let what = format!(
+            "backup of volume {} of pod {}/{}",
+            volume.volume, volume.namespace, volume.pod
+        );
+        let stream = self.spawn_task(request.task_id, what, move |cancel, updates| {
             let repo = open_repository(&spec, true)?;
             // The parent is the latest snapshot of the same pod volume: its pod UID, and so its
             // path on the node, change whenever the pod is recreated.
@@ -199,7 +224,7 @@ impl Agent for AgentService {
         request: Request<RestoreVolumeRequest>,
     ) -> Result<Response<Self::RestoreVolumeStream>, Status> {
         let request = request.into_inner();
-        let (_, dir) = self.resolve(request.volume).await?;
+        let (volume, dir) = self.resolve(request.volume).await?;
         let spec = request
             .repository
             .ok_or_else(|| Status::invalid_argument("no repository named"))?;
@@ -209,7 +234,15 @@ impl Agent for AgentService {
                 request.marker
             )));
         }
-        let stream = self.spawn_task(request.task_id, move |cancel, updates| {
+        let what = format!(
+            "restore of snapshot {} into volume {} of pod {}/{}{}",
+            request.snapshot_id,
+            volume.volume,
+            volume.namespace,
+            volume.pod,
+            if request.in_place { ", in place" } else { "" }
+        );
+        let stream = self.spawn_task(request.task_id, what, move |cancel, updates| {
             let repo = open_repository(&spec, false)?;
             let errors = Arc::new(Mutex::new(Vec::new()));
             let options = RestoreOptions {

@@ -1,0 +1,219 @@
+//! Ferry's node agent as the DaemonSet runs it: one `ferry agent` process per fake node, with its
+//! own kubelet root, its certificates in a directory as the Secret would be mounted, and its log
+//! in a file the test can read. A test kills it as a node failure or an OOM kill would, and
+//! restarts it as the DaemonSet would.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use ferry_protocol::agent::{AGENT_TLS_SECRET, TlsCredentials};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, Client};
+use tempfile::TempDir;
+
+use crate::{CONVERGENCE_TIMEOUT, FakeKubelet, RunningController, TestEnv, unique_name};
+
+/// The log line an agent writes once it serves (agent/src/daemon/mod.rs).
+const SERVING: &str = "agent serving";
+
+/// The `ferry` binary that `cargo test --workspace` builds next to the test executables, or
+/// `FERRY_BIN`.
+pub fn ferry_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("FERRY_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the test executable's path");
+    // Test executables live in <target>/debug/deps, benchmark binaries in <target>/debug.
+    let binary = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join("ferry"))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "no ferry binary next to {}: run the tests with `cargo test --workspace` (which \
+                 builds it), or set FERRY_BIN to its path",
+                exe.display()
+            )
+        });
+    assert_not_stale(&binary);
+    binary
+}
+
+/// `cargo test --test <name>` builds no binary of another package: a `ferry` older than the
+/// newest build of Ferry's libraries would test yesterday's agent.
+fn assert_not_stale(binary: &std::path::Path) {
+    let modified = |path: &std::path::Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let Some(built) = modified(binary) else {
+        return;
+    };
+    let deps = binary.with_file_name("deps");
+    let newest_library = std::fs::read_dir(&deps)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            [
+                "libferry_agent-",
+                "libferry_controller-",
+                "libferry_protocol-",
+            ]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+                && name.ends_with(".rlib")
+        })
+        .filter_map(|entry| modified(&entry.path()))
+        .max();
+    if newest_library.is_some_and(|library| library > built) {
+        panic!(
+            "{} is older than Ferry's libraries: rebuild it with `cargo build --workspace --tests` \
+             (or run `cargo test --workspace`), or set FERRY_BIN",
+            binary.display()
+        );
+    }
+}
+
+/// A `ferry agent` process serving one fake node; killed when dropped.
+pub struct RunningAgent {
+    pub kubelet: FakeKubelet,
+    address: String,
+    namespace: String,
+    /// The certificates (`tls/`) and the log (`agent.log`).
+    files: TempDir,
+    child: Option<Child>,
+}
+
+impl RunningAgent {
+    /// Starts an agent for a new node, keeping its Lease in `namespace`, and waits until it
+    /// serves.
+    pub async fn start(client: &Client, namespace: &str, tls: &TlsCredentials) -> RunningAgent {
+        let kubelet = FakeKubelet::start(client, &unique_name("node")).await;
+        std::fs::create_dir_all(kubelet.root().join("pods")).expect("the kubelet's pods dir");
+        let files = tempfile::Builder::new()
+            .prefix("ferry-agent-")
+            .tempdir()
+            .expect("the agent's directory");
+        let tls_dir = files.path().join("tls");
+        std::fs::create_dir(&tls_dir).expect("the certificate directory");
+        for (name, content) in tls.to_files() {
+            std::fs::write(tls_dir.join(name), content).expect("a certificate file");
+        }
+        // A free port: bound, noted, released for the agent to bind.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let mut agent = RunningAgent {
+            kubelet,
+            address: format!("127.0.0.1:{port}"),
+            namespace: namespace.to_owned(),
+            files,
+            child: None,
+        };
+        agent.spawn();
+        agent.wait_for_log(SERVING, 1).await;
+        agent
+    }
+
+    /// Where the agent listens (and what its Lease advertises).
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The agent's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kills the agent with SIGKILL, as an OOM kill or a node failure would: nothing is cleaned
+    /// up, its Lease stays until it expires.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the agent again on the same node and address, as the DaemonSet restarts a pod, and
+    /// waits until it serves.
+    pub async fn restart(&mut self) {
+        self.kill();
+        let started = self.log().matches(SERVING).count();
+        self.spawn();
+        self.wait_for_log(SERVING, started + 1).await;
+    }
+
+    /// Everything the agent (and its earlier incarnations) logged.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Waits until `needle` occurs `count` times in the agent's log.
+    pub async fn wait_for_log(&self, needle: &str, count: usize) {
+        let deadline = tokio::time::Instant::now() + CONVERGENCE_TIMEOUT;
+        while self.log().matches(needle).count() < count {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the agent did not log {needle:?} {count} times; its log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.files.path().join("agent.log")
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("the agent's log file");
+        let child = Command::new(ferry_binary())
+            .arg("agent")
+            .env("KUBECONFIG", TestEnv::get().kubeconfig_path())
+            .env("NODE_NAME", self.kubelet.node_name())
+            .env("FERRY_NAMESPACE", &self.namespace)
+            .env("FERRY_PODS_DIR", self.kubelet.root().join("pods"))
+            .env("FERRY_AGENT_LISTEN", &self.address)
+            .env("FERRY_AGENT_ADVERTISE", &self.address)
+            .env("FERRY_AGENT_TLS_DIR", self.files.path().join("tls"))
+            .env("FERRY_AGENT_MAX_TASKS", "2")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("the log file"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|error| panic!("starting {}: {error}", ferry_binary().display()));
+        self.child = Some(child);
+    }
+}
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The agents' credentials as `controller` issues them into the Secret the DaemonSet mounts.
+pub async fn issue_agent_credentials(controller: &RunningController) -> TlsCredentials {
+    let ctx =
+        ferry_controller::Context::new(controller.client.clone(), controller.namespace.name());
+    ferry_controller::agents::controller_credentials(&ctx)
+        .await
+        .expect("issuing the agent API certificates");
+    let secret = Api::<Secret>::namespaced(controller.client.clone(), controller.namespace.name())
+        .get(AGENT_TLS_SECRET)
+        .await
+        .expect("the agents' certificate Secret");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    for (key, value) in secret.data.unwrap_or_default() {
+        std::fs::write(dir.path().join(key), value.0).expect("a certificate file");
+    }
+    TlsCredentials::read_dir(dir.path()).expect("the issued certificates")
+}
