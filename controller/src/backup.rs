@@ -132,7 +132,7 @@ async fn fail(backup: &Backup, ctx: &Context, reason: &str) -> Result<()> {
     let mut status = backup.status.clone().unwrap_or_default();
     status.phase = Some(Phase::Failed);
     status.failure_reason = Some(reason.to_owned());
-    status.completion_timestamp = Some(now());
+    status.completion_timestamp = Some(now(ctx));
     ctx.apply_status(backup, &status).await?;
     ctx.event(
         backup,
@@ -144,8 +144,8 @@ async fn fail(backup: &Backup, ctx: &Context, reason: &str) -> Result<()> {
     Ok(())
 }
 
-fn now() -> Time {
-    Time(jiff::Timestamp::now())
+fn now(ctx: &Context) -> Time {
+    Time(ctx.now())
 }
 
 /// What a valid spec resolves to.
@@ -246,7 +246,7 @@ async fn run(backup: &Backup, ctx: &Context) -> Result<Phase> {
             let status = BackupStatus {
                 phase: Some(Phase::FailedValidation),
                 validation_errors: problems.clone(),
-                completion_timestamp: Some(now()),
+                completion_timestamp: Some(now(ctx)),
                 ..Default::default()
             };
             ctx.apply_status(backup, &status).await?;
@@ -260,7 +260,7 @@ async fn run(backup: &Backup, ctx: &Context) -> Result<Phase> {
             return Ok(Phase::FailedValidation);
         }
     };
-    let started = jiff::Timestamp::now();
+    let started = ctx.now();
     let mut status = BackupStatus {
         phase: Some(Phase::InProgress),
         format_version: Some(ARCHIVE_FORMAT_VERSION.to_owned()),
@@ -398,7 +398,7 @@ async fn finish(
     status.phase = Some(phase);
     status.warnings = u32::try_from(results.warnings.len()).unwrap_or(u32::MAX);
     status.errors = u32::try_from(results.errors.len()).unwrap_or(u32::MAX);
-    status.completion_timestamp = Some(now());
+    status.completion_timestamp = Some(now(ctx));
     let failed_volumes: Vec<String> = records
         .volumes
         .iter()

@@ -28,6 +28,8 @@ pub struct Context {
     running: Mutex<HashSet<String>>,
     /// File-level backups running on the node agents.
     pub agent_tasks: crate::agents::AgentTasks,
+    /// Where schedules, expiry and timestamps read the time.
+    pub clock: crate::Clock,
 }
 
 impl Context {
@@ -42,7 +44,19 @@ impl Context {
             namespace: namespace.to_owned(),
             running: Mutex::new(HashSet::new()),
             agent_tasks: Default::default(),
+            clock: crate::Clock::system(),
         }
+    }
+
+    /// This context with the time read from `clock`.
+    pub fn with_clock(mut self, clock: crate::Clock) -> Context {
+        self.clock = clock;
+        self
+    }
+
+    /// Now, as the context's clock has it.
+    pub fn now(&self) -> jiff::Timestamp {
+        self.clock.now()
     }
 
     /// Marks `key` as running in this process; false when it already is.

@@ -11,6 +11,7 @@ pub mod agents;
 pub mod archive;
 mod aws;
 pub mod backup;
+pub mod clock;
 mod context;
 pub mod ebs;
 mod error;
@@ -32,13 +33,19 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 
+pub use clock::Clock;
 pub use context::Context;
 pub use error::{Error, Result};
 
 /// Runs every reconciler until the process is stopped.
 pub async fn run(client: Client, namespace: String) {
+    run_with_clock(client, namespace, Clock::system()).await
+}
+
+/// [`run`] with the time read from `clock` (tests move a manual one).
+pub async fn run_with_clock(client: Client, namespace: String, clock: Clock) {
     let namespace = namespace.as_str();
-    let ctx = Arc::new(Context::new(client.clone(), namespace));
+    let ctx = Arc::new(Context::new(client.clone(), namespace).with_clock(clock));
     let config = watcher::Config::default();
     let backups = Controller::new(
         Api::<Backup>::namespaced(client.clone(), namespace),

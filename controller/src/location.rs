@@ -37,7 +37,7 @@ pub async fn reconcile(location: Arc<BackupStorageLocation>, ctx: Arc<Context>) 
         checked_status(&ctx, location.as_ref(), location.status.clone(), &checked).await;
     if checked.is_ok() {
         match sync(&location, &ctx).await {
-            Ok(()) => status.last_synced_time = Some(Time(jiff::Timestamp::now())),
+            Ok(()) => status.last_synced_time = Some(Time(ctx.now())),
             Err(error) => {
                 tracing::warn!(message = "syncing backups from the bucket failed", %error, location = %location.name_any())
             }
@@ -60,7 +60,7 @@ where
 {
     let mut status = status.unwrap_or_default();
     let previous = status.phase;
-    status.last_validation_time = Some(Time(jiff::Timestamp::now()));
+    status.last_validation_time = Some(Time(ctx.now()));
     match checked {
         Ok(()) => {
             status.phase = Some(LocationPhase::Available);

@@ -143,7 +143,7 @@ async fn follow_volumes(restore: &Restore, ctx: &Context) -> Result<Action> {
         .as_ref()
         .and_then(|s| s.start_timestamp.as_ref())
         .map_or(0, |t| t.0.as_second());
-    if !done && jiff::Timestamp::now().as_second() - started > VOLUME_WAIT_LIMIT.as_secs() as i64 {
+    if !done && ctx.now().as_second() - started > VOLUME_WAIT_LIMIT.as_secs() as i64 {
         // A pod that is never scheduled, or whose volume is never mounted, must not hold the
         // restore for ever.
         for record in records
@@ -182,7 +182,7 @@ async fn follow_volumes(restore: &Restore, ctx: &Context) -> Result<Action> {
     });
     status.failure_reason =
         (!failed.is_empty()).then(|| format!("volumes not restored: {}", failed.join("; ")));
-    status.completion_timestamp = Some(Time(jiff::Timestamp::now()));
+    status.completion_timestamp = Some(Time(ctx.now()));
     ctx.apply_status(restore, &status).await?;
     let (type_, reason) = match status.phase {
         Some(Phase::Completed) => (EventType::Normal, "RestoreCompleted"),
@@ -208,7 +208,7 @@ async fn fail(restore: &Restore, ctx: &Context, reason: &str) -> Result<()> {
     let mut status = restore.status.clone().unwrap_or_default();
     status.phase = Some(Phase::Failed);
     status.failure_reason = Some(reason.to_owned());
-    status.completion_timestamp = Some(Time(jiff::Timestamp::now()));
+    status.completion_timestamp = Some(Time(ctx.now()));
     ctx.apply_status(restore, &status).await?;
     ctx.event(
         restore,
@@ -384,7 +384,7 @@ async fn run(restore: &Restore, ctx: &Context) -> Result<()> {
             let status = RestoreStatus {
                 phase: Some(Phase::FailedValidation),
                 validation_errors: problems.clone(),
-                completion_timestamp: Some(Time(jiff::Timestamp::now())),
+                completion_timestamp: Some(Time(ctx.now())),
                 ..Default::default()
             };
             ctx.apply_status(restore, &status).await?;
@@ -400,7 +400,7 @@ async fn run(restore: &Restore, ctx: &Context) -> Result<()> {
     };
     let mut status = RestoreStatus {
         phase: Some(Phase::InProgress),
-        start_timestamp: Some(Time(jiff::Timestamp::now())),
+        start_timestamp: Some(Time(ctx.now())),
         progress: Some(Progress::default()),
         ..Default::default()
     };
@@ -451,7 +451,7 @@ async fn run(restore: &Restore, ctx: &Context) -> Result<()> {
     if let Some(progress) = status.progress.as_mut() {
         progress.items_done = results.len() as u64;
     }
-    status.completion_timestamp = Some(Time(jiff::Timestamp::now()));
+    status.completion_timestamp = Some(Time(ctx.now()));
     let keys = RestoreKeys::new(plan.store.prefix(), &restore.name_any());
     plan.store
         .put(&keys.results(), crate::gzip_json(&results)?)

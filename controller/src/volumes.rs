@@ -757,7 +757,7 @@ pub async fn follow_pod_volumes(
                 // but a wait has its limit.
                 ctx.agent_tasks.forget(&fs.task_id);
                 fs.attempts = fs.attempts.saturating_sub(1);
-                let now = jiff::Timestamp::now().as_second();
+                let now = ctx.now().as_second();
                 let since = *fs.waiting_since.get_or_insert(now);
                 if now - since > NOT_READY_LIMIT.as_secs() as i64 {
                     record.phase = VolumePhase::Failed;

@@ -19,6 +19,8 @@ pub struct RunningController {
     /// Where the controller runs and keeps Ferry's resources.
     pub namespace: TestNamespace,
     pub store: BucketPrefix,
+    /// The controller's clock: the system's, or a manual one ([`RunningController::start_with_clock`]).
+    pub clock: ferry_controller::Clock,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -32,6 +34,31 @@ impl RunningController {
 
     /// As [`RunningController::start`], on the cluster `client` talks to.
     pub async fn start_on(client: Client, test: &str, default_location: bool) -> RunningController {
+        RunningController::start_on_with_clock(
+            client,
+            test,
+            default_location,
+            ferry_controller::Clock::system(),
+        )
+        .await
+    }
+
+    /// As [`RunningController::start`], with the controller reading the time from `clock`.
+    pub async fn start_with_clock(
+        test: &str,
+        default_location: bool,
+        clock: ferry_controller::Clock,
+    ) -> RunningController {
+        let client = TestEnv::get().kube_client().await;
+        RunningController::start_on_with_clock(client, test, default_location, clock).await
+    }
+
+    async fn start_on_with_clock(
+        client: Client,
+        test: &str,
+        default_location: bool,
+        clock: ferry_controller::Clock,
+    ) -> RunningController {
         let env = TestEnv::get();
         crate::install_ferry_crds(&client).await;
         let namespace = TestNamespace::create(&client, "ferry").await;
@@ -74,14 +101,16 @@ impl RunningController {
             )
             .await;
         }
-        let task = tokio::spawn(ferry_controller::run(
+        let task = tokio::spawn(ferry_controller::run_with_clock(
             client.clone(),
             namespace.name().to_owned(),
+            clock.clone(),
         ));
         RunningController {
             client,
             namespace,
             store,
+            clock,
             task,
         }
     }
@@ -95,9 +124,10 @@ impl RunningController {
 
     /// Starts the controller again after [`RunningController::crash`], as a restarted pod would.
     pub fn restart(&mut self) {
-        self.task = tokio::spawn(ferry_controller::run(
+        self.task = tokio::spawn(ferry_controller::run_with_clock(
             self.client.clone(),
             self.namespace.name().to_owned(),
+            self.clock.clone(),
         ));
     }
 
