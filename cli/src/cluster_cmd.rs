@@ -1,5 +1,5 @@
-//! `ferry backup|restore|location|snapshot-location`: Ferry's resources in a cluster, as `velero`
-//! users know them.
+//! `ferry backup|restore|schedule|location|snapshot-location`: Ferry's resources in a cluster, as
+//! `velero` users know them.
 //! The commands create and read the resources; the controller does the work. Logs, results and
 //! downloads are read from the storage location with the credentials its Secret names, as the
 //! controller reads them.
@@ -15,7 +15,8 @@ use clap::{Args, Subcommand};
 use ferry_protocol::crd::{
     Backup, BackupSpec, BackupStorageLocation, BackupStorageLocationSpec,
     DELETE_REQUESTED_ANNOTATION, ExistingResourcePolicy, ObjectStorage, Phase, Progress, Restore,
-    RestoreSpec, SecretKeyRef, VolumeSnapshotLocation, VolumeSnapshotLocationSpec,
+    RestoreSpec, SCHEDULE_LABEL, Schedule, ScheduleSpec, SecretKeyRef, VolumeSnapshotLocation,
+    VolumeSnapshotLocationSpec,
 };
 use ferry_protocol::layout::{BackupKeys, RestoreKeys};
 use ferry_protocol::volume::VolumeRecords;
@@ -74,19 +75,7 @@ pub enum BackupCommand {
     Create {
         name: String,
         #[command(flatten)]
-        scope: Scope,
-        /// How long the backup is kept (e.g. 720h, 30d).
-        #[arg(long)]
-        ttl: Option<String>,
-        /// The storage location (else the default one).
-        #[arg(long)]
-        storage_location: Option<String>,
-        /// Take native snapshots of volumes.
-        #[arg(long)]
-        snapshot_volumes: Option<bool>,
-        /// The VolumeSnapshotLocations to snapshot through (default: every one), comma-separated.
-        #[arg(long, value_delimiter = ',')]
-        volume_snapshot_locations: Vec<String>,
+        template: BackupTemplate,
         /// Wait until it finishes, showing progress.
         #[arg(long)]
         wait: bool,
@@ -164,6 +153,47 @@ pub enum RestoreCommand {
     Logs { name: String },
 }
 
+// Parsed once per process; boxing the big variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Take backups on a cron schedule; each is named SCHEDULE-YYYYMMDDHHMMSS (its time, UTC).
+    Create {
+        name: String,
+        /// When: a cron expression of five fields, minute hour day-of-month month day-of-week,
+        /// e.g. "0 1 * * *" for 01:00 every day.
+        #[arg(long)]
+        schedule: String,
+        /// The IANA time zone the schedule is read in, e.g. Europe/Paris (default UTC).
+        #[arg(long)]
+        time_zone: Option<String>,
+        /// Create it paused: no backups until `ferry schedule unpause`.
+        #[arg(long)]
+        paused: bool,
+        /// Wait for the first cron time instead of backing up at once; after an unpause, wait for
+        /// the next cron time instead of catching up on one missed while paused.
+        #[arg(long)]
+        skip_immediately: bool,
+        #[command(flatten)]
+        template: BackupTemplate,
+    },
+    /// List schedules, or show one.
+    Get { name: Option<String> },
+    /// Show a schedule's spec and status, and the backups it took.
+    Describe { name: String },
+    /// Stop taking backups until unpaused.
+    Pause { name: String },
+    /// Take backups again.
+    Unpause { name: String },
+    /// Delete a schedule. The backups it took stay.
+    Delete {
+        name: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        confirm: bool,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum LocationCommand {
     /// Create a BackupStorageLocation (an S3 or S3-compatible bucket).
@@ -210,6 +240,45 @@ pub enum SnapshotLocationCommand {
     },
     /// List snapshot locations and whether they are available.
     Get { name: Option<String> },
+}
+
+/// What a backup takes and where it goes: `ferry backup create`'s flags, and the template of
+/// `ferry schedule create`.
+#[derive(Debug, Args)]
+pub struct BackupTemplate {
+    #[command(flatten)]
+    scope: Scope,
+    /// How long the backup is kept (e.g. 720h, 30d).
+    #[arg(long)]
+    ttl: Option<String>,
+    /// The storage location (else the default one).
+    #[arg(long)]
+    storage_location: Option<String>,
+    /// Take native snapshots of volumes.
+    #[arg(long)]
+    snapshot_volumes: Option<bool>,
+    /// The VolumeSnapshotLocations to snapshot through (default: every one), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    volume_snapshot_locations: Vec<String>,
+}
+
+impl BackupTemplate {
+    fn spec(self) -> anyhow::Result<BackupSpec> {
+        let scope = self.scope;
+        Ok(BackupSpec {
+            label_selector: scope.label_selector()?,
+            included_namespaces: scope.include_namespaces,
+            excluded_namespaces: scope.exclude_namespaces,
+            included_resources: scope.include_resources,
+            excluded_resources: scope.exclude_resources,
+            include_cluster_resources: scope.include_cluster_resources,
+            ttl: self.ttl,
+            storage_location: self.storage_location,
+            snapshot_volumes: self.snapshot_volumes,
+            volume_snapshot_locations: self.volume_snapshot_locations,
+            ..Default::default()
+        })
+    }
 }
 
 /// Which objects: the filters Backup and Restore share.
@@ -329,27 +398,10 @@ pub fn run_backup(
         match command {
             BackupCommand::Create {
                 name,
-                scope,
-                ttl,
-                storage_location,
-                snapshot_volumes,
-                volume_snapshot_locations,
+                template,
                 wait,
             } => {
-                let spec = BackupSpec {
-                    included_namespaces: scope.include_namespaces.clone(),
-                    excluded_namespaces: scope.exclude_namespaces.clone(),
-                    included_resources: scope.include_resources.clone(),
-                    excluded_resources: scope.exclude_resources.clone(),
-                    include_cluster_resources: scope.include_cluster_resources,
-                    label_selector: scope.label_selector()?,
-                    ttl,
-                    storage_location,
-                    snapshot_volumes,
-                    volume_snapshot_locations,
-                    ..Default::default()
-                };
-                let backup = Backup::new(&name, spec);
+                let backup = Backup::new(&name, template.spec()?);
                 create(&backups, &backup, "backup").await?;
                 eprintln!(
                     "backup {name} created; `ferry backup describe {name}` shows how it goes"
@@ -745,6 +797,110 @@ pub fn run_location(
     })
 }
 
+pub fn run_schedule(
+    global: &GlobalArgs,
+    cluster: &ClusterArgs,
+    command: ScheduleCommand,
+) -> anyhow::Result<ExitCode> {
+    block_on(async {
+        let client = cluster.client().await?;
+        let schedules: Api<Schedule> = Api::namespaced(client.clone(), &cluster.namespace);
+        match command {
+            ScheduleCommand::Create {
+                name,
+                schedule,
+                time_zone,
+                paused,
+                skip_immediately,
+                template,
+            } => {
+                if let Err(problems) =
+                    ferry_controller::schedule::CronSchedule::parse(&schedule, time_zone.as_deref())
+                {
+                    bail!("{}", problems.join("; "));
+                }
+                let spec = ScheduleSpec {
+                    schedule,
+                    time_zone,
+                    template: template.spec()?,
+                    paused,
+                    skip_immediately,
+                };
+                create(&schedules, &Schedule::new(&name, spec), "schedule").await?;
+                let first = match (paused, skip_immediately) {
+                    (true, _) => "it is paused until `ferry schedule unpause`",
+                    (false, true) => "its first backup is taken at the first cron time",
+                    (false, false) => "its first backup is taken now",
+                };
+                eprintln!(
+                    "schedule {name} created; {first}. `ferry schedule describe {name}` shows its backups"
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            ScheduleCommand::Get { name } => {
+                let list = get_or_list(&schedules, name.as_deref()).await?;
+                print_objects(global, &list, SCHEDULE_COLUMNS)?;
+                Ok(ExitCode::SUCCESS)
+            }
+            ScheduleCommand::Describe { name } => {
+                let schedule = get(&schedules, &name, "schedule").await?;
+                describe(global, &schedule)?;
+                if global.format() == OutputFormat::Text {
+                    let backups: Api<Backup> = Api::namespaced(client.clone(), &cluster.namespace);
+                    let selector = format!("{SCHEDULE_LABEL}={name}");
+                    let mut taken = backups
+                        .list(&ListParams::default().labels(&selector))
+                        .await?
+                        .items;
+                    taken.sort_by_key(|backup| backup.meta().creation_timestamp.clone());
+                    println!("\nBackups:");
+                    print_objects(global, &taken, BACKUP_COLUMNS)?;
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            ScheduleCommand::Pause { name } => set_paused(&schedules, &name, true).await,
+            ScheduleCommand::Unpause { name } => set_paused(&schedules, &name, false).await,
+            ScheduleCommand::Delete { name, confirm } => {
+                get(&schedules, &name, "schedule").await?;
+                if !confirm {
+                    bail!(
+                        "deleting schedule {name} stops its backups (the backups it took stay); pass --confirm to go on"
+                    );
+                }
+                schedules.delete(&name, &Default::default()).await?;
+                eprintln!(
+                    "deleted schedule {name}; the backups it took stay (`ferry backup get` lists them, `ferry backup delete` removes one)"
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    })
+}
+
+async fn set_paused(
+    schedules: &Api<Schedule>,
+    name: &str,
+    paused: bool,
+) -> anyhow::Result<ExitCode> {
+    let schedule = get(schedules, name, "schedule").await?;
+    let patch = serde_json::json!({"spec": {"paused": paused}});
+    schedules
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    match (paused, schedule.spec.skip_immediately) {
+        (true, _) => eprintln!(
+            "schedule {name} paused; no backups are taken until `ferry schedule unpause {name}`"
+        ),
+        (false, true) => {
+            eprintln!("schedule {name} unpaused; its next backup is taken at the next cron time")
+        }
+        (false, false) => eprintln!(
+            "schedule {name} unpaused; if cron times went by while it was paused, one backup catches up on them now"
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn block_on<F: Future<Output = anyhow::Result<ExitCode>>>(future: F) -> anyhow::Result<ExitCode> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -912,6 +1068,39 @@ fn backup_row(backup: &Backup) -> Vec<String> {
             .storage_location
             .clone()
             .unwrap_or_else(|| "(default)".into()),
+    ]
+}
+
+const SCHEDULE_COLUMNS: Columns<Schedule> = Columns {
+    header: &[
+        "NAME",
+        "STATUS",
+        "SCHEDULE",
+        "TIME ZONE",
+        "LAST BACKUP",
+        "LAST SUCCESSFUL",
+        "NEXT RUN",
+    ],
+    row: schedule_row,
+};
+
+fn schedule_row(schedule: &Schedule) -> Vec<String> {
+    let status = schedule.status.clone().unwrap_or_default();
+    vec![
+        schedule.name_any(),
+        status
+            .phase
+            .map(|phase| enum_name(&phase))
+            .unwrap_or_else(|| "New".into()),
+        schedule.spec.schedule.clone(),
+        schedule
+            .spec
+            .time_zone
+            .clone()
+            .unwrap_or_else(|| "UTC".into()),
+        time(status.last_backup.as_ref()),
+        time(status.last_successful_backup.as_ref()),
+        time(status.next_run.as_ref()),
     ]
 }
 

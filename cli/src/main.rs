@@ -148,6 +148,9 @@ enum Command {
     /// Restore a backup into this cluster.
     #[command(subcommand)]
     Restore(cluster_cmd::RestoreCommand),
+    /// Take backups on a cron schedule.
+    #[command(subcommand)]
+    Schedule(cluster_cmd::ScheduleCommand),
     /// Storage locations: where backups go.
     #[command(subcommand)]
     Location(cluster_cmd::LocationCommand),
@@ -186,6 +189,7 @@ fn main() -> ExitCode {
         Command::Volume(command) => volume_cmd::run(&cli.global, command),
         Command::Backup(command) => cluster_cmd::run_backup(&cli.global, &cli.cluster, command),
         Command::Restore(command) => cluster_cmd::run_restore(&cli.global, &cli.cluster, command),
+        Command::Schedule(command) => cluster_cmd::run_schedule(&cli.global, &cli.cluster, command),
         Command::Location(command) => cluster_cmd::run_location(&cli.global, &cli.cluster, command),
         Command::SnapshotLocation(command) => {
             cluster_cmd::run_snapshot_location(&cli.global, &cli.cluster, command)

@@ -295,3 +295,154 @@ async fn location_backup_and_restore_commands_drive_the_controller() {
         .await;
     controller.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedule_commands_create_pause_unpause_and_delete() {
+    let clock = ferry_controller::Clock::manual("2026-11-26T10:00:30Z".parse().unwrap());
+    let controller = RunningController::start_with_clock("cli-schedule", true, clock).await;
+    let app = TestNamespace::create(&controller.client, "cli-sched-app").await;
+    create_object(
+        &controller.client,
+        app.name(),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}, "data": {"k": "v"}}),
+    )
+    .await;
+
+    let bad = ferry(
+        &controller,
+        &[
+            "schedule",
+            "create",
+            "bad",
+            "--schedule",
+            "61 * * * *",
+            "--time-zone",
+            "Europe/Atlantis",
+        ],
+    )
+    .await;
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("five fields") && stderr(&bad).contains("Europe/Paris"),
+        "{}",
+        stderr(&bad)
+    );
+
+    let created = ferry(
+        &controller,
+        &[
+            "schedule",
+            "create",
+            "nightly",
+            "--schedule",
+            "0 1 * * *",
+            "--time-zone",
+            "Europe/Paris",
+            "--include-namespaces",
+            app.name(),
+            "--ttl",
+            "72h",
+        ],
+    )
+    .await;
+    assert_ok(&created, "schedule create");
+    // A new schedule backs up at once; the backup is named after the controller's time.
+    let first = ferry_tests::finished(&controller.backups(), "nightly-20261126100030").await;
+    assert_eq!(
+        first.status.and_then(|s| s.phase),
+        Some(ferry_protocol::crd::Phase::Completed)
+    );
+    assert_eq!(first.spec.ttl.as_deref(), Some("72h"));
+
+    // 01:00 in Paris is 00:00 UTC in November.
+    let deadline = tokio::time::Instant::now() + CONVERGENCE_TIMEOUT;
+    loop {
+        let table = ferry(&controller, &["schedule", "get"]).await;
+        assert_ok(&table, "schedule get");
+        let text = stdout(&table);
+        if text.contains("Enabled") && text.contains("2026-11-27 00:00:00") {
+            assert!(
+                text.contains("NEXT RUN") && text.contains("Europe/Paris"),
+                "{text}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the schedule never showed Enabled with its next run: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    let phase = |paused: &'static str| {
+        let controller = &controller;
+        async move {
+            let deadline = tokio::time::Instant::now() + CONVERGENCE_TIMEOUT;
+            loop {
+                let listed = ferry(controller, &["schedule", "get", "nightly", "-o", "json"]).await;
+                assert_ok(&listed, "schedule get -o json");
+                let schedules: Value = serde_json::from_slice(&listed.stdout).unwrap();
+                if schedules[0]["status"]["phase"] == paused {
+                    return schedules;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the schedule never became {paused}: {schedules}"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    assert_ok(
+        &ferry(&controller, &["schedule", "pause", "nightly"]).await,
+        "schedule pause",
+    );
+    let paused = phase("Paused").await;
+    assert_eq!(paused[0]["spec"]["paused"], true);
+    assert_ok(
+        &ferry(&controller, &["schedule", "unpause", "nightly"]).await,
+        "schedule unpause",
+    );
+    phase("Enabled").await;
+
+    let described = ferry(&controller, &["schedule", "describe", "nightly"]).await;
+    assert_ok(&described, "schedule describe");
+    assert!(
+        stdout(&described).contains("Backups:")
+            && stdout(&described).contains("nightly-20261126100030"),
+        "{}",
+        stdout(&described)
+    );
+    let missing = ferry(&controller, &["schedule", "describe", "weekly"]).await;
+    assert!(
+        stderr(&missing).contains("ferry schedule get"),
+        "{}",
+        stderr(&missing)
+    );
+
+    let unconfirmed = ferry(&controller, &["schedule", "delete", "nightly"]).await;
+    assert!(!unconfirmed.status.success());
+    assert!(
+        stderr(&unconfirmed).contains("--confirm"),
+        "{}",
+        stderr(&unconfirmed)
+    );
+    let deleted = ferry(&controller, &["schedule", "delete", "nightly", "--confirm"]).await;
+    assert_ok(&deleted, "schedule delete");
+    assert!(stderr(&deleted).contains("stay"), "{}", stderr(&deleted));
+    assert!(
+        !ferry(&controller, &["schedule", "get", "nightly"])
+            .await
+            .status
+            .success()
+    );
+    // The backups it took stay.
+    controller
+        .backups()
+        .get("nightly-20261126100030")
+        .await
+        .expect("the schedule's backup stays");
+
+    app.delete_and_wait().await;
+    controller.stop().await;
+}

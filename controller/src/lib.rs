@@ -1,8 +1,9 @@
 //! Ferry's controller.
 //!
-//! Reconciles Backup, Restore, BackupStorageLocation and VolumeSnapshotLocation resources (Schedule
-//! follows with its issue): backs up the objects of an application into a storage location, with
-//! native snapshots of its volumes, and restores them, in the same cluster or a new one.
+//! Reconciles Backup, Restore, Schedule, BackupStorageLocation and VolumeSnapshotLocation
+//! resources: backs up the objects of an application into a storage location, with native
+//! snapshots of its volumes, on demand or on a cron schedule, and restores them, in the same
+//! cluster or a new one.
 //!
 //! Each resource has one `reconcile(object, ctx) -> Result<Action>` in a module named after it;
 //! [`Context`] is what they share; [`run`] starts them all.
@@ -18,6 +19,7 @@ mod error;
 pub mod location;
 pub mod resources;
 pub mod restore;
+pub mod schedule;
 pub mod snapshot_location;
 pub mod storage;
 pub mod volumes;
@@ -27,9 +29,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry_protocol::crd::{Backup, BackupStorageLocation, Restore, VolumeSnapshotLocation};
+use ferry_protocol::crd::{
+    Backup, BackupStorageLocation, Restore, Schedule, VolumeSnapshotLocation,
+};
 use futures::StreamExt;
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 
@@ -71,8 +76,25 @@ pub async fn run_with_clock(client: Client, namespace: String, clock: Clock) {
     )
     .run(snapshot_location::reconcile, error_policy, ctx.clone())
     .for_each(log_outcome);
+    // A schedule shows when its backups last completed, so a backup that finishes wakes it.
+    let scheduled_backups_namespace = namespace.to_owned();
+    let schedules = Controller::new(
+        Api::<Schedule>::namespaced(client.clone(), namespace),
+        watcher::Config::default(),
+    )
+    .watches(
+        Api::<Backup>::namespaced(client.clone(), namespace),
+        watcher::Config::default().labels(ferry_protocol::crd::SCHEDULE_LABEL),
+        move |backup| {
+            let owner = backup.labels().get(ferry_protocol::crd::SCHEDULE_LABEL)?;
+            schedule::backup_finished(&backup)
+                .then(|| ObjectRef::new(owner).within(&scheduled_backups_namespace))
+        },
+    )
+    .run(schedule::reconcile, error_policy, ctx.clone())
+    .for_each(log_outcome);
     tracing::info!(message = "controller started", %namespace);
-    tokio::join!(backups, restores, locations, snapshot_locations);
+    tokio::join!(backups, restores, locations, snapshot_locations, schedules);
 }
 
 fn error_policy<K: ResourceExt>(object: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {

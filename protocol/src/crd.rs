@@ -421,14 +421,17 @@ pub struct VolumeSnapshotLocationSpec {
     status = "ScheduleStatus",
     shortname = "fsch",
     category = "ferry",
+    printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Schedule","type":"string","jsonPath":".spec.schedule"}"#,
     printcolumn = r#"{"name":"Paused","type":"boolean","jsonPath":".spec.paused"}"#,
     printcolumn = r#"{"name":"Last Backup","type":"date","jsonPath":".status.lastBackup"}"#,
+    printcolumn = r#"{"name":"Next Run","type":"string","jsonPath":".status.nextRun","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ScheduleSpec {
-    /// A cron expression, e.g. `0 3 * * *`.
+    /// A cron expression of five fields (minute hour day-of-month month day-of-week), e.g.
+    /// `0 3 * * *`; lists, ranges, steps, names (`MON`, `JAN`) and `@daily`-style nicknames work.
     pub schedule: String,
     /// The IANA time zone the cron expression is read in; default UTC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -436,18 +439,47 @@ pub struct ScheduleSpec {
     pub template: BackupSpec,
     #[serde(default)]
     pub paused: bool,
-    /// Do not take a backup as soon as the schedule is created; wait for the first cron time.
+    /// Do not take a backup as soon as the schedule is created, nor catch up on a cron time missed
+    /// while paused when it is unpaused; wait for the next cron time.
     #[serde(default)]
     pub skip_immediately: bool,
+}
+
+/// Labels every Backup a Schedule creates with the Schedule's name.
+pub const SCHEDULE_LABEL: &str = "ferry.dev/schedule";
+/// On a Backup a Schedule created: the cron time (RFC 3339, UTC) it was taken for. The schedule
+/// reads it back, so a backup created just before a crash is not taken twice.
+pub const SCHEDULED_FOR_ANNOTATION: &str = "ferry.dev/scheduled-for";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum SchedulePhase {
+    /// Backups are taken at the cron times.
+    Enabled,
+    /// `paused` is set: no backups are taken until it is cleared.
+    Paused,
+    /// The cron expression or time zone is invalid; `validationErrors` says what to write instead.
+    FailedValidation,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ScheduleStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<SchedulePhase>,
+    /// The cron time of the latest backup created (the time in its name), or when a new schedule
+    /// without `skipImmediately` took its first one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_backup: Option<Time>,
+    /// When the newest of the schedule's backups that Completed finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_successful_backup: Option<Time>,
+    /// When the schedule last let its due time pass without a backup (`skipImmediately` on a new
+    /// or unpaused schedule): only cron times after it are taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_skipped: Option<Time>,
+    /// The next cron time, in UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_run: Option<Time>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub validation_errors: Vec<String>,
 }
