@@ -3,11 +3,15 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Args;
+use ferry_agent::daemon::metrics::AgentMetrics;
 use ferry_agent::daemon::{AgentConfig, AgentSettings};
 use ferry_protocol::agent::TlsCredentials;
+
+use crate::probes::{self, Response};
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
@@ -32,6 +36,14 @@ pub struct AgentArgs {
     /// Volume backups and restores at once on this node.
     #[arg(long, env = "FERRY_AGENT_MAX_TASKS", default_value_t = 2)]
     max_tasks: usize,
+    /// Where Prometheus finds /metrics and the kubelet /healthz: plain HTTP, apart from the
+    /// gRPC port, which admits only the controller.
+    #[arg(
+        long,
+        env = "FERRY_AGENT_METRICS_LISTEN",
+        default_value = "0.0.0.0:8085"
+    )]
+    metrics_listen: SocketAddr,
 }
 
 pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
@@ -50,6 +62,17 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         let client = kube::Client::try_default().await.context(
             "connecting to the Kubernetes API server (in a pod: its service account; else KUBECONFIG or ~/.kube/config)",
         )?;
+        let listener = tokio::net::TcpListener::bind(args.metrics_listen)
+            .await
+            .with_context(|| format!("listening for metrics on {}", args.metrics_listen))?;
+        let metrics = Arc::new(AgentMetrics::new());
+        tokio::spawn(probes::serve(listener, {
+            let metrics = metrics.clone();
+            move |path| {
+                let metrics = metrics.clone();
+                async move { respond(&path, &metrics) }
+            }
+        }));
         let config = AgentConfig {
             settings: AgentSettings {
                 node_name: args.node_name,
@@ -60,6 +83,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             listen: args.listen,
             advertise,
             tls,
+            metrics,
         };
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -76,6 +100,18 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             .map_err(anyhow::Error::msg)?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+fn respond(path: &str, metrics: &AgentMetrics) -> Response {
+    match path {
+        "/healthz" => Response::ok("ok"),
+        "/metrics" => Response {
+            status: "200 OK",
+            content_type: ferry_agent::daemon::metrics::CONTENT_TYPE,
+            body: metrics.encode(),
+        },
+        _ => Response::not_found(),
+    }
 }
 
 /// `ferry restore-wait`: the init container a restore gives each pod whose volumes the agents

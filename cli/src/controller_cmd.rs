@@ -1,18 +1,25 @@
 //! `ferry controller`: runs the reconcilers until stopped. deploy/controller.yaml runs this.
 
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use ferry_controller::Metrics;
 use tokio::net::TcpListener;
+
+use crate::probes::{self, Response};
+
+/// How long /readyz waits for the API server before calling the controller not ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Args)]
 pub struct ControllerArgs {
     /// The namespace whose Ferry resources (backups, restores, locations) this controller owns.
     #[arg(long, env = "FERRY_NAMESPACE", default_value = "ferry-system")]
     namespace: String,
-    /// Where the kubelet's probes find /healthz and /readyz.
+    /// Where the kubelet's probes find /healthz and /readyz, and Prometheus finds /metrics.
     #[arg(long, env = "FERRY_HEALTH_ADDRESS", default_value = "0.0.0.0:8080")]
     health_address: String,
 }
@@ -26,12 +33,22 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         let listener = TcpListener::bind(&args.health_address)
             .await
             .with_context(|| format!("listening for health probes on {}", args.health_address))?;
-        tokio::spawn(serve_health(listener));
+        let metrics = Arc::new(Metrics::new());
+        tokio::spawn(probes::serve(listener, {
+            let (client, metrics) = (client.clone(), metrics.clone());
+            move |path| respond(path, client.clone(), metrics.clone())
+        }));
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                 .context("installing the SIGTERM handler")?;
+        let controller = ferry_controller::run_with(
+            client,
+            args.namespace,
+            ferry_controller::Clock::system(),
+            metrics,
+        );
         tokio::select! {
-            () = ferry_controller::run(client, args.namespace) => {}
+            () = controller => {}
             _ = tokio::signal::ctrl_c() => tracing::info!(message = "interrupted; stopping"),
             _ = terminate.recv() => tracing::info!(message = "terminated; stopping"),
         }
@@ -39,29 +56,23 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Answers the kubelet's HTTP probes. The process being able to answer is what they check; a
-/// reconciler that fails reports it in its resources' status, not by restarting the pod.
-async fn serve_health(listener: TcpListener) {
-    loop {
-        let Ok((mut connection, _)) = listener.accept().await else {
-            continue;
-        };
-        tokio::spawn(async move {
-            let mut request = [0u8; 1024];
-            let Ok(read) = connection.read(&mut request).await else {
-                return;
-            };
-            let request = String::from_utf8_lossy(&request[..read]);
-            let path = request.split_whitespace().nth(1).unwrap_or("");
-            let response: &[u8] = match path {
-                "/healthz" | "/readyz" => {
-                    b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n"
-                }
-                _ => {
-                    b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                }
-            };
-            let _ = connection.write_all(response).await;
-        });
+/// /healthz: the process answers; a reconciler that fails reports it in its resources' status,
+/// not by restarting the pod. /readyz: the API server answers too, so the controller can work.
+async fn respond(path: String, client: kube::Client, metrics: Arc<Metrics>) -> Response {
+    match path.as_str() {
+        "/healthz" => Response::ok("ok"),
+        "/readyz" => match tokio::time::timeout(READY_TIMEOUT, client.apiserver_version()).await {
+            Ok(Ok(_)) => Response::ok("ok"),
+            Ok(Err(error)) => Response::unavailable(format!("the API server: {error}")),
+            Err(_) => Response::unavailable(format!(
+                "the API server did not answer within {READY_TIMEOUT:?}"
+            )),
+        },
+        "/metrics" => Response {
+            status: "200 OK",
+            content_type: ferry_controller::metrics::CONTENT_TYPE,
+            body: metrics.encode(),
+        },
+        _ => Response::not_found(),
     }
 }

@@ -4,7 +4,9 @@
 mod agent_cmd;
 mod cluster_cmd;
 mod controller_cmd;
+mod logging;
 mod output;
+mod probes;
 mod repo_cmd;
 mod volume_cmd;
 
@@ -69,6 +71,9 @@ pub struct GlobalArgs {
     /// How results are printed on stdout.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Text, global = true)]
     output: OutputFormat,
+    /// How the log (stderr) is written: text for people, JSON lines for a log pipeline.
+    #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value_t = logging::LogFormat::Text, global = true)]
+    log_format: logging::LogFormat,
 }
 
 impl GlobalArgs {
@@ -177,13 +182,7 @@ fn default_log_level(cli: &Cli) -> &'static str {
 fn main() -> ExitCode {
     ferry_protocol::tls::install_crypto_provider();
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log_level(&cli))),
-        )
-        .init();
+    logging::init(cli.global.log_format, default_log_level(&cli));
     let result = match cli.command {
         Command::Repo(command) => repo_cmd::run(&cli.global, command),
         Command::Volume(command) => volume_cmd::run(&cli.global, command),

@@ -134,6 +134,7 @@ async fn fail(backup: &Backup, ctx: &Context, reason: &str) -> Result<()> {
     status.failure_reason = Some(reason.to_owned());
     status.completion_timestamp = Some(now(ctx));
     ctx.apply_status(backup, &status).await?;
+    ctx.metrics.backup_finished(backup, &status, &[]);
     ctx.event(
         backup,
         EventType::Warning,
@@ -250,6 +251,7 @@ async fn run(backup: &Backup, ctx: &Context) -> Result<Phase> {
                 ..Default::default()
             };
             ctx.apply_status(backup, &status).await?;
+            ctx.metrics.backup_finished(backup, &status, &[]);
             ctx.event(
                 backup,
                 EventType::Warning,
@@ -280,6 +282,7 @@ async fn run(backup: &Backup, ctx: &Context) -> Result<Phase> {
         format!("writing to {}", plan.store.bucket()),
     )
     .await;
+    ctx.metrics.backup_started(backup);
 
     let mut run = Run::new(backup, ctx, &plan, status.clone());
     let upload = plan.store.start_upload(&plan.keys.archive()).await?;
@@ -420,6 +423,8 @@ async fn finish(
         .await?;
 
     ctx.apply_status(backup, &status).await?;
+    ctx.metrics
+        .backup_finished(backup, &status, &records.volumes);
     let mut note = format!(
         "{} items; {} warnings, {} errors",
         status.progress.as_ref().map_or(0, |p| p.items_done),
@@ -474,6 +479,7 @@ async fn backup_store(
 /// doing, and finishes it once every volume has ended. Everything it needs is in the bucket, so a
 /// restarted controller carries on.
 async fn follow_volumes(backup: &Backup, ctx: &Context) -> Result<Action> {
+    ctx.metrics.backup_in_progress(backup);
     let (location, store, keys) = backup_store(backup, ctx).await?;
     let mut records: VolumeRecords = gunzip_json(&store.get(&keys.volumes()).await?)?;
     let snapshots_done = volumes::follow_snapshots(ctx, &mut records).await?;

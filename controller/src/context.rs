@@ -30,6 +30,8 @@ pub struct Context {
     pub agent_tasks: crate::agents::AgentTasks,
     /// Where schedules, expiry and timestamps read the time.
     pub clock: crate::Clock,
+    /// What `/metrics` serves; each telemetry event writes its log line and its metrics here.
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl Context {
@@ -45,12 +47,19 @@ impl Context {
             running: Mutex::new(HashSet::new()),
             agent_tasks: Default::default(),
             clock: crate::Clock::system(),
+            metrics: Default::default(),
         }
     }
 
     /// This context with the time read from `clock`.
     pub fn with_clock(mut self, clock: crate::Clock) -> Context {
         self.clock = clock;
+        self
+    }
+
+    /// This context recording into `metrics`, which its caller serves.
+    pub fn with_metrics(mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Context {
+        self.metrics = metrics;
         self
     }
 

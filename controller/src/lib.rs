@@ -17,6 +17,7 @@ mod context;
 pub mod ebs;
 mod error;
 pub mod location;
+pub mod metrics;
 pub mod resources;
 pub mod restore;
 pub mod schedule;
@@ -37,10 +38,12 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
+use tracing::Instrument;
 
 pub use clock::Clock;
 pub use context::Context;
 pub use error::{Error, Result};
+pub use metrics::Metrics;
 
 /// Runs every reconciler until the process is stopped.
 pub async fn run(client: Client, namespace: String) {
@@ -49,20 +52,43 @@ pub async fn run(client: Client, namespace: String) {
 
 /// [`run`] with the time read from `clock` (tests move a manual one).
 pub async fn run_with_clock(client: Client, namespace: String, clock: Clock) {
+    run_with(client, namespace, clock, Arc::default()).await
+}
+
+/// [`run_with_clock`] recording into `metrics`, which the caller serves (or a test reads).
+pub async fn run_with(client: Client, namespace: String, clock: Clock, metrics: Arc<Metrics>) {
     let namespace = namespace.as_str();
-    let ctx = Arc::new(Context::new(client.clone(), namespace).with_clock(clock));
+    let ctx = Arc::new(
+        Context::new(client.clone(), namespace)
+            .with_clock(clock)
+            .with_metrics(metrics),
+    );
     let config = watcher::Config::default();
     let backups = Controller::new(
         Api::<Backup>::namespaced(client.clone(), namespace),
         config.clone(),
     )
-    .run(backup::reconcile, error_policy, ctx.clone())
+    .run(
+        |backup, ctx| {
+            let span = tracing::info_span!("reconcile", backup = %backup.name_any());
+            backup::reconcile(backup, ctx).instrument(span)
+        },
+        error_policy,
+        ctx.clone(),
+    )
     .for_each(log_outcome);
     let restores = Controller::new(
         Api::<Restore>::namespaced(client.clone(), namespace),
         config.clone(),
     )
-    .run(restore::reconcile, error_policy, ctx.clone())
+    .run(
+        |restore, ctx| {
+            let span = tracing::info_span!("reconcile", restore = %restore.name_any());
+            restore::reconcile(restore, ctx).instrument(span)
+        },
+        error_policy,
+        ctx.clone(),
+    )
     .for_each(log_outcome);
     let locations = Controller::new(
         Api::<BackupStorageLocation>::namespaced(client.clone(), namespace),

@@ -127,6 +127,7 @@ fn restore_marker(restore: &Restore) -> String {
 
 /// A restore in WaitingForVolumes: follows the agents' tasks and ends the restore once each has.
 async fn follow_volumes(restore: &Restore, ctx: &Context) -> Result<Action> {
+    ctx.metrics.restore_in_progress(restore);
     let backups: Api<Backup> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
     let backup = backups.get(&restore.spec.backup_name).await?;
     let location = ctx
@@ -184,6 +185,7 @@ async fn follow_volumes(restore: &Restore, ctx: &Context) -> Result<Action> {
         (!failed.is_empty()).then(|| format!("volumes not restored: {}", failed.join("; ")));
     status.completion_timestamp = Some(Time(ctx.now()));
     ctx.apply_status(restore, &status).await?;
+    ctx.metrics.restore_finished(restore, &status);
     let (type_, reason) = match status.phase {
         Some(Phase::Completed) => (EventType::Normal, "RestoreCompleted"),
         _ => (EventType::Warning, "RestorePartiallyFailed"),
@@ -210,6 +212,7 @@ async fn fail(restore: &Restore, ctx: &Context, reason: &str) -> Result<()> {
     status.failure_reason = Some(reason.to_owned());
     status.completion_timestamp = Some(Time(ctx.now()));
     ctx.apply_status(restore, &status).await?;
+    ctx.metrics.restore_finished(restore, &status);
     ctx.event(
         restore,
         EventType::Warning,
@@ -388,6 +391,7 @@ async fn run(restore: &Restore, ctx: &Context) -> Result<()> {
                 ..Default::default()
             };
             ctx.apply_status(restore, &status).await?;
+            ctx.metrics.restore_finished(restore, &status);
             ctx.event(
                 restore,
                 EventType::Warning,
@@ -405,6 +409,14 @@ async fn run(restore: &Restore, ctx: &Context) -> Result<()> {
         ..Default::default()
     };
     ctx.apply_status(restore, &status).await?;
+    ctx.event(
+        restore,
+        EventType::Normal,
+        "RestoreStarted",
+        format!("restoring backup {}", plan.backup_name),
+    )
+    .await;
+    ctx.metrics.restore_started(restore);
 
     let backup_keys = BackupKeys::new(plan.store.prefix(), &plan.backup_name);
     // A malformed or crafted archive fails here, before a single object is created.
@@ -477,6 +489,7 @@ async fn run(restore: &Restore, ctx: &Context) -> Result<()> {
         return Ok(());
     }
     ctx.apply_status(restore, &status).await?;
+    ctx.metrics.restore_finished(restore, &status);
     let note = format!(
         "{} objects from backup {}: {} errors, {} warnings",
         results.len(),

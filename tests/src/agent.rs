@@ -80,6 +80,8 @@ fn assert_not_stale(binary: &std::path::Path) {
 pub struct RunningAgent {
     pub kubelet: FakeKubelet,
     address: String,
+    /// Where the agent serves /metrics and /healthz.
+    metrics_address: String,
     namespace: String,
     /// The certificates (`tls/`) and the log (`agent.log`).
     files: TempDir,
@@ -101,14 +103,17 @@ impl RunningAgent {
         for (name, content) in tls.to_files() {
             std::fs::write(tls_dir.join(name), content).expect("a certificate file");
         }
-        // A free port: bound, noted, released for the agent to bind.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
+        // Free ports: bound, noted, released for the agent to bind.
+        let free_port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|listener| listener.local_addr())
+                .expect("a free port")
+                .port()
+        };
         let mut agent = RunningAgent {
             kubelet,
-            address: format!("127.0.0.1:{port}"),
+            address: format!("127.0.0.1:{}", free_port()),
+            metrics_address: format!("127.0.0.1:{}", free_port()),
             namespace: namespace.to_owned(),
             files,
             child: None,
@@ -121,6 +126,11 @@ impl RunningAgent {
     /// Where the agent listens (and what its Lease advertises).
     pub fn address(&self) -> &str {
         &self.address
+    }
+
+    /// Where the agent serves /metrics and /healthz over plain HTTP.
+    pub fn metrics_address(&self) -> &str {
+        &self.metrics_address
     }
 
     /// The agent's process id, while it runs.
@@ -182,6 +192,7 @@ impl RunningAgent {
             .env("FERRY_PODS_DIR", self.kubelet.root().join("pods"))
             .env("FERRY_AGENT_LISTEN", &self.address)
             .env("FERRY_AGENT_ADVERTISE", &self.address)
+            .env("FERRY_AGENT_METRICS_LISTEN", &self.metrics_address)
             .env("FERRY_AGENT_TLS_DIR", self.files.path().join("tls"))
             .env("FERRY_AGENT_MAX_TASKS", "2")
             .env("RUST_LOG", "info")

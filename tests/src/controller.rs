@@ -1,8 +1,10 @@
 //! Ferry's controller running inside the test process, watching a namespace of its own, with a
 //! credentials Secret for the test bucket and (optionally) a default storage location there.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use ferry_controller::Metrics;
 use ferry_protocol::crd::{Backup, Phase, Restore};
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::{Client, Resource};
@@ -21,6 +23,9 @@ pub struct RunningController {
     pub store: BucketPrefix,
     /// The controller's clock: the system's, or a manual one ([`RunningController::start_with_clock`]).
     pub clock: ferry_controller::Clock,
+    /// What the controller's `/metrics` would serve ([`Metrics::encode`]); new at each restart,
+    /// as a restarted pod's are.
+    pub metrics: Arc<Metrics>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -101,16 +106,19 @@ impl RunningController {
             )
             .await;
         }
-        let task = tokio::spawn(ferry_controller::run_with_clock(
+        let metrics = Arc::new(Metrics::new());
+        let task = tokio::spawn(ferry_controller::run_with(
             client.clone(),
             namespace.name().to_owned(),
             clock.clone(),
+            metrics.clone(),
         ));
         RunningController {
             client,
             namespace,
             store,
             clock,
+            metrics,
             task,
         }
     }
@@ -124,10 +132,12 @@ impl RunningController {
 
     /// Starts the controller again after [`RunningController::crash`], as a restarted pod would.
     pub fn restart(&mut self) {
-        self.task = tokio::spawn(ferry_controller::run_with_clock(
+        self.metrics = Arc::new(Metrics::new());
+        self.task = tokio::spawn(ferry_controller::run_with(
             self.client.clone(),
             self.namespace.name().to_owned(),
             self.clock.clone(),
+            self.metrics.clone(),
         ));
     }
 

@@ -756,3 +756,83 @@ async fn wait_for_pod(pods: &Api<Pod>, name: &str) -> Pod {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// GETs `path` from the agent's plain HTTP port: the status line and the body.
+async fn http_get(agent: &RunningAgent, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut connection = tokio::net::TcpStream::connect(agent.metrics_address())
+        .await
+        .unwrap_or_else(|error| panic!("connecting to {}: {error}", agent.metrics_address()));
+    let request = format!("GET {path} HTTP/1.1\r\nhost: agent\r\nconnection: close\r\n\r\n");
+    connection.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    connection.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}
+
+#[tokio::test]
+async fn the_agent_serves_metrics_that_count_its_tasks() {
+    let env = TestEnv::get();
+    let client = env.kube_client().await;
+    let ferry_namespace = TestNamespace::create(&client, "agent-metrics").await;
+    let app = TestNamespace::create(&client, "agent-metrics-app").await;
+    let credentials = issue_credentials().unwrap();
+    let agent = RunningAgent::start(&client, ferry_namespace.name(), &credentials.agent).await;
+    let (status, body) = http_get(&agent, "/healthz").await;
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 200 OK", "ok\n")
+    );
+    let (_, before) = http_get(&agent, "/metrics").await;
+    assert!(before.contains("ferry_agent_tasks_running 0\n"), "{before}");
+    assert!(
+        before.contains("ferry_agent_tasks_total{kind=\"backup\",result=\"Completed\"} 0\n"),
+        "{before}"
+    );
+
+    let uid = pod_on(&client, app.name(), "db-0", &agent.kubelet).await;
+    let data = agent
+        .kubelet
+        .volume_dir(&uid, "kubernetes.io~empty-dir", "data");
+    std::fs::write(data.join("table.bin"), pseudo_random(256 * 1024, 3)).unwrap();
+    let store = BucketPrefix::new(env, "agent-metrics-repo");
+    let mut controller = connect(&agent, credentials.controller.client_config())
+        .await
+        .unwrap();
+    let done = run_task(
+        controller
+            .backup_volume(BackupVolumeRequest {
+                task_id: "m1".to_owned(),
+                volume: volume(app.name(), "db-0", "data"),
+                repository: Some(repository(&store, "metrics")),
+                tags: vec![],
+            })
+            .await,
+    )
+    .await
+    .expect("the backup");
+
+    let (status, after) = http_get(&agent, "/metrics").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    for line in [
+        "ferry_agent_tasks_total{kind=\"backup\",result=\"Completed\"} 1\n".to_owned(),
+        "ferry_agent_task_duration_seconds_count{kind=\"backup\"} 1\n".to_owned(),
+        format!(
+            "ferry_agent_bytes_total{{kind=\"backup\"}} {}\n",
+            done.bytes_transferred
+        ),
+        "ferry_agent_tasks_running 0\n".to_owned(),
+    ] {
+        assert!(after.contains(&line), "{line}:\n{after}");
+    }
+    assert!(done.bytes_transferred > 0, "{done:?}");
+    // The task's lines name it, on the blocking thread that ran it too.
+    assert!(
+        agent.log().contains("task{task=m1 kind=backup what="),
+        "{}",
+        agent.log()
+    );
+    let (status, _) = http_get(&agent, "/nothing-here").await;
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+}

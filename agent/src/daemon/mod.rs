@@ -2,10 +2,12 @@
 //! (mutual TLS), backing up and restoring the pod volumes of its node with the data mover, and a
 //! Lease that tells the controller where it is and that it is alive.
 
+pub mod metrics;
 pub mod service;
 pub mod volume_path;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_protocol::agent::v1::agent_server::AgentServer;
@@ -30,6 +32,8 @@ pub struct AgentConfig {
     /// The address the controller reaches this agent at (`POD_IP:port`).
     pub advertise: String,
     pub tls: TlsCredentials,
+    /// Where the service records its tasks; the caller serves them.
+    pub metrics: Arc<metrics::AgentMetrics>,
 }
 
 /// Serves the agent API and keeps the Lease until `shutdown` resolves or serving fails.
@@ -38,7 +42,8 @@ pub async fn run(
     config: AgentConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), String> {
-    let service = AgentService::new(client.clone(), config.settings.clone());
+    let service =
+        AgentService::new(client.clone(), config.settings.clone()).with_metrics(config.metrics);
     let server = tonic::transport::Server::builder()
         .tls_config(config.tls.server_config())
         .map_err(|error| format!("the agent's TLS credentials: {error}"))?

@@ -15,7 +15,9 @@ use ferry_protocol::agent::v1::{
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
+use super::metrics::{AgentMetrics, TaskKind};
 use super::volume_path;
 use crate::{
     BackupOptions, Error, InitOptions, ParentChoice, ProgressEvent, Repository, RestoreOptions,
@@ -43,6 +45,7 @@ pub struct AgentService {
     slots: Arc<Semaphore>,
     /// Cancel flags of the running tasks, by task id.
     running: Arc<Mutex<HashMap<String, Arc<AtomicBool>>>>,
+    metrics: Arc<AgentMetrics>,
 }
 
 impl AgentService {
@@ -52,7 +55,14 @@ impl AgentService {
             slots: Arc::new(Semaphore::new(settings.max_tasks.max(1))),
             settings: Arc::new(settings),
             running: Arc::default(),
+            metrics: Arc::default(),
         }
+    }
+
+    /// This service recording its tasks into `metrics`, which its caller serves.
+    pub fn with_metrics(mut self, metrics: Arc<AgentMetrics>) -> AgentService {
+        self.metrics = metrics;
+        self
     }
 
     async fn resolve(&self, volume: Option<PodVolume>) -> Result<(PodVolume, PathBuf), Status> {
@@ -72,6 +82,7 @@ impl AgentService {
     fn spawn_task<F>(
         &self,
         task_id: String,
+        kind: TaskKind,
         what: String,
         work: F,
     ) -> Result<ReceiverStream<Result<TaskUpdate, Status>>, Status>
@@ -99,49 +110,40 @@ impl AgentService {
         let (updates, stream) = mpsc::channel(16);
         let slots = self.slots.clone();
         let running = self.running.clone();
-        tokio::spawn(async move {
-            let outcome = match slots.acquire_owned().await {
+        let metrics = self.metrics.clone();
+        // Every line the task logs, on the blocking thread too, names it.
+        let span = tracing::info_span!("task", task = %task_id, kind = %kind.as_str(), %what);
+        let task_span = span.clone();
+        let task = async move {
+            let (outcome, ran) = match slots.acquire_owned().await {
                 Ok(permit) => {
-                    tracing::info!(message = "task started", task = %task_id, %what);
+                    metrics.task_started();
+                    let started = std::time::Instant::now();
                     let sender = updates.clone();
                     let cancel = cancel.clone();
                     let joined = tokio::task::spawn_blocking(move || {
+                        let _in_task = task_span.enter();
                         let result = work(cancel, sender);
                         drop(permit);
                         result
                     })
                     .await;
-                    joined.unwrap_or_else(|error| {
+                    let outcome = joined.unwrap_or_else(|error| {
                         Err(Status::internal(format!("the task panicked: {error}")))
-                    })
+                    });
+                    (outcome, Some(started.elapsed()))
                 }
-                Err(_) => Err(Status::unavailable("the agent is shutting down")),
+                Err(_) => (Err(Status::unavailable("the agent is shutting down")), None),
             };
             running.lock().expect("task registry").remove(&task_id);
-            match &outcome {
-                Ok(result) => tracing::info!(
-                    message = "task ended",
-                    task = %task_id,
-                    %what,
-                    snapshot = %result.snapshot_id,
-                    files = result.files,
-                    bytes = result.bytes,
-                    bytes_transferred = result.bytes_transferred,
-                    file_errors = result.errors.len()
-                ),
-                Err(error) => tracing::warn!(
-                    message = "task failed",
-                    task = %task_id,
-                    %what,
-                    error = %error.message()
-                ),
-            }
+            metrics.task_ended(kind, ran, &outcome);
             let last = outcome.map(|result| TaskUpdate {
                 update: Some(task_update::Update::Result(result)),
             });
             // The controller may have gone; the work is done either way.
             let _ = updates.send(last).await;
-        });
+        };
+        tokio::spawn(task.instrument(span));
         Ok(ReceiverStream::new(stream))
     }
 }
@@ -180,7 +182,8 @@ impl Agent for AgentService {
             "backup of volume {} of pod {}/{}",
             volume.volume, volume.namespace, volume.pod
         );
-        let stream = self.spawn_task(request.task_id, what, move |cancel, updates| {
+        let kind = TaskKind::Backup;
+        let stream = self.spawn_task(request.task_id, kind, what, move |cancel, updates| {
             let repo = open_repository(&spec, true)?;
             // The parent is the latest snapshot of the same pod volume: its pod UID, and so its
             // path on the node, change whenever the pod is recreated.
@@ -242,7 +245,8 @@ impl Agent for AgentService {
             volume.pod,
             if request.in_place { ", in place" } else { "" }
         );
-        let stream = self.spawn_task(request.task_id, what, move |cancel, updates| {
+        let kind = TaskKind::Restore;
+        let stream = self.spawn_task(request.task_id, kind, what, move |cancel, updates| {
             let repo = open_repository(&spec, false)?;
             let errors = Arc::new(Mutex::new(Vec::new()));
             let options = RestoreOptions {
