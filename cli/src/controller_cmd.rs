@@ -41,6 +41,18 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                 .context("installing the SIGTERM handler")?;
+        // Only the holder of the leader Lease works; a process that loses it exits, and its
+        // pod's restart waits for the Lease again.
+        let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
+            format!("{}-{}", hostname(), std::process::id())
+        });
+        let candidate = ferry_controller::leader::Candidate::new(
+            client.clone(),
+            &args.namespace,
+            &identity,
+            ferry_controller::leader::Timing::default(),
+        );
+        candidate.acquire().await?;
         let controller = ferry_controller::run_with(
             client,
             args.namespace,
@@ -49,6 +61,7 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         );
         tokio::select! {
             () = controller => {}
+            () = candidate.hold() => anyhow::bail!("lost the leader Lease {}; exiting so that only one controller works", ferry_controller::leader::LEASE_NAME),
             _ = tokio::signal::ctrl_c() => tracing::info!(message = "interrupted; stopping"),
             _ = terminate.recv() => tracing::info!(message = "terminated; stopping"),
         }
@@ -75,4 +88,10 @@ async fn respond(path: String, client: kube::Client, metrics: Arc<Metrics>) -> R
         },
         _ => Response::not_found(),
     }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "ferry-controller".to_owned())
 }

@@ -918,3 +918,43 @@ async fn an_unusable_location_is_unavailable_with_the_reason() {
     }
     ferry.stop().await;
 }
+
+#[tokio::test]
+async fn only_one_controller_leads_and_another_takes_over_when_it_stops() {
+    use ferry_controller::leader::{Candidate, Timing};
+    let client = TestEnv::get().kube_client().await;
+    let namespace = TestNamespace::create(&client, "leader").await;
+    let timing = Timing {
+        lease_duration: Duration::from_secs(3),
+        renew_every: Duration::from_millis(500),
+    };
+    let first = std::sync::Arc::new(Candidate::new(
+        client.clone(),
+        namespace.name(),
+        "first",
+        timing,
+    ));
+    let second = Candidate::new(client.clone(), namespace.name(), "second", timing);
+    first.acquire().await.unwrap();
+    let holding = tokio::spawn({
+        let first = first.clone();
+        async move { first.hold().await }
+    });
+    // While the first renews, the second waits, well past the Lease's duration.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), second.acquire())
+            .await
+            .is_err(),
+        "two controllers led at once"
+    );
+    // The first stops renewing (its process died): the second takes over once the Lease expires.
+    holding.abort();
+    tokio::time::timeout(Duration::from_secs(10), second.acquire())
+        .await
+        .expect("the second controller never took over")
+        .unwrap();
+    // The first, were it still running, sees it lost the Lease and stops.
+    tokio::time::timeout(Duration::from_secs(5), first.hold())
+        .await
+        .expect("the old leader did not notice it lost the Lease");
+}
