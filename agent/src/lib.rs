@@ -31,7 +31,9 @@ pub use chunker::ChunkerParams;
 pub use crypto::KdfParams;
 pub use error::{Error, Result};
 pub use id::Id;
-pub use maintenance::{CheckOptions, CheckReport, PruneOptions, PruneReport, check, forget, prune};
+pub use maintenance::{
+    CheckOptions, CheckReport, PruneOptions, PruneReport, check, forget, forget_tagged, prune,
+};
 pub use progress::{ProgressEvent, ProgressSink, ProgressSnapshot};
 pub use repository::{InitOptions, Repository};
 pub use restore::{RestoreOptions, RestoreSummary, restore, restore_tree};

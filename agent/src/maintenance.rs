@@ -213,6 +213,20 @@ pub fn forget(repo: &Arc<Repository>, policy: &RetentionPolicy) -> Result<Vec<Id
     Ok(removed)
 }
 
+/// Removes every snapshot carrying `tag` (a deleted Backup's `backup-uid=<uid>`); returns their
+/// ids. Their data goes at the next prune.
+pub fn forget_tagged(repo: &Arc<Repository>, tag: &str) -> Result<Vec<Id>> {
+    let _lock = RepoLock::acquire(repo, false, Duration::ZERO)?;
+    let mut removed = Vec::new();
+    for (id, snapshot) in repo.snapshots()? {
+        if snapshot.tags.iter().any(|t| t == tag) {
+            repo.backend().delete(Kind::Snapshot, &id.to_hex())?;
+            removed.push(id);
+        }
+    }
+    Ok(removed)
+}
+
 #[derive(Debug, Clone)]
 pub struct PruneOptions {
     /// A pack whose unused bytes reach this fraction is rewritten without them.

@@ -49,7 +49,11 @@ pub struct ClusterArgs {
 }
 
 impl ClusterArgs {
-    async fn client(&self) -> anyhow::Result<Client> {
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    pub async fn client(&self) -> anyhow::Result<Client> {
         let options = kube::config::KubeConfigOptions {
             context: self.context.clone(),
             ..Default::default()
@@ -216,6 +220,9 @@ pub enum LocationCommand {
         /// Use it when a backup names no location.
         #[arg(long)]
         default: bool,
+        /// How often the node agents' repositories there are pruned (e.g. 1h, 24h); default 1h.
+        #[arg(long)]
+        repository_maintenance_frequency: Option<String>,
     },
     /// List storage locations and whether they are available.
     Get { name: Option<String> },
@@ -759,8 +766,14 @@ pub fn run_location(
                 force_path_style,
                 credential,
                 default,
+                repository_maintenance_frequency,
             } => {
                 let credential = parse_credential(credential)?;
+                if let Some(frequency) = &repository_maintenance_frequency {
+                    ferry_controller::parse_duration(frequency).map_err(|error| {
+                        anyhow::anyhow!("--repository-maintenance-frequency: {error}")
+                    })?;
+                }
                 let spec = BackupStorageLocationSpec {
                     provider: "aws".to_owned(),
                     object_storage: ObjectStorage {
@@ -776,6 +789,7 @@ pub fn run_location(
                     access_mode: None,
                     validation_frequency: None,
                     backup_sync_period: None,
+                    repository_maintenance_frequency,
                 };
                 create(
                     &locations,

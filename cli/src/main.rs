@@ -5,6 +5,7 @@ mod agent_cmd;
 mod cluster_cmd;
 mod controller_cmd;
 mod logging;
+mod maintenance_cmd;
 mod output;
 mod probes;
 mod repo_cmd;
@@ -184,7 +185,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.global.log_format, default_log_level(&cli));
     let result = match cli.command {
-        Command::Repo(command) => repo_cmd::run(&cli.global, command),
+        Command::Repo(command) => repo_cmd::run(&cli.global, &cli.cluster, command),
         Command::Volume(command) => volume_cmd::run(&cli.global, command),
         Command::Backup(command) => cluster_cmd::run_backup(&cli.global, &cli.cluster, command),
         Command::Restore(command) => cluster_cmd::run_restore(&cli.global, &cli.cluster, command),

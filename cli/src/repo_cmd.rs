@@ -30,6 +30,9 @@ pub enum RepoCommand {
     Prune,
     /// Remove stale locks left by processes that died.
     Unlock,
+    /// Remove stale locks and prune: of --repo, or of every node agent repository of a storage
+    /// location (--location), as the controller's maintenance Job does.
+    Maintenance(crate::maintenance_cmd::MaintenanceArgs),
     /// Manage the passwords (key slots) that open the repository.
     #[command(subcommand)]
     Key(KeyCommand),
@@ -100,7 +103,11 @@ impl NewPassword {
     }
 }
 
-pub fn run(global: &GlobalArgs, command: RepoCommand) -> anyhow::Result<ExitCode> {
+pub fn run(
+    global: &GlobalArgs,
+    cluster: &crate::cluster_cmd::ClusterArgs,
+    command: RepoCommand,
+) -> anyhow::Result<ExitCode> {
     // JSON is valid YAML: -o yaml gets it too.
     let json = global.format() != OutputFormat::Text;
     match command {
@@ -245,6 +252,9 @@ pub fn run(global: &GlobalArgs, command: RepoCommand) -> anyhow::Result<ExitCode
             }
         }
         RepoCommand::Key(command) => key(global, command, json)?,
+        RepoCommand::Maintenance(args) => {
+            return crate::maintenance_cmd::run(global, cluster, args);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

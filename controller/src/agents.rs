@@ -173,11 +173,11 @@ pub async fn repository_password(ctx: &Context) -> Result<String> {
 /// `s3://<bucket>/<prefix>/repositories/<namespace>`.
 pub fn repository_url(location: &BackupStorageLocation, namespace: &str) -> String {
     let storage = &location.spec.object_storage;
-    let prefix = match storage.prefix.as_deref().map(|p| p.trim_matches('/')) {
-        Some(prefix) if !prefix.is_empty() => format!("{prefix}/"),
-        _ => String::new(),
-    };
-    format!("s3://{}/{prefix}repositories/{namespace}", storage.bucket)
+    format!(
+        "s3://{}/{}{namespace}",
+        storage.bucket,
+        ferry_protocol::layout::repositories_prefix(storage.prefix.as_deref())
+    )
 }
 
 /// The repository of `namespace`'s volumes in a storage location, as the agents are told it.
@@ -210,6 +210,49 @@ pub async fn repository(
             .unwrap_or_default(),
         password: repository_password(ctx).await?,
     })
+}
+
+/// Removes the snapshots a backup (by its uid) wrote into the pod volume repositories of
+/// `records`, found by their tag so that one an interrupted attempt left behind goes too; returns
+/// how many. Their data is reclaimed by the next repository maintenance.
+pub async fn forget_backup_snapshots(
+    ctx: &Context,
+    location: &BackupStorageLocation,
+    records: &ferry_protocol::volume::VolumeRecords,
+    backup_uid: &str,
+) -> Result<usize> {
+    let urls: std::collections::BTreeSet<&str> = records
+        .volumes
+        .iter()
+        .filter_map(|r| r.file_system.as_ref())
+        .map(|fs| fs.repository.as_str())
+        .collect();
+    let mut forgotten = 0;
+    for url in urls {
+        let namespace = url.rsplit('/').next().unwrap_or_default();
+        let spec = repository(ctx, location, namespace).await?;
+        let tag = format!("backup-uid={backup_uid}");
+        let url = url.to_owned();
+        let removed = tokio::task::spawn_blocking(move || {
+            let backend =
+                ferry_agent::open_backend(&spec.url, &ferry_agent::daemon::s3_options(&spec))?;
+            let repository = match ferry_agent::Repository::open_without_index(
+                backend,
+                spec.password.as_bytes(),
+            ) {
+                Ok(repository) => Arc::new(repository),
+                // Nothing was ever written there.
+                Err(ferry_agent::Error::NoRepository { .. }) => return Ok(Vec::new()),
+                Err(error) => return Err(error),
+            };
+            ferry_agent::forget_tagged(&repository, &tag)
+        })
+        .await
+        .map_err(|error| Error::Archive(format!("forgetting snapshots: {error}")))?
+        .map_err(|source| Error::Repository { url, source })?;
+        forgotten += removed.len();
+    }
+    Ok(forgotten)
 }
 
 /// Where the agent of `node` listens, if it is alive (its Lease renewed within its duration).

@@ -37,6 +37,8 @@ const PAGE_SIZE: u32 = 500;
 /// How often progress reaches the Backup's status while it runs.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
 const DEFAULT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The longest an ended backup goes without a look at its expiry.
+const EXPIRY_RECHECK: Duration = Duration::from_secs(3600);
 /// How often snapshots in progress are asked after, and a queued deletion looks again.
 const POLL_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -49,12 +51,17 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action>
     {
         return delete(&backup, &ctx, ctx.is_running(&key)).await;
     }
+    if let Some(expiration) = expiration_of(&backup)
+        && expiration <= ctx.now()
+    {
+        return expire(&backup, &ctx).await;
+    }
     let synced = backup
         .annotations()
         .contains_key(crate::location::SYNCED_FROM_ANNOTATION);
     if synced {
         // It describes a backup already in the bucket; its status follows from the record.
-        return Ok(Action::await_change());
+        return Ok(until_expiry(&backup, &ctx));
     }
     match phase {
         None | Some(Phase::New) => {}
@@ -86,7 +93,7 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action>
         Some(Phase::InProgress) if !ctx.is_running(&key) => {
             return Ok(Action::requeue(Duration::from_secs(1)));
         }
-        Some(_) => return Ok(Action::await_change()),
+        Some(_) => return Ok(until_expiry(&backup, &ctx)),
     }
     if !ctx.start_running(key.clone()) {
         return Ok(Action::await_change());
@@ -95,6 +102,7 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action>
     ctx.stop_running(&key);
     match outcome {
         Ok(Phase::WaitingForVolumes) => Ok(Action::requeue(POLL_INTERVAL)),
+        // The status it ended with arrives as a change, and is looked at for expiry then.
         Ok(_) => Ok(Action::await_change()),
         // Nothing was written yet: the whole backup can simply run again.
         Err(error) if error.is_retryable() && !has_started(&backup, &ctx).await => Err(error),
@@ -104,6 +112,53 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action>
             Ok(Action::await_change())
         }
     }
+}
+
+/// When a backup that has ended expires; a running one never does.
+fn expiration_of(backup: &Backup) -> Option<jiff::Timestamp> {
+    let status = backup.status.as_ref()?;
+    let ended = matches!(
+        status.phase,
+        Some(Phase::Completed | Phase::PartiallyFailed | Phase::Failed)
+    );
+    ended.then_some(status.expiration.as_ref()?.0)
+}
+
+/// Looks at an ended backup again when it expires (at least hourly, so that a clock that jumps
+/// is noticed).
+fn until_expiry(backup: &Backup, ctx: &Context) -> Action {
+    match expiration_of(backup) {
+        Some(expiration) => {
+            let left = expiration.as_second() - ctx.now().as_second();
+            let left = Duration::from_secs(u64::try_from(left).unwrap_or(0).max(1));
+            Action::requeue(left.min(EXPIRY_RECHECK))
+        }
+        None => Action::await_change(),
+    }
+}
+
+/// An expired backup is deleted like one `ferry backup delete` asked for: the annotation records
+/// why, and the deletion reports and retries each step.
+async fn expire(backup: &Backup, ctx: &Context) -> Result<Action> {
+    let api: Api<Backup> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let patch = serde_json::json!({"metadata": {"annotations": {
+        DELETE_REQUESTED_ANNOTATION: format!("expired at {}", ctx.now()),
+    }}});
+    api.patch(
+        &backup.name_any(),
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await?;
+    tracing::info!(message = "a backup expired; deleting it", backup = %backup.name_any());
+    ctx.event(
+        backup,
+        EventType::Normal,
+        "Expired",
+        "the backup's ttl has passed; deleting it".to_owned(),
+    )
+    .await;
+    Ok(Action::await_change())
 }
 
 /// The backup's phase as the API server has it now, not as the reconciler's cache had it.
@@ -589,7 +644,8 @@ async fn delete(backup: &Backup, ctx: &Context, running_here: bool) -> Result<Ac
     }
 }
 
-/// Deletes what a backup keeps outside the cluster; returns how many snapshots and files.
+/// Deletes what a backup keeps outside the cluster: native snapshots, its snapshots in the pod
+/// volume repositories, and its files; returns how many snapshots and files.
 async fn delete_data(backup: &Backup, ctx: &Context) -> Result<(usize, usize)> {
     let location = match ctx
         .storage_location(backup.spec.storage_location.as_deref())
@@ -617,12 +673,24 @@ async fn delete_data(backup: &Backup, ctx: &Context) -> Result<(usize, usize)> {
         Err(error) => return Err(error),
     };
     let snapshots = volumes::delete_snapshots(ctx, &records).await?;
+    // A backup synced into another cluster has a uid of its own there; its snapshots carry the
+    // uid of the Backup that wrote them, which its record keeps.
+    let uid = match store.get(&keys.record()).await {
+        Ok(record) => serde_json::from_slice::<Backup>(&record)
+            .ok()
+            .and_then(|written| written.uid()),
+        Err(_) => None,
+    }
+    .or_else(|| backup.uid())
+    .unwrap_or_default();
+    let repository_snapshots =
+        crate::agents::forget_backup_snapshots(ctx, &location, &records, &uid).await?;
     store.delete(&keys.record()).await?;
     let files = store.list(keys.dir()).await?;
     for key in &files {
         store.delete(key).await?;
     }
-    Ok((snapshots, files.len() + 1))
+    Ok((snapshots + repository_snapshots, files.len() + 1))
 }
 
 /// Warnings and errors of a backup, stored as its results file.

@@ -27,6 +27,13 @@ pub enum Error {
     #[error("invalid spec: {}", .0.join("; "))]
     Validation(Vec<String>),
 
+    /// The data mover failed on a pod volume repository.
+    #[error("repository {url}: {source}")]
+    Repository {
+        url: String,
+        source: ferry_agent::Error,
+    },
+
     #[error("{0}")]
     Json(#[from] serde_json::Error),
 }
@@ -40,6 +47,7 @@ impl Error {
             }
             Error::Kube(_) => true,
             Error::Storage { retryable, .. } | Error::Snapshot { retryable, .. } => *retryable,
+            Error::Repository { source, .. } => source.is_retryable(),
             Error::NotFound { .. } | Error::Archive(_) | Error::Validation(_) | Error::Json(_) => {
                 false
             }

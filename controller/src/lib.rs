@@ -18,6 +18,7 @@ pub mod ebs;
 mod error;
 pub mod leader;
 pub mod location;
+pub mod maintenance;
 pub mod metrics;
 pub mod resources;
 pub mod restore;

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_protocol::crd::{Backup, BackupStorageLocation, LocationPhase, LocationStatus};
+use ferry_protocol::crd::{
+    AccessMode, Backup, BackupStorageLocation, LocationPhase, LocationStatus,
+};
 use ferry_protocol::layout::{BackupKeys, backups_prefix};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ObjectMeta, PostParams};
@@ -41,6 +43,11 @@ pub async fn reconcile(location: Arc<BackupStorageLocation>, ctx: Arc<Context>) 
             Err(error) => {
                 tracing::warn!(message = "syncing backups from the bucket failed", %error, location = %location.name_any())
             }
+        }
+        if location.spec.access_mode != Some(AccessMode::ReadOnly)
+            && let Err(error) = crate::maintenance::start_if_due(&ctx, &location, &mut status).await
+        {
+            tracing::warn!(message = "starting repository maintenance failed", %error, location = %location.name_any());
         }
     }
     ctx.apply_status(location.as_ref(), &status).await?;
@@ -94,6 +101,18 @@ async fn check(location: &BackupStorageLocation, ctx: &Context) -> Result<(), St
     }
     if location.spec.object_storage.bucket.is_empty() {
         return Err("objectStorage.bucket is empty".to_owned());
+    }
+    for (field, value) in [
+        ("validationFrequency", &location.spec.validation_frequency),
+        ("backupSyncPeriod", &location.spec.backup_sync_period),
+        (
+            "repositoryMaintenanceFrequency",
+            &location.spec.repository_maintenance_frequency,
+        ),
+    ] {
+        if let Some(Err(error)) = value.as_deref().map(parse_duration) {
+            return Err(format!("{field}: {error}"));
+        }
     }
     let store = ctx
         .object_store(location)

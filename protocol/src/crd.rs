@@ -352,6 +352,10 @@ pub struct BackupStorageLocationSpec {
     /// How often backups in the bucket are synced into the cluster; default one minute.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_sync_period: Option<String>,
+    /// How often the node agents' repositories in this location are pruned by a maintenance Job,
+    /// as a duration; default one hour, so that space comes back soon after backups are deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository_maintenance_frequency: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -372,6 +376,9 @@ pub struct LocationStatus {
     pub last_validation_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_synced_time: Option<Time>,
+    /// When the last repository maintenance Job was started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_maintenance_time: Option<Time>,
 }
 
 /// Where native volume snapshots are taken: a cloud provider's snapshot API. A Backup uses the

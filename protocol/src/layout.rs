@@ -113,6 +113,12 @@ pub fn backups_prefix(prefix: Option<&str>) -> String {
     format!("{}backups/", prefix_dir(prefix))
 }
 
+/// Where a storage location keeps the node agents' repositories: one per namespace below it,
+/// `<prefix>/repositories/<namespace>/`.
+pub fn repositories_prefix(prefix: Option<&str>) -> String {
+    format!("{}repositories/", prefix_dir(prefix))
+}
+
 fn prefix_dir(prefix: Option<&str>) -> String {
     match prefix.map(|p| p.trim_matches('/')) {
         Some(p) if !p.is_empty() => format!("{p}/"),

@@ -43,37 +43,46 @@ pub fn ferry_binary() -> PathBuf {
 }
 
 /// `cargo test --test <name>` builds no binary of another package: a `ferry` older than the
-/// newest build of Ferry's libraries would test yesterday's agent.
+/// sources it is built from would test yesterday's agent.
 fn assert_not_stale(binary: &std::path::Path) {
-    let modified = |path: &std::path::Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
     let Some(built) = modified(binary) else {
         return;
     };
-    let deps = binary.with_file_name("deps");
-    let newest_library = std::fs::read_dir(&deps)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|entry| {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            [
-                "libferry_agent-",
-                "libferry_controller-",
-                "libferry_protocol-",
-            ]
-            .iter()
-            .any(|prefix| name.starts_with(prefix))
-                && name.ends_with(".rlib")
-        })
-        .filter_map(|entry| modified(&entry.path()))
-        .max();
-    if newest_library.is_some_and(|library| library > built) {
-        panic!(
-            "{} is older than Ferry's libraries: rebuild it with `cargo build --workspace --tests` \
-             (or run `cargo test --workspace`), or set FERRY_BIN",
-            binary.display()
-        );
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace root");
+    let mut stack: Vec<PathBuf> = [
+        "agent/src",
+        "controller/src",
+        "protocol/src",
+        "protocol/proto",
+        "cli/src",
+    ]
+    .iter()
+    .map(|dir| workspace.join(dir))
+    .collect();
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            stack.extend(
+                std::fs::read_dir(&path)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path()),
+            );
+        } else if modified(&path).is_some_and(|changed| changed > built) {
+            panic!(
+                "{} is older than {}: rebuild it with `cargo build --workspace --tests` (or run \
+                 `cargo test --workspace`), or set FERRY_BIN",
+                binary.display(),
+                path.display()
+            );
+        }
     }
+}
+
+fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 /// A `ferry agent` process serving one fake node; killed when dropped.

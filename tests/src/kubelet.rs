@@ -118,3 +118,25 @@ impl FakeKubelet {
             .unwrap_or_else(|error| panic!("marking pod {namespace}/{pod_name} running: {error}"))
     }
 }
+
+/// Runs the first container of `job`'s pod as a kubelet would, with the `ferry` binary standing
+/// for the image and the test cluster's kubeconfig for the service account; returns its output.
+pub async fn run_job(job: &k8s_openapi::api::batch::v1::Job) -> std::process::Output {
+    let container = job
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.template.spec.as_ref())
+        .and_then(|pod| pod.containers.first())
+        .cloned()
+        .expect("a Job with a container");
+    let mut command = std::process::Command::new(crate::ferry_binary());
+    command
+        .args(container.args.unwrap_or_default())
+        .env("KUBECONFIG", crate::TestEnv::get().kubeconfig_path());
+    for variable in container.env.unwrap_or_default() {
+        command.env(variable.name, variable.value.unwrap_or_default());
+    }
+    tokio::task::spawn_blocking(move || command.output().expect("running the Job's command"))
+        .await
+        .expect("the Job's command")
+}

@@ -25,7 +25,7 @@ pub use controller::{
     CREDENTIALS_SECRET, HasPhase, RunningController, create_object, finished, summary,
 };
 pub use env::TestEnv;
-pub use kubelet::FakeKubelet;
+pub use kubelet::{FakeKubelet, run_job};
 pub use namespace::{TestNamespace, delete_namespace_and_wait, delete_pv_and_wait, wait_bound};
 pub use s3::BucketPrefix;
 
@@ -37,6 +37,47 @@ pub const CONVERGENCE_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 pub fn unique_name(prefix: &str) -> String {
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     format!("{prefix}-{}", &suffix[..10])
+}
+
+/// `len` bytes that do not compress and that no other seed repeats (xorshift), for volume data
+/// whose deduplication a test measures.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+/// Opens the repository at `url` in the test bucket and runs `work` on it, on a blocking thread:
+/// the data mover is synchronous and runs its own S3 runtime.
+pub async fn in_repository<T: Send + 'static>(
+    url: &str,
+    password: Vec<u8>,
+    work: impl FnOnce(&std::sync::Arc<ferry_agent::Repository>) -> T + Send + 'static,
+) -> T {
+    let env = TestEnv::get();
+    let options = ferry_agent::S3Options {
+        endpoint: Some(env.s3_endpoint().to_owned()),
+        region: env.s3_region().to_owned(),
+        path_style: true,
+        credentials: Some(env.s3_credentials()),
+        ..Default::default()
+    };
+    let url = url.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let backend = ferry_agent::open_backend(&url, &options)
+            .unwrap_or_else(|error| panic!("opening {url}: {error}"));
+        let repository = ferry_agent::Repository::open(backend, &password)
+            .unwrap_or_else(|error| panic!("opening the repository {url}: {error}"));
+        work(&std::sync::Arc::new(repository))
+    })
+    .await
+    .expect("the repository work")
 }
 
 /// Applies Ferry's CRDs (generated from the same types as deploy/crds.yaml) and waits until the

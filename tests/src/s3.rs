@@ -38,6 +38,28 @@ impl BucketPrefix {
     pub fn key(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
     }
+
+    /// Every object whose key starts with `under` (relative to this prefix): its key, relative
+    /// too, and its size.
+    pub async fn objects(&self, under: &str) -> Vec<(String, u64)> {
+        let client = TestEnv::get().s3_client();
+        let mut pages = client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(self.key(under))
+            .into_paginator()
+            .send();
+        let mut objects = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.unwrap_or_else(|error| panic!("listing {}: {error}", self.key(under)));
+            for object in page.contents() {
+                let key = object.key().unwrap_or_default();
+                let relative = key.strip_prefix(&self.prefix).unwrap_or(key).to_owned();
+                objects.push((relative, object.size().unwrap_or(0).max(0) as u64));
+            }
+        }
+        objects
+    }
 }
 
 impl Drop for BucketPrefix {

@@ -20,7 +20,7 @@ use ferry_protocol::volume::{VolumeMethod, VolumePhase, VolumeRecords};
 use ferry_tests::{
     BucketPrefix, CONVERGENCE_TIMEOUT, FakeKubelet, HasPhase, RunningAgent, RunningController,
     TestEnv, TestNamespace, create_object, delete_namespace_and_wait, delete_pv_and_wait,
-    issue_agent_credentials, summary, unique_name, wait_bound,
+    in_repository, issue_agent_credentials, pseudo_random, summary, unique_name, wait_bound,
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -103,18 +103,6 @@ fn volume(namespace: &str, pod: &str, name: &str) -> Option<PodVolume> {
         pod: pod.to_owned(),
         volume: name.to_owned(),
     })
-}
-
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
 }
 
 /// Every regular file and symlink under `dir`, relative, with its bytes or link target.
@@ -715,32 +703,6 @@ async fn a_backup_hands_pod_volumes_to_the_agents_of_their_nodes() {
     drop(app);
     drop(agent_a);
     ferry.stop().await;
-}
-
-/// Opens a repository in the test bucket and runs `work` on it, on a blocking thread: the data
-/// mover is synchronous and runs its own S3 runtime.
-async fn in_repository<T: Send + 'static>(
-    url: &str,
-    password: Vec<u8>,
-    work: impl FnOnce(&std::sync::Arc<ferry_agent::Repository>) -> T + Send + 'static,
-) -> T {
-    let env = TestEnv::get();
-    let options = ferry_agent::S3Options {
-        endpoint: Some(env.s3_endpoint().to_owned()),
-        region: env.s3_region().to_owned(),
-        path_style: true,
-        credentials: Some(env.s3_credentials()),
-        ..Default::default()
-    };
-    let url = url.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let backend = ferry_agent::open_backend(&url, &options).unwrap();
-        let repository =
-            std::sync::Arc::new(ferry_agent::Repository::open(backend, &password).unwrap());
-        work(&repository)
-    })
-    .await
-    .unwrap()
 }
 
 async fn wait_for_pod(pods: &Api<Pod>, name: &str) -> Pod {

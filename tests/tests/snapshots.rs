@@ -702,3 +702,71 @@ async fn a_controller_restart_neither_strands_nor_orphans_snapshots() {
     drop(app);
     ferry.stop().await;
 }
+
+#[tokio::test]
+async fn an_expired_backup_takes_its_snapshots_with_it() {
+    let env = TestEnv::get();
+    let clock = ferry_controller::Clock::manual(jiff::Timestamp::now());
+    let ferry = RunningController::start_with_clock("snapshots-expiry", true, clock.clone()).await;
+    let client = ferry.client.clone();
+    snapshot_location(&ferry, "ebs", env.ec2_endpoint()).await;
+    let app = TestNamespace::create(&client, "expiring").await;
+    let ns = app.name();
+    // moto refuses an empty tag specification.
+    let volume = ebs_volume(
+        "us-east-1a",
+        VolumeType::Gp3,
+        None,
+        None,
+        None,
+        &[("app", "expiring")],
+    )
+    .await;
+    bound_claim(
+        &client,
+        ns,
+        "data",
+        json!({"metadata": {"name": unique_name("pv-expiring")}, "spec": {
+            "csi": {"driver": "ebs.csi.aws.com", "volumeHandle": volume},
+            "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "topology.ebs.csi.aws.com/zone", "operator": "In", "values": ["us-east-1a"]},
+            ]}]}},
+        }}),
+    )
+    .await;
+    bound_volume(&client, ns, "data").await;
+    let backup = ferry
+        .backup("brief", json!({"includedNamespaces": [ns], "ttl": "1h"}))
+        .await;
+    assert_eq!(
+        backup.phase(),
+        Some(Phase::Completed),
+        "{}",
+        summary(&backup)
+    );
+    let uid = backup.uid().unwrap();
+    assert_eq!(snapshots_of(&uid).await.len(), 1);
+
+    clock.advance(jiff::SignedDuration::from_hours(2));
+    // Prompt a reconcile now rather than at the controller's hourly look.
+    let backups = ferry.backups();
+    let nudge = json!({"metadata": {"annotations": {"test.ferry.dev/nudge": "1"}}});
+    backups
+        .patch("brief", &PatchParams::default(), &Patch::Merge(&nudge))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + CONVERGENCE_TIMEOUT;
+    while backups.get_opt("brief").await.unwrap().is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the expired backup was not deleted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    assert!(
+        snapshots_of(&uid).await.is_empty(),
+        "the expired backup's snapshot is still in EC2"
+    );
+    assert!(ferry.store.objects("backups/brief/").await.is_empty());
+    ferry.stop().await;
+}

@@ -1,0 +1,136 @@
+//! Repository maintenance: the node agents' repositories in a storage location are pruned on a
+//! period (`repositoryMaintenanceFrequency`, default hourly) by a Kubernetes Job that runs
+//! `ferry repo maintenance --location <name>`, so that a large prune never takes the controller's
+//! memory. Deleting a backup forgets its snapshots at once; the next maintenance gives the space
+//! back. Prune takes the repository's exclusive lock, which waits for running backups (they hold
+//! shared locks) and keeps recent unindexed packs, so a running backup is never harmed.
+
+use std::time::Duration;
+
+use ferry_protocol::crd::{BackupStorageLocation, LocationStatus};
+use ferry_protocol::layout::repositories_prefix;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{ListParams, PostParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+use crate::context::Context;
+use crate::error::Result;
+use crate::parse_duration;
+
+/// Labels a maintenance Job with the storage location it maintains.
+pub const LOCATION_LABEL: &str = "ferry.dev/maintenance-location";
+const DEFAULT_FREQUENCY: Duration = Duration::from_secs(3600);
+/// The image and the service account the Job runs as: the controller's own (deploy/controller.yaml
+/// sets both), since it reads the same Secrets and locations.
+const DEFAULT_IMAGE: &str = "ghcr.io/ferry-dev/ferry:latest";
+const DEFAULT_SERVICE_ACCOUNT: &str = "ferry-controller";
+
+/// Starts a maintenance Job for `location` when one is due, the location holds repositories, and
+/// no earlier Job for it still runs; records the start in `status`.
+pub async fn start_if_due(
+    ctx: &Context,
+    location: &BackupStorageLocation,
+    status: &mut LocationStatus,
+) -> Result<()> {
+    let frequency = location
+        .spec
+        .repository_maintenance_frequency
+        .as_deref()
+        .and_then(|text| parse_duration(text).ok())
+        .unwrap_or(DEFAULT_FREQUENCY);
+    let now = ctx.now();
+    let due = status.last_maintenance_time.as_ref().is_none_or(|last| {
+        now.as_second() - last.0.as_second()
+            >= i64::try_from(frequency.as_secs()).unwrap_or(i64::MAX)
+    });
+    if !due {
+        return Ok(());
+    }
+    let store = ctx.object_store(location).await?;
+    if store
+        .list_dirs(&repositories_prefix(store.prefix()))
+        .await?
+        .is_empty()
+    {
+        return Ok(());
+    }
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let selector = format!("{LOCATION_LABEL}={}", location.name_any());
+    let running = jobs
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+        .into_iter()
+        .any(|job| {
+            let status = job.status.unwrap_or_default();
+            status.completion_time.is_none() && status.failed.unwrap_or(0) == 0
+        });
+    if running {
+        tracing::debug!(message = "repository maintenance still runs", location = %location.name_any());
+        return Ok(());
+    }
+    let job = job(ctx, location, now);
+    match jobs.create(&PostParams::default(), &job).await {
+        Ok(_) => {}
+        // Created by this very reconcile before a restart lost the status update.
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(error) => return Err(error.into()),
+    }
+    tracing::info!(message = "started repository maintenance", location = %location.name_any(), job = %job.name_any());
+    status.last_maintenance_time = Some(Time(now));
+    Ok(())
+}
+
+/// The Job that maintains every repository of `location`.
+pub fn job(ctx: &Context, location: &BackupStorageLocation, now: jiff::Timestamp) -> Job {
+    let name = location.name_any();
+    // Job names are DNS labels (63 characters), and the Job controller appends 6 to its pods'.
+    let short: String = name.chars().take(30).collect();
+    let job_name = format!(
+        "ferry-maintenance-{}-{}",
+        short.trim_end_matches('-'),
+        now.as_second()
+    );
+    let image = std::env::var("FERRY_IMAGE").unwrap_or_else(|_| DEFAULT_IMAGE.to_owned());
+    let service_account = std::env::var("FERRY_SERVICE_ACCOUNT")
+        .unwrap_or_else(|_| DEFAULT_SERVICE_ACCOUNT.to_owned());
+    serde_json::from_value(json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name,
+            "namespace": ctx.namespace,
+            "labels": {"app.kubernetes.io/name": "ferry", "app.kubernetes.io/component": "maintenance", LOCATION_LABEL: name},
+        },
+        "spec": {
+            "backoffLimit": 2,
+            "ttlSecondsAfterFinished": 86400,
+            "template": {
+                "metadata": {"labels": {"app.kubernetes.io/name": "ferry", "app.kubernetes.io/component": "maintenance", LOCATION_LABEL: name}},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "serviceAccountName": service_account,
+                    "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [{
+                        "name": "maintenance",
+                        "image": image,
+                        "args": ["repo", "maintenance", "--location", name],
+                        "env": [
+                            {"name": "FERRY_NAMESPACE", "value": ctx.namespace},
+                            {"name": "FERRY_LOG_FORMAT", "value": "json"},
+                        ],
+                        // Prune holds the index of one repository at a time.
+                        "resources": {
+                            "requests": {"cpu": "100m", "memory": "128Mi"},
+                            "limits": {"memory": "2Gi"},
+                        },
+                        "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
+                    }],
+                },
+            },
+        },
+    }))
+    .expect("a valid Job")
+}
