@@ -63,10 +63,7 @@ pub async fn start_if_due(
         .await?
         .items
         .into_iter()
-        .any(|job| {
-            let status = job.status.unwrap_or_default();
-            status.completion_time.is_none() && status.failed.unwrap_or(0) == 0
-        });
+        .any(|job| !has_finished(&job));
     if running {
         tracing::debug!(message = "repository maintenance still runs", location = %location.name_any());
         return Ok(());
@@ -81,6 +78,19 @@ pub async fn start_if_due(
     tracing::info!(message = "started repository maintenance", location = %location.name_any(), job = %job.name_any());
     status.last_maintenance_time = Some(Time(now));
     Ok(())
+}
+
+/// Whether a Job has succeeded, or failed for good (every retry spent).
+fn has_finished(job: &Job) -> bool {
+    job.status
+        .as_ref()
+        .and_then(|status| status.conditions.as_ref())
+        .is_some_and(|conditions| {
+            conditions.iter().any(|condition| {
+                matches!(condition.type_.as_str(), "Complete" | "Failed")
+                    && condition.status == "True"
+            })
+        })
 }
 
 /// The Job that maintains every repository of `location`.
@@ -133,4 +143,30 @@ pub fn job(ctx: &Context, location: &BackupStorageLocation, now: jiff::Timestamp
         },
     }))
     .expect("a valid Job")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job_with_conditions(conditions: serde_json::Value) -> Job {
+        serde_json::from_value(
+            json!({"metadata": {"name": "j"}, "status": {"conditions": conditions}}),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_job_retrying_after_a_failed_pod_still_runs() {
+        assert!(!has_finished(&job_with_conditions(json!([]))));
+        assert!(!has_finished(&job_with_conditions(
+            json!([{"type": "Complete", "status": "False"}])
+        )));
+        assert!(has_finished(&job_with_conditions(
+            json!([{"type": "Complete", "status": "True"}])
+        )));
+        assert!(has_finished(&job_with_conditions(
+            json!([{"type": "Failed", "status": "True"}])
+        )));
+    }
 }
