@@ -12,7 +12,6 @@ use ferry_protocol::layout::repositories_prefix;
 use serde_json::json;
 
 use crate::cluster_cmd::ClusterArgs;
-use crate::output::bytes;
 use crate::{GlobalArgs, OutputFormat};
 
 #[derive(Debug, Args)]
@@ -113,12 +112,5 @@ fn print(json: bool, repository: Option<&str>, report: &PruneReport) {
     if let Some(repository) = repository {
         print!("{repository}: ");
     }
-    println!(
-        "removed {} blobs; deleted {} packs, repacked {}, removed {} unindexed; freed {}",
-        report.blobs_removed,
-        report.packs_deleted,
-        report.packs_repacked,
-        report.unindexed_packs_deleted,
-        bytes(report.bytes_freed)
-    );
+    crate::repo_cmd::print_prune(report);
 }

@@ -272,7 +272,7 @@ fn prune(
     )?)
 }
 
-fn print_prune(report: &ferry_agent::PruneReport) {
+pub(crate) fn print_prune(report: &ferry_agent::PruneReport) {
     println!(
         "removed {} blobs; deleted {} packs, repacked {}, removed {} unindexed; freed {}",
         report.blobs_removed,

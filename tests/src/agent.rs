@@ -132,6 +132,30 @@ impl RunningAgent {
         agent
     }
 
+    /// Creates pod `pod` in `namespace` with an emptyDir volume `volume` that its annotation
+    /// hands to the node agents, runs it on this agent's node, and returns the volume's directory.
+    pub async fn run_pod_with_volume(
+        &self,
+        client: &Client,
+        namespace: &str,
+        pod: &str,
+        volume: &str,
+    ) -> PathBuf {
+        crate::create_object(
+            client,
+            namespace,
+            serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": pod, "annotations": {"backup.ferry.dev/volumes": volume}},
+                "spec": {"containers": [{"name": "app", "image": "busybox:1.36"}],
+                         "volumes": [{"name": volume, "emptyDir": {}}]}}),
+        )
+        .await;
+        let running = self.kubelet.run_pod(client, namespace, pod).await;
+        let uid = running.metadata.uid.expect("a pod UID");
+        self.kubelet
+            .volume_dir(&uid, "kubernetes.io~empty-dir", volume)
+    }
+
     /// Where the agent listens (and what its Lease advertises).
     pub fn address(&self) -> &str {
         &self.address

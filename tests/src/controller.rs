@@ -146,6 +146,26 @@ impl RunningController {
         RunningController::start(test, true).await
     }
 
+    /// The password of the node agents' repositories, as the controller keeps it.
+    pub async fn repository_password(&self) -> Vec<u8> {
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+            Api::namespaced(self.client.clone(), self.namespace.name());
+        let secret = secrets
+            .get(ferry_controller::agents::REPOSITORY_PASSWORD_SECRET)
+            .await
+            .expect("the repository password Secret");
+        secret
+            .data
+            .and_then(|mut data| data.remove("password"))
+            .expect("a password in the repository password Secret")
+            .0
+    }
+
+    /// The node agents' repository of `namespace` in the default storage location.
+    pub fn repository_url(&self, namespace: &str) -> String {
+        format!("{}/repositories/{namespace}", self.store.url())
+    }
+
     pub fn backups(&self) -> Api<Backup> {
         Api::namespaced(self.client.clone(), self.namespace.name())
     }

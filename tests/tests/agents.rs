@@ -23,7 +23,7 @@ use ferry_tests::{
     in_repository, issue_agent_credentials, pseudo_random, summary, unique_name, wait_bound,
 };
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
@@ -377,25 +377,9 @@ async fn a_backup_hands_pod_volumes_to_the_agents_of_their_nodes() {
     let app = TestNamespace::create(&client, "agents-app").await;
     let ns = app.name();
     // Node A: an emptyDir volume its pod's annotation names.
-    create_object(
-        &client,
-        ns,
-        json!({"apiVersion": "v1", "kind": "Pod",
-               "metadata": {"name": "web", "annotations": {"backup.ferry.dev/volumes": "cache"}},
-               "spec": {"containers": [{"name": "app", "image": "busybox:1.36"}],
-                        "volumes": [{"name": "cache", "emptyDir": {}}]}}),
-    )
-    .await;
-    let web_uid = agent_a
-        .kubelet
-        .run_pod(&client, ns, "web")
-        .await
-        .metadata
-        .uid
-        .unwrap();
     let cache = agent_a
-        .kubelet
-        .volume_dir(&web_uid, "kubernetes.io~empty-dir", "cache");
+        .run_pod_with_volume(&client, ns, "web", "cache")
+        .await;
     std::fs::write(cache.join("page.html"), b"<h1>shop</h1>\n").unwrap();
     // Node B: a claim on a CSI volume no native snapshotter covers, backed up without asking.
     let pv_name = unique_name("pv-ceph");
@@ -464,14 +448,7 @@ async fn a_backup_hands_pod_volumes_to_the_agents_of_their_nodes() {
 
     // The data is in the namespace's repository, under the password the controller keeps.
     let fs = data_record.file_system.clone().unwrap();
-    let password = Api::<Secret>::namespaced(client.clone(), ferry.namespace.name())
-        .get(ferry_controller::agents::REPOSITORY_PASSWORD_SECRET)
-        .await
-        .unwrap()
-        .data
-        .unwrap()["password"]
-        .0
-        .clone();
+    let password = ferry.repository_password().await;
     let snapshots: Vec<String> = [&cache_record, &data_record]
         .iter()
         .map(|r| r.file_system.as_ref().unwrap().snapshot_id.clone().unwrap())

@@ -15,7 +15,6 @@ use ferry_tests::{
     in_repository, issue_agent_credentials, pseudo_random, run_job, summary,
 };
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -94,25 +93,7 @@ async fn an_expired_backup_is_deleted_everywhere_and_maintenance_gives_its_space
                "data": {"mode": "production"}}),
     )
     .await;
-    create_object(
-        &client,
-        ns,
-        json!({"apiVersion": "v1", "kind": "Pod",
-               "metadata": {"name": "web", "annotations": {"backup.ferry.dev/volumes": "cache"}},
-               "spec": {"containers": [{"name": "app", "image": "busybox:1.36"}],
-                        "volumes": [{"name": "cache", "emptyDir": {}}]}}),
-    )
-    .await;
-    let uid = agent
-        .kubelet
-        .run_pod(&client, ns, "web")
-        .await
-        .metadata
-        .uid
-        .unwrap();
-    let cache = agent
-        .kubelet
-        .volume_dir(&uid, "kubernetes.io~empty-dir", "cache");
+    let cache = agent.run_pod_with_volume(&client, ns, "web", "cache").await;
 
     // The short-lived backup holds data no other backup has; the long-lived one other data.
     std::fs::write(cache.join("old.bin"), pseudo_random(8 << 20, 1)).unwrap();
@@ -158,15 +139,8 @@ async fn an_expired_backup_is_deleted_everywhere_and_maintenance_gives_its_space
 
     // Its snapshot is gone from the repository at once; its data at the next maintenance, which
     // is due an hour after the first.
-    let password = Api::<Secret>::namespaced(client.clone(), ferry.namespace.name())
-        .get(ferry_controller::agents::REPOSITORY_PASSWORD_SECRET)
-        .await
-        .unwrap()
-        .data
-        .unwrap()["password"]
-        .0
-        .clone();
-    let repository = format!("{}/repositories/{ns}", ferry.store.url());
+    let password = ferry.repository_password().await;
+    let repository = ferry.repository_url(ns);
     let tags = snapshot_tags(&repository, password.clone()).await;
     assert!(
         !tags.iter().any(|t| t.contains(&"backup=short".to_owned())),
@@ -213,25 +187,7 @@ async fn deleting_a_running_backup_is_queued_until_it_ends() {
     let agent = RunningAgent::start(&client, ferry.namespace.name(), &tls).await;
     let app = TestNamespace::create(&client, "delete-running-app").await;
     let ns = app.name();
-    create_object(
-        &client,
-        ns,
-        json!({"apiVersion": "v1", "kind": "Pod",
-               "metadata": {"name": "db", "annotations": {"backup.ferry.dev/volumes": "data"}},
-               "spec": {"containers": [{"name": "db", "image": "busybox:1.36"}],
-                        "volumes": [{"name": "data", "emptyDir": {}}]}}),
-    )
-    .await;
-    let uid = agent
-        .kubelet
-        .run_pod(&client, ns, "db")
-        .await
-        .metadata
-        .uid
-        .unwrap();
-    let data = agent
-        .kubelet
-        .volume_dir(&uid, "kubernetes.io~empty-dir", "data");
+    let data = agent.run_pod_with_volume(&client, ns, "db", "data").await;
     std::fs::write(data.join("table.db"), pseudo_random(32 << 20, 3)).unwrap();
 
     ferry
@@ -276,15 +232,8 @@ async fn deleting_a_running_backup_is_queued_until_it_ends() {
     let queued = queued.expect("the status never said the deletion was queued");
     assert!(queued.contains("queued"), "{queued}");
     assert!(ferry.store.objects("backups/busy/").await.is_empty());
-    let password = Api::<Secret>::namespaced(client.clone(), ferry.namespace.name())
-        .get(ferry_controller::agents::REPOSITORY_PASSWORD_SECRET)
-        .await
-        .unwrap()
-        .data
-        .unwrap()["password"]
-        .0
-        .clone();
-    let repository = format!("{}/repositories/{ns}", ferry.store.url());
+    let password = ferry.repository_password().await;
+    let repository = ferry.repository_url(ns);
     let tags = snapshot_tags(&repository, password).await;
     assert!(
         tags.is_empty(),
