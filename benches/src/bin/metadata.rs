@@ -2,7 +2,7 @@
 //! environment (`tests/env/up`): objects per second each way.
 //!
 //!   tests/env/up
-//!   cargo build --workspace --bins --features ferry-benches/metadata
+//!   cargo build -p ferry-benches --features cluster --bins
 //!   $CARGO_TARGET_DIR/debug/metadata --objects 10000
 //!
 //! The controller runs in this process (dependencies optimised, Ferry's own crates at the dev
