@@ -278,16 +278,19 @@ impl HasPhase for Restore {
     }
 }
 
-/// Waits until the resource reaches a final phase, and returns it.
+/// Waits until the resource exists (a Schedule creates its Backups a moment later) and reaches a
+/// final phase, and returns it.
 pub async fn finished<K>(api: &Api<K>, name: &str) -> K
 where
     K: HasPhase + Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
     let deadline = tokio::time::Instant::now() + CONVERGENCE_TIMEOUT;
     loop {
-        let object = api.get(name).await.unwrap();
-        if object.phase().is_some_and(Phase::is_terminal) {
-            return object;
+        let object = api.get_opt(name).await.unwrap();
+        if let Some(object) = &object
+            && object.phase().is_some_and(Phase::is_terminal)
+        {
+            return object.clone();
         }
         assert!(
             tokio::time::Instant::now() < deadline,
