@@ -49,17 +49,44 @@ pub enum TaskState {
     },
 }
 
-/// The agent tasks started by this process, by task id.
-#[derive(Debug, Clone, Default)]
-pub struct AgentTasks(Arc<Mutex<HashMap<String, TaskState>>>);
+/// The Backup or Restore (by name) whose reconciler follows a task: woken when the task ends, so
+/// that it records the outcome at once rather than at its next poll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskOwner {
+    Backup(String),
+    Restore(String),
+}
+
+/// The agent tasks started by this process, by task id, and the owners of those that ended.
+#[derive(Debug, Clone)]
+pub struct AgentTasks {
+    states: Arc<Mutex<HashMap<String, TaskState>>>,
+    ended: tokio::sync::mpsc::UnboundedSender<TaskOwner>,
+    ended_owners: Arc<Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<TaskOwner>>>>,
+}
+
+impl Default for AgentTasks {
+    fn default() -> Self {
+        let (ended, ended_owners) = tokio::sync::mpsc::unbounded_channel();
+        AgentTasks {
+            states: Default::default(),
+            ended,
+            ended_owners: Arc::new(Mutex::new(Some(ended_owners))),
+        }
+    }
+}
 
 impl AgentTasks {
     pub fn state(&self, task_id: &str) -> Option<TaskState> {
-        self.0.lock().expect("agent tasks").get(task_id).cloned()
+        self.states
+            .lock()
+            .expect("agent tasks")
+            .get(task_id)
+            .cloned()
     }
 
     fn set(&self, task_id: &str, state: TaskState) {
-        self.0
+        self.states
             .lock()
             .expect("agent tasks")
             .insert(task_id.to_owned(), state);
@@ -67,7 +94,13 @@ impl AgentTasks {
 
     /// Forgets a finished task once its outcome is recorded.
     pub fn forget(&self, task_id: &str) {
-        self.0.lock().expect("agent tasks").remove(task_id);
+        self.states.lock().expect("agent tasks").remove(task_id);
+    }
+
+    /// The owners of tasks as they end, for the reconcilers to be woken by; the first caller gets
+    /// them, later ones `None`.
+    pub fn ended_owners(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<TaskOwner>> {
+        self.ended_owners.lock().expect("agent tasks").take()
     }
 }
 
@@ -289,8 +322,14 @@ pub enum AgentRequest {
 }
 
 /// Starts `request` on the agent of `node`; its outcome shows in `ctx.agent_tasks` under
-/// `task_id`.
-pub async fn start_task(ctx: &Context, task_id: &str, node: &str, request: AgentRequest) {
+/// `task_id`, and `owner` is woken when it is there.
+pub async fn start_task(
+    ctx: &Context,
+    task_id: &str,
+    node: &str,
+    request: AgentRequest,
+    owner: TaskOwner,
+) {
     let tasks = ctx.agent_tasks.clone();
     let failed = |message: String, retryable: bool| TaskState::Failed { message, retryable };
     let address = match agent_address(ctx, node).await {
@@ -335,6 +374,8 @@ pub async fn start_task(ctx: &Context, task_id: &str, node: &str, request: Agent
             }
         };
         tasks.set(&task_id, state);
+        // Nobody listens when no controller runs in this process (the CLI).
+        let _ = tasks.ended.send(owner);
     });
 }
 

@@ -506,6 +506,7 @@ async fn finish(
 /// How a backup's pod volumes go to the repository: tagged with the backup.
 fn backup_transfer(backup: &Backup) -> volumes::Transfer {
     volumes::Transfer::Backup {
+        backup: backup.name_any(),
         tags: vec![
             format!("backup={}", backup.name_any()),
             format!("backup-uid={}", backup.uid().unwrap_or_default()),

@@ -115,6 +115,7 @@ pub async fn reconcile(restore: Arc<Restore>, ctx: Arc<Context>) -> Result<Actio
 /// init containers wait for.
 fn restore_transfer(restore: &Restore) -> volumes::Transfer {
     volumes::Transfer::Restore {
+        restore: restore.name_any(),
         marker: restore_marker(restore),
     }
 }

@@ -16,7 +16,7 @@ use futures::StreamExt;
 use kube::ResourceExt;
 use serde_json::Value;
 
-use crate::agents::{AgentRequest, TaskState};
+use crate::agents::{AgentRequest, TaskOwner, TaskState};
 use crate::context::Context;
 use crate::ebs::{self, Ebs, EbsError, SnapshotProgress, zone_in_region};
 use crate::error::{Error, Result};
@@ -704,10 +704,11 @@ pub fn pod_volume_progress(ctx: &Context, records: &VolumeRecords) -> Option<Pod
 /// Which way a pod volume's data goes.
 #[derive(Debug, Clone)]
 pub enum Transfer {
-    /// Into the repository, tagged.
-    Backup { tags: Vec<String> },
-    /// Out of it into a restored pod's volume, then the marker its init container waits for.
-    Restore { marker: String },
+    /// Into the repository, tagged, for Backup `backup`.
+    Backup { backup: String, tags: Vec<String> },
+    /// Out of it into a restored pod's volume, then the marker its init container waits for, for
+    /// Restore `restore`.
+    Restore { restore: String, marker: String },
 }
 
 /// Starts the pod volume tasks that are not running in this process, and records those that
@@ -825,7 +826,7 @@ pub async fn follow_pod_volumes(
             volume: pod.volume.clone(),
         });
         let request = match transfer {
-            Transfer::Backup { tags } => {
+            Transfer::Backup { tags, .. } => {
                 AgentRequest::Backup(ferry_protocol::agent::v1::BackupVolumeRequest {
                     task_id: fs.task_id.clone(),
                     volume,
@@ -833,7 +834,7 @@ pub async fn follow_pod_volumes(
                     tags: tags.clone(),
                 })
             }
-            Transfer::Restore { marker } => {
+            Transfer::Restore { marker, .. } => {
                 AgentRequest::Restore(ferry_protocol::agent::v1::RestoreVolumeRequest {
                     task_id: fs.task_id.clone(),
                     volume,
@@ -844,7 +845,11 @@ pub async fn follow_pod_volumes(
                 })
             }
         };
-        crate::agents::start_task(ctx, &fs.task_id, &pod.node, request).await;
+        let owner = match transfer {
+            Transfer::Backup { backup, .. } => TaskOwner::Backup(backup.clone()),
+            Transfer::Restore { restore, .. } => TaskOwner::Restore(restore.clone()),
+        };
+        crate::agents::start_task(ctx, &fs.task_id, &pod.node, request, owner).await;
     }
     Ok(records.volumes.iter().all(|r| r.phase.is_terminal()))
 }
