@@ -86,6 +86,24 @@ pub async fn run_with(client: Client, namespace: String, clock: Clock, metrics: 
         config.clone(),
     )
     .reconcile_on(restore_tasks_ended)
+    // A restored pod that the scheduler binds to a node is ready for its node agent at once.
+    // (Pending: its init container waits for the agent; pods that run are of no interest.)
+    .watches(
+        Api::<k8s_openapi::api::core::v1::Pod>::all(client.clone()),
+        watcher::Config::default().labels(restore::RESTORE_NAME_LABEL),
+        {
+            let namespace = namespace.to_owned();
+            move |pod| {
+                pod.spec.as_ref()?.node_name.as_ref()?;
+                let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+                if phase.is_some_and(|phase| phase != "Pending") {
+                    return None;
+                }
+                let restore = pod.labels().get(restore::RESTORE_NAME_LABEL)?;
+                Some(ObjectRef::new(restore).within(&namespace))
+            }
+        },
+    )
     .run(
         |restore, ctx| {
             let span = tracing::info_span!("reconcile", restore = %restore.name_any());
