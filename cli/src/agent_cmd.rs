@@ -105,11 +105,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
 fn respond(path: &str, metrics: &AgentMetrics) -> Response {
     match path {
         "/healthz" => Response::ok("ok"),
-        "/metrics" => Response {
-            status: "200 OK",
-            content_type: ferry_agent::daemon::metrics::CONTENT_TYPE,
-            body: metrics.encode(),
-        },
+        "/metrics" => {
+            Response::metrics(ferry_agent::daemon::metrics::CONTENT_TYPE, metrics.encode())
+        }
         _ => Response::not_found(),
     }
 }

@@ -81,11 +81,7 @@ async fn respond(path: String, client: kube::Client, metrics: Arc<Metrics>) -> R
                 "the API server did not answer within {READY_TIMEOUT:?}"
             )),
         },
-        "/metrics" => Response {
-            status: "200 OK",
-            content_type: ferry_controller::metrics::CONTENT_TYPE,
-            body: metrics.encode(),
-        },
+        "/metrics" => Response::metrics(ferry_controller::metrics::CONTENT_TYPE, metrics.encode()),
         _ => Response::not_found(),
     }
 }
