@@ -72,7 +72,7 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let run_dir = RunDir::create(&args.work_dir)?;
-    keep_temporary_files_in(&run_dir.path);
+    keep_temporary_files_in(&run_dir.path)?;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -117,14 +117,16 @@ impl Drop for RunDir {
     }
 }
 
-/// Points TMPDIR at `dir`: the harness keeps the fake kubelet's root (the pod volumes: the data
-/// set and the agent's restore) and the agent's files in temporary directories, and they belong
-/// on the disk the standalone side uses, not on whatever /tmp is.
-#[allow(unsafe_code)]
-fn keep_temporary_files_in(dir: &Path) {
-    // SAFETY: called first thing in main, before the runtime or anything else starts a thread
-    // that could read the environment concurrently.
-    unsafe { std::env::set_var("TMPDIR", dir) };
+/// Points the harness's temporary directories at `dir`: it keeps the fake kubelet's root (the
+/// pod volumes: the data set and the agent's restore) and the agent's files in them, and they
+/// belong on the disk the standalone side uses, not on whatever /tmp is.
+fn keep_temporary_files_in(dir: &Path) -> anyhow::Result<()> {
+    tempfile::env::override_temp_dir(dir).map_err(|earlier| {
+        anyhow::anyhow!(
+            "the temporary directory was set to {} already",
+            earlier.display()
+        )
+    })
 }
 
 async fn run(args: &Args, run_dir: &Path) -> anyhow::Result<()> {
