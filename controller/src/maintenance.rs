@@ -11,7 +11,8 @@ use ferry_protocol::crd::{BackupStorageLocation, LocationStatus};
 use ferry_protocol::layout::repositories_prefix;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{ListParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
@@ -21,19 +22,30 @@ use crate::parse_duration;
 
 /// Labels a maintenance Job with the storage location it maintains.
 pub const LOCATION_LABEL: &str = "ferry.dev/maintenance-location";
+/// Marks a failed maintenance Job whose failure has been reported as an Event.
+const FAILURE_REPORTED_ANNOTATION: &str = "ferry.dev/failure-reported";
 const DEFAULT_FREQUENCY: Duration = Duration::from_secs(3600);
-/// The image and the service account the Job runs as: the controller's own (deploy/controller.yaml
-/// sets both), since it reads the same Secrets and locations.
+/// The image and the service account the Job runs as: the controller's own (FERRY_IMAGE, which
+/// deploy/controller.yaml sets, and FERRY_SERVICE_ACCOUNT), since it reads the same Secrets and
+/// locations.
 const DEFAULT_IMAGE: &str = "ghcr.io/ferry-dev/ferry:latest";
 const DEFAULT_SERVICE_ACCOUNT: &str = "ferry-controller";
 
-/// Starts a maintenance Job for `location` when one is due, the location holds repositories, and
-/// no earlier Job for it still runs; records the start in `status`.
+/// Reports maintenance Jobs of `location` that failed, then starts one when it is due, the
+/// location holds repositories, and no earlier Job for it still runs; records the start in
+/// `status`.
 pub async fn start_if_due(
     ctx: &Context,
     location: &BackupStorageLocation,
     status: &mut LocationStatus,
 ) -> Result<()> {
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let selector = format!("{LOCATION_LABEL}={}", location.name_any());
+    let earlier = jobs
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items;
+    report_failures(ctx, location, &jobs, &earlier).await;
     let frequency = location
         .spec
         .repository_maintenance_frequency
@@ -56,15 +68,7 @@ pub async fn start_if_due(
     {
         return Ok(());
     }
-    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-    let selector = format!("{LOCATION_LABEL}={}", location.name_any());
-    let running = jobs
-        .list(&ListParams::default().labels(&selector))
-        .await?
-        .items
-        .into_iter()
-        .any(|job| !has_finished(&job));
-    if running {
+    if earlier.iter().any(|job| !has_finished(job)) {
         tracing::debug!(message = "repository maintenance still runs", location = %location.name_any());
         return Ok(());
     }
@@ -80,16 +84,50 @@ pub async fn start_if_due(
     Ok(())
 }
 
+/// Raises a Warning Event on the location, once per Job, for each maintenance Job that failed for
+/// good: space that does not come back must not go unnoticed.
+async fn report_failures(
+    ctx: &Context,
+    location: &BackupStorageLocation,
+    jobs: &Api<Job>,
+    earlier: &[Job],
+) {
+    let unreported = earlier.iter().filter(|job| {
+        has_condition(job, "Failed") && !job.annotations().contains_key(FAILURE_REPORTED_ANNOTATION)
+    });
+    for job in unreported {
+        let name = job.name_any();
+        let message = format!(
+            "repository maintenance Job {name} failed; `kubectl -n {} logs job/{name}` says why. \
+             The next maintenance runs one period after it started",
+            ctx.namespace
+        );
+        tracing::warn!(message = "repository maintenance failed", location = %location.name_any(), job = %name);
+        ctx.event(location, EventType::Warning, "MaintenanceFailed", message)
+            .await;
+        let reported = json!({"metadata": {"annotations": {FAILURE_REPORTED_ANNOTATION: "true"}}});
+        if let Err(error) = jobs
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&reported))
+            .await
+        {
+            tracing::warn!(message = "marking a failed maintenance Job as reported failed", %error, job = %name);
+        }
+    }
+}
+
 /// Whether a Job has succeeded, or failed for good (every retry spent).
 fn has_finished(job: &Job) -> bool {
+    has_condition(job, "Complete") || has_condition(job, "Failed")
+}
+
+fn has_condition(job: &Job, condition_type: &str) -> bool {
     job.status
         .as_ref()
         .and_then(|status| status.conditions.as_ref())
         .is_some_and(|conditions| {
-            conditions.iter().any(|condition| {
-                matches!(condition.type_.as_str(), "Complete" | "Failed")
-                    && condition.status == "True"
-            })
+            conditions
+                .iter()
+                .any(|condition| condition.type_ == condition_type && condition.status == "True")
         })
 }
 
