@@ -8,26 +8,32 @@
 //! by every core at once since its chunks are sealed independently.
 
 use std::collections::{HashMap, VecDeque};
-use std::fs::Metadata;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, channel, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tracing::warn;
 
+use rustix::fs::{AtFlags, FileType, Stat, statat};
+use rustix::io::Errno;
+
 use crate::blob::{self, BlobKind};
+use crate::chunker::Piece;
 use crate::error::{Error, IoContext, Result};
 use crate::id::Id;
 use crate::lock::RepoLock;
 use crate::packer::Packer;
 use crate::progress::{ProgressEvent, ProgressSink, Tracker};
 use crate::repository::Repository;
+use crate::root_dir::{RootDir, open_regular, read_names};
 use crate::snapshot::{BackupSummary, Snapshot};
-use crate::tree::{Extent, Node, NodeKind, Tree, Xattr};
+use crate::tree::{Extent, MAX_DEPTH, MAX_PATH, Node, NodeKind, Tree, Xattr};
 use crate::util::{ByteBudget, available_cores};
 
 /// Which snapshot a backup compares against to skip unchanged files.
@@ -54,9 +60,9 @@ pub struct BackupOptions {
     pub progress: Option<Arc<dyn ProgressSink>>,
     /// Reader and sealing threads each; defaults to the number of cores.
     pub workers: Option<usize>,
-    /// Set to stop the backup: it ends with [`Error::Cancelled`] at the next file, writing no
-    /// snapshot (the packs already written are reclaimed by prune).
-    pub cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Set to stop the backup: it ends with [`Error::Cancelled`] at the next entry or chunk,
+    /// writing no snapshot (the packs already written are reclaimed by prune).
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 #[derive(Debug, Clone)]
@@ -69,6 +75,11 @@ pub struct BackupOutcome {
 /// readers rather than run ahead, so memory stays bounded on huge trees.
 const MAX_PENDING_NODES: usize = 50_000;
 
+/// The walk's stack: room for [`MAX_DEPTH`] levels of recursion even unoptimised. Reserved, not
+/// used: only the pages a deep tree touches are ever allocated.
+const WALK_STACK: usize = 256 << 20;
+
+/// Backs up the directory at `source`.
 pub fn backup(
     repo: &Arc<Repository>,
     source: &Path,
@@ -82,14 +93,28 @@ pub fn backup(
             source.display()
         )));
     }
-    let _lock = RepoLock::acquire(repo, false, Duration::ZERO)?;
+    backup_root(repo, &RootDir::open(&source)?, options)
+}
+
+/// Backs up a directory opened by the caller (the node agent opens a pod volume's directory
+/// itself). Everything below it is reached through directory descriptors, never by path.
+pub fn backup_root(
+    repo: &Arc<Repository>,
+    root: &RootDir,
+    options: &BackupOptions,
+) -> Result<BackupOutcome> {
+    let lock = RepoLock::acquire(repo, false, Duration::ZERO)?;
+    // Deduplicating against an index read before the lock could reference packs a prune has
+    // deleted since.
+    repo.refresh_index()?;
     let hostname = options.host.clone().unwrap_or_else(crate::util::hostname);
-    let source_text = source.to_string_lossy().into_owned();
+    let source_text = root.path().to_string_lossy().into_owned();
     let parent = match &options.parent {
         ParentChoice::None => None,
         ParentChoice::Snapshot(spec) => Some(repo.find_snapshot(spec)?),
         ParentChoice::Latest => repo
-            .snapshots()?
+            .list_snapshots()?
+            .snapshots
             .into_iter()
             .rev()
             .find(|(_, s)| s.hostname == hostname && s.source == source_text),
@@ -102,34 +127,55 @@ pub fn backup(
     let workers = options.workers.unwrap_or_else(available_cores).max(1);
     let tracker = Tracker::new(options.progress.clone());
     let ticker = tracker.start_ticker(Duration::from_millis(250));
-    if tracker.wants_events() {
-        spawn_scanner(source.clone(), tracker.clone(), !options.cross_filesystems);
-    }
+    // Stopped and joined on every way out, so that nothing keeps working in the source after
+    // the backup returns.
+    let _scanner = if tracker.wants_events() {
+        Some(Scanner::start(
+            root,
+            tracker.clone(),
+            !options.cross_filesystems,
+        )?)
+    } else {
+        None
+    };
 
     let packer = Arc::new(Packer::new(repo.clone())?);
-    let mut pipeline = Pipeline::start(repo, &packer, workers, &tracker);
+    let mut pipeline = Pipeline::start(repo, &packer, workers, &tracker, options.cancel.clone());
     let mut walker = Walker {
         repo,
         packer: &packer,
         pipeline: &pipeline,
         tracker: &tracker,
         options,
-        root_device: root_meta.dev(),
+        root,
         queue: VecDeque::new(),
         finished: HashMap::new(),
         next_number: 0,
         pending_nodes: 0,
         summary: BackupSummary::default(),
     };
-    let walked = walker
-        .walk_dir(&source, parent_tree.as_ref())
-        .and_then(|root| {
-            walker.finish_ready(true)?;
-            walker
-                .finished
-                .remove(&root)
-                .ok_or_else(|| Error::Other("the root tree was not saved".into()))
-        });
+    let root_fd = root.dir(Path::new("")).at(root.path())?;
+    // The walk recurses once per directory level (up to MAX_DEPTH): on a stack of its own,
+    // whatever stack the caller runs on (the agent's tasks get 2 MiB).
+    let walked = std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("ferry-walk".into())
+            .stack_size(WALK_STACK)
+            .spawn_scoped(scope, || {
+                walker
+                    .walk_dir(root_fd, PathBuf::new(), 0, parent_tree.as_ref())
+                    .and_then(|root| {
+                        walker.finish_ready(true)?;
+                        walker
+                            .finished
+                            .remove(&root)
+                            .ok_or_else(|| Error::Other("the root tree was not saved".into()))
+                    })
+            })
+            .map_err(|error| Error::Other(format!("starting the walk: {error}")))?
+            .join()
+            .map_err(|_| Error::Other("the walk panicked".into()))?
+    });
     let mut summary = std::mem::take(&mut walker.summary);
     let pipeline_result = pipeline.stop();
     let root_tree = walked?;
@@ -159,6 +205,9 @@ pub fn backup(
         parent: parent.map(|(id, _)| id),
         summary,
     };
+    // The snapshot makes its blobs live; under a lock others may have judged abandoned, a prune
+    // could have deleted some of them meanwhile.
+    lock.check_held()?;
     let snapshot_id = repo.save_snapshot(&snapshot)?;
     Ok(BackupOutcome {
         snapshot_id,
@@ -167,44 +216,87 @@ pub fn backup(
 }
 
 /// Counts files and bytes ahead of the backup so that progress can show an ETA; only when
-/// someone listens.
-fn spawn_scanner(root: PathBuf, tracker: Arc<Tracker>, one_file_system: bool) {
-    std::thread::spawn(move || {
-        let device = std::fs::symlink_metadata(&root)
-            .map(|m| m.dev())
-            .unwrap_or(0);
-        let (mut files, mut bytes) = (0u64, 0u64);
-        let mut dirs = vec![root];
-        while let Some(dir) = dirs.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let Ok(meta) = entry.metadata() else { continue };
-                if meta.is_dir() {
-                    if !one_file_system || meta.dev() == device {
-                        dirs.push(entry.path());
+/// someone listens. Walks like the backup itself (nothing outside counted), one directory open
+/// at a time, and is stopped and joined when dropped.
+struct Scanner {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Scanner {
+    fn start(root: &RootDir, tracker: Arc<Tracker>, one_file_system: bool) -> Result<Scanner> {
+        let root = root.try_clone()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("ferry-scan".into())
+            .spawn(move || {
+                let (mut files, mut bytes) = (0u64, 0u64);
+                let mut dirs = vec![PathBuf::new()];
+                while let Some(rel) = dirs.pop() {
+                    if stopped.load(Ordering::Relaxed) {
+                        return;
                     }
-                } else {
-                    files += 1;
-                    if meta.is_file() {
-                        bytes += meta.len();
+                    let opened = if one_file_system {
+                        root.dir(&rel)
+                    } else {
+                        root.dir_across_mounts(&rel)
+                    };
+                    let Ok(dir) = opened else { continue };
+                    let Ok(names) = read_names(dir.as_fd(), Path::new("")) else {
+                        continue;
+                    };
+                    for name in names {
+                        let name = OsStr::from_bytes(&name);
+                        let Ok(stat) = statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
+                            continue;
+                        };
+                        match FileType::from_raw_mode(stat.st_mode) {
+                            FileType::Directory
+                                if !one_file_system || stat.st_dev == root.device() =>
+                            {
+                                dirs.push(rel.join(name));
+                            }
+                            FileType::Directory => {}
+                            FileType::RegularFile => {
+                                files += 1;
+                                bytes += stat.st_size as u64;
+                            }
+                            _ => files += 1,
+                        }
                     }
                 }
-            }
+                tracker.total_files.store(files, Ordering::Relaxed);
+                tracker.total_bytes.store(bytes, Ordering::Relaxed);
+                tracker.emit(ProgressEvent::Totals { files, bytes });
+            })
+            .map_err(|error| Error::Other(format!("starting the scan: {error}")))?;
+        Ok(Scanner {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Scanner {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
-        tracker.total_files.store(files, Ordering::Relaxed);
-        tracker.total_bytes.store(bytes, Ordering::Relaxed);
-        tracker.emit(ProgressEvent::Totals { files, bytes });
-    });
+    }
 }
 
 /// The file's content and how many bytes it held when read.
 type FileOutcome = Result<(Vec<Extent>, u64)>;
 
 struct FileJob {
+    /// Opened by the walker, checked to be the regular file it listed.
+    file: File,
+    /// The size it was listed with: no more is read.
+    size: u64,
+    /// For messages.
     path: PathBuf,
-    expected_inode: u64,
     reply: std::sync::mpsc::Sender<FileOutcome>,
 }
 
@@ -227,12 +319,14 @@ impl Pipeline {
         packer: &Arc<Packer>,
         workers: usize,
         tracker: &Arc<Tracker>,
+        cancel: Option<Arc<AtomicBool>>,
     ) -> Pipeline {
         let max_chunk = repo.config().chunker.max_size as u64;
         // Enough for every sealing thread to have work queued, and little more.
         let budget = Arc::new(ByteBudget::new(
             (4 * workers as u64 * max_chunk).max(8 * 1024 * 1024),
         ));
+        // Each queued job holds an open file: the queue bounds how many.
         let (file_sender, file_receiver) = sync_channel::<FileJob>(256);
         let (seal_sender, seal_receiver) = sync_channel::<SealJob>(4 * workers);
         let file_receiver = Arc::new(Mutex::new(file_receiver));
@@ -248,6 +342,7 @@ impl Pipeline {
                 seal: seal_sender.clone(),
                 tracker: tracker.clone(),
                 bytes_read: bytes_read.clone(),
+                cancel: cancel.clone(),
             };
             let receiver = file_receiver.clone();
             threads.push(
@@ -257,7 +352,7 @@ impl Pipeline {
                         loop {
                             let job = receiver.lock().expect("file queue lock").recv();
                             let Ok(job) = job else { return };
-                            let outcome = reader.read_file(&job.path, job.expected_inode);
+                            let outcome = reader.read_file(&job);
                             let _ = job.reply.send(outcome);
                         }
                     })
@@ -305,14 +400,15 @@ impl Pipeline {
         }
     }
 
-    fn submit(&self, path: PathBuf, expected_inode: u64) -> Result<Receiver<FileOutcome>> {
+    fn submit(&self, file: File, size: u64, path: PathBuf) -> Result<Receiver<FileOutcome>> {
         if let Some(error) = self.failure.lock().expect("failure lock").take() {
             return Err(error);
         }
         let (reply, outcome) = channel();
         let job = FileJob {
+            file,
+            size,
             path,
-            expected_inode,
             reply,
         };
         self.files
@@ -355,67 +451,70 @@ struct Reader {
     seal: SyncSender<SealJob>,
     tracker: Arc<Tracker>,
     bytes_read: Arc<AtomicU64>,
+    cancel: Option<Arc<AtomicBool>>,
 }
 
 impl Reader {
-    fn read_file(&self, path: &Path, expected_inode: u64) -> FileOutcome {
-        // O_NOFOLLOW: a file swapped for a symlink since it was listed is not followed.
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(path)
-            .at(path)?;
-        let meta = file.metadata().at(path)?;
-        if !meta.is_file() || meta.ino() != expected_inode {
-            return Err(Error::io(
-                path,
-                std::io::Error::other("replaced by another file while being backed up"),
-            ));
-        }
+    /// Chunks the file's data ranges up to its listed size (holes are never read), stopping at
+    /// the next chunk when cancelled.
+    fn read_file(&self, job: &FileJob) -> FileOutcome {
         let key = self.repo.key();
         let mut extents: Vec<Extent> = Vec::new();
-        let mut read = 0u64;
-        for chunk in self
+        let stop = || match &self.cancel {
+            Some(cancel) if cancel.load(Ordering::Relaxed) => Err(Error::Cancelled),
+            _ => Ok(()),
+        };
+        let hole = |extents: &mut Vec<Extent>, length: u64| match extents.last_mut() {
+            Some(Extent::Hole { hole }) => *hole += length,
+            _ => extents.push(Extent::Hole { hole: length }),
+        };
+        let covered = self
             .repo
             .config()
             .chunker
-            .chunks(std::io::BufReader::with_capacity(256 * 1024, file))
-        {
-            let chunk = chunk.at(path)?;
-            let length = chunk.data.len() as u64;
-            read += length;
-            self.bytes_read.fetch_add(length, Ordering::Relaxed);
-            self.tracker.bytes_done.fetch_add(length, Ordering::Relaxed);
-            if is_zero(&chunk.data) {
-                // A hole, or zeros that may as well be one: nothing stored, restored sparse.
-                match extents.last_mut() {
-                    Some(Extent::Hole { hole }) => *hole += length,
-                    _ => extents.push(Extent::Hole { hole: length }),
+            .chunk_file(&job.file, job.size, &stop, &mut |piece| {
+                let chunk = match piece {
+                    Piece::Hole { length, .. } => {
+                        hole(&mut extents, length);
+                        return Ok(());
+                    }
+                    Piece::Data(chunk) => chunk,
+                };
+                let length = chunk.data.len() as u64;
+                self.bytes_read.fetch_add(length, Ordering::Relaxed);
+                self.tracker.bytes_done.fetch_add(length, Ordering::Relaxed);
+                if is_zero(&chunk.data) {
+                    // Zeros that may as well be a hole: nothing stored, restored sparse.
+                    hole(&mut extents, length);
+                    return Ok(());
                 }
-                continue;
-            }
-            let id = key.blob_id(&chunk.data);
-            extents.push(Extent::Blob(id));
-            if self.packer.claim(&id) {
-                self.budget.acquire(length);
-                if self
-                    .seal
-                    .send(SealJob {
-                        id,
-                        data: chunk.data,
-                    })
-                    .is_err()
-                {
-                    self.budget.release(length);
-                    return Err(Error::Other("the sealing threads stopped".into()));
+                let id = key.blob_id(&chunk.data);
+                extents.push(Extent::Blob(id));
+                if self.packer.claim(&id) {
+                    self.budget.acquire(length);
+                    if self
+                        .seal
+                        .send(SealJob {
+                            id,
+                            data: chunk.data,
+                        })
+                        .is_err()
+                    {
+                        self.budget.release(length);
+                        return Err(Error::Other("the sealing threads stopped".into()));
+                    }
                 }
-            }
-        }
+                Ok(())
+            })
+            .map_err(|error| match error {
+                Error::Other(message) => Error::io(&job.path, std::io::Error::other(message)),
+                other => other,
+            })?;
         self.tracker.files_done.fetch_add(1, Ordering::Relaxed);
-        if read != meta.len() {
-            warn!(message = "file changed size while being backed up", path = %path.display(), listed = meta.len(), read);
+        if covered != job.size {
+            warn!(message = "file changed size while being backed up", path = %job.path.display(), listed = job.size, covered);
         }
-        Ok((extents, read))
+        Ok((extents, covered))
     }
 }
 
@@ -463,7 +562,7 @@ struct Walker<'a> {
     pipeline: &'a Pipeline,
     tracker: &'a Arc<Tracker>,
     options: &'a BackupOptions,
-    root_device: u64,
+    root: &'a RootDir,
     queue: VecDeque<PendingDir>,
     finished: HashMap<usize, Id>,
     next_number: usize,
@@ -488,37 +587,54 @@ impl Walker<'_> {
         Ok(())
     }
 
-    /// Lists `dir` and queues its files; returns the number under which its tree id will be
-    /// recorded in `finished`.
-    fn walk_dir(&mut self, dir: &Path, parent: Option<&Tree>) -> Result<usize> {
+    fn cancelled(&self) -> bool {
+        self.options
+            .cancel
+            .as_ref()
+            .is_some_and(|cancel| cancel.load(Ordering::Relaxed))
+    }
+
+    /// Lists the directory `dir` (at `rel` below the root, `depth` levels down) and queues its
+    /// files, then walks its subdirectories; returns the number under which its tree id will be
+    /// recorded in `finished`. The directory's descriptor is closed before its subdirectories
+    /// are walked, so that however deep or wide the tree, the walk holds one at a time.
+    fn walk_dir(
+        &mut self,
+        dir: OwnedFd,
+        rel: PathBuf,
+        depth: usize,
+        parent: Option<&Tree>,
+    ) -> Result<usize> {
         let number = self.next_number;
         self.next_number += 1;
-        let mut entries: Vec<(Vec<u8>, PathBuf)> = Vec::new();
-        for entry in std::fs::read_dir(dir).at(dir)? {
-            let entry = entry.at(dir)?;
-            entries.push((entry.file_name().as_bytes().to_vec(), entry.path()));
-        }
-        entries.sort();
+        let shown = self.root.display(&rel);
+        let names = read_names(dir.as_fd(), &shown)?;
         let mut pending = PendingDir {
             number,
             nodes: Vec::new(),
             files: Vec::new(),
             subdirs: Vec::new(),
         };
-        for (name, path) in entries {
-            if self
-                .options
-                .cancel
-                .as_ref()
-                .is_some_and(|cancel| cancel.load(Ordering::Relaxed))
-            {
+        let mut subdirs: Vec<(Vec<u8>, Stat)> = Vec::new();
+        for name in names {
+            if self.cancelled() {
                 return Err(Error::Cancelled);
             }
-            let meta = match std::fs::symlink_metadata(&path) {
-                Ok(meta) => meta,
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue, // deleted meanwhile
-                Err(error) => {
-                    self.report(&path, &Error::io(&path, error))?;
+            let child_rel = rel.join(OsStr::from_bytes(&name));
+            let path = self.root.display(&child_rel);
+            if child_rel.as_os_str().len() > MAX_PATH {
+                let error = std::io::Error::other(format!(
+                    "a path longer than {MAX_PATH} bytes, which no restore could create; left out"
+                ));
+                self.report(&path, &Error::io(&path, error))?;
+                continue;
+            }
+            let os_name = OsStr::from_bytes(&name);
+            let stat = match statat(&dir, os_name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(stat) => stat,
+                Err(Errno::NOENT) => continue, // deleted meanwhile
+                Err(errno) => {
+                    self.report(&path, &Error::io(&path, errno.into()))?;
                     continue;
                 }
             };
@@ -528,66 +644,87 @@ impl Walker<'_> {
                     .ok()
                     .map(|i| &tree.nodes[i])
             });
-            let kind = kind_of(&meta);
+            let kind = kind_of(&stat);
             match kind {
                 NodeKind::Dir => {
-                    let mut node = node_from(&name, &meta, kind, &path);
                     self.summary.dirs += 1;
-                    if !self.options.cross_filesystems && meta.dev() != self.root_device {
+                    if !self.options.cross_filesystems && stat.st_dev != self.root.device() {
                         // A mount point: recorded as an empty directory, not descended into.
+                        let mut node = node_from(&name, &stat, kind);
+                        node.xattrs = xattrs_at(dir.as_fd(), os_name);
                         let mut empty = Tree::default();
                         node.subtree = Some(self.save_tree(&mut empty)?);
                         pending.nodes.push(node);
                         continue;
                     }
-                    let old_subtree = match old
-                        .filter(|n| n.kind == NodeKind::Dir)
-                        .and_then(|n| n.subtree)
-                    {
-                        Some(id) => match self.repo.load_tree(&id) {
-                            Ok(tree) => Some(tree),
-                            Err(error) => {
-                                warn!(message = "cannot read the parent snapshot's tree; reading the directory afresh", path = %path.display(), %error);
-                                None
-                            }
-                        },
-                        None => None,
-                    };
-                    match self.walk_dir(&path, old_subtree.as_ref()) {
-                        Ok(child) => {
-                            pending.subdirs.push((pending.nodes.len(), child));
-                            pending.nodes.push(node);
-                        }
-                        Err(error @ Error::Io { .. }) => self.report(&path, &error)?,
-                        Err(error) => return Err(error),
+                    if depth + 1 > MAX_DEPTH {
+                        let error = std::io::Error::other(format!(
+                            "directories nested more than {MAX_DEPTH} deep; left out"
+                        ));
+                        self.report(&path, &Error::io(&path, error))?;
+                        continue;
                     }
+                    subdirs.push((name, stat));
                 }
                 NodeKind::File => {
                     let unchanged = old.filter(|old| {
                         old.kind == NodeKind::File
-                            && old.size == meta.len()
-                            && old.mtime == meta.mtime()
-                            && old.mtime_nsec == meta.mtime_nsec() as u32
-                            && old.ctime == meta.ctime()
-                            && old.ctime_nsec == meta.ctime_nsec() as u32
-                            && old.inode == meta.ino()
+                            && old.size == stat.st_size as u64
+                            && old.mtime == stat.st_mtime
+                            && old.mtime_nsec == stat.st_mtime_nsec as u32
+                            && old.ctime == stat.st_ctime
+                            && old.ctime_nsec == stat.st_ctime_nsec as u32
+                            && old.inode == stat.st_ino
                             && self.all_stored(&old.content)
                     });
                     if let Some(old) = unchanged {
                         // Same size, times and inode: not read again. ctime changes with any
                         // change of xattrs, owner or mode, so the old node is still exact.
                         let mut node = old.clone();
-                        node.links = meta.nlink();
-                        node.device = meta.dev();
+                        node.links = stat.st_nlink;
+                        node.device = stat.st_dev;
+                        let size = stat.st_size as u64;
                         self.summary.files_unmodified += 1;
                         self.summary.total_files += 1;
-                        self.summary.total_bytes += meta.len();
-                        self.tracker.file_done(meta.len());
+                        self.summary.total_bytes += size;
+                        self.tracker.file_done(size);
                         pending.nodes.push(node);
                         continue;
                     }
-                    let node = node_from(&name, &meta, kind, &path);
-                    let outcome = self.pipeline.submit(path.clone(), meta.ino())?;
+                    // Opened here, checked to be the very file listed (not a FIFO, device or
+                    // symlink swapped in since), and read by a reader thread.
+                    let (file, opened) = match open_regular(dir.as_fd(), os_name, stat.st_dev) {
+                        Ok(opened)
+                            if (opened.1.st_dev, opened.1.st_ino) == (stat.st_dev, stat.st_ino) =>
+                        {
+                            opened
+                        }
+                        Ok(_) => {
+                            let error = std::io::Error::other(
+                                "replaced by another file while being backed up",
+                            );
+                            self.report(&path, &Error::io(&path, error))?;
+                            continue;
+                        }
+                        Err(Error::Io { source, .. })
+                            if source.kind() == std::io::ErrorKind::NotFound =>
+                        {
+                            continue;
+                        }
+                        Err(error) => {
+                            let error = match error {
+                                Error::Io { source, .. } => Error::io(&path, source),
+                                other => other,
+                            };
+                            self.report(&path, &error)?;
+                            continue;
+                        }
+                    };
+                    let mut node = node_from(&name, &opened, kind);
+                    node.xattrs = xattrs_of(file.as_fd());
+                    let outcome =
+                        self.pipeline
+                            .submit(file, opened.st_size as u64, path.clone())?;
                     pending.files.push(PendingFile {
                         node: pending.nodes.len(),
                         outcome,
@@ -598,25 +735,90 @@ impl Walker<'_> {
                     pending.nodes.push(node);
                 }
                 _ => {
-                    let mut node = node_from(&name, &meta, kind, &path);
+                    let mut node = node_from(&name, &stat, kind);
                     if kind == NodeKind::Symlink {
-                        match std::fs::read_link(&path) {
-                            Ok(target) => node.link_target = target.as_os_str().as_bytes().to_vec(),
-                            Err(error) => {
-                                self.report(&path, &Error::io(&path, error))?;
+                        match rustix::fs::readlinkat(&dir, os_name, Vec::new()) {
+                            Ok(target) => node.link_target = target.into_bytes(),
+                            Err(Errno::NOENT) => continue,
+                            Err(errno) => {
+                                self.report(&path, &Error::io(&path, errno.into()))?;
                                 continue;
                             }
                         }
                     }
+                    node.xattrs = xattrs_at(dir.as_fd(), os_name);
                     self.tracker.file_done(0);
                     pending.nodes.push(node);
                 }
+            }
+        }
+        drop(dir);
+        for (name, stat) in subdirs {
+            if self.cancelled() {
+                return Err(Error::Cancelled);
+            }
+            let child_rel = rel.join(OsStr::from_bytes(&name));
+            let path = self.root.display(&child_rel);
+            let child = match self.open_subdir(&child_rel, &stat) {
+                Ok(child) => child,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(error) => {
+                    self.report(&path, &Error::io(&path, error))?;
+                    continue;
+                }
+            };
+            let mut node = node_from(&name, &stat, NodeKind::Dir);
+            node.xattrs = xattrs_of(child.as_fd());
+            let old_subtree = match parent
+                .and_then(|tree| {
+                    tree.nodes
+                        .binary_search_by(|n| n.name.as_slice().cmp(&name))
+                        .ok()
+                        .map(|i| &tree.nodes[i])
+                })
+                .filter(|n| n.kind == NodeKind::Dir)
+                .and_then(|n| n.subtree)
+            {
+                Some(id) => match self.repo.load_tree(&id) {
+                    Ok(tree) => Some(tree),
+                    Err(error) => {
+                        warn!(message = "cannot read the parent snapshot's tree; reading the directory afresh", path = %path.display(), %error);
+                        None
+                    }
+                },
+                None => None,
+            };
+            match self.walk_dir(child, child_rel, depth + 1, old_subtree.as_ref()) {
+                Ok(child) => {
+                    pending.subdirs.push((pending.nodes.len(), child));
+                    pending.nodes.push(node);
+                }
+                Err(error @ Error::Io { .. }) => self.report(&path, &error)?,
+                Err(error) => return Err(error),
             }
         }
         self.pending_nodes += pending.nodes.len();
         self.queue.push_back(pending);
         self.finish_ready(self.pending_nodes > MAX_PENDING_NODES)?;
         Ok(number)
+    }
+
+    /// Opens the subdirectory `rel` from the root (no symlink on the way, nor another filesystem
+    /// unless crossing them is asked for) and makes sure it is the directory `listed` described,
+    /// not one swapped in since.
+    fn open_subdir(&self, rel: &Path, listed: &Stat) -> std::io::Result<OwnedFd> {
+        let child = if self.options.cross_filesystems {
+            self.root.dir_across_mounts(rel)?
+        } else {
+            self.root.dir(rel)?
+        };
+        let opened = rustix::fs::fstat(&child)?;
+        if (opened.st_dev, opened.st_ino) != (listed.st_dev, listed.st_ino) {
+            return Err(std::io::Error::other(
+                "replaced by another directory while being backed up",
+            ));
+        }
+        Ok(child)
     }
 
     fn all_stored(&self, content: &[Extent]) -> bool {
@@ -687,6 +889,14 @@ impl Walker<'_> {
 
     fn save_tree(&self, tree: &mut Tree) -> Result<Id> {
         let bytes = tree.encode();
+        if bytes.len() > blob::MAX_BLOB_LENGTH as usize {
+            return Err(Error::Other(format!(
+                "a directory of {} entries lists {} bytes, more than a blob may hold ({} bytes)",
+                tree.nodes.len(),
+                bytes.len(),
+                blob::MAX_BLOB_LENGTH
+            )));
+        }
         let key = self.repo.key();
         let id = key.blob_id(&bytes);
         if self.packer.claim(&id) {
@@ -702,42 +912,34 @@ impl Walker<'_> {
     }
 }
 
-fn kind_of(meta: &Metadata) -> NodeKind {
-    use std::os::unix::fs::FileTypeExt;
-    let file_type = meta.file_type();
-    if file_type.is_dir() {
-        NodeKind::Dir
-    } else if file_type.is_symlink() {
-        NodeKind::Symlink
-    } else if file_type.is_fifo() {
-        NodeKind::Fifo
-    } else if file_type.is_socket() {
-        NodeKind::Socket
-    } else if file_type.is_char_device() {
-        NodeKind::CharDevice
-    } else if file_type.is_block_device() {
-        NodeKind::BlockDevice
-    } else {
-        NodeKind::File
+fn kind_of(stat: &Stat) -> NodeKind {
+    match FileType::from_raw_mode(stat.st_mode) {
+        FileType::Directory => NodeKind::Dir,
+        FileType::Symlink => NodeKind::Symlink,
+        FileType::Fifo => NodeKind::Fifo,
+        FileType::Socket => NodeKind::Socket,
+        FileType::CharacterDevice => NodeKind::CharDevice,
+        FileType::BlockDevice => NodeKind::BlockDevice,
+        _ => NodeKind::File,
     }
 }
 
-fn node_from(name: &[u8], meta: &Metadata, kind: NodeKind, path: &Path) -> Node {
+fn node_from(name: &[u8], stat: &Stat, kind: NodeKind) -> Node {
     Node {
         name: name.to_vec(),
         kind,
-        mode: meta.mode() & 0o7777,
-        uid: meta.uid(),
-        gid: meta.gid(),
-        mtime: meta.mtime(),
-        mtime_nsec: meta.mtime_nsec() as u32,
-        ctime: meta.ctime(),
-        ctime_nsec: meta.ctime_nsec() as u32,
-        inode: meta.ino(),
-        device: meta.dev(),
-        links: meta.nlink(),
+        mode: stat.st_mode & 0o7777,
+        uid: stat.st_uid,
+        gid: stat.st_gid,
+        mtime: stat.st_mtime,
+        mtime_nsec: stat.st_mtime_nsec as u32,
+        ctime: stat.st_ctime,
+        ctime_nsec: stat.st_ctime_nsec as u32,
+        inode: stat.st_ino,
+        device: stat.st_dev,
+        links: stat.st_nlink,
         size: if kind == NodeKind::File {
-            meta.len()
+            stat.st_size as u64
         } else {
             0
         },
@@ -745,24 +947,47 @@ fn node_from(name: &[u8], meta: &Metadata, kind: NodeKind, path: &Path) -> Node 
         subtree: None,
         link_target: Vec::new(),
         rdev: if matches!(kind, NodeKind::CharDevice | NodeKind::BlockDevice) {
-            meta.rdev()
+            stat.st_rdev
         } else {
             0
         },
-        xattrs: read_xattrs(path),
+        xattrs: Vec::new(),
     }
 }
 
-fn read_xattrs(path: &Path) -> Vec<Xattr> {
-    let Ok(names) = xattr::list(path) else {
+/// The extended attributes of an open file or directory.
+fn xattrs_of(fd: BorrowedFd<'_>) -> Vec<Xattr> {
+    let proc_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    read_xattrs(Path::new(&proc_path), false)
+}
+
+/// The extended attributes of entry `name` of directory `dir` (a symlink, FIFO, socket or
+/// device, which cannot be opened for reading), never following it: the directory is reached
+/// through its descriptor's `/proc/self/fd` link, the entry with the `l*` calls.
+fn xattrs_at(dir: BorrowedFd<'_>, name: &OsStr) -> Vec<Xattr> {
+    let path = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name);
+    read_xattrs(&path, true)
+}
+
+fn read_xattrs(path: &Path, no_follow: bool) -> Vec<Xattr> {
+    let names = if no_follow {
+        xattr::list(path)
+    } else {
+        xattr::list_deref(path)
+    };
+    let Ok(names) = names else {
         return Vec::new();
     };
     let mut xattrs: Vec<Xattr> = names
         .filter_map(|name| {
-            let value = xattr::get(path, &name).ok().flatten()?;
+            let value = if no_follow {
+                xattr::get(path, &name)
+            } else {
+                xattr::get_deref(path, &name)
+            };
             Some(Xattr {
                 name: name.as_bytes().to_vec(),
-                value,
+                value: value.ok().flatten()?,
             })
         })
         .collect();

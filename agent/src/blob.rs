@@ -69,6 +69,11 @@ pub fn seal(
     }
 }
 
+/// The largest plaintext a blob may have: data blobs are chunks (at most 16 MiB, fastcdc's
+/// largest maximum), tree blobs the listing of one directory. The bound stops a crafted pack
+/// header or index entry from making a reader allocate or inflate without limit.
+pub const MAX_BLOB_LENGTH: u32 = 512 << 20;
+
 /// Decrypts, decompresses and verifies a blob read from a pack. `what` names it in errors.
 pub fn open(
     key: &MasterKey,
@@ -78,10 +83,17 @@ pub fn open(
     bytes: &[u8],
     what: &str,
 ) -> Result<Vec<u8>> {
+    if raw_length > MAX_BLOB_LENGTH {
+        return Err(Error::corrupt(
+            what,
+            format!("claims {raw_length} bytes, more than any blob holds"),
+        ));
+    }
     let stored = key.decrypt(bytes, what)?;
     let plaintext = match compression {
         COMPRESSION_NONE => stored,
-        COMPRESSION_ZSTD => zstd::bulk::decompress(&stored, raw_length as usize)
+        // Streamed: memory grows with what the data really expands to, up to raw_length.
+        COMPRESSION_ZSTD => crate::util::decompress_bounded(&stored, raw_length as usize)
             .map_err(|error| Error::corrupt(what, format!("zstd: {error}")))?,
         other => {
             return Err(Error::Format(format!(

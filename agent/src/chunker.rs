@@ -4,7 +4,9 @@
 //! deduplication silently stops working. The `fastcdc` crate is pinned exactly for the same reason,
 //! and `known_cut_points` below fails if a new version moves any cut.
 
+use std::fs::File;
 use std::io::Read;
+use std::os::unix::fs::FileExt;
 
 use serde::{Deserialize, Serialize};
 
@@ -103,6 +105,139 @@ pub struct Chunk {
     pub data: Vec<u8>,
 }
 
+/// A piece of a file's content, in file order.
+pub enum Piece {
+    Data(Chunk),
+    /// A range the filesystem reports as a hole: never read.
+    Hole {
+        offset: u64,
+        length: u64,
+    },
+}
+
+impl ChunkerParams {
+    /// Chunks the first `size` bytes of `file` (the size it was listed with: a file that grows
+    /// meanwhile is read no further). Ranges the filesystem reports as holes (`SEEK_DATA`,
+    /// `SEEK_HOLE`) are handed over as [`Piece::Hole`] without being read, so a huge sparse file
+    /// costs nothing; each range of data is chunked on its own. `stop` is asked before every
+    /// chunk and ends the work with its error. Returns how many bytes the pieces cover: `size`,
+    /// or less when the file shrank meanwhile.
+    pub fn chunk_file(
+        &self,
+        file: &File,
+        size: u64,
+        stop: &dyn Fn() -> Result<()>,
+        each: &mut dyn FnMut(Piece) -> Result<()>,
+    ) -> Result<u64> {
+        let io = |error: std::io::Error| Error::Other(format!("reading: {error}"));
+        let mut position = 0u64;
+        while position < size {
+            stop()?;
+            let data_start = match seek_data(file, position, true) {
+                Ok(Some(offset)) => offset.min(size),
+                // No data from here on: a hole to the end, or to where the file now ends if it
+                // shrank since it was listed.
+                Ok(None) => {
+                    let now = file.metadata().map_err(io)?.len().min(size);
+                    if now > position {
+                        each(Piece::Hole {
+                            offset: position,
+                            length: now - position,
+                        })?;
+                    }
+                    return Ok(now.max(position));
+                }
+                Err(error) => return Err(io(error)),
+            };
+            if data_start > position {
+                each(Piece::Hole {
+                    offset: position,
+                    length: data_start - position,
+                })?;
+                position = data_start;
+            }
+            if position >= size {
+                break;
+            }
+            let data_end = match seek_data(file, position, false) {
+                Ok(Some(offset)) => offset.clamp(position, size),
+                // Past the end: the file shrank meanwhile.
+                Ok(None) => return Ok(position),
+                Err(error) => return Err(io(error)),
+            };
+            let mut range = RangeReader {
+                file,
+                position,
+                end: data_end,
+                short: false,
+            };
+            let mut covered = position;
+            for chunk in self.chunks(std::io::BufReader::with_capacity(256 * 1024, &mut range)) {
+                stop()?;
+                let mut chunk = chunk.map_err(io)?;
+                chunk.offset += position;
+                covered = chunk.offset + chunk.data.len() as u64;
+                each(Piece::Data(chunk))?;
+            }
+            if range.short {
+                // The file shrank while being read: what it holds now ends here.
+                return Ok(covered);
+            }
+            position = data_end;
+        }
+        Ok(size.min(position))
+    }
+}
+
+/// `SEEK_DATA` (`data`) or `SEEK_HOLE` from `from`: `None` when `from` is at or past the end of
+/// the data (for `SEEK_HOLE`, of the file). Filesystems that cannot tell report everything as
+/// data.
+fn seek_data(file: &File, from: u64, data: bool) -> std::io::Result<Option<u64>> {
+    use rustix::fs::SeekFrom;
+    let whence = if data {
+        SeekFrom::Data(from)
+    } else {
+        SeekFrom::Hole(from)
+    };
+    match rustix::fs::seek(file, whence) {
+        Ok(offset) => Ok(Some(offset)),
+        Err(rustix::io::Errno::NXIO) => Ok(None),
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOTSUP) => {
+            Ok(if data { Some(from) } else { None })
+        }
+        Err(errno) => Err(errno.into()),
+    }
+}
+
+/// Reads `[position, end)` of a file with positional reads; notes when the file ends early.
+struct RangeReader<'a> {
+    file: &'a File,
+    position: u64,
+    end: u64,
+    short: bool,
+}
+
+impl Read for RangeReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.end.saturating_sub(self.position);
+        if left == 0 {
+            return Ok(0);
+        }
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let read = loop {
+            match self.file.read_at(&mut buf[..want], self.position) {
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => break other?,
+            }
+        };
+        if read == 0 {
+            self.short = true;
+        }
+        self.position += read as u64;
+        Ok(read)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +320,66 @@ mod tests {
             "only {shared} of {} chunks survived a shift",
             before.len()
         );
+    }
+
+    fn collect(params: &ChunkerParams, file: &File, size: u64) -> (Vec<(u64, u64, bool)>, u64) {
+        let mut pieces = Vec::new();
+        let covered = params
+            .chunk_file(file, size, &|| Ok(()), &mut |piece| {
+                pieces.push(match piece {
+                    Piece::Data(chunk) => (chunk.offset, chunk.data.len() as u64, true),
+                    Piece::Hole { offset, length } => (offset, length, false),
+                });
+                Ok(())
+            })
+            .unwrap();
+        (pieces, covered)
+    }
+
+    /// Holes are skipped unread, the listed size bounds the read, and dense files chunk exactly
+    /// as a stream does.
+    #[test]
+    fn files_are_chunked_by_their_data_ranges_up_to_their_listed_size() {
+        let params = ChunkerParams {
+            min_size: 4096,
+            avg_size: 16384,
+            max_size: 65536,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data = sample(300_000);
+        std::fs::write(&path, &data).unwrap();
+        let file = File::open(&path).unwrap();
+        let (pieces, covered) = collect(&params, &file, data.len() as u64);
+        assert_eq!(covered, data.len() as u64);
+        let lengths: Vec<usize> = pieces.iter().map(|p| p.1 as usize).collect();
+        assert_eq!(lengths, params.cut_lengths(&data));
+        // Listed smaller than it is (it grew since): read no further.
+        let (pieces, covered) = collect(&params, &file, 100_000);
+        assert_eq!(covered, 100_000);
+        assert_eq!(pieces.iter().map(|p| p.1).sum::<u64>(), 100_000);
+
+        // A huge sparse file with a little data in the middle.
+        let sparse = File::options()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(dir.path().join("sparse"))
+            .unwrap();
+        let size = 1u64 << 40;
+        sparse.set_len(size).unwrap();
+        sparse.write_all_at(&data[..50_000], 1 << 30).unwrap();
+        let (pieces, covered) = collect(&params, &sparse, size);
+        assert_eq!(covered, size);
+        assert_eq!(pieces.iter().map(|p| p.1).sum::<u64>(), size);
+        let read: u64 = pieces.iter().filter(|p| p.2).map(|p| p.1).sum();
+        assert!(read < 1 << 20, "read {read} bytes of a file holding 50 kB");
+
+        // Shrunk since it was listed: no trailing hole invented.
+        let (pieces, covered) = collect(&params, &file, 400_000);
+        assert_eq!(covered, data.len() as u64);
+        assert_eq!(pieces.iter().map(|p| p.1).sum::<u64>(), covered);
     }
 
     #[test]

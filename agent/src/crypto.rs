@@ -121,6 +121,40 @@ impl Default for KdfParams {
     }
 }
 
+impl KdfParams {
+    /// The largest costs a key slot may ask for. A slot is read before anything in it is
+    /// authenticated (and anyone who can write to the bucket can plant one), so it must not be
+    /// able to make opening the repository allocate beyond what an agent or a maintenance Job
+    /// may use, or spin for hours: 256 MiB of memory, 64 passes and 64 lanes are far beyond any
+    /// setting in use (the default is 19 MiB, 2 passes, 1 lane).
+    pub const MAX: KdfParams = KdfParams {
+        memory_kib: 256 * 1024,
+        iterations: 64,
+        parallelism: 64,
+    };
+
+    pub fn validate(&self) -> Result<()> {
+        let max = KdfParams::MAX;
+        if self.memory_kib > max.memory_kib
+            || self.iterations > max.iterations
+            || self.parallelism > max.parallelism
+            || self.iterations == 0
+            || self.parallelism == 0
+        {
+            return Err(Error::Format(format!(
+                "Argon2id costs {} KiB, {} passes, {} lanes are outside what Ferry accepts (at most {} KiB, {} passes, {} lanes, at least 1 pass and 1 lane)",
+                self.memory_kib,
+                self.iterations,
+                self.parallelism,
+                max.memory_kib,
+                max.iterations,
+                max.parallelism
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// A key slot: the master key wrapped by a key derived from one password. Stored in clear (it
 /// holds only a salt, costs and ciphertext) as `keys/<id>`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -140,6 +174,7 @@ pub struct KeySlot {
 
 impl KeySlot {
     pub fn wrap(master: &MasterKey, password: &[u8], params: KdfParams) -> Result<KeySlot> {
+        params.validate()?;
         let mut salt = vec![0u8; 32];
         fill_random(&mut salt);
         let kek = derive_kek(password, &salt, params)?;
@@ -155,6 +190,26 @@ impl KeySlot {
         })
     }
 
+    /// Decodes a stored key slot, refusing one this ferry cannot use.
+    pub fn decode(bytes: &[u8]) -> Result<KeySlot> {
+        let slot: KeySlot = serde_json::from_slice(bytes)
+            .map_err(|error| Error::Format(format!("key slot: {error}")))?;
+        if slot.version != 1 {
+            return Err(Error::Format(format!(
+                "key slot version {} is not supported (this ferry reads version 1)",
+                slot.version
+            )));
+        }
+        if slot.kdf != "argon2id" {
+            return Err(Error::Format(format!(
+                "unknown key derivation {:?} in a key slot",
+                slot.kdf
+            )));
+        }
+        slot.params.validate()?;
+        Ok(slot)
+    }
+
     /// `None` when the password is not this slot's.
     pub fn unwrap_with(&self, password: &[u8]) -> Result<Option<MasterKey>> {
         if self.kdf != "argon2id" {
@@ -163,6 +218,7 @@ impl KeySlot {
                 self.kdf
             )));
         }
+        self.params.validate()?;
         let kek = derive_kek(password, &self.salt, self.params)?;
         Ok(open(&kek, &self.wrapped_master_key).and_then(|raw| {
             let raw: [u8; 32] = raw.try_into().ok()?;

@@ -45,6 +45,11 @@ pub enum Error {
     #[error("the repository is locked by {holder}; {advice}")]
     Locked { holder: String, advice: String },
 
+    /// This process's own lock can no longer be relied on; it stopped before writing anything
+    /// that depends on it.
+    #[error("the repository lock was lost: {reason}; stopped without saving, try again")]
+    LockLost { reason: String },
+
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
@@ -63,7 +68,7 @@ impl Error {
     /// Whether the same operation, tried again later, may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::BackendTransient { .. } | Error::Locked { .. } => true,
+            Error::BackendTransient { .. } | Error::Locked { .. } | Error::LockLost { .. } => true,
             Error::Io { source, .. } => matches!(
                 source.kind(),
                 std::io::ErrorKind::Interrupted
@@ -78,6 +83,26 @@ impl Error {
         Error::Io {
             path: path.into(),
             source,
+        }
+    }
+
+    /// The same error, its message prefixed with what was being done; the variant (and so
+    /// whether a retry can help) stays.
+    pub fn context(self, context: impl std::fmt::Display) -> Error {
+        match self {
+            Error::BackendTransient { message } => Error::BackendTransient {
+                message: format!("{context}: {message}"),
+            },
+            Error::Backend { message } => Error::Backend {
+                message: format!("{context}: {message}"),
+            },
+            Error::Corrupt { what, reason } => Error::Corrupt {
+                what: format!("{context}: {what}"),
+                reason,
+            },
+            Error::Format(message) => Error::Format(format!("{context}: {message}")),
+            Error::Other(message) => Error::Other(format!("{context}: {message}")),
+            other => other,
         }
     }
 

@@ -80,11 +80,24 @@ impl IndexFile {
     pub fn decode(bytes: &[u8]) -> Result<IndexFile> {
         let index: IndexFile = serde_json::from_slice(bytes)
             .map_err(|error| Error::Format(format!("index object: {error}")))?;
+        let mut sizes: HashMap<Id, u64> = HashMap::new();
         for pack in &index.packs {
             pack.entries()?;
+            let size = *sizes.entry(pack.id).or_insert(pack.size);
+            if size != pack.size {
+                return Err(contradicting_sizes(&pack.id, size, pack.size));
+            }
         }
         Ok(index)
     }
+}
+
+fn contradicting_sizes(pack: &Id, one: u64, other: u64) -> Error {
+    Error::Format(format!(
+        "pack {} is listed with two sizes, {one} and {other} bytes: the repository's index is \
+         damaged, and which size is true cannot be told, so nothing was read or changed",
+        pack.short()
+    ))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,9 +120,18 @@ pub struct MasterIndex {
 }
 
 impl MasterIndex {
+    /// Adds a pack's blobs. A pack may be listed again (by an index a prune rewrote and has not
+    /// yet deleted), but never with another size: its blobs could then lie beyond it, and which
+    /// listing is true cannot be told, so the index is refused rather than guessed at.
     pub fn add_pack(&mut self, pack: &IndexPack) -> Result<()> {
         let position = match self.pack_positions.get(&pack.id) {
-            Some(&position) => position,
+            Some(&position) => {
+                let known = self.packs[position as usize].1;
+                if known != pack.size {
+                    return Err(contradicting_sizes(&pack.id, known, pack.size));
+                }
+                position
+            }
             None => {
                 let position = self.packs.len() as u32;
                 self.packs.push((pack.id, pack.size));
@@ -189,6 +211,35 @@ mod tests {
         fn garbage_json_index_errors_and_never_panics(text in "\\{\"version\":1,\"packs\":\\[\\{\"id\":\"[0-9a-f]{0,70}\",\"size\":[0-9]{1,5},\"blobs\":\\[\\[[^\\]]{0,90}\\]\\]\\}\\]\\}") {
             let _ = IndexFile::decode(text.as_bytes());
         }
+    }
+
+    #[test]
+    fn a_pack_listed_with_two_sizes_is_refused() {
+        let pack = |size, offset| IndexPack {
+            id: Id([1; 32]),
+            size,
+            blobs: vec![(Id([offset as u8; 32]), 0, 0, offset, 20, 5)],
+        };
+        // In one index object.
+        let index = IndexFile {
+            version: 1,
+            packs: vec![pack(100, 10), pack(1000, 900)],
+        };
+        let error = IndexFile::decode(&index.encode()).unwrap_err().to_string();
+        assert!(
+            error.contains("listed with two sizes, 100 and 1000"),
+            "{error}"
+        );
+        // In two (found by fuzzing: the second's blob lay beyond the size kept from the first).
+        let mut master = MasterIndex::default();
+        master.add_pack(&pack(100, 10)).unwrap();
+        master.add_pack(&pack(100, 10)).unwrap();
+        let error = master.add_pack(&pack(1000, 900)).unwrap_err().to_string();
+        assert!(
+            error.contains("listed with two sizes, 100 and 1000"),
+            "{error}"
+        );
+        assert!(!master.contains(&Id([132; 32])));
     }
 
     #[test]

@@ -21,6 +21,7 @@ mod packer;
 pub mod progress;
 pub mod repository;
 pub mod restore;
+pub mod root_dir;
 pub mod snapshot;
 pub mod tree;
 mod util;
@@ -32,9 +33,10 @@ pub use crypto::KdfParams;
 pub use error::{Error, Result};
 pub use id::Id;
 pub use maintenance::{
-    CheckOptions, CheckReport, PruneOptions, PruneReport, check, forget, forget_tagged, prune,
+    CheckOptions, CheckReport, PruneOptions, PruneReport, check, forget, forget_snapshots,
+    forget_tagged, prune,
 };
 pub use progress::{ProgressEvent, ProgressSink, ProgressSnapshot};
-pub use repository::{InitOptions, Repository};
+pub use repository::{InitOptions, Repository, SnapshotListing};
 pub use restore::{RestoreOptions, RestoreSummary, restore, restore_tree};
 pub use snapshot::{BackupSummary, RetentionPolicy, Snapshot};

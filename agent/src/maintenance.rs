@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::Serialize;
 use tracing::{info, warn};
@@ -77,8 +77,12 @@ pub fn check(repo: &Arc<Repository>, options: &CheckOptions) -> Result<CheckRepo
 
     // Every snapshot's trees, and every blob they name.
     let mut seen_trees = HashSet::new();
-    let snapshots = repo.snapshots()?;
-    report.snapshots = snapshots.len() as u64;
+    let listing = repo.list_snapshots()?;
+    for (id, error) in &listing.damaged {
+        report.errors.push(format!("snapshot {id}: {error}"));
+    }
+    let snapshots = listing.snapshots;
+    report.snapshots = (snapshots.len() + listing.damaged.len()) as u64;
     for (snapshot_id, snapshot) in &snapshots {
         let mut stack = vec![(snapshot.tree, String::from("/"))];
         while let Some((tree_id, path)) = stack.pop() {
@@ -213,6 +217,43 @@ pub fn forget(repo: &Arc<Repository>, policy: &RetentionPolicy) -> Result<Vec<Id
     Ok(removed)
 }
 
+/// Removes the snapshots named by `specs` (full ids or unique prefixes), readable or not: the way
+/// out for a snapshot so damaged that it stops prune. Returns their ids.
+pub fn forget_snapshots(repo: &Arc<Repository>, specs: &[String]) -> Result<Vec<Id>> {
+    let _lock = RepoLock::acquire(repo, false, Duration::ZERO)?;
+    let names: Vec<Id> = repo
+        .backend()
+        .list(Kind::Snapshot)?
+        .into_iter()
+        .filter_map(|info| info.name.parse::<Id>().ok())
+        .collect();
+    let mut chosen = Vec::new();
+    for spec in specs {
+        let spec = spec.to_ascii_lowercase();
+        let matching: Vec<&Id> = names
+            .iter()
+            .filter(|id| !spec.is_empty() && id.to_hex().starts_with(&spec))
+            .collect();
+        match matching.as_slice() {
+            [id] => chosen.push(**id),
+            [] => {
+                return Err(Error::InvalidArgument(format!(
+                    "no snapshot id starts with {spec:?}; list them with `ferry repo snapshots`"
+                )));
+            }
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "several snapshots start with {spec:?}; give more digits"
+                )));
+            }
+        }
+    }
+    for id in &chosen {
+        repo.backend().delete(Kind::Snapshot, &id.to_hex())?;
+    }
+    Ok(chosen)
+}
+
 /// Removes every snapshot carrying `tag` (a deleted Backup's `backup-uid=<uid>`); returns their
 /// ids. Their data goes at the next prune.
 pub fn forget_tagged(repo: &Arc<Repository>, tag: &str) -> Result<Vec<Id>> {
@@ -256,14 +297,26 @@ pub struct PruneReport {
     pub packs_repacked: u64,
     pub unindexed_packs_deleted: u64,
     pub bytes_freed: u64,
+    /// Temp files and unfinished uploads of interrupted writes, removed.
+    pub leftovers_removed: u64,
+    /// Locks of processes that are gone, removed.
+    pub stale_locks_removed: u64,
 }
 
 /// Mark and sweep: removes every blob no snapshot needs. Crash-safe at every step: new packs,
 /// then the new index, then old indexes, and only then old packs.
+///
+/// Every read it decides from must succeed: a snapshot, tree or index that cannot be read (for any
+/// reason but "deleted meanwhile") stops it before anything is deleted, naming the object.
 pub fn prune(repo: &Arc<Repository>, options: &PruneOptions) -> Result<PruneReport> {
-    let _lock = RepoLock::acquire(repo, true, options.lock_wait)?;
+    let lock = RepoLock::acquire(repo, true, options.lock_wait)?;
     repo.load_index()?;
-    let mut report = PruneReport::default();
+    // Holding the exclusive lock, the only other locks are stale ones (which every later
+    // operation would read again) or those of processes about to back off.
+    let mut report = PruneReport {
+        stale_locks_removed: crate::lock::remove_stale_locks(repo)? as u64,
+        ..PruneReport::default()
+    };
 
     // Mark.
     let mut used: HashSet<Id> = HashSet::new();
@@ -375,14 +428,17 @@ pub fn prune(repo: &Arc<Repository>, options: &PruneOptions) -> Result<PruneRepo
         .filter(|name| !index_names.contains(name))
         .collect();
 
-    // The index of the packs kept, then the old indexes go, then the packs.
+    // The index of the packs kept, then the old indexes go, then the packs. Nothing is deleted
+    // under a lock that others may have judged abandoned meanwhile.
+    lock.check_held()?;
     let kept_ids: HashSet<Id> = keep.iter().map(|p| p.id).collect();
-    for batch in keep.chunks(10_000) {
+    for batch in keep.chunks(1_000) {
         repo.save_index_file(&IndexFile {
             version: 1,
             packs: batch.to_vec(),
         })?;
     }
+    lock.check_held()?;
     for name in &index_names {
         if !new_index_names.contains(name) {
             repo.backend().delete(Kind::Index, name)?;
@@ -397,8 +453,10 @@ pub fn prune(repo: &Arc<Repository>, options: &PruneOptions) -> Result<PruneRepo
     }
     repo.load_index()?;
 
-    // Packs no index names: left by interrupted backups.
-    let now = SystemTime::now();
+    // Packs no index names: left by interrupted backups. Their age is judged by the store's
+    // clock, as the lock's LastModified tells it, not by this machine's.
+    lock.check_held()?;
+    let now = lock.store_time();
     for info in repo.backend().list(Kind::Pack)? {
         let Ok(id) = info.name.parse::<Id>() else {
             continue;
@@ -416,6 +474,15 @@ pub fn prune(repo: &Arc<Repository>, options: &PruneOptions) -> Result<PruneRepo
             report.bytes_freed += info.size;
         }
     }
+    // Leftovers cost only space: a store that refuses listing or aborting uploads (a missing
+    // permission) does not fail the prune.
+    report.leftovers_removed = match repo.backend().remove_leftovers(options.unindexed_grace) {
+        Ok(removed) => removed,
+        Err(error) => {
+            warn!(message = "cannot remove leftovers of interrupted writes", %error);
+            0
+        }
+    };
     info!(message = "prune done", ?report);
     Ok(report)
 }

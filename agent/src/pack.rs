@@ -66,7 +66,8 @@ pub fn decode_header(bytes: &[u8], header_start: u64) -> Result<Vec<PackEntry>> 
                 "pack header lists a blob of {length} bytes, too short to be encrypted"
             )));
         }
-        if offset + length as u64 > header_start {
+        // Offsets are stored as u32: a pack never holds blobs beyond 4 GiB.
+        if offset + length as u64 > header_start.min(u32::MAX as u64) {
             return Err(Error::Format(
                 "pack header lists blobs beyond the pack's end".into(),
             ));

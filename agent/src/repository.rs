@@ -1,5 +1,6 @@
 //! A repository: opening it with a password, its config, and reading and writing its objects.
 
+use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
@@ -12,6 +13,7 @@ use crate::crypto::{KdfParams, KeySlot, MasterKey};
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::{IndexFile, MasterIndex};
+use crate::lock::LockTiming;
 use crate::snapshot::Snapshot;
 use crate::tree::Tree;
 
@@ -60,6 +62,20 @@ pub struct KeyInfo {
 /// is encoded. Tree blobs are compressed by the blob layer instead.
 const OBJECT_JSON_ZSTD: u8 = 1;
 
+/// The largest plaintext a JSON object may expand to. The biggest are index objects (prune writes
+/// them 1,000 packs at a time, some 40 MiB); the bound stops a crafted object from exhausting
+/// memory. Locks and the config get 1 MiB, snapshots 64 MiB.
+const MAX_OBJECT_PLAINTEXT: usize = 512 << 20;
+
+/// Snapshots as listed, with the ones that could not be decoded apart.
+#[derive(Debug, Default)]
+pub struct SnapshotListing {
+    /// Oldest first.
+    pub snapshots: Vec<(Id, Snapshot)>,
+    /// Snapshot objects that are there but damaged (failed authentication or decoding).
+    pub damaged: Vec<(Id, Error)>,
+}
+
 pub struct Repository {
     backend: Arc<dyn Backend>,
     key: MasterKey,
@@ -67,6 +83,9 @@ pub struct Repository {
     kdf: KdfParams,
     config: RepoConfig,
     pub(crate) index: RwLock<MasterIndex>,
+    /// The names of the index objects [`Repository::index`] holds.
+    index_files: RwLock<HashSet<String>>,
+    lock_timing: LockTiming,
 }
 
 impl std::fmt::Debug for Repository {
@@ -95,6 +114,7 @@ impl Repository {
             ));
         }
         check_password(password)?;
+        options.kdf.validate()?;
         if backend.exists(Kind::Config, "config")? {
             return Err(Error::RepositoryExists {
                 location: backend.location(),
@@ -122,21 +142,45 @@ impl Repository {
             key_id,
             kdf: options.kdf,
             config,
-            index: RwLock::new(MasterIndex::default()),
+            index: RwLock::default(),
+            index_files: RwLock::default(),
+            lock_timing: LockTiming::default(),
         };
-        // Created only if absent: two writers initialising the same repository at once (two node
-        // agents' first backups) must not each write a config with its own master key.
-        if !repo.backend.put_new(
-            Kind::Config,
-            "config",
-            &repo.encode_object(&serde_json::to_vec(&repo.config).expect("serializes")),
-        )? {
-            repo.backend.delete(Kind::Key, &repo.key_id)?;
-            return Err(Error::RepositoryExists {
-                location: repo.backend.location(),
-            });
+        match repo.create_config() {
+            Ok(()) => Ok(repo),
+            Err(error) => {
+                // Lost the race (or failed): this key slot opens no config; it must not stay.
+                if let Err(delete_error) = repo.backend.delete(Kind::Key, &repo.key_id) {
+                    warn!(message = "cannot remove the key slot of a repository not created", key = %repo.key_id, error = %delete_error);
+                }
+                Err(error)
+            }
         }
-        Ok(repo)
+    }
+
+    /// Writes the config if no config exists, and makes sure the stored one is this one.
+    ///
+    /// Two writers initialising the same repository at once (two node agents' first backups)
+    /// must not each keep a config with its own master key. The create is conditional
+    /// (`If-None-Match`, a hard link locally); for stores that ignore the condition, the config
+    /// is read back after [`Backend::settle_time`] and compared, so that of writers racing within
+    /// that time only the last one to write keeps its repository.
+    fn create_config(&self) -> Result<()> {
+        let exists = || Error::RepositoryExists {
+            location: self.backend.location(),
+        };
+        let encoded = self.encode_object(&serde_json::to_vec(&self.config).expect("serializes"));
+        if !self.backend.put_new(Kind::Config, "config", &encoded)? {
+            return Err(exists());
+        }
+        std::thread::sleep(self.backend.settle_time());
+        let stored = self.backend.get(Kind::Config, "config")?;
+        match decode_json_object::<RepoConfig>(&self.key, &stored, "config") {
+            Ok(stored) if stored.id == self.config.id => Ok(()),
+            // Encrypted with another writer's master key, or another id: somebody else's.
+            Ok(_) | Err(Error::Corrupt { .. }) => Err(exists()),
+            Err(error) => Err(error),
+        }
     }
 
     /// Opens a repository: finds the key slot the password opens, reads the config and the index.
@@ -146,6 +190,11 @@ impl Repository {
         Ok(repo)
     }
 
+    /// Opens a repository without reading its index; [`Repository::refresh_index`] reads it.
+    ///
+    /// Every key slot the password opens is tried until one opens the config: a slot that cannot
+    /// be decoded, or asks for key derivation costs beyond [`KdfParams::validate`]'s bounds, is
+    /// skipped with a warning rather than stopping the others.
     pub fn open_without_index(backend: Arc<dyn Backend>, password: &[u8]) -> Result<Repository> {
         check_password(password)?;
         let slots = backend.list(Kind::Key)?;
@@ -154,23 +203,7 @@ impl Repository {
                 location: backend.location(),
             });
         }
-        let mut opened = None;
-        for info in &slots {
-            let bytes = backend.get(Kind::Key, &info.name)?;
-            let slot: KeySlot = match serde_json::from_slice(&bytes) {
-                Ok(slot) => slot,
-                Err(error) => {
-                    warn!(message = "skipping an unreadable key slot", key = %info.name, %error);
-                    continue;
-                }
-            };
-            if let Some(key) = slot.unwrap_with(password)? {
-                opened = Some((key, info.name.clone(), slot.params));
-                break;
-            }
-        }
-        let (key, key_id, kdf) = opened.ok_or(Error::WrongPassword)?;
-        let bytes = match backend.get(Kind::Config, "config") {
+        let config_bytes = match backend.get(Kind::Config, "config") {
             Err(Error::NotFound { .. }) => {
                 return Err(Error::NoRepository {
                     location: backend.location(),
@@ -178,7 +211,39 @@ impl Repository {
             }
             other => other?,
         };
-        let config: RepoConfig = decode_json_object(&key, &bytes, "config")?;
+        let mut opened = None;
+        for info in &slots {
+            let bytes = match backend.get(Kind::Key, &info.name) {
+                Err(Error::NotFound { .. }) => continue, // removed meanwhile
+                other => other?,
+            };
+            let key = KeySlot::decode(&bytes).and_then(|slot| {
+                let key = slot.unwrap_with(password)?;
+                Ok(key.map(|key| (key, slot.params)))
+            });
+            let (key, kdf) = match key {
+                Ok(Some(key)) => key,
+                Ok(None) => continue,
+                Err(error) => {
+                    warn!(message = "skipping a key slot that cannot be used", key = %info.name, %error);
+                    continue;
+                }
+            };
+            match decode_json_object::<RepoConfig>(&key, &config_bytes, "config") {
+                Ok(config) => {
+                    opened = Some((key, info.name.clone(), kdf, config));
+                    break;
+                }
+                // A slot of a key that encrypts no config here: left by a lost race to create
+                // the repository. Another slot may still open it.
+                Err(Error::Corrupt { .. }) => {
+                    warn!(message = "a key slot opens with this password but not the config; skipping it", key = %info.name);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        // Slots skipped as unusable were warned about; to the user it is the wrong password.
+        let (key, key_id, kdf, config) = opened.ok_or(Error::WrongPassword)?;
         if config.version != FORMAT_VERSION {
             return Err(Error::Format(format!(
                 "repository format version {} is not supported by this ferry (it reads version {FORMAT_VERSION}); upgrade ferry",
@@ -192,7 +257,9 @@ impl Repository {
             key_id,
             kdf,
             config,
-            index: RwLock::new(MasterIndex::default()),
+            index: RwLock::default(),
+            index_files: RwLock::default(),
+            lock_timing: LockTiming::default(),
         })
     }
 
@@ -210,12 +277,15 @@ impl Repository {
 
     /// Reads every index object into memory, replacing what was there.
     pub fn load_index(&self) -> Result<()> {
+        let names: Vec<String> = self
+            .backend
+            .list(Kind::Index)?
+            .into_iter()
+            .map(|info| info.name)
+            .collect();
         let mut master = MasterIndex::default();
-        for info in self.backend.list(Kind::Index)? {
-            let index = self.load_index_file(&info.name)?;
-            for pack in &index.packs {
-                master.add_pack(pack)?;
-            }
+        for name in &names {
+            self.merge_index_file(&mut master, name)?;
         }
         debug!(
             message = "index loaded",
@@ -223,7 +293,54 @@ impl Repository {
             packs = master.packs.len()
         );
         *self.index.write().expect("index lock") = master;
+        *self.index_files.write().expect("index lock") = names.into_iter().collect();
         Ok(())
+    }
+
+    /// Brings the index up to date with the store: reads only the index objects written since it
+    /// was loaded, or everything again when one it holds is gone (a prune rewrote the index).
+    /// Called once a lock is held, so that no backup deduplicates against, and no restore reads
+    /// from, packs a prune deleted before the lock was taken.
+    pub fn refresh_index(&self) -> Result<()> {
+        let listed: HashSet<String> = self
+            .backend
+            .list(Kind::Index)?
+            .into_iter()
+            .map(|info| info.name)
+            .collect();
+        let loaded = self.index_files.read().expect("index lock").clone();
+        if !loaded.is_subset(&listed) || loaded.is_empty() {
+            return self.load_index();
+        }
+        let mut index = self.index.write().expect("index lock");
+        let mut names = self.index_files.write().expect("index lock");
+        for name in listed.difference(&loaded) {
+            self.merge_index_file(&mut index, name)?;
+            names.insert(name.clone());
+        }
+        Ok(())
+    }
+
+    fn merge_index_file(&self, master: &mut MasterIndex, name: &str) -> Result<()> {
+        let index = self.load_index_file(name)?;
+        for pack in &index.packs {
+            master.add_pack(pack).map_err(|error| match error {
+                Error::Format(message) => Error::Format(format!("index {name}: {message}")),
+                other => other,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// How this process holds locks on the repository.
+    pub fn lock_timing(&self) -> LockTiming {
+        self.lock_timing
+    }
+
+    /// Changes how locks are refreshed and judged (tests shorten it; every process sharing a
+    /// repository must agree on `stale_after`).
+    pub fn set_lock_timing(&mut self, timing: LockTiming) {
+        self.lock_timing = timing;
     }
 
     pub fn load_index_file(&self, name: &str) -> Result<IndexFile> {
@@ -259,29 +376,52 @@ impl Repository {
 
     pub(crate) fn get_object(&self, kind: Kind, name: &str) -> Result<Vec<u8>> {
         let bytes = self.backend.get(kind, name)?;
-        decode_object(&self.key, &bytes, &kind.path_of(name))
+        let limit = match kind {
+            Kind::Config | Kind::Lock => 1 << 20,
+            Kind::Snapshot => 64 << 20,
+            _ => MAX_OBJECT_PLAINTEXT,
+        };
+        decode_object_within(&self.key, &bytes, &kind.path_of(name), limit)
     }
 
     // Snapshots.
 
-    /// Every snapshot, oldest first. An unreadable one is reported and skipped, so that one damaged
-    /// object does not hide the others.
+    /// Every snapshot, oldest first. Fails, naming the object, when one cannot be read: whatever
+    /// decides from the list of snapshots (above all, what may be deleted) must see all of them.
     pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
-        let mut snapshots = Vec::new();
+        let listing = self.list_snapshots()?;
+        if let Some((id, error)) = listing.damaged.into_iter().next() {
+            return Err(error.context(format!(
+                "snapshot {id} cannot be read; nothing was changed (see `ferry repo check`; `ferry repo forget {}` removes a snapshot that cannot be repaired)",
+                id.short()
+            )));
+        }
+        Ok(listing.snapshots)
+    }
+
+    /// Every snapshot, oldest first, with damaged ones (failed authentication or decoding) apart
+    /// so that one damaged object does not hide the others. Any other failure to read one (the
+    /// store refusing or not answering) fails the listing.
+    pub fn list_snapshots(&self) -> Result<SnapshotListing> {
+        let mut listing = SnapshotListing::default();
         for info in self.backend.list(Kind::Snapshot)? {
             let Ok(id) = info.name.parse::<Id>() else {
                 continue;
             };
             match self.load_snapshot(&id) {
-                Ok(snapshot) => snapshots.push((id, snapshot)),
+                Ok(snapshot) => listing.snapshots.push((id, snapshot)),
                 Err(Error::NotFound { .. }) => {} // forgotten meanwhile
-                Err(error) => {
-                    warn!(message = "skipping an unreadable snapshot", snapshot = %id.short(), %error)
+                Err(error @ (Error::Corrupt { .. } | Error::Format(_))) => {
+                    warn!(message = "a snapshot cannot be read", snapshot = %id.short(), %error);
+                    listing.damaged.push((id, error));
                 }
+                Err(error) => return Err(error.context(format!("reading snapshot {id}"))),
             }
         }
-        snapshots.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
-        Ok(snapshots)
+        listing
+            .snapshots
+            .sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        Ok(listing)
     }
 
     pub fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
@@ -296,7 +436,7 @@ impl Repository {
 
     /// `latest`, a full id or a unique prefix of one.
     pub fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot)> {
-        let snapshots = self.snapshots()?;
+        let snapshots = self.list_snapshots()?.snapshots;
         if spec == "latest" {
             return snapshots.into_iter().last().ok_or_else(|| {
                 Error::InvalidArgument("the repository holds no snapshot yet".into())
@@ -367,7 +507,7 @@ impl Repository {
         let mut keys = Vec::new();
         for info in self.backend.list(Kind::Key)? {
             let bytes = self.backend.get(Kind::Key, &info.name)?;
-            if let Ok(slot) = serde_json::from_slice::<KeySlot>(&bytes) {
+            if let Ok(slot) = KeySlot::decode(&bytes) {
                 keys.push(KeyInfo {
                     current: info.name == self.key_id,
                     id: info.name,
@@ -443,10 +583,24 @@ fn check_password(password: &[u8]) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn decode_object(key: &MasterKey, bytes: &[u8], what: &str) -> Result<Vec<u8>> {
+/// The plaintext of a stored JSON object (config, index, snapshot, lock): authenticated,
+/// decrypted, and decompressed to at most [`MAX_OBJECT_PLAINTEXT`] bytes. `what` names it in
+/// errors.
+pub fn decode_object(key: &MasterKey, bytes: &[u8], what: &str) -> Result<Vec<u8>> {
+    decode_object_within(key, bytes, what, MAX_OBJECT_PLAINTEXT)
+}
+
+/// [`decode_object`] with a bound of its own: small objects (locks, snapshots) get small ones, so
+/// that a crafted one cannot make everyone who reads it allocate the larger bound.
+fn decode_object_within(
+    key: &MasterKey,
+    bytes: &[u8],
+    what: &str,
+    limit: usize,
+) -> Result<Vec<u8>> {
     let framed = key.decrypt(bytes, what)?;
     match framed.split_first() {
-        Some((&OBJECT_JSON_ZSTD, body)) => zstd::stream::decode_all(body)
+        Some((&OBJECT_JSON_ZSTD, body)) => crate::util::decompress_bounded(body, limit)
             .map_err(|error| Error::corrupt(what, format!("zstd: {error}"))),
         _ => Err(Error::Format(format!("{what}: unknown object encoding"))),
     }

@@ -5,6 +5,15 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::id::{Id, os_bytes};
 
+/// How deep directories may nest in a snapshot. A backup reports deeper ones as errors and leaves
+/// them out, and a restore refuses a tree nesting deeper, so that whatever was backed up without
+/// error restores, and no crafted tree can exhaust a stack.
+pub const MAX_DEPTH: usize = 1024;
+
+/// The longest path (relative to the backed-up directory) a snapshot holds: Linux resolves no
+/// longer path, so a restore could not create its entry. A backup reports longer ones as errors.
+pub const MAX_PATH: usize = 4095;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeKind {

@@ -80,3 +80,19 @@ pub fn available_cores() -> usize {
         .map(|n| n.get())
         .unwrap_or(2)
 }
+
+/// zstd-decompresses `compressed`, refusing output beyond `limit` bytes: memory grows with what
+/// the data really expands to, never with what a header claims.
+pub fn decompress_bounded(compressed: &[u8], limit: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    zstd::stream::read::Decoder::new(compressed)?
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)?;
+    if out.len() > limit {
+        return Err(std::io::Error::other(format!(
+            "expands beyond {limit} bytes"
+        )));
+    }
+    Ok(out)
+}

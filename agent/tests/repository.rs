@@ -50,13 +50,22 @@ fn backup(repo: &Arc<Repository>, source: &Path) -> ferry_agent::BackupOutcome {
 }
 
 fn restore(repo: &Arc<Repository>, snapshot: &str, target: &Path) -> ferry_agent::RestoreSummary {
+    restore_with(repo, snapshot, target, RestoreOptions::default())
+}
+
+fn restore_with(
+    repo: &Arc<Repository>,
+    snapshot: &str,
+    target: &Path,
+    options: RestoreOptions,
+) -> ferry_agent::RestoreSummary {
     ferry_agent::restore(
         repo,
         snapshot,
         target,
         &RestoreOptions {
             workers: Some(3),
-            ..Default::default()
+            ..options
         },
     )
     .unwrap()
@@ -82,6 +91,20 @@ fn every_file_type_and_its_metadata_round_trips(backend_kind: &str, name: &str) 
     )
     .unwrap();
     std::os::unix::fs::chown(source.join("plain.txt"), Some(1234), Some(5678)).unwrap();
+    // (chown cleared plain.txt's setuid bit; this one keeps both.)
+    write(&source.join("setid-program"), b"#!/bin/sh\n");
+    std::fs::set_permissions(
+        source.join("setid-program"),
+        std::fs::Permissions::from_mode(0o6755),
+    )
+    .unwrap();
+    // An attribute of the kind that grants or labels (trusted.*: root only).
+    xattr::set(
+        source.join("setid-program"),
+        "trusted.ferry.test",
+        b"granted",
+    )
+    .expect("the temp filesystem supports trusted xattrs");
     set_mtime(
         &source.join("dir/nested/deep.bin"),
         1_600_000_000,
@@ -127,7 +150,18 @@ fn every_file_type_and_its_metadata_round_trips(backend_kind: &str, name: &str) 
     let outcome = backup(&repo, &source);
     assert_eq!(outcome.snapshot.summary.errors, 0);
     let target = work.path().join("restored");
-    let summary = restore(&reopen(repo.backend().clone()), "latest", &target);
+    // Device nodes and setuid bits only when asked for (see the end of this test).
+    let everything = RestoreOptions {
+        devices: true,
+        privileges: true,
+        ..Default::default()
+    };
+    let summary = restore_with(
+        &reopen(repo.backend().clone()),
+        "latest",
+        &target,
+        everything,
+    );
     assert_eq!(summary.errors, 0, "{summary:?}");
     assert_same_tree(&source, &target);
     let (a, b) = (
@@ -140,6 +174,28 @@ fn every_file_type_and_its_metadata_round_trips(backend_kind: &str, name: &str) 
         sparse.blocks() * 512 < 1024 * 1024,
         "the sparse file took {} blocks",
         sparse.blocks()
+    );
+
+    // By default, no device node is created and no privilege restored (setuid/setgid bits,
+    // trusted and security attributes): a snapshot of a pod's volume must not hand whoever can
+    // write it a device or a privileged program on a node.
+    let plain = work.path().join("plain-restore");
+    let summary = restore(&repo, "latest", &plain);
+    assert_eq!(summary.errors, 0, "{summary:?}");
+    assert_eq!(summary.skipped, 3, "{summary:?}");
+    assert!(std::fs::symlink_metadata(plain.join("null")).is_err());
+    let mode = std::fs::metadata(plain.join("setid-program"))
+        .unwrap()
+        .mode()
+        & 0o7777;
+    assert_eq!(mode, 0o755);
+    assert_eq!(
+        xattr::get(plain.join("setid-program"), "trusted.ferry.test").unwrap(),
+        None
+    );
+    assert_eq!(
+        std::fs::read(plain.join("dir/nested/deep.bin")).unwrap(),
+        noise(1, 200_000)
     );
 }
 

@@ -93,6 +93,20 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         }
     }
 
+    /// Removes what interrupted writes left behind that is older than `older_than` (temp files of
+    /// a local repository, unfinished multipart uploads on S3); returns how many went.
+    fn remove_leftovers(&self, older_than: std::time::Duration) -> Result<u64> {
+        let _ = older_than;
+        Ok(0)
+    }
+
+    /// How long after a write another writer's racing write of the same name may still land:
+    /// [`crate::Repository::init`] reads its config back after this long, for stores that may
+    /// ignore [`Backend::put_new`]'s condition. Zero where the condition is atomic for sure.
+    fn settle_time(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
     /// A directory on the same filesystem as the stored objects, when there is one, so that
     /// [`Backend::put_file`] can rename instead of copying.
     fn temp_dir(&self) -> Option<PathBuf> {

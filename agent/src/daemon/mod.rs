@@ -20,7 +20,7 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
 
-pub use service::{AgentService, AgentSettings, MARKER_DIR, s3_options};
+pub use service::{AgentService, AgentSettings, MARKER_DIR, TaskStopper, s3_options};
 
 /// Everything `ferry agent` is told.
 #[derive(Debug, Clone)]
@@ -44,6 +44,17 @@ pub async fn run(
 ) -> Result<(), String> {
     let service =
         AgentService::new(client.clone(), config.settings.clone()).with_metrics(config.metrics);
+    // Running tasks are stopped, not waited for: the server then ends once each has told the
+    // controller so, well within a pod's grace period.
+    let stopper = service.stopper();
+    let shutdown = async move {
+        shutdown.await;
+        let stopped = stopper.stop_all();
+        tracing::info!(
+            message = "stopping; running tasks cancelled, to be tried again",
+            tasks = stopped
+        );
+    };
     let server = tonic::transport::Server::builder()
         .tls_config(config.tls.server_config())
         .map_err(|error| format!("the agent's TLS credentials: {error}"))?

@@ -1,19 +1,24 @@
 //! Where a pod volume lives on this node. A request names a volume as (namespace, pod, volume);
 //! the agent looks the pod up itself and finds the directory the kubelet mounted the volume at,
 //! `<pods dir>/<pod uid>/volumes/<plugin>/<name>`. Nothing from the wire becomes a path: names are
-//! checked, and the result must resolve (symlinks followed) inside the pod's volumes directory.
+//! checked, and the directory is opened from the pods directory's descriptor with no symlink on
+//! the way; the backup or restore then works from that descriptor alone.
 
 use std::path::{Path, PathBuf};
+
+use rustix::io::Errno;
 
 use ferry_protocol::agent::v1::PodVolume;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::{Api, Client};
 use tonic::Status;
 
-/// A resolved pod volume: its directory and the pod's UID.
-#[derive(Debug, Clone, PartialEq, Eq)]
+use crate::root_dir::RootDir;
+
+/// A resolved pod volume: its directory, opened, and the pod's UID.
+#[derive(Debug)]
 pub struct VolumeDir {
-    pub path: PathBuf,
+    pub root: RootDir,
     pub pod_uid: String,
 }
 
@@ -98,40 +103,49 @@ pub async fn resolve(
             volume.volume
         )));
     };
-    let base = pods_dir.join(&pod_uid).join("volumes");
-    let mut path = base.join(plugin).join(&dir_name);
+    let mut rel = PathBuf::from(&pod_uid)
+        .join("volumes")
+        .join(plugin)
+        .join(&dir_name);
     if mount {
-        path.push("mount");
+        rel.push("mount");
     }
-    let within = contained(&base, &path)?;
     Ok(VolumeDir {
-        path: within,
+        root: open_volume(pods_dir, &rel)?,
         pod_uid,
     })
 }
 
-/// The canonical form of `path`, which must exist and lie inside `base` once symlinks are followed.
-pub fn contained(base: &Path, path: &Path) -> Result<PathBuf, Status> {
-    let base = std::fs::canonicalize(base).map_err(|error| {
-        Status::failed_precondition(format!(
-            "{}: {error}; is the pod running on this node, with the kubelet's pods directory mounted into the agent?",
-            base.display()
-        ))
-    })?;
-    let resolved = std::fs::canonicalize(path).map_err(|error| {
-        Status::failed_precondition(format!(
-            "{}: {error}; the kubelet has not mounted the volume (yet)",
-            path.display()
-        ))
-    })?;
-    if !resolved.starts_with(&base) || !resolved.is_dir() {
-        return Err(Status::permission_denied(format!(
-            "{} resolves to {}, outside the pod's volumes; refused",
-            path.display(),
-            resolved.display()
-        )));
+/// Opens the volume directory `rel` below the kubelet's pods directory: no component may be a
+/// symlink (a volume directory swapped for one would aim the agent elsewhere), mount points may
+/// be crossed (a CSI volume is mounted at its `mount` directory).
+pub fn open_volume(pods_dir: &Path, rel: &Path) -> Result<RootDir, Status> {
+    if rel.as_os_str().is_empty() || rel.is_absolute() {
+        return Err(Status::invalid_argument("no volume directory named"));
     }
-    Ok(resolved)
+    let pods = RootDir::open(pods_dir).map_err(|error| {
+        Status::failed_precondition(format!(
+            "{error}; is the kubelet's pods directory mounted into the agent?"
+        ))
+    })?;
+    let shown = pods_dir.join(rel);
+    let fd = pods.dir_across_mounts(rel).map_err(|error| {
+        match Errno::from_io_error(&error) {
+            Some(Errno::LOOP | Errno::XDEV) => Status::permission_denied(format!(
+                "{}: a symlink or a path leaving the pods directory; refused",
+                shown.display()
+            )),
+            Some(Errno::NOTDIR) => Status::permission_denied(format!(
+                "{}: not a directory; refused",
+                shown.display()
+            )),
+            _ => Status::failed_precondition(format!(
+                "{}: {error}; is the pod running on this node, and has the kubelet mounted the volume (yet)?",
+                shown.display()
+            )),
+        }
+    })?;
+    RootDir::from_fd(fd, shown).map_err(|error| Status::failed_precondition(error.to_string()))
 }
 
 async fn bound_volume(
@@ -201,21 +215,35 @@ mod tests {
     #[test]
     fn a_volume_that_resolves_outside_the_pods_volumes_is_refused() {
         let root = tempfile::tempdir().unwrap();
-        let base = root.path().join("uid/volumes");
-        let inside = base.join("kubernetes.io~empty-dir/data");
-        std::fs::create_dir_all(&inside).unwrap();
+        let pods = root.path().join("pods");
+        let inside = Path::new("uid/volumes/kubernetes.io~empty-dir/data");
+        std::fs::create_dir_all(pods.join(inside)).unwrap();
+        std::fs::write(pods.join(inside).join("file"), b"in").unwrap();
         let outside = root.path().join("elsewhere");
         std::fs::create_dir_all(&outside).unwrap();
-        let escape = base.join("kubernetes.io~empty-dir/escape");
-        std::os::unix::fs::symlink(&outside, &escape).unwrap();
+        let escape = Path::new("uid/volumes/kubernetes.io~empty-dir/escape");
+        std::os::unix::fs::symlink(&outside, pods.join(escape)).unwrap();
+        // A pod's volumes directory swapped for a symlink: every volume below refused too.
+        std::os::unix::fs::symlink(pods.join("uid"), pods.join("other-uid")).unwrap();
 
-        assert_eq!(
-            contained(&base, &inside).unwrap(),
-            std::fs::canonicalize(&inside).unwrap()
+        let opened = open_volume(&pods, inside).unwrap();
+        assert!(
+            rustix::fs::statat(&opened, "file", rustix::fs::AtFlags::empty()).is_ok(),
+            "opened some other directory"
         );
-        let refused = contained(&base, &escape).unwrap_err();
+        let refused = open_volume(&pods, escape).unwrap_err();
         assert_eq!(refused.code(), tonic::Code::PermissionDenied);
-        let missing = contained(&base, &base.join("kubernetes.io~csi/nothing/mount")).unwrap_err();
+        let refused = open_volume(
+            &pods,
+            Path::new("other-uid/volumes/kubernetes.io~empty-dir/data"),
+        )
+        .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        let missing = open_volume(
+            &pods,
+            Path::new("uid/volumes/kubernetes.io~csi/nothing/mount"),
+        )
+        .unwrap_err();
         assert_eq!(missing.code(), tonic::Code::FailedPrecondition);
     }
 }
