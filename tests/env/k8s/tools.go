@@ -1,9 +1,14 @@
 //go:build tools
 
-// Package tools pins the control-plane commands that tests/env/up builds.
+// Package tools pins the Kubernetes commands that tests/env/build builds: the control plane, the
+// node (kubelet, kube-proxy), the scheduler and kubectl.
 package tools
 
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
 )

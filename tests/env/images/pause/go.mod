@@ -1,0 +1,3 @@
+module ferry.dev/tests/env/images/pause
+
+go 1.22
