@@ -11,6 +11,7 @@ use ferry_agent::daemon::metrics::AgentMetrics;
 use ferry_agent::daemon::{AgentConfig, AgentSettings};
 use ferry_protocol::agent::TlsCredentials;
 
+use crate::cluster_cmd::ClusterArgs;
 use crate::probes::{self, Response};
 
 #[derive(Debug, Args)]
@@ -36,6 +37,10 @@ pub struct AgentArgs {
     /// Volume backups and restores at once on this node.
     #[arg(long, env = "FERRY_AGENT_MAX_TASKS", default_value_t = 2)]
     max_tasks: usize,
+    /// A volume backup or restore still running this long after it started is stopped (e.g.
+    /// `24h`, `90m`), so that nothing in a volume holds one of the node's task slots for ever.
+    #[arg(long, env = "FERRY_AGENT_TASK_TIMEOUT", default_value = "24h", value_parser = parse_duration)]
+    task_timeout: std::time::Duration,
     /// Where Prometheus finds /metrics and the kubelet /healthz: plain HTTP, apart from the
     /// gRPC port, which admits only the controller.
     #[arg(
@@ -46,7 +51,7 @@ pub struct AgentArgs {
     metrics_listen: SocketAddr,
 }
 
-pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: AgentArgs, cluster: &ClusterArgs) -> anyhow::Result<ExitCode> {
     let advertise = match args.advertise {
         Some(address) => address,
         None => {
@@ -59,8 +64,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let tls = TlsCredentials::read_dir(&args.tls_dir).map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
-        let client = kube::Client::try_default().await.context(
-            "connecting to the Kubernetes API server (in a pod: its service account; else KUBECONFIG or ~/.kube/config)",
+        let client = cluster.client().await.context(
+            "connecting to the Kubernetes API server (in a pod: its service account; else --kubeconfig, KUBECONFIG or ~/.kube/config)",
         )?;
         let listener = tokio::net::TcpListener::bind(args.metrics_listen)
             .await
@@ -76,8 +81,10 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         let config = AgentConfig {
             settings: AgentSettings {
                 node_name: args.node_name,
+                namespace: args.namespace.clone(),
                 pods_dir: args.pods_dir,
                 max_tasks: args.max_tasks,
+                task_timeout: args.task_timeout,
             },
             namespace: args.namespace,
             listen: args.listen,
@@ -158,4 +165,15 @@ pub fn restore_wait(args: RestoreWaitArgs) -> anyhow::Result<ExitCode> {
         }
         std::thread::sleep(std::time::Duration::from_millis(args.interval_ms));
     }
+}
+
+/// A duration such as `24h`, `90m` or `1h 30m`.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let duration: jiff::SignedDuration = text
+        .parse()
+        .map_err(|error| format!("{text:?} is not a duration such as 24h or 90m: {error}"))?;
+    std::time::Duration::try_from(duration)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{text:?}: the timeout must be positive"))
 }

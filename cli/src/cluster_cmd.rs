@@ -30,6 +30,7 @@ use crate::{GlobalArgs, OutputFormat};
 
 /// Where the cluster is and which namespace Ferry runs in.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Cluster options")]
 pub struct ClusterArgs {
     /// The kubeconfig file (else $KUBECONFIG, else ~/.kube/config, else in-cluster).
     #[arg(long, env = "KUBECONFIG", global = true)]
@@ -217,7 +218,7 @@ pub enum LocationCommand {
         /// The Secret and key holding an AWS credentials file: SECRET:KEY.
         #[arg(long)]
         credential: Option<String>,
-        /// Use it when a backup names no location.
+        /// Use it when a backup names no location (the one default: any other is unmarked).
         #[arg(long)]
         default: bool,
         /// How often the node agents' repositories there are pruned (e.g. 1h, 24h); default 1h.
@@ -226,6 +227,8 @@ pub enum LocationCommand {
     },
     /// List storage locations and whether they are available.
     Get { name: Option<String> },
+    /// Make a location the one that backups naming none use; any other default is unmarked.
+    SetDefault { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -800,6 +803,24 @@ pub fn run_location(
                 eprintln!(
                     "location {name} created; `ferry location get {name}` shows whether it is available"
                 );
+                if default {
+                    unmark_other_defaults(&locations, &name).await?;
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            LocationCommand::SetDefault { name } => {
+                let patch = serde_json::json!({"spec": {"default": true}});
+                locations
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map_err(|error| match error {
+                        kube::Error::Api(status) if status.code == 404 => anyhow::anyhow!(
+                            "no location named {name}; `ferry location get` lists them"
+                        ),
+                        other => other.into(),
+                    })?;
+                unmark_other_defaults(&locations, &name).await?;
+                eprintln!("location {name} is the default");
                 Ok(ExitCode::SUCCESS)
             }
             LocationCommand::Get { name } => {
@@ -809,6 +830,26 @@ pub fn run_location(
             }
         }
     })
+}
+
+/// Unmarks every default location but `keep`: one default at a time, so that a backup naming no
+/// location never lands wherever a list happened to put another first.
+async fn unmark_other_defaults(
+    locations: &Api<BackupStorageLocation>,
+    keep: &str,
+) -> anyhow::Result<()> {
+    let patch = serde_json::json!({"spec": {"default": false}});
+    for location in locations.list(&ListParams::default()).await?.items {
+        let name = location.name_any();
+        if location.spec.default && name != keep {
+            locations
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .with_context(|| format!("unmarking the earlier default location {name}"))?;
+            eprintln!("location {name} is no longer the default");
+        }
+    }
+    Ok(())
 }
 
 pub fn run_schedule(

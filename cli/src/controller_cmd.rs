@@ -9,6 +9,7 @@ use clap::Args;
 use ferry_controller::Metrics;
 use tokio::net::TcpListener;
 
+use crate::cluster_cmd::ClusterArgs;
 use crate::probes::{self, Response};
 
 /// How long /readyz waits for the API server before calling the controller not ready.
@@ -24,11 +25,13 @@ pub struct ControllerArgs {
     health_address: String,
 }
 
-pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: ControllerArgs, cluster: &ClusterArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
-        let client = kube::Client::try_default().await.context(
-            "connecting to the Kubernetes API server (in a pod: its service account; else KUBECONFIG or ~/.kube/config)",
+        // --kubeconfig and --context as every other command takes them; in a pod, its service
+        // account.
+        let client = cluster.client().await.context(
+            "connecting to the Kubernetes API server (in a pod: its service account; else --kubeconfig, KUBECONFIG or ~/.kube/config)",
         )?;
         let listener = TcpListener::bind(&args.health_address)
             .await
@@ -53,6 +56,22 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             ferry_controller::leader::Timing::default(),
         );
         candidate.acquire().await?;
+        // The restore-wait init containers and maintenance Jobs run the controller's own image.
+        if std::env::var_os("FERRY_IMAGE").is_none()
+            && let Ok(pod) = std::env::var("POD_NAME")
+        {
+            match ferry_controller::image::discover(&client, &args.namespace, &pod).await {
+                Ok(own) => tracing::info!(message = "the pods Ferry makes run the controller's own image", image = %own.image),
+                Err(error) => tracing::warn!(
+                    message = "cannot tell the controller's own image; the pods Ferry makes run the default one unless FERRY_IMAGE names it",
+                    %error,
+                    image = ferry_controller::image::DEFAULT_IMAGE
+                ),
+            }
+        }
+        // The agents start once their certificate Secret exists: issue it now, not at the first
+        // pod volume backup.
+        tokio::spawn(issue_agent_credentials(client.clone(), args.namespace.clone()));
         let controller = ferry_controller::run_with(
             client,
             args.namespace,
@@ -67,6 +86,23 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Issues the agent API's certificates (ferry-agent-tls, ferry-controller-tls) unless they exist,
+/// trying again until the API server takes them.
+async fn issue_agent_credentials(client: kube::Client, namespace: String) {
+    let ctx = ferry_controller::Context::new(client, &namespace);
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match ferry_controller::agents::controller_credentials(&ctx).await {
+            Ok(_) => return,
+            Err(error) => {
+                tracing::warn!(message = "issuing the agent API certificates failed; trying again", %error);
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
 }
 
 /// /healthz: the process answers; a reconciler that fails reports it in its resources' status,

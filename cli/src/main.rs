@@ -28,12 +28,12 @@ use ferry_agent::{Repository, S3Options};
     about = "Kubernetes-native backup, disaster recovery and migration"
 )]
 struct Cli {
-    #[command(flatten)]
-    global: GlobalArgs,
-    #[command(flatten)]
-    cluster: cluster_cmd::ClusterArgs,
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    cluster: cluster_cmd::ClusterArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -45,8 +45,23 @@ pub enum OutputFormat {
     Yaml,
 }
 
-#[derive(Debug, Args)]
-pub struct GlobalArgs {
+/// What every command takes, listed after the command's own options.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Global options")]
+struct CommonArgs {
+    /// How results are printed on stdout.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Text, global = true)]
+    output: OutputFormat,
+    /// How the log (stderr) is written: text for people, JSON lines for a log pipeline.
+    #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value_t = logging::LogFormat::Text, global = true)]
+    log_format: logging::LogFormat,
+}
+
+/// Where a repository is and how to open it: options of `ferry repo` and `ferry volume` only
+/// (the cluster commands find their repositories through storage locations).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Repository options")]
+pub struct RepoArgs {
     /// The repository: a local directory or s3://bucket/prefix.
     #[arg(long, env = "FERRY_REPO", global = true)]
     repo: Option<String>,
@@ -69,31 +84,47 @@ pub struct GlobalArgs {
     /// Seconds to wait for another process's conflicting lock before giving up.
     #[arg(long, default_value_t = 0, global = true)]
     retry_lock: u64,
-    /// How results are printed on stdout.
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Text, global = true)]
+}
+
+/// What a command's code is given: the output format, and the repository options when the
+/// command takes them.
+#[derive(Debug)]
+pub struct GlobalArgs {
     output: OutputFormat,
-    /// How the log (stderr) is written: text for people, JSON lines for a log pipeline.
-    #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value_t = logging::LogFormat::Text, global = true)]
-    log_format: logging::LogFormat,
+    repository: Option<RepoArgs>,
 }
 
 impl GlobalArgs {
+    fn new(common: &CommonArgs, repository: Option<RepoArgs>) -> GlobalArgs {
+        GlobalArgs {
+            output: common.output,
+            repository,
+        }
+    }
+
+    fn repository(&self) -> &RepoArgs {
+        self.repository
+            .as_ref()
+            .expect("only `ferry repo` and `ferry volume` open repositories, and they take the repository options")
+    }
+
     pub fn format(&self) -> OutputFormat {
         self.output
     }
 
     pub fn lock_wait(&self) -> Duration {
-        Duration::from_secs(self.retry_lock)
+        Duration::from_secs(self.repository().retry_lock)
     }
 
     pub fn backend(&self) -> anyhow::Result<Arc<dyn ferry_agent::Backend>> {
-        let Some(repo) = &self.repo else {
+        let args = self.repository();
+        let Some(repo) = &args.repo else {
             bail!("no repository given: pass --repo PATH|s3://bucket/prefix or set FERRY_REPO");
         };
         let options = S3Options {
-            endpoint: self.s3_endpoint.clone(),
-            region: self.s3_region.clone(),
-            path_style: self.s3_path_style,
+            endpoint: args.s3_endpoint.clone(),
+            region: args.s3_region.clone(),
+            path_style: args.s3_path_style,
             ..S3Options::default()
         };
         Ok(ferry_agent::open_backend(repo, &options)?)
@@ -101,7 +132,7 @@ impl GlobalArgs {
 
     pub fn password(&self) -> anyhow::Result<Vec<u8>> {
         read_password(
-            self.password_file.as_deref(),
+            self.repository().password_file.as_deref(),
             "FERRY_PASSWORD",
             "--password-file",
         )
@@ -143,11 +174,9 @@ pub fn read_password(
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Create and maintain repositories.
-    #[command(subcommand)]
-    Repo(repo_cmd::RepoCommand),
+    Repo(RepoCli),
     /// Back up and restore a directory with Ferry's data mover, with no cluster.
-    #[command(subcommand)]
-    Volume(volume_cmd::VolumeCommand),
+    Volume(VolumeCli),
     /// Back up the objects of a cluster (a Backup resource the controller runs).
     #[command(subcommand)]
     Backup(cluster_cmd::BackupCommand),
@@ -172,6 +201,22 @@ enum Command {
     RestoreWait(agent_cmd::RestoreWaitArgs),
 }
 
+#[derive(Debug, Args)]
+struct RepoCli {
+    #[command(subcommand)]
+    command: repo_cmd::RepoCommand,
+    #[command(flatten)]
+    repository: RepoArgs,
+}
+
+#[derive(Debug, Args)]
+struct VolumeCli {
+    #[command(subcommand)]
+    command: volume_cmd::VolumeCommand,
+    #[command(flatten)]
+    repository: RepoArgs,
+}
+
 /// A long-running controller logs what it does; a command run by hand only what went wrong.
 fn default_log_level(cli: &Cli) -> &'static str {
     match cli.command {
@@ -183,19 +228,30 @@ fn default_log_level(cli: &Cli) -> &'static str {
 fn main() -> ExitCode {
     ferry_protocol::tls::install_crypto_provider();
     let cli = Cli::parse();
-    logging::init(cli.global.log_format, default_log_level(&cli));
+    logging::init(cli.common.log_format, default_log_level(&cli));
+    let global = GlobalArgs::new(&cli.common, None);
     let result = match cli.command {
-        Command::Repo(command) => repo_cmd::run(&cli.global, &cli.cluster, command),
-        Command::Volume(command) => volume_cmd::run(&cli.global, command),
-        Command::Backup(command) => cluster_cmd::run_backup(&cli.global, &cli.cluster, command),
-        Command::Restore(command) => cluster_cmd::run_restore(&cli.global, &cli.cluster, command),
-        Command::Schedule(command) => cluster_cmd::run_schedule(&cli.global, &cli.cluster, command),
-        Command::Location(command) => cluster_cmd::run_location(&cli.global, &cli.cluster, command),
+        Command::Repo(RepoCli {
+            command,
+            repository,
+        }) => repo_cmd::run(
+            &GlobalArgs::new(&cli.common, Some(repository)),
+            &cli.cluster,
+            command,
+        ),
+        Command::Volume(VolumeCli {
+            command,
+            repository,
+        }) => volume_cmd::run(&GlobalArgs::new(&cli.common, Some(repository)), command),
+        Command::Backup(command) => cluster_cmd::run_backup(&global, &cli.cluster, command),
+        Command::Restore(command) => cluster_cmd::run_restore(&global, &cli.cluster, command),
+        Command::Schedule(command) => cluster_cmd::run_schedule(&global, &cli.cluster, command),
+        Command::Location(command) => cluster_cmd::run_location(&global, &cli.cluster, command),
         Command::SnapshotLocation(command) => {
-            cluster_cmd::run_snapshot_location(&cli.global, &cli.cluster, command)
+            cluster_cmd::run_snapshot_location(&global, &cli.cluster, command)
         }
-        Command::Controller(args) => controller_cmd::run(args),
-        Command::Agent(args) => agent_cmd::run(args),
+        Command::Controller(args) => controller_cmd::run(args, &cli.cluster),
+        Command::Agent(args) => agent_cmd::run(args, &cli.cluster),
         Command::RestoreWait(args) => agent_cmd::restore_wait(args),
     };
     match result {

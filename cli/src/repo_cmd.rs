@@ -24,7 +24,8 @@ pub enum RepoCommand {
         #[arg(long)]
         read_data: bool,
     },
-    /// Remove snapshots according to a retention policy (per host and path).
+    /// Remove snapshots: those named, or those a retention policy does not keep (per host and
+    /// path).
     Forget(ForgetArgs),
     /// Remove data no snapshot needs.
     Prune,
@@ -59,6 +60,10 @@ pub struct InitArgs {
 
 #[derive(Debug, Args)]
 pub struct ForgetArgs {
+    /// Snapshots to remove, by id or unique prefix, even ones that cannot be read (the way out
+    /// when a damaged snapshot stops prune). Not with the --keep-* rules.
+    #[arg(conflicts_with_all = ["keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly"])]
+    snapshots: Vec<String>,
     #[arg(long, default_value_t = 0)]
     keep_last: u32,
     #[arg(long, default_value_t = 0)]
@@ -146,7 +151,11 @@ pub fn run(
         }
         RepoCommand::Snapshots => {
             let repo = global.open()?;
-            let snapshots = repo.snapshots()?;
+            let listing = repo.list_snapshots()?;
+            for (id, error) in &listing.damaged {
+                eprintln!("warning: snapshot {} cannot be read: {error}", id.short());
+            }
+            let snapshots = listing.snapshots;
             if json {
                 let list: Vec<_> = snapshots
                     .iter()
@@ -218,7 +227,11 @@ pub fn run(
                 keep_monthly: args.keep_monthly,
             };
             let repo = global.open()?;
-            let removed = ferry_agent::forget(&repo, &policy)?;
+            let removed = if args.snapshots.is_empty() {
+                ferry_agent::forget(&repo, &policy)?
+            } else {
+                ferry_agent::forget_snapshots(&repo, &args.snapshots)?
+            };
             let pruned = if args.prune {
                 Some(prune(global, &repo)?)
             } else {
@@ -274,12 +287,14 @@ fn prune(
 
 pub(crate) fn print_prune(report: &ferry_agent::PruneReport) {
     println!(
-        "removed {} blobs; deleted {} packs, repacked {}, removed {} unindexed; freed {}",
+        "removed {} blobs; deleted {} packs, repacked {}, removed {} unindexed; freed {}; removed {} stale locks and {} leftovers of interrupted writes",
         report.blobs_removed,
         report.packs_deleted,
         report.packs_repacked,
         report.unindexed_packs_deleted,
-        bytes(report.bytes_freed)
+        bytes(report.bytes_freed),
+        report.stale_locks_removed,
+        report.leftovers_removed
     );
 }
 

@@ -46,6 +46,16 @@ pub enum VolumeCommand {
         /// Remove what TARGET holds that the snapshot does not.
         #[arg(long)]
         delete: bool,
+        /// Create the snapshot's device nodes (skipped by default).
+        #[arg(long)]
+        devices: bool,
+        /// Restore privileges: setuid/setgid bits, file capabilities and the other security.*
+        /// and trusted.* attributes (left out by default).
+        #[arg(long)]
+        privileges: bool,
+        /// Return without making the restored data durable first (no syncfs).
+        #[arg(long)]
+        no_sync: bool,
     },
     /// List a snapshot's entries.
     Ls {
@@ -117,12 +127,18 @@ pub fn run(global: &GlobalArgs, command: VolumeCommand) -> anyhow::Result<ExitCo
             target,
             incremental,
             delete,
+            devices,
+            privileges,
+            no_sync,
         } => {
             let repo = global.open()?;
             let progress = global.show_progress().then(|| progress_bar("restored"));
             let options = RestoreOptions {
                 incremental,
                 delete,
+                devices,
+                privileges,
+                sync: !no_sync,
                 progress: progress.as_ref().map(|(_, sink)| sink.clone()),
                 ..Default::default()
             };
@@ -134,6 +150,12 @@ pub fn run(global: &GlobalArgs, command: VolumeCommand) -> anyhow::Result<ExitCo
             if json {
                 println!("{}", serde_json::to_string(&summary)?);
             } else {
+                if summary.skipped > 0 {
+                    eprintln!(
+                        "ferry: {} device nodes or privileges (setuid/setgid bits, security attributes) not restored (--devices, --privileges restore them)",
+                        summary.skipped
+                    );
+                }
                 println!(
                     "restored {} files ({} unchanged), {} dirs; wrote {}, downloaded {}, reused {}; {} errors",
                     summary.files_restored,

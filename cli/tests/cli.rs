@@ -1,132 +1,12 @@
 //! The `ferry` binary end to end: the contract the benchmark harness relies on, exit codes and
 //! errors, and crash consistency under SIGKILL.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
+
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const PASSWORD: &str = "cli test password";
-
-struct Fixture {
-    dir: tempfile::TempDir,
-}
-
-impl Fixture {
-    fn new() -> Fixture {
-        Fixture {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn repo(&self) -> PathBuf {
-        self.dir.path().join("repo")
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn ferry(&self) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_ferry"));
-        command
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default());
-        command
-            .env("FERRY_REPO", self.repo())
-            .env("FERRY_PASSWORD", PASSWORD);
-        command
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.ferry().args(args).output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> serde_json::Value {
-        let output = self.run(args);
-        assert!(
-            output.status.success(),
-            "ferry {args:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-            panic!(
-                "ferry {args:?} printed no JSON ({e}): {}",
-                String::from_utf8_lossy(&output.stdout)
-            )
-        })
-    }
-
-    fn init(&self) {
-        // Small chunks so that small test data still spans many chunks and packs.
-        self.ok(&[
-            "-o",
-            "json",
-            "repo",
-            "init",
-            "--chunk-min",
-            "4096",
-            "--chunk-avg",
-            "16384",
-            "--chunk-max",
-            "65536",
-            "--pack-size-mib",
-            "1",
-        ]);
-    }
-}
-
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 32) as u8
-        })
-        .collect()
-}
-
-fn fill(dir: &Path, files: usize, size: usize, seed: u64) {
-    for i in 0..files {
-        let path = dir.join(format!("d{}/f{i}", i % 7));
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, noise(seed + i as u64, size + i)).unwrap();
-    }
-}
-
-fn same_files(a: &Path, b: &Path) {
-    let mut stack = vec![PathBuf::new()];
-    let mut count = 0;
-    while let Some(rel) = stack.pop() {
-        let mut names_a: Vec<_> = std::fs::read_dir(a.join(&rel))
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        let mut names_b: Vec<_> = std::fs::read_dir(b.join(&rel))
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        names_a.sort();
-        names_b.sort();
-        assert_eq!(names_a, names_b, "entries of {} differ", rel.display());
-        for name in names_a {
-            let child = rel.join(&name);
-            if a.join(&child).is_dir() {
-                stack.push(child);
-            } else {
-                count += 1;
-                assert_eq!(
-                    std::fs::read(a.join(&child)).unwrap(),
-                    std::fs::read(b.join(&child)).unwrap(),
-                    "{}",
-                    child.display()
-                );
-            }
-        }
-    }
-    assert!(count > 0);
-}
+use common::{Fixture, PASSWORD, fill, same_files};
 
 #[test]
 fn init_backup_restore_speak_json() {
@@ -434,4 +314,65 @@ fn restore_wait_holds_until_every_volume_is_marked() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success());
+}
+
+/// `ferry <args> --help`'s text.
+fn help(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .arg("--help")
+        .env_remove("FERRY_REPO")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{args:?} --help");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn help_lists_a_commands_own_options_first_and_repository_options_only_where_they_apply() {
+    for cluster_command in [
+        &["backup", "create"][..],
+        &["restore", "create"],
+        &["location", "create"],
+    ] {
+        let text = help(cluster_command);
+        for repository_flag in [
+            "--repo ",
+            "--s3-endpoint",
+            "--password-file",
+            "--retry-lock",
+        ] {
+            assert!(
+                !text.contains(repository_flag),
+                "`ferry {}` offers {repository_flag}:\n{text}",
+                cluster_command.join(" ")
+            );
+        }
+        let own = text.find("Options:").expect("the command's own options");
+        let global = text
+            .find("Global options:")
+            .expect("a Global options heading");
+        assert!(own < global, "{text}");
+        assert!(text.contains("--kubeconfig") && text.contains("--context"));
+    }
+    for data_mover_command in [
+        &["volume", "backup"][..],
+        &["repo", "init"],
+        &["repo", "prune"],
+    ] {
+        let text = help(data_mover_command);
+        let own = text.find("Options:").expect("the command's own options");
+        let repository = text
+            .find("Repository options:")
+            .expect("a Repository options heading");
+        let global = text
+            .find("Global options:")
+            .expect("a Global options heading");
+        assert!(own < repository && repository < global, "{text}");
+        assert!(text[repository..global].contains("--repo "), "{text}");
+        assert!(
+            text[repository..global].contains("--password-file"),
+            "{text}"
+        );
+    }
 }

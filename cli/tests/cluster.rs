@@ -446,3 +446,159 @@ async fn schedule_commands_create_pause_unpause_and_delete() {
     app.delete_and_wait().await;
     controller.stop().await;
 }
+
+/// `ferry <args>` in `namespace`, with no controller.
+async fn ferry_in(namespace: &str, args: &[&str]) -> Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
+    command
+        .args(args)
+        .env("KUBECONFIG", TestEnv::get().kubeconfig_path())
+        .env("FERRY_NAMESPACE", namespace);
+    tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap()
+}
+
+/// Which locations of `namespace` are marked default, by name.
+async fn defaults(namespace: &str) -> Vec<String> {
+    let listed = ferry_in(namespace, &["location", "get", "-o", "json"]).await;
+    assert_ok(&listed, "location get");
+    let locations: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let mut names: Vec<String> = locations
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["spec"]["default"] == true)
+        .map(|l| l["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn one_location_is_the_default_at_a_time() {
+    let env = TestEnv::get();
+    let namespace = TestNamespace::create(&env.kube_client().await, "cli-default").await;
+    let ns = namespace.name();
+    for name in ["first", "second"] {
+        let created = ferry_in(
+            ns,
+            &[
+                "location",
+                "create",
+                name,
+                "--bucket",
+                "b",
+                "--region",
+                "r",
+                "--default",
+            ],
+        )
+        .await;
+        assert_ok(&created, "location create --default");
+    }
+    assert_eq!(defaults(ns).await, ["second"], "create --default");
+    let created = ferry_in(ns, &["location", "create", "third", "--bucket", "b"]).await;
+    assert_ok(&created, "location create");
+    assert_eq!(defaults(ns).await, ["second"], "create without --default");
+
+    let set = ferry_in(ns, &["location", "set-default", "first"]).await;
+    assert_ok(&set, "location set-default");
+    assert!(
+        stderr(&set).contains("location second is no longer the default"),
+        "{}",
+        stderr(&set)
+    );
+    assert_eq!(defaults(ns).await, ["first"], "set-default");
+
+    let missing = ferry_in(ns, &["location", "set-default", "nowhere"]).await;
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("no location named nowhere"),
+        "{}",
+        stderr(&missing)
+    );
+    assert_eq!(defaults(ns).await, ["first"], "a failed set-default");
+}
+
+/// `GET <path>` on the controller's health address: the status code, if it answered.
+async fn http_status(address: &str, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.ok()?;
+    let text = String::from_utf8_lossy(&response);
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::test]
+async fn the_controller_connects_through_kubeconfig_and_context() {
+    let env = TestEnv::get();
+    let namespace = TestNamespace::create(&env.kube_client().await, "cli-kubeconfig").await;
+    let kubeconfig = env.kubeconfig_path().to_owned();
+    let context = kube::config::Kubeconfig::read_from(&kubeconfig)
+        .unwrap()
+        .current_context
+        .expect("the environment's kubeconfig names its context");
+    // Neither KUBECONFIG nor ~/.kube/config: only the flags say where the cluster is.
+    let home = tempfile::tempdir().unwrap();
+    let start = |context: &str| {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["controller", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .args(["--context", context, "--namespace", namespace.name()])
+            .args(["--health-address", &address])
+            .env_remove("KUBECONFIG")
+            .env("HOME", home.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        (child, address)
+    };
+
+    let (mut controller, address) = start(&context);
+    let deadline = tokio::time::Instant::now() + CONVERGENCE_TIMEOUT;
+    loop {
+        if http_status(&address, "/readyz").await == Some(200) {
+            break;
+        }
+        if let Some(status) = controller.try_wait().unwrap() {
+            let output = controller.wait_with_output().await.unwrap();
+            panic!(
+                "ferry controller --kubeconfig --context exited ({status}): {}",
+                stderr(&output)
+            );
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ferry controller never became ready on {address}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    controller.kill().await.unwrap();
+
+    // A context the kubeconfig does not have is named, not replaced by another.
+    let (wrong, _) = start("no-such-context");
+    let output = tokio::time::timeout(CONVERGENCE_TIMEOUT, wrong.wait_with_output())
+        .await
+        .expect("ferry controller with an unknown context exits")
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("no-such-context"),
+        "{}",
+        stderr(&output)
+    );
+}

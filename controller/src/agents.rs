@@ -156,8 +156,14 @@ fn credentials_of(secret: &Secret) -> Option<TlsCredentials> {
     })
 }
 
-/// The repositories' password: the user's, or one made at random the first time and kept.
-pub async fn repository_password(ctx: &Context) -> Result<String> {
+/// The repositories' password: the user's, or one made at random the first time and kept. Never a
+/// new one while repositories exist in `location`: they were made with the password of the
+/// installation that wrote them (an earlier cluster's, after a disaster), which no new password
+/// opens, so the user must bring that one.
+pub async fn repository_password(
+    ctx: &Context,
+    location: &BackupStorageLocation,
+) -> Result<String> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
     if let Some(secret) = secrets.get_opt(REPOSITORY_PASSWORD_SECRET).await? {
         let password = secret
@@ -171,6 +177,15 @@ pub async fn repository_password(ctx: &Context) -> Result<String> {
                 ctx.namespace
             )])
         });
+    }
+    let store = ctx.object_store(location).await?;
+    let existing = store
+        .list_dirs(&ferry_protocol::layout::repositories_prefix(store.prefix()))
+        .await?;
+    if !existing.is_empty() {
+        return Err(Error::MissingRepositoryPassword(missing_password_message(
+            ctx, location, &existing,
+        )));
     }
     let password = format!(
         "{}{}",
@@ -196,10 +211,44 @@ pub async fn repository_password(ctx: &Context) -> Result<String> {
         Ok(_) => Ok(password),
         // Made meanwhile by another controller: use that one.
         Err(kube::Error::Api(status)) if status.code == 409 => {
-            Box::pin(repository_password(ctx)).await
+            Box::pin(repository_password(ctx, location)).await
         }
         Err(error) => Err(error.into()),
     }
+}
+
+/// Why there is no password for the repositories `existing` (keys of their directories), and what
+/// the user does about it.
+fn missing_password_message(
+    ctx: &Context,
+    location: &BackupStorageLocation,
+    existing: &[String],
+) -> String {
+    let storage = &location.spec.object_storage;
+    let place = match storage.prefix.as_deref().map(|p| p.trim_matches('/')) {
+        Some(prefix) if !prefix.is_empty() => format!("s3://{}/{prefix}", storage.bucket),
+        _ => format!("s3://{}", storage.bucket),
+    };
+    let mut names: Vec<&str> = existing
+        .iter()
+        .filter_map(|dir| dir.trim_end_matches('/').rsplit('/').next())
+        .take(5)
+        .collect();
+    if existing.len() > names.len() {
+        names.push("...");
+    }
+    format!(
+        "Secret {namespace}/{REPOSITORY_PASSWORD_SECRET} (key {PASSWORD_KEY:?}) does not exist, but storage \
+         location {name} ({place}) holds the node agents' repositories of {count} namespace(s) ({names}), \
+         encrypted with the password of the installation that wrote them. Ferry does not make a new \
+         password, which could not open them: create the Secret with the password kept from that \
+         installation (kubectl -n {namespace} create secret generic {REPOSITORY_PASSWORD_SECRET} \
+         --from-literal={PASSWORD_KEY}=<password>), then create the backup or restore again",
+        namespace = ctx.namespace,
+        name = location.name_any(),
+        count = existing.len(),
+        names = names.join(", "),
+    )
 }
 
 /// Where the repository of `namespace`'s volumes is in a storage location:
@@ -241,7 +290,7 @@ pub async fn repository(
             .as_ref()
             .and_then(|c| c.session_token().map(str::to_owned))
             .unwrap_or_default(),
-        password: repository_password(ctx).await?,
+        password: repository_password(ctx, location).await?,
     })
 }
 

@@ -137,12 +137,7 @@ impl Context {
                 }),
             None => {
                 let all = locations.list(&ListParams::default()).await?;
-                all.items.into_iter().find(|l| l.spec.default).ok_or_else(|| Error::NotFound {
-                    what: format!(
-                        "a default BackupStorageLocation in namespace {} (name one in the spec, or mark one `default: true`)",
-                        self.namespace
-                    ),
-                })
+                default_location(all.items, &self.namespace)
             }
         }
     }
@@ -274,9 +269,101 @@ fn parse_credentials_file(text: &str) -> Option<aws_credential_types::Credential
     ))
 }
 
+/// The one location of `namespace` marked `default: true`. Several are an error naming them all,
+/// never whichever the API server happens to list first: backups would land in one bucket today
+/// and another tomorrow.
+pub fn default_location(
+    locations: Vec<BackupStorageLocation>,
+    namespace: &str,
+) -> Result<BackupStorageLocation> {
+    let mut defaults: Vec<BackupStorageLocation> =
+        locations.into_iter().filter(|l| l.spec.default).collect();
+    match defaults.len() {
+        0 => Err(Error::NotFound {
+            what: format!(
+                "a default BackupStorageLocation in namespace {namespace} (name one in the spec, or mark one default: `ferry location set-default NAME`)"
+            ),
+        }),
+        1 => Ok(defaults.remove(0)),
+        _ => {
+            let mut names: Vec<String> = defaults.iter().map(ResourceExt::name_any).collect();
+            names.sort();
+            Err(Error::Validation(vec![format!(
+                "{} BackupStorageLocations in namespace {namespace} are marked default ({}); keep one: `ferry location set-default NAME`, or name the location in the spec",
+                names.len(),
+                names.join(", ")
+            )]))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferry_protocol::crd::{BackupStorageLocationSpec, ObjectStorage};
+
+    fn location(name: &str, default: bool) -> BackupStorageLocation {
+        BackupStorageLocation::new(
+            name,
+            BackupStorageLocationSpec {
+                provider: "aws".to_owned(),
+                object_storage: ObjectStorage {
+                    bucket: "b".to_owned(),
+                    prefix: None,
+                    ca_bundle: None,
+                },
+                region: None,
+                endpoint: None,
+                force_path_style: None,
+                credential: None,
+                default,
+                access_mode: None,
+                validation_frequency: None,
+                backup_sync_period: None,
+                repository_maintenance_frequency: None,
+            },
+        )
+    }
+
+    #[test]
+    fn exactly_one_default_location_is_used() {
+        let picked = default_location(
+            vec![
+                location("a", false),
+                location("b", true),
+                location("c", false),
+            ],
+            "ferry-system",
+        )
+        .unwrap();
+        assert_eq!(picked.name_any(), "b");
+
+        let none = default_location(vec![location("a", false)], "ferry-system").unwrap_err();
+        assert!(none.to_string().contains("set-default"), "{none}");
+
+        // Seen beside Velero: seven locations all marked default, and whichever was listed first
+        // taken. Now an error naming them.
+        let several = default_location(
+            vec![
+                location("z", true),
+                location("a", false),
+                location("m", true),
+            ],
+            "ferry-system",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            several.contains(
+                "2 BackupStorageLocations in namespace ferry-system are marked default (m, z)"
+            ),
+            "{several}"
+        );
+        assert!(
+            !several.contains(" a,") && !several.contains("(a"),
+            "{several}"
+        );
+    }
 
     #[test]
     fn credentials_come_from_the_default_profile() {

@@ -36,9 +36,29 @@ pub enum Error {
 
     #[error("{0}")]
     Json(#[from] serde_json::Error),
+
+    /// The node agents' repositories exist but their password does not: the user must bring it.
+    #[error("{0}")]
+    MissingRepositoryPassword(String),
 }
 
 impl Error {
+    /// The kind of error, as the `error` label of `ferry_reconcile_failures_total`: a few fixed
+    /// values, never a message (which would make a series per failure).
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kubernetes",
+            Error::NotFound { .. } => "not_found",
+            Error::Storage { .. } => "object_storage",
+            Error::Archive(_) => "archive",
+            Error::Snapshot { .. } => "volume_snapshots",
+            Error::Validation(_) => "validation",
+            Error::Repository { .. } => "repository",
+            Error::Json(_) => "json",
+            Error::MissingRepositoryPassword(_) => "missing_repository_password",
+        }
+    }
+
     /// Whether the same call can succeed later without anyone changing anything.
     pub fn is_retryable(&self) -> bool {
         match self {
@@ -48,9 +68,11 @@ impl Error {
             Error::Kube(_) => true,
             Error::Storage { retryable, .. } | Error::Snapshot { retryable, .. } => *retryable,
             Error::Repository { source, .. } => source.is_retryable(),
-            Error::NotFound { .. } | Error::Archive(_) | Error::Validation(_) | Error::Json(_) => {
-                false
-            }
+            Error::NotFound { .. }
+            | Error::Archive(_)
+            | Error::Validation(_)
+            | Error::Json(_)
+            | Error::MissingRepositoryPassword(_) => false,
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod clock;
 mod context;
 pub mod ebs;
 mod error;
+pub mod image;
 pub mod leader;
 pub mod location;
 pub mod maintenance;
@@ -181,13 +182,14 @@ fn receiver_stream<T>(
     futures::stream::poll_fn(move |cx| receiver.poll_recv(cx))
 }
 
-fn error_policy<K: ResourceExt>(object: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(message = "reconcile failed; retrying", %error, object = %object.name_any());
-    Action::requeue(Duration::from_secs(if error.is_retryable() {
-        5
-    } else {
-        60
-    }))
+fn error_policy<K>(object: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    let retry_in = Duration::from_secs(if error.is_retryable() { 5 } else { 60 });
+    ctx.metrics
+        .reconcile_failed(&K::kind(&()), &object.name_any(), error, retry_in);
+    Action::requeue(retry_in)
 }
 
 async fn log_outcome<T: std::fmt::Debug, E: std::fmt::Display>(outcome: Result<T, E>) {

@@ -25,10 +25,8 @@ pub const LOCATION_LABEL: &str = "ferry.dev/maintenance-location";
 /// Marks a failed maintenance Job whose failure has been reported as an Event.
 const FAILURE_REPORTED_ANNOTATION: &str = "ferry.dev/failure-reported";
 const DEFAULT_FREQUENCY: Duration = Duration::from_secs(3600);
-/// The image and the service account the Job runs as: the controller's own (FERRY_IMAGE, which
-/// deploy/controller.yaml sets, and FERRY_SERVICE_ACCOUNT), since it reads the same Secrets and
-/// locations.
-const DEFAULT_IMAGE: &str = "ghcr.io/ferry-dev/ferry:latest";
+/// The service account the Job runs as: the controller's own (FERRY_SERVICE_ACCOUNT), since it
+/// reads the same Secrets and locations. Its image is the controller's too (crate::image).
 const DEFAULT_SERVICE_ACCOUNT: &str = "ferry-controller";
 
 /// Reports maintenance Jobs of `location` that failed, then starts one when it is due, the
@@ -141,10 +139,10 @@ pub fn job(ctx: &Context, location: &BackupStorageLocation, now: jiff::Timestamp
         short.trim_end_matches('-'),
         now.as_second()
     );
-    let image = std::env::var("FERRY_IMAGE").unwrap_or_else(|_| DEFAULT_IMAGE.to_owned());
+    let image = crate::image::ferry_image();
     let service_account = std::env::var("FERRY_SERVICE_ACCOUNT")
         .unwrap_or_else(|_| DEFAULT_SERVICE_ACCOUNT.to_owned());
-    serde_json::from_value(json!({
+    let mut job = json!({
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
@@ -179,8 +177,11 @@ pub fn job(ctx: &Context, location: &BackupStorageLocation, now: jiff::Timestamp
                 },
             },
         },
-    }))
-    .expect("a valid Job")
+    });
+    if let Some(policy) = crate::image::pull_policy() {
+        job["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = json!(policy);
+    }
+    serde_json::from_value(job).expect("a valid Job")
 }
 
 #[cfg(test)]

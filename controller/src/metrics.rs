@@ -29,6 +29,14 @@ struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReconcileFailureLabels {
+    /// The kind of resource whose reconciler failed: Backup, Restore, Schedule...
+    controller: String,
+    /// `Error::metric_label`: kubernetes, object_storage, validation...
+    error: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ScheduleLabel {
     schedule: String,
 }
@@ -53,6 +61,7 @@ pub struct Metrics {
     restore_duration: Histogram,
     restore_items: Counter,
     restores_in_progress: Gauge,
+    reconcile_failures: Family<ReconcileFailureLabels, Counter>,
     /// Names of the backups and restores counted in progress: a restarted controller picks up
     /// a backup waiting for its volumes without seeing it start, and must count it once.
     running_backups: Mutex<HashSet<String>>,
@@ -86,6 +95,7 @@ impl Metrics {
             restore_duration: Histogram::new(duration_buckets()),
             restore_items: Counter::default(),
             restores_in_progress: Gauge::default(),
+            reconcile_failures: Family::default(),
             running_backups: Mutex::default(),
             running_restores: Mutex::default(),
         };
@@ -146,6 +156,11 @@ impl Metrics {
             "Restores started and not yet ended",
             metrics.restores_in_progress.clone(),
         );
+        registry.register(
+            "ferry_reconcile_failures",
+            "Reconciles that ended in an error (and were requeued), by the resource kind and the kind of error",
+            metrics.reconcile_failures.clone(),
+        );
         // Series that exist from the start read 0 rather than missing, so that rates and alerts
         // work before the first failure.
         for phase in [
@@ -177,6 +192,30 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing into a String cannot fail");
         text
+    }
+
+    /// A reconcile of `kind` `name` ended in `error`; it is tried again in `retry_in`.
+    pub fn reconcile_failed(
+        &self,
+        kind: &str,
+        name: &str,
+        error: &crate::Error,
+        retry_in: std::time::Duration,
+    ) {
+        tracing::warn!(
+            message = "reconcile failed; retrying",
+            %error,
+            kind,
+            object = name,
+            error_kind = error.metric_label(),
+            retry_in_seconds = retry_in.as_secs()
+        );
+        self.reconcile_failures
+            .get_or_create(&ReconcileFailureLabels {
+                controller: kind.to_owned(),
+                error: error.metric_label().to_owned(),
+            })
+            .inc();
     }
 
     /// A backup went InProgress.
@@ -323,6 +362,34 @@ mod tests {
 
     fn at(second: i64) -> Option<Time> {
         Some(Time(jiff::Timestamp::from_second(second).unwrap()))
+    }
+
+    #[test]
+    fn reconcile_failures_are_counted_by_kind_and_error() {
+        let metrics = Metrics::new();
+        let validation = crate::Error::Validation(vec!["no".to_owned()]);
+        let storage = crate::Error::Storage {
+            message: "503".to_owned(),
+            retryable: true,
+        };
+        let retry = std::time::Duration::from_secs(5);
+        metrics.reconcile_failed("Backup", "b1", &validation, retry);
+        metrics.reconcile_failed("Backup", "b2", &validation, retry);
+        metrics.reconcile_failed("Restore", "r1", &storage, retry);
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                "ferry_reconcile_failures_total{controller=\"Backup\",error=\"validation\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "ferry_reconcile_failures_total{controller=\"Restore\",error=\"object_storage\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("b1") && !text.contains("503"), "{text}");
     }
 
     #[test]

@@ -45,9 +45,6 @@ const VOLUME_POLL_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a restore waits for its pods to be scheduled and their volumes filled (Velero's
 /// default too).
 const VOLUME_WAIT_LIMIT: Duration = Duration::from_secs(4 * 3600);
-/// The image of the init container that holds a restored pod until its volumes are filled: Ferry's
-/// own (deploy/controller.yaml sets FERRY_IMAGE to the controller's image).
-const DEFAULT_IMAGE: &str = "ghcr.io/ferry-dev/ferry:latest";
 /// Where the init container mounts the volumes it waits for.
 const RESTORE_WAIT_DIR: &str = "/ferry-restore";
 
@@ -428,6 +425,15 @@ async fn run(restore: &Restore, ctx: &Context) -> Result<()> {
         Err(Error::NotFound { .. }) => VolumeRecords::default(),
         Err(error) => return Err(error),
     };
+    // The node agents will need the repositories' password: without it (a new cluster whose user
+    // has not brought it yet), fail now, before any pod is created to wait for its volumes.
+    let by_agents = volumes
+        .volumes
+        .iter()
+        .any(|r| r.method == VolumeMethod::FileSystem && r.phase == VolumePhase::Completed);
+    if plan.restore_volumes && by_agents {
+        crate::agents::repository_password(ctx, &plan.location).await?;
+    }
     let mut run = Run {
         restore,
         ctx,
@@ -655,11 +661,17 @@ impl Run<'_> {
     /// Creates every target namespace the archive does not carry a Namespace object for, so that
     /// a restore filtered to some resources still lands.
     async fn ensure_namespaces(&self, tiers: &[(usize, Vec<ArchiveItem>)]) {
-        let targets: BTreeSet<String> = tiers
-            .iter()
-            .flat_map(|(_, items)| items)
+        let items = || tiers.iter().flat_map(|(_, items)| items);
+        // Those restored from the archive keep their labels and annotations (Pod Security's
+        // among them): creating them bare first would leave the archived ones "exists-different".
+        let archived: BTreeSet<String> = items()
+            .filter(|item| item.resource == GroupResource::new("namespaces", ""))
+            .map(|item| self.target_namespace(&item.name))
+            .collect();
+        let targets: BTreeSet<String> = items()
             .filter_map(|item| item.namespace.as_deref())
             .map(|ns| self.target_namespace(ns))
+            .filter(|ns| !archived.contains(ns))
             .collect();
         let namespaces: Api<Namespace> = Api::all(self.ctx.client.clone());
         for name in targets {
@@ -858,8 +870,6 @@ impl Run<'_> {
         }
     }
 
-    /// Waits for the CRDs this restore created or found to be Established, and returns those that
-    /// are.
     /// Gives a restored pod whose volumes the agents backed up an init container that holds it
     /// until they are filled, and records a task for each volume.
     fn wait_for_volumes(&mut self, item: &ArchiveItem, object: &mut Value) {
@@ -895,13 +905,17 @@ impl Run<'_> {
                 false,
             );
         }
-        let wait = serde_json::json!({
+        // Ferry's own image, pulled as the controller's is (crate::image).
+        let mut wait = serde_json::json!({
             "name": "ferry-restore-wait",
-            "image": std::env::var("FERRY_IMAGE").unwrap_or_else(|_| DEFAULT_IMAGE.to_owned()),
+            "image": crate::image::ferry_image(),
             "args": args,
             "volumeMounts": mounts,
             "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"cpu": "100m", "memory": "64Mi"}},
         });
+        if let Some(policy) = crate::image::pull_policy() {
+            wait["imagePullPolicy"] = Value::String(policy);
+        }
         if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
             let init = spec
                 .entry("initContainers")
@@ -1049,7 +1063,19 @@ impl Run<'_> {
                     let reclaim = object
                         .pointer("/spec/persistentVolumeReclaimPolicy")
                         .and_then(Value::as_str);
-                    if recorded && reclaim == Some("Delete") && !exists {
+                    let by_agents = self
+                        .volumes
+                        .volumes
+                        .iter()
+                        .any(|r| r.persistent_volume == item.name && r.file_system.is_some());
+                    if exists && remapped && by_agents {
+                        // The original claim's disk, in use: the claim restored beside it must
+                        // never bind it.
+                        VolumePlan::Skip(format!(
+                            "{} is the disk of the original claim; the claim restored beside it gets a new volume from its StorageClass, which the node agent fills from the backup",
+                            item.name
+                        ))
+                    } else if recorded && reclaim == Some("Delete") && !exists {
                         VolumePlan::Skip("its disk has no snapshot in the backup and was deleted with the volume (reclaimPolicy Delete); its claim gets a new volume from its StorageClass".to_owned())
                     } else {
                         continue;
@@ -1109,6 +1135,8 @@ impl Run<'_> {
         }
     }
 
+    /// Waits for the CRDs this restore created or found to be Established, and returns those that
+    /// are.
     async fn await_crds_established(&self) -> Vec<CustomResourceDefinition> {
         let crds: Api<CustomResourceDefinition> = Api::all(self.ctx.client.clone());
         let names: Vec<String> = self

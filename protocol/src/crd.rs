@@ -524,8 +524,13 @@ mod tests {
 
     #[test]
     fn deploy_crds_yaml_is_generated_from_these_types() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/crds.yaml");
-        let on_disk = std::fs::read_to_string(path).unwrap_or_default();
+        // The checkout the test runs in (cargo sets CARGO_MANIFEST_DIR for the tests it runs), not
+        // the one it was compiled in: a cached build may come from another checkout.
+        let package = std::env::var_os("CARGO_MANIFEST_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+        let path = package.join("../deploy/crds.yaml");
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
         assert!(
             on_disk == render_yaml(),
             "deploy/crds.yaml differs from the CRD types; regenerate it with `cargo run -p ferry-protocol --bin crdgen > deploy/crds.yaml`"

@@ -48,9 +48,7 @@ fn assert_not_stale(binary: &std::path::Path) {
     let Some(built) = modified(binary) else {
         return;
     };
-    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the workspace root");
+    let workspace = crate::workspace_root();
     let mut stack: Vec<PathBuf> = [
         "agent/src",
         "controller/src",

@@ -68,6 +68,11 @@ impl TestEnv {
         })
     }
 
+    /// The directory the environment runs in (`~/.cache/ferry/env`), where the env file is.
+    pub fn run_dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
     pub fn kubeconfig_path(&self) -> &Path {
         Path::new(self.var("KUBECONFIG"))
     }

@@ -10,14 +10,18 @@
 //! - [`BucketPrefix`]: a fresh prefix in the test bucket, emptied when dropped;
 //! - [`RunningController`]: Ferry's controller in the test process, on a namespace of its own;
 //! - [`RunningAgent`]: Ferry's node agent as a `ferry agent` process for one [`FakeKubelet`];
-//! - [`FakeKubelet`]: there is no kubelet in the environment, so tests play its part: a kubelet
-//!   root directory with a volume directory per pod UID, Node objects, and pod bindings.
+//! - [`FakeKubelet`]: most tests play the kubelet's part: a kubelet root directory with a volume
+//!   directory per pod UID, Node objects, and pod bindings;
+//! - [`real_cluster`]: Ferry on the environment's real node, installed from deploy/ and driven
+//!   with `kubectl` and the `ferry` CLI as users do (tests/tests/real_cluster.rs).
 
 mod agent;
 mod controller;
 mod env;
+mod fault_proxy;
 mod kubelet;
 mod namespace;
+pub mod real_cluster;
 mod s3;
 
 pub use agent::{RunningAgent, ferry_binary, issue_agent_credentials};
@@ -25,6 +29,7 @@ pub use controller::{
     CREDENTIALS_SECRET, HasPhase, RunningController, create_object, finished, summary,
 };
 pub use env::TestEnv;
+pub use fault_proxy::{FaultConfig, FaultCounts, FaultKind, FaultProxy, RequestHead};
 pub use kubelet::{FakeKubelet, run_job};
 pub use namespace::{TestNamespace, delete_namespace_and_wait, delete_pv_and_wait, wait_bound};
 pub use s3::BucketPrefix;
@@ -34,6 +39,21 @@ pub use s3::BucketPrefix;
 pub const CONVERGENCE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
 
 /// A name no other test (or earlier run) uses: `prefix` and a random suffix, valid as a DNS label.
+/// The workspace's root, the checkout the tests run from. Read when the test runs (cargo sets
+/// `CARGO_MANIFEST_DIR` for every test binary it runs), not when it was compiled: CI builds a fresh
+/// clone into the same cached target directory, and cargo reuses a crate compiled in another
+/// checkout when its sources are the same, with the other checkout's path compiled in.
+pub fn workspace_root() -> std::path::PathBuf {
+    let package = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    // Every package of the workspace is one directory below its root.
+    package
+        .parent()
+        .expect("a package directory has a parent")
+        .to_owned()
+}
+
 pub fn unique_name(prefix: &str) -> String {
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     format!("{prefix}-{}", &suffix[..10])

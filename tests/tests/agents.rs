@@ -66,11 +66,32 @@ async fn pod_on(client: &Client, namespace: &str, name: &str, kubelet: &FakeKube
     pod.metadata.uid.unwrap()
 }
 
-fn repository(store: &BucketPrefix, password: &str) -> Repository {
+/// The repository of `app_namespace`'s volumes in a storage location `store` that this creates in
+/// the agent's namespace: the agent writes only into repositories of storage locations.
+async fn repository(
+    client: &Client,
+    ferry_namespace: &str,
+    app_namespace: &str,
+    store: &BucketPrefix,
+    password: &str,
+) -> Repository {
     let env = TestEnv::get();
+    let location = create_object(
+        client,
+        ferry_namespace,
+        json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "BackupStorageLocation",
+            "metadata": {"name": unique_name("location")},
+            "spec": {"provider": "aws",
+                     "objectStorage": {"bucket": store.bucket(),
+                                       "prefix": store.prefix().trim_end_matches('/')},
+                     "endpoint": env.s3_endpoint(), "forcePathStyle": true},
+        }),
+    );
+    location.await;
     let credentials = env.s3_credentials();
     Repository {
-        url: store.url(),
+        url: format!("{}/repositories/{app_namespace}", store.url()),
         s3_endpoint: env.s3_endpoint().to_owned(),
         s3_region: env.s3_region().to_owned(),
         s3_path_style: true,
@@ -225,8 +246,16 @@ async fn pod_volumes_are_backed_up_and_restored_through_the_agent() {
     let mut controller = connect(&agent, credentials.controller.client_config())
         .await
         .unwrap();
+    ferry_tests::install_ferry_crds(&client).await;
     let store = BucketPrefix::new(env, "agent-repo");
-    let repo = repository(&store, "a volume's password");
+    let repo = repository(
+        &client,
+        ferry_namespace.name(),
+        ns,
+        &store,
+        "a volume's password",
+    )
+    .await;
 
     let uid = pod_on(&client, ns, "db-0", &agent.kubelet).await;
     let data = agent
@@ -269,6 +298,26 @@ async fn pod_volumes_are_backed_up_and_restored_through_the_agent() {
         wrong_node.message().contains("not on this agent's node"),
         "{wrong_node:?}"
     );
+    // A repository that is not one of the cluster's storage locations: a path on the node, or a
+    // store the caller chose.
+    for url in [
+        "/var/lib/ferry/elsewhere".to_owned(),
+        format!("s3://{}/not-a-location/repositories/{ns}", store.bucket()),
+    ] {
+        let elsewhere = BackupVolumeRequest {
+            repository: Some(Repository {
+                url: url.clone(),
+                ..repo.clone()
+            }),
+            ..backup(volume(ns, "db-0", "data"), "t-elsewhere")
+        };
+        let refused = controller.backup_volume(elsewhere).await.unwrap_err();
+        assert_eq!(
+            refused.code(),
+            tonic::Code::PermissionDenied,
+            "{url}: {refused:?}"
+        );
+    }
 
     // The first backup stores everything.
     let first = run_task(
@@ -735,7 +784,16 @@ async fn the_agent_serves_metrics_that_count_its_tasks() {
         .kubelet
         .volume_dir(&uid, "kubernetes.io~empty-dir", "data");
     std::fs::write(data.join("table.bin"), pseudo_random(256 * 1024, 3)).unwrap();
+    ferry_tests::install_ferry_crds(&client).await;
     let store = BucketPrefix::new(env, "agent-metrics-repo");
+    let repository = repository(
+        &client,
+        ferry_namespace.name(),
+        app.name(),
+        &store,
+        "metrics",
+    )
+    .await;
     let mut controller = connect(&agent, credentials.controller.client_config())
         .await
         .unwrap();
@@ -744,7 +802,7 @@ async fn the_agent_serves_metrics_that_count_its_tasks() {
             .backup_volume(BackupVolumeRequest {
                 task_id: "m1".to_owned(),
                 volume: volume(app.name(), "db-0", "data"),
-                repository: Some(repository(&store, "metrics")),
+                repository: Some(repository),
                 tags: vec![],
             })
             .await,

@@ -10,7 +10,7 @@
 //! next run.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use ferry_tests::{CONVERGENCE_TIMEOUT, TestEnv};
 use k8s_openapi::api::core::v1::Namespace;
@@ -63,7 +63,7 @@ impl Manifest {
 }
 
 fn deploy_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+    ferry_tests::workspace_root().join("deploy")
 }
 
 fn kustomization() -> Kustomization {

@@ -496,14 +496,13 @@ impl Standalone {
         let env = TestEnv::get();
         let credentials = env.s3_credentials();
         let mut command = Command::new(&self.ferry);
+        // The repository options belong to `ferry repo` and `ferry volume`, after them; the
+        // subcommand is added later, so they go in the environment.
         command
-            .arg("--repo")
-            .arg(self.repository.url())
-            .arg("--s3-endpoint")
-            .arg(env.s3_endpoint())
-            .arg("--s3-region")
-            .arg(env.s3_region())
-            .arg("--s3-path-style")
+            .env("FERRY_REPO", self.repository.url())
+            .env("FERRY_S3_ENDPOINT", env.s3_endpoint())
+            .env("FERRY_S3_REGION", env.s3_region())
+            .env("FERRY_S3_PATH_STYLE", "true")
             .env("FERRY_PASSWORD", "bench-volume-standalone")
             .env("AWS_ACCESS_KEY_ID", credentials.access_key_id())
             .env("AWS_SECRET_ACCESS_KEY", credentials.secret_access_key());

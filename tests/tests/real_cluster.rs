@@ -1,0 +1,1005 @@
+//! The product's central story, end to end on the test environment's real node, with Ferry
+//! installed as users install it (`kubectl apply -k` of deploy/, through tests/env/ferry-deploy,
+//! which only names the image built here) and driven with `kubectl` and the `ferry` CLI:
+//!
+//! 1. Ferry's controller and agent run as pods and become Ready on the node.
+//! 2. Namespace `production`: PostgreSQL (a StatefulSet whose claim binds a `local`
+//!    PersistentVolume, which no native snapshotter covers), a client Deployment, Services, a
+//!    ConfigMap and a Secret; more than 100 MiB of rows, their count and checksum recorded.
+//! 3. `ferry backup create prod-1 --include-namespaces production --wait`: the database volume is
+//!    backed up by the agent pod of the node.
+//! 4. The namespace and its volume are deleted (and the disk wiped); `ferry restore create`: the
+//!    StatefulSet's pod waits in `ferry-restore-wait` until the agent has written its volume,
+//!    then PostgreSQL starts on it with the same rows.
+//! 5. A clone beside it (`--namespace-mappings production:staging`) binds a new volume, never the
+//!    original's, and has the same rows; the original is untouched.
+//! 6. The agent pod is deleted in the middle of a backup: the DaemonSet brings it back, the volume
+//!    is tried again and the backup completes; the repository checks clean.
+//! 7. A brand-new cluster (the recovery control plane, with the node taken over from the main
+//!    one): Ferry installed there and pointed at the same bucket sees the backup; without the
+//!    repository password Secret kept from the original installation the restore fails naming
+//!    it (and no new password is made), with it the restore brings the rows back.
+//!
+//! One test, in order, because each step builds on the last and step 7 takes the node away from
+//! every other test: this binary holds nothing else. On failure, what the test made is left for
+//! inspection (the next run removes it first); the node always goes back to the main cluster.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ferry_protocol::layout::BackupKeys;
+use ferry_protocol::volume::{VolumeMethod, VolumePhase, VolumeRecord, VolumeRecords};
+use ferry_tests::real_cluster::{
+    Cluster, FERRY_NAMESPACE, NodeTakeover, eventually, is_pod_ready, load_ferry_image, node_name,
+};
+use ferry_tests::{BucketPrefix, TestEnv, unique_name};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim, Pod, Secret};
+use kube::api::ListParams;
+use kube::{Api, ResourceExt};
+use serde_json::Value;
+
+const PRODUCTION: &str = "production";
+const STAGING: &str = "staging";
+const STORAGE_CLASS: &str = "ferry-local";
+/// Labels the PersistentVolumes this test makes, so that a later run finds what a failed one left.
+const VOLUME_LABEL: &str = "ferry.dev/real-cluster-test";
+/// Rows of about 1 KiB: with its index the table takes about 125 MiB.
+const ROWS: u64 = 110_000;
+const MIN_TABLE_BYTES: u64 = 100 * 1024 * 1024;
+/// Written into the database's volume before the backup whose agent is deleted, so that the
+/// backup runs for seconds, not a blink: it does not compress or deduplicate.
+const BULK_MIB: u64 = 400;
+/// How long a `--wait`ed backup or restore, or a pod waiting for its volume, may take.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(300);
+
+// Several threads: the test blocks on kubectl and ferry while it watches the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_survives_deletion_cloning_a_lost_agent_and_a_new_cluster() {
+    let started = Instant::now();
+    let step = |what: &str| {
+        eprintln!(
+            "[real_cluster {:6.1} s] {what}",
+            started.elapsed().as_secs_f64()
+        )
+    };
+    let env = TestEnv::get();
+    let main = Cluster::main().await;
+    let recovery = Cluster::recovery().await;
+
+    step("removing what an earlier run left");
+    for cluster in [&main, &recovery] {
+        remove_leftovers(cluster).await;
+    }
+    remove_old_disks(&env.run_dir().join("local-volumes"));
+    let store = BucketPrefix::new(env, "real-cluster");
+    let disks = env
+        .run_dir()
+        .join("local-volumes")
+        .join(unique_name("real-cluster"));
+
+    // 1. Installed as users install it.
+    step("building and loading Ferry's image");
+    let image = load_ferry_image();
+    step("kubectl apply -k tests/env/ferry-deploy (deploy/ with the image built here)");
+    main.install_ferry(&image).await;
+    configure_location(&main, &store);
+
+    // 2. The application.
+    step("deploying PostgreSQL, its client, Services, a ConfigMap and a Secret in production");
+    main.kubectl_with_input(&["apply", "-f", "-"], &storage_class());
+    let production_pv = unique_name("production-db");
+    main.kubectl_with_input(
+        &["apply", "-f", "-"],
+        &local_volume(
+            &production_pv,
+            &disk(&disks, "production"),
+            Some((PRODUCTION, "data-postgres-0")),
+        ),
+    );
+    main.kubectl_with_input(&["apply", "-f", "-"], &application(PRODUCTION));
+    wait_for_postgres(&main, PRODUCTION).await;
+    step("loading the table");
+    psql(
+        &main,
+        PRODUCTION,
+        &[
+            "create table t (id int primary key, payload text)",
+            &format!(
+                "insert into t select i, (select string_agg(md5(i::text || '-' || j), '') \
+                 from generate_series(1, 32) j) from generate_series(1, {ROWS}) i"
+            ),
+            "vacuum analyze t",
+            // On disk before the backup reads the files: the client only reads from now on.
+            "checkpoint",
+        ],
+    );
+    let table_bytes: u64 = psql(&main, PRODUCTION, &["select pg_total_relation_size('t')"])
+        .trim()
+        .parse()
+        .expect("a size");
+    assert!(
+        table_bytes >= MIN_TABLE_BYTES,
+        "the table takes {table_bytes} bytes, less than 100 MiB"
+    );
+    let original = table(&main, PRODUCTION);
+    assert_eq!(original.rows, ROWS);
+    wait_for_client(&main, PRODUCTION).await;
+
+    // 3. Backed up by the agent pod of the node.
+    step("ferry backup create prod-1 --include-namespaces production --wait");
+    let output = main.ferry_ok(&[
+        "backup",
+        "create",
+        "prod-1",
+        "--include-namespaces",
+        PRODUCTION,
+        "--wait",
+    ]);
+    assert!(output.contains("Completed"), "{output}");
+    let backup = ferry_json(&main, &["backup", "get", "prod-1"]);
+    let pod_volumes = &backup[0]["status"]["podVolumes"];
+    assert_eq!(
+        (
+            pod_volumes["total"].as_u64(),
+            pod_volumes["completed"].as_u64()
+        ),
+        (Some(1), Some(1)),
+        "{pod_volumes}"
+    );
+    assert!(
+        pod_volumes["bytesDone"].as_u64().unwrap_or(0) >= MIN_TABLE_BYTES,
+        "{pod_volumes}"
+    );
+    let record = database_record(&store, "prod-1", &production_pv).await;
+    let pod_volume = record
+        .pod_volume
+        .clone()
+        .expect("the pod volume the agent read");
+    assert_eq!(record.method, VolumeMethod::FileSystem, "{record:?}");
+    assert_eq!(record.phase, VolumePhase::Completed, "{record:?}");
+    assert_eq!(
+        (
+            pod_volume.namespace.as_str(),
+            pod_volume.pod.as_str(),
+            pod_volume.volume.as_str(),
+            pod_volume.node.as_str()
+        ),
+        (PRODUCTION, "postgres-0", "data", node_name())
+    );
+    let file_system = record.file_system.clone().expect("a file-level backup");
+    let agent = agent_pod(&main).await;
+    let agent_log = main.kubectl_ok(&["-n", FERRY_NAMESPACE, "logs", &agent.name_any()]);
+    assert!(
+        agent_log
+            .lines()
+            .any(|line| line.contains("\"task ended\"") && line.contains(&file_system.task_id)),
+        "the agent pod {} of node {} did not run task {}; its log:\n{agent_log}",
+        agent.name_any(),
+        node_name(),
+        file_system.task_id
+    );
+
+    // 4. The disaster, and the restore.
+    step("kubectl delete namespace production, and its volume");
+    main.kubectl_ok(&["delete", "namespace", PRODUCTION, "--timeout=120s"]);
+    main.kubectl_ok(&[
+        "delete",
+        "persistentvolume",
+        &production_pv,
+        "--timeout=60s",
+    ]);
+    wipe(&disk(&disks, "production"));
+    step("ferry restore create prod-1-restore --from-backup prod-1 --wait");
+    let watcher = tokio::spawn(watch_restore_wait(main.clone(), PRODUCTION));
+    let output = main.ferry_ok(&[
+        "restore",
+        "create",
+        "prod-1-restore",
+        "--from-backup",
+        "prod-1",
+        "--wait",
+    ]);
+    assert!(output.contains("Completed"), "{output}");
+    let seen = watcher.await.expect("the init container watcher");
+    assert!(
+        seen.running_before_postgres,
+        "ferry-restore-wait was never seen running before PostgreSQL started: {seen:?}"
+    );
+    wait_for_postgres(&main, PRODUCTION).await;
+    let restore = ferry_json(&main, &["restore", "get", "prod-1-restore"]);
+    let restore_uid = restore[0]["metadata"]["uid"]
+        .as_str()
+        .expect("a uid")
+        .to_owned();
+    check_restored_pod(&main, PRODUCTION, &image).await;
+    let marker = disk(&disks, "production")
+        .join(".ferry")
+        .join(format!("{restore_uid}.done"));
+    assert!(
+        marker.is_file(),
+        "no completion marker {}",
+        marker.display()
+    );
+    assert_eq!(
+        table(&main, PRODUCTION),
+        original,
+        "the restored table differs"
+    );
+    let labels = Api::<Namespace>::all(main.client.clone())
+        .get(PRODUCTION)
+        .await
+        .expect("the restored namespace")
+        .labels()
+        .clone();
+    assert_eq!(
+        labels.get("ferry.dev/real-node").map(String::as_str),
+        Some("true"),
+        "the namespace came back without its labels: {labels:?}"
+    );
+    wait_for_client(&main, PRODUCTION).await;
+
+    // 5. A clone beside the original.
+    step("ferry restore create prod-1-clone --namespace-mappings production:staging --wait");
+    let spare_pv = unique_name("spare");
+    main.kubectl_with_input(
+        &["apply", "-f", "-"],
+        &local_volume(&spare_pv, &disk(&disks, "spare"), None),
+    );
+    let production_pod_uid = pod(&main, PRODUCTION, "postgres-0").await.uid();
+    let output = main.ferry_ok(&[
+        "restore",
+        "create",
+        "prod-1-clone",
+        "--from-backup",
+        "prod-1",
+        "--namespace-mappings",
+        "production:staging",
+        "--wait",
+    ]);
+    assert!(output.contains("Completed"), "{output}");
+    wait_for_postgres(&main, STAGING).await;
+    assert_eq!(
+        claim_volume(&main, STAGING).await,
+        spare_pv,
+        "the clone's claim"
+    );
+    assert_eq!(
+        claim_volume(&main, PRODUCTION).await,
+        production_pv,
+        "the original's claim"
+    );
+    let log = main.ferry_ok(&["restore", "logs", "prod-1-clone"]);
+    assert!(
+        log.lines()
+            .any(|line| line.starts_with("skipped") && line.contains(&production_pv)),
+        "the original's PersistentVolume was not left alone:\n{log}"
+    );
+    assert_eq!(table(&main, STAGING), original, "the clone's table differs");
+    psql(
+        &main,
+        STAGING,
+        &["insert into t values (0, 'the clone only')"],
+    );
+    assert_eq!(table(&main, STAGING).rows, ROWS + 1);
+    assert_eq!(
+        table(&main, PRODUCTION),
+        original,
+        "the clone changed the original"
+    );
+    let production_pod = pod(&main, PRODUCTION, "postgres-0").await;
+    assert_eq!(
+        production_pod.uid(),
+        production_pod_uid,
+        "the original's pod was replaced"
+    );
+    assert!(is_pod_ready(&production_pod));
+
+    // 6. The agent pod deleted in the middle of a backup.
+    step("the agent pod deleted in the middle of backup prod-2");
+    exec(
+        &main,
+        PRODUCTION,
+        &[
+            "sh",
+            "-c",
+            &format!("head -c {BULK_MIB}M /dev/urandom >/var/lib/postgresql/data/bulk.bin"),
+        ],
+    );
+    let agent = agent_pod(&main).await;
+    main.ferry_ok(&[
+        "backup",
+        "create",
+        "prod-2",
+        "--include-namespaces",
+        PRODUCTION,
+    ]);
+    let backups =
+        Api::<ferry_protocol::crd::Backup>::namespaced(main.client.clone(), FERRY_NAMESPACE);
+    eventually(
+        "backup prod-2 handing its volume to the agent",
+        OPERATION_TIMEOUT,
+        || {
+            let backups = backups.clone();
+            async move {
+                let backup = backups.get_opt("prod-2").await.ok()??;
+                let phase = backup.status.as_ref()?.phase?;
+                assert!(
+                    !phase.is_terminal(),
+                    "backup prod-2 ended before the agent was deleted: {phase:?}"
+                );
+                (phase == ferry_protocol::crd::Phase::WaitingForVolumes).then_some(())
+            }
+        },
+    )
+    .await;
+    main.kubectl_ok(&[
+        "-n",
+        FERRY_NAMESPACE,
+        "delete",
+        "pod",
+        &agent.name_any(),
+        "--timeout=60s",
+    ]);
+    let replacement = agent_pod(&main).await;
+    assert_ne!(
+        replacement.name_any(),
+        agent.name_any(),
+        "the DaemonSet's new agent pod"
+    );
+    let finished = eventually("backup prod-2 to finish", OPERATION_TIMEOUT, || {
+        let backups = backups.clone();
+        async move {
+            let backup = backups.get_opt("prod-2").await.ok()??;
+            backup
+                .status
+                .as_ref()?
+                .phase?
+                .is_terminal()
+                .then_some(backup)
+        }
+    })
+    .await;
+    let status = serde_json::to_value(&finished.status).unwrap();
+    assert_eq!(status["phase"], "Completed", "{status}");
+    let retried = database_record(&store, "prod-2", &production_pv).await;
+    let attempts = retried.file_system.as_ref().map_or(0, |fs| fs.attempts);
+    assert!(
+        attempts >= 2,
+        "the deleted agent's attempt was not cut short and tried again (attempts {attempts}): \
+         the backup ended before the agent stopped; give it more data: {retried:?}"
+    );
+    assert_eq!(retried.phase, VolumePhase::Completed, "{retried:?}");
+    assert!(
+        retried
+            .file_system
+            .as_ref()
+            .is_some_and(|fs| fs.bytes >= BULK_MIB << 20),
+        "{retried:?}"
+    );
+    let password = repository_password(&main).await;
+    let password_file = tempfile::NamedTempFile::new().expect("a temporary file");
+    std::fs::write(password_file.path(), &password).expect("writing the kept password");
+    step("ferry repo check --read-data on the namespace's repository");
+    check_repository(&store, password_file.path());
+
+    // 7. A brand-new cluster. The user kept the repository password (README, "Disaster recovery").
+    step("the disaster: the main cluster's application is gone; the node joins a new cluster");
+    main.kubectl_ok(&["delete", "namespace", PRODUCTION, STAGING, "--timeout=120s"]);
+    main.kubectl_ok(&[
+        "delete",
+        "persistentvolume",
+        &production_pv,
+        &spare_pv,
+        "--timeout=60s",
+    ]);
+    wipe(&disk(&disks, "production"));
+    wipe(&disk(&disks, "spare"));
+    let takeover = NodeTakeover::to_recovery();
+    step("installing Ferry in the new cluster, pointed at the same bucket");
+    recovery.kubectl_with_input(&["apply", "-f", "-"], &storage_class());
+    recovery.install_ferry(&image).await;
+    configure_location(&recovery, &store);
+    eventually(
+        "backup prod-1 synced from the bucket",
+        ferry_tests::CONVERGENCE_TIMEOUT,
+        || {
+            let found = recovery
+                .ferry(&["backup", "get", "prod-1"])
+                .status
+                .success();
+            async move { found.then_some(()) }
+        },
+    )
+    .await;
+
+    step("restoring without the repository password: refused, naming the Secret");
+    let refused = recovery.ferry(&[
+        "restore",
+        "create",
+        "prod-1-dr",
+        "--from-backup",
+        "prod-1",
+        "--wait",
+    ]);
+    assert!(
+        !refused.status.success(),
+        "the restore succeeded without the repository password"
+    );
+    let failed = ferry_json(&recovery, &["restore", "get", "prod-1-dr"]);
+    let reason = failed[0]["status"]["failureReason"]
+        .as_str()
+        .unwrap_or_default();
+    assert_eq!(failed[0]["status"]["phase"], "Failed", "{failed}");
+    assert!(
+        reason.contains("Secret ferry-system/ferry-repository-password")
+            && reason.contains(
+                "kubectl -n ferry-system create secret generic ferry-repository-password"
+            )
+            && reason.contains("kept from that installation"),
+        "{reason}"
+    );
+    let events = recovery.kubectl_ok(&[
+        "-n",
+        FERRY_NAMESPACE,
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=prod-1-dr,reason=RestoreFailed",
+        "-o",
+        "jsonpath={.items[*].message}",
+    ]);
+    assert!(
+        events.contains("ferry-repository-password"),
+        "no RestoreFailed Event naming the Secret: {events:?}"
+    );
+    let secrets = Api::<Secret>::namespaced(recovery.client.clone(), FERRY_NAMESPACE);
+    assert!(
+        secrets
+            .get_opt("ferry-repository-password")
+            .await
+            .unwrap()
+            .is_none(),
+        "the controller made a new repository password"
+    );
+    assert!(
+        Api::<Namespace>::all(recovery.client.clone())
+            .get_opt(PRODUCTION)
+            .await
+            .unwrap()
+            .is_none(),
+        "the refused restore created objects"
+    );
+
+    step("bringing the kept password, and restoring");
+    recovery.kubectl_ok(&[
+        "-n",
+        FERRY_NAMESPACE,
+        "create",
+        "secret",
+        "generic",
+        "ferry-repository-password",
+        &format!("--from-file=password={}", password_file.path().display()),
+    ]);
+    let output = recovery.ferry_ok(&[
+        "restore",
+        "create",
+        "prod-1-dr-2",
+        "--from-backup",
+        "prod-1",
+        "--wait",
+    ]);
+    assert!(output.contains("Completed"), "{output}");
+    wait_for_postgres(&recovery, PRODUCTION).await;
+    check_restored_pod(&recovery, PRODUCTION, &image).await;
+    assert_eq!(
+        table(&recovery, PRODUCTION),
+        original,
+        "the table restored in the new cluster differs"
+    );
+    wait_for_client(&recovery, PRODUCTION).await;
+
+    step("giving the node back");
+    remove_leftovers(&recovery).await;
+    drop(takeover);
+    remove_leftovers(&main).await;
+    let _ = std::fs::remove_dir_all(&disks);
+    drop(store);
+    step("done");
+}
+
+/// Removes what this test makes in `cluster`: the application's namespaces, Ferry's installation
+/// (its namespace: the cluster-wide objects stay, as other tests share the CRDs), the test's
+/// PersistentVolumes and their disks' contents.
+async fn remove_leftovers(cluster: &Cluster) {
+    for namespace in [PRODUCTION, STAGING, FERRY_NAMESPACE] {
+        cluster.remove_namespace(namespace).await;
+    }
+    let pvs = Api::<PersistentVolume>::all(cluster.client.clone());
+    let labelled = pvs
+        .list(&ListParams::default().labels(VOLUME_LABEL))
+        .await
+        .expect("listing PersistentVolumes");
+    for pv in labelled {
+        ferry_tests::delete_pv_and_wait(&cluster.client, &pv.name_any()).await;
+    }
+}
+
+/// Removes the disks earlier runs left (their volumes are gone by now).
+fn remove_old_disks(dir: &Path) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("real-cluster-")
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// The cloud credentials Secret and the default storage location, at the test's bucket prefix,
+/// through the endpoint pods reach MinIO at: `README.md`'s steps.
+fn configure_location(cluster: &Cluster, store: &BucketPrefix) {
+    let env = TestEnv::get();
+    let credentials = env.s3_credentials();
+    let file = tempfile::NamedTempFile::new().expect("a temporary file");
+    std::fs::write(
+        file.path(),
+        format!(
+            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            credentials.access_key_id(),
+            credentials.secret_access_key()
+        ),
+    )
+    .expect("writing the credentials file");
+    cluster.kubectl_ok(&[
+        "-n",
+        FERRY_NAMESPACE,
+        "create",
+        "secret",
+        "generic",
+        "cloud-credentials",
+        &format!("--from-file=cloud={}", file.path().display()),
+    ]);
+    cluster.ferry_ok(&[
+        "location",
+        "create",
+        "default",
+        "--bucket",
+        store.bucket(),
+        "--prefix",
+        store.prefix().trim_end_matches('/'),
+        "--region",
+        env.s3_region(),
+        "--endpoint",
+        env.var("FERRY_TEST_POD_S3_ENDPOINT"),
+        "--force-path-style",
+        "--credential",
+        "cloud-credentials:cloud",
+        "--default",
+    ]);
+}
+
+fn disk(disks: &Path, name: &str) -> PathBuf {
+    let dir = disks.join(name);
+    std::fs::create_dir_all(&dir)
+        .unwrap_or_else(|error| panic!("creating {}: {error}", dir.display()));
+    dir
+}
+
+/// Empties a disk's directory, as a lost disk replaced by a new one.
+fn wipe(dir: &Path) {
+    for entry in std::fs::read_dir(dir).expect("reading a disk") {
+        let path = entry.expect("a disk entry").path();
+        let removed = if path.is_dir() && !path.is_symlink() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.unwrap_or_else(|error| panic!("removing {}: {error}", path.display()));
+    }
+}
+
+fn storage_class() -> String {
+    format!(
+        "apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {{name: {STORAGE_CLASS}}}
+provisioner: kubernetes.io/no-provisioner
+volumeBindingMode: WaitForFirstConsumer
+"
+    )
+}
+
+/// A `local` PersistentVolume on the node at `path`; reserved for `claim` when given.
+fn local_volume(name: &str, path: &Path, claim: Option<(&str, &str)>) -> String {
+    let claim_ref = claim
+        .map(|(namespace, claim)| {
+            format!("  claimRef: {{namespace: {namespace}, name: {claim}}}\n")
+        })
+        .unwrap_or_default();
+    format!(
+        "apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: {name}
+  labels: {{{VOLUME_LABEL}: \"true\"}}
+spec:
+  capacity: {{storage: 2Gi}}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: {STORAGE_CLASS}
+{claim_ref}  local: {{path: {path}}}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+        - matchExpressions: [{{key: kubernetes.io/hostname, operator: In, values: [{node}]}}]
+",
+        path = path.display(),
+        node = node_name(),
+    )
+}
+
+/// The application: PostgreSQL as a StatefulSet with a claim on the `local` StorageClass, a
+/// client Deployment that queries it through its Service, a headless Service for the StatefulSet,
+/// the client's ConfigMap and Secret.
+fn application(namespace: &str) -> String {
+    let postgres = TestEnv::get().var("FERRY_TEST_POSTGRES_IMAGE");
+    format!(
+        r#"apiVersion: v1
+kind: Namespace
+metadata:
+  name: {namespace}
+  # The real scheduler places its pods on the node (tests/env/cluster.yaml).
+  labels: {{ferry.dev/real-node: "true"}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: client-settings, namespace: {namespace}}}
+data: {{QUERY: "select count(*) from t", INTERVAL: "2"}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: client-credentials, namespace: {namespace}}}
+stringData: {{PGUSER: postgres}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: postgres, namespace: {namespace}}}
+spec:
+  selector: {{app: postgres}}
+  ports: [{{port: 5432}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: postgres-pods, namespace: {namespace}}}
+spec:
+  clusterIP: None
+  selector: {{app: postgres}}
+  ports: [{{port: 5432}}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{name: postgres, namespace: {namespace}}}
+spec:
+  serviceName: postgres-pods
+  replicas: 1
+  selector: {{matchLabels: {{app: postgres}}}}
+  template:
+    metadata: {{labels: {{app: postgres}}}}
+    spec:
+      terminationGracePeriodSeconds: 10
+      containers:
+        - name: postgres
+          image: {postgres}
+          imagePullPolicy: IfNotPresent
+          # The volume's root holds Ferry's .ferry after a restore: the data is one level down.
+          env: [{{name: PGDATA, value: /var/lib/postgresql/data/pgdata}}]
+          ports: [{{containerPort: 5432}}]
+          readinessProbe:
+            exec: {{command: [pg_isready, -U, postgres, -h, 127.0.0.1]}}
+            periodSeconds: 2
+          volumeMounts: [{{name: data, mountPath: /var/lib/postgresql/data}}]
+  volumeClaimTemplates:
+    - metadata: {{name: data}}
+      spec:
+        accessModes: [ReadWriteOnce]
+        storageClassName: {STORAGE_CLASS}
+        resources: {{requests: {{storage: 2Gi}}}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: client, namespace: {namespace}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: client}}}}
+  template:
+    metadata: {{labels: {{app: client}}}}
+    spec:
+      terminationGracePeriodSeconds: 0
+      containers:
+        - name: client
+          image: {postgres}
+          imagePullPolicy: IfNotPresent
+          envFrom: [{{configMapRef: {{name: client-settings}}}}, {{secretRef: {{name: client-credentials}}}}]
+          # No cluster DNS: the Service's address comes in its environment variables, which exist
+          # when the Service did as the container started.
+          command:
+            - sh
+            - -c
+            - ': "${{POSTGRES_SERVICE_HOST:?no Service postgres yet}}"; while :; do psql -h "$POSTGRES_SERVICE_HOST" -Atc "$QUERY" 2>&1 | tail -n 1; sleep "$INTERVAL"; done'
+"#
+    )
+}
+
+async fn pod(cluster: &Cluster, namespace: &str, name: &str) -> Pod {
+    Api::<Pod>::namespaced(cluster.client.clone(), namespace)
+        .get(name)
+        .await
+        .unwrap_or_else(|error| panic!("reading pod {namespace}/{name}: {error}"))
+}
+
+/// The agent pod of the node, running and Ready.
+async fn agent_pod(cluster: &Cluster) -> Pod {
+    cluster.ferry_pod("agent").await
+}
+
+/// Waits until PostgreSQL's pod is Ready (its probe: pg_isready).
+async fn wait_for_postgres(cluster: &Cluster, namespace: &str) {
+    let what = format!("PostgreSQL Ready in {namespace} ({} cluster)", cluster.name);
+    let api = Api::<Pod>::namespaced(cluster.client.clone(), namespace);
+    eventually(&what, OPERATION_TIMEOUT, || {
+        let api = api.clone();
+        async move {
+            let pod = api.get_opt("postgres-0").await.ok()??;
+            is_pod_ready(&pod).then_some(())
+        }
+    })
+    .await;
+}
+
+/// Waits until the client Deployment's pod reads the table's row count through the Service, with
+/// its ConfigMap and Secret.
+async fn wait_for_client(cluster: &Cluster, namespace: &str) {
+    let what = format!("the client in {namespace} counting the rows");
+    eventually(&what, OPERATION_TIMEOUT, || {
+        let output = cluster.kubectl(&["-n", namespace, "logs", "deploy/client", "--tail=1"]);
+        async move {
+            let line = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+            (line == ROWS.to_string()).then_some(())
+        }
+    })
+    .await;
+}
+
+/// Checks the restored PostgreSQL pod: its init container `ferry-restore-wait` ran Ferry's image
+/// (the controller's own, pulled as the controller's is), waited for the agent, and ended well.
+async fn check_restored_pod(
+    cluster: &Cluster,
+    namespace: &str,
+    image: &ferry_tests::real_cluster::FerryImage,
+) {
+    let pod = pod(cluster, namespace, "postgres-0").await;
+    let spec = pod.spec.as_ref().unwrap();
+    let init = &spec.init_containers.as_ref().expect("init containers")[0];
+    assert_eq!(init.name, "ferry-restore-wait");
+    assert_eq!(
+        init.image.as_deref(),
+        Some(image.name.as_str()),
+        "the init container's image"
+    );
+    assert_eq!(init.image_pull_policy.as_deref(), Some("IfNotPresent"));
+    let status = &pod
+        .status
+        .as_ref()
+        .unwrap()
+        .init_container_statuses
+        .as_ref()
+        .unwrap()[0];
+    let terminated = status
+        .state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .unwrap_or_else(|| panic!("ferry-restore-wait has not ended: {status:?}"));
+    assert_eq!(
+        (terminated.exit_code, terminated.reason.as_deref()),
+        (0, Some("Completed"))
+    );
+    let log = cluster.kubectl_ok(&[
+        "-n",
+        namespace,
+        "logs",
+        "postgres-0",
+        "-c",
+        "ferry-restore-wait",
+    ]);
+    assert!(
+        log.contains("waiting for the node agent to restore 1 volume(s)")
+            && log.contains("every volume is restored; starting the pod"),
+        "ferry-restore-wait's log:\n{log}"
+    );
+}
+
+/// What the init container watcher saw.
+#[derive(Debug, Default)]
+struct Seen {
+    /// `ferry-restore-wait` running while PostgreSQL had not started.
+    running_before_postgres: bool,
+    /// PostgreSQL's container started.
+    postgres_started: bool,
+}
+
+/// Follows the restored `postgres-0` of `namespace` until PostgreSQL's container starts.
+async fn watch_restore_wait(cluster: Cluster, namespace: &'static str) -> Seen {
+    let api = Api::<Pod>::namespaced(cluster.client.clone(), namespace);
+    let deadline = Instant::now() + OPERATION_TIMEOUT;
+    let mut seen = Seen::default();
+    while Instant::now() < deadline && !seen.postgres_started {
+        if let Ok(Some(pod)) = api.get_opt("postgres-0").await
+            && let Some(status) = pod.status
+        {
+            let waiting = status
+                .init_container_statuses
+                .unwrap_or_default()
+                .iter()
+                .any(|s| {
+                    s.name == "ferry-restore-wait"
+                        && s.state.as_ref().is_some_and(|s| s.running.is_some())
+                });
+            seen.postgres_started = status
+                .container_statuses
+                .unwrap_or_default()
+                .iter()
+                .any(|s| {
+                    s.state
+                        .as_ref()
+                        .is_some_and(|s| s.running.is_some() || s.terminated.is_some())
+                });
+            seen.running_before_postgres |= waiting && !seen.postgres_started;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    seen
+}
+
+/// The PersistentVolume the claim of `namespace`'s PostgreSQL is bound to.
+async fn claim_volume(cluster: &Cluster, namespace: &str) -> String {
+    let claim = Api::<PersistentVolumeClaim>::namespaced(cluster.client.clone(), namespace)
+        .get("data-postgres-0")
+        .await
+        .expect("the claim");
+    assert_eq!(
+        claim.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Bound"),
+        "{namespace}/data-postgres-0"
+    );
+    claim.spec.and_then(|s| s.volume_name).unwrap_or_default()
+}
+
+fn exec(cluster: &Cluster, namespace: &str, command: &[&str]) -> String {
+    let mut args = vec![
+        "-n",
+        namespace,
+        "exec",
+        "postgres-0",
+        "-c",
+        "postgres",
+        "--",
+    ];
+    args.extend_from_slice(command);
+    cluster.kubectl_ok(&args)
+}
+
+/// Runs `statements` with psql in PostgreSQL's pod, each in its own transaction.
+fn psql(cluster: &Cluster, namespace: &str, statements: &[&str]) -> String {
+    let mut command = vec!["psql", "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-qAt"];
+    for statement in statements {
+        command.extend(["-c", statement]);
+    }
+    exec(cluster, namespace, &command)
+}
+
+/// The table's row count and a checksum of its rows in order.
+#[derive(Debug, PartialEq, Eq)]
+struct Table {
+    rows: u64,
+    checksum: String,
+}
+
+fn table(cluster: &Cluster, namespace: &str) -> Table {
+    let line = psql(
+        cluster,
+        namespace,
+        &["select count(*), md5(string_agg(md5(t::text), '' order by id)) from t"],
+    );
+    let (rows, checksum) = line
+        .trim()
+        .split_once('|')
+        .unwrap_or_else(|| panic!("psql said {line:?}"));
+    Table {
+        rows: rows.parse().expect("a count"),
+        checksum: checksum.to_owned(),
+    }
+}
+
+/// `ferry <args> -o json`, parsed.
+fn ferry_json(cluster: &Cluster, args: &[&str]) -> Value {
+    let mut args = args.to_vec();
+    args.extend(["-o", "json"]);
+    serde_json::from_str(&cluster.ferry_ok(&args)).expect("ferry's JSON")
+}
+
+/// The volume record of PersistentVolume `pv` in backup `backup`, as the controller wrote it.
+async fn database_record(store: &BucketPrefix, backup: &str, pv: &str) -> VolumeRecord {
+    let key = store.key(&BackupKeys::new(None, backup).volumes());
+    let object = TestEnv::get()
+        .s3_client()
+        .get_object()
+        .bucket(store.bucket())
+        .key(&key)
+        .send()
+        .await
+        .unwrap_or_else(|error| panic!("reading {key}: {error}"));
+    let bytes = object
+        .body
+        .collect()
+        .await
+        .expect("the records")
+        .into_bytes();
+    let records: VolumeRecords = ferry_controller::gunzip_json(&bytes).expect("volume records");
+    records
+        .volumes
+        .into_iter()
+        .find(|r| r.persistent_volume == pv)
+        .unwrap_or_else(|| panic!("backup {backup} has no record of {pv}"))
+}
+
+/// The repository password, as the controller keeps it (and the user keeps a copy).
+async fn repository_password(cluster: &Cluster) -> Vec<u8> {
+    let secret = Api::<Secret>::namespaced(cluster.client.clone(), FERRY_NAMESPACE)
+        .get("ferry-repository-password")
+        .await
+        .expect("the repository password Secret");
+    secret
+        .data
+        .and_then(|mut data| data.remove("password"))
+        .expect("a password")
+        .0
+}
+
+/// `ferry repo check --read-data` of production's repository, from this machine.
+fn check_repository(store: &BucketPrefix, password_file: &Path) {
+    let env = TestEnv::get();
+    let credentials = env.s3_credentials();
+    let repo = format!("{}/repositories/{PRODUCTION}", store.url());
+    let output = std::process::Command::new(ferry_tests::ferry_binary())
+        .args([
+            "repo",
+            "check",
+            "--read-data",
+            "--repo",
+            &repo,
+            "--s3-endpoint",
+            env.s3_endpoint(),
+            "--s3-path-style",
+        ])
+        .arg("--password-file")
+        .arg(password_file)
+        .env("AWS_ACCESS_KEY_ID", credentials.access_key_id())
+        .env("AWS_SECRET_ACCESS_KEY", credentials.secret_access_key())
+        .output()
+        .expect("running ferry repo check");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "ferry repo check --read-data {repo}:\n{text}"
+    );
+    assert!(
+        text.contains("no errors"),
+        "ferry repo check --read-data {repo}:\n{text}"
+    );
+}
