@@ -478,7 +478,11 @@ async fn defaults(namespace: &str) -> Vec<String> {
 #[tokio::test]
 async fn one_location_is_the_default_at_a_time() {
     let env = TestEnv::get();
-    let namespace = TestNamespace::create(&env.kube_client().await, "cli-default").await;
+    let client = env.kube_client().await;
+    // No controller runs here to install the CRDs, and on a fresh environment no other test may
+    // have yet.
+    ferry_tests::install_ferry_crds(&client).await;
+    let namespace = TestNamespace::create(&client, "cli-default").await;
     let ns = namespace.name();
     for name in ["first", "second"] {
         let created = ferry_in(
