@@ -112,8 +112,7 @@ pub async fn controller_credentials(ctx: &Context) -> Result<TlsCredentials> {
     {
         return Ok(credentials);
     }
-    let issued = issue_credentials()
-        .map_err(|error| Error::Archive(format!("issuing the agent API certificates: {error}")))?;
+    let issued = issue_credentials().map_err(|error| Error::Certificates(Box::new(error)))?;
     // The agents' Secret first: a controller Secret without one would never be issued again.
     for (name, credentials) in [
         (AGENT_TLS_SECRET, &issued.agent),
@@ -330,7 +329,10 @@ pub async fn forget_backup_snapshots(
             ferry_agent::forget_tagged(&repository, &tag)
         })
         .await
-        .map_err(|error| Error::Archive(format!("forgetting snapshots: {error}")))?
+        .map_err(|source| Error::Task {
+            task: "forgetting snapshots",
+            source,
+        })?
         .map_err(|source| Error::Repository { url, source })?;
         forgotten += removed.len();
     }
@@ -347,11 +349,8 @@ pub async fn agent_address(ctx: &Context, node: &str) -> std::result::Result<Str
         .map_err(|error| format!("reading Lease {name}: {error}"))?
         .ok_or_else(|| format!("no agent runs on node {node} (no Lease {name}); is the ferry-agent DaemonSet there?"))?;
     let spec = lease.spec.clone().unwrap_or_default();
-    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(30));
-    let fresh = spec.renew_time.is_some_and(|renewed| {
-        jiff::Timestamp::now().as_second() - renewed.0.as_second() <= duration
-    });
-    if !fresh {
+    // Wall time, not the context's clock: the agent renews its Lease by wall time.
+    if !crate::leader::is_held(&spec, 30, jiff::Timestamp::now()) {
         return Err(format!(
             "the agent on node {node} stopped renewing its Lease {name}; it is down"
         ));

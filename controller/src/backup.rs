@@ -2,7 +2,8 @@
 //! a streamed tar.gz in the storage location, with the backup's record, resource list, results,
 //! volume records and log beside it; snapshots the volumes, and follows the snapshots to
 //! completion without holding the reconciler (phase WaitingForVolumes, polled). A Backup annotated
-//! for deletion is deleted: snapshots, files, then the resource.
+//! for deletion is deleted: snapshots, files, then the resource. Which of these a reconcile does
+//! is decided in [`crate::operation`], which Restores share.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use serde_json::Value;
 use crate::archive::ArchiveWriter;
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::operation::{self, Operation};
 use crate::resources::{
     IncludesExcludes, ResourceFilter, ResourceType, discover, is_never_backed_up, parse_selector,
 };
@@ -37,167 +39,108 @@ const PAGE_SIZE: u32 = 500;
 /// How often progress reaches the Backup's status while it runs.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
 const DEFAULT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
-/// The longest an ended backup goes without a look at its expiry.
-const EXPIRY_RECHECK: Duration = Duration::from_secs(3600);
 /// How often snapshots in progress are asked after, and a queued deletion looks again.
 const POLL_INTERVAL: Duration = Duration::from_secs(5);
 
 pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action> {
-    let key = format!("backup/{}", backup.name_any());
-    let phase = backup.status.as_ref().and_then(|s| s.phase);
-    if backup
-        .annotations()
-        .contains_key(DELETE_REQUESTED_ANNOTATION)
-    {
-        return delete(&backup, &ctx, ctx.is_running(&key)).await;
+    operation::reconcile(backup, ctx).await
+}
+
+impl Operation for Backup {
+    const NOUN: &'static str = "backup";
+    type Status = BackupStatus;
+
+    fn phase(&self) -> Option<Phase> {
+        self.status.as_ref().and_then(|s| s.phase)
     }
-    if let Some(expiration) = expiration_of(&backup)
-        && expiration <= ctx.now()
-    {
-        return expire(&backup, &ctx).await;
+
+    fn deletion_requested(&self) -> bool {
+        self.annotations().contains_key(DELETE_REQUESTED_ANNOTATION)
     }
-    let synced = backup
-        .annotations()
-        .contains_key(crate::location::SYNCED_FROM_ANNOTATION);
-    if synced {
-        // It describes a backup already in the bucket; its status follows from the record.
-        return Ok(until_expiry(&backup, &ctx));
+
+    fn expiration(&self) -> Option<jiff::Timestamp> {
+        let status = self.status.as_ref()?;
+        let ended = matches!(
+            status.phase,
+            Some(Phase::Completed | Phase::PartiallyFailed | Phase::Failed)
+        );
+        ended.then_some(status.expiration.as_ref()?.0)
     }
-    match phase {
-        None | Some(Phase::New) => {}
-        Some(Phase::WaitingForVolumes) => return follow_volumes(&backup, &ctx).await,
-        // The cache can still hold the InProgress version a moment after this process finished
-        // the backup; only the API server's own copy says whether a run was cut short.
-        Some(Phase::InProgress)
-            if !ctx.is_running(&key) && still_in_progress(&backup, &ctx).await? =>
-        {
-            // Nothing in this process runs it: the controller that did was stopped mid-way. Its
-            // multipart upload was never completed, so no partial archive is visible; snapshots
-            // it may have started are found by their tag.
-            let reason = match volumes::delete_unrecorded_snapshots(&ctx, &backup).await {
-                Ok(_) => "the controller restarted while this backup was in progress; nothing of it was kept. \
-                          Create the backup again."
-                    .to_owned(),
-                Err(error) => format!(
-                    "the controller restarted while this backup was in progress; create the backup again. \
-                     Deleting the volume snapshots it may have started failed ({error}): delete the EBS \
-                     snapshots tagged {}={} by hand",
-                    crate::ebs::tags::BACKUP_UID,
-                    backup.uid().unwrap_or_default()
-                ),
-            };
-            fail(&backup, &ctx, &reason).await?;
-            return Ok(Action::await_change());
-        }
-        // A stale InProgress copy: the next event (or this requeue) brings the current one.
-        Some(Phase::InProgress) if !ctx.is_running(&key) => {
-            return Ok(Action::requeue(Duration::from_secs(1)));
-        }
-        Some(_) => return Ok(until_expiry(&backup, &ctx)),
+
+    /// It describes a backup already in the bucket; its status follows from the record.
+    fn synced(&self) -> bool {
+        self.annotations()
+            .contains_key(crate::location::SYNCED_FROM_ANNOTATION)
     }
-    if !ctx.start_running(key.clone()) {
-        return Ok(Action::await_change());
+
+    async fn run(&self, ctx: &Context) -> Result<Action> {
+        Ok(match run(self, ctx).await? {
+            Phase::WaitingForVolumes => Action::requeue(POLL_INTERVAL),
+            // The status it ended with arrives as a change, and is looked at for expiry then.
+            _ => Action::await_change(),
+        })
     }
-    let outcome = run(&backup, &ctx).await;
-    ctx.stop_running(&key);
-    match outcome {
-        Ok(Phase::WaitingForVolumes) => Ok(Action::requeue(POLL_INTERVAL)),
-        // The status it ended with arrives as a change, and is looked at for expiry then.
-        Ok(_) => Ok(Action::await_change()),
-        // Nothing was written yet: the whole backup can simply run again.
-        Err(error) if error.is_retryable() && !has_started(&backup, &ctx).await => Err(error),
-        // A backup that started cannot resume its listing; it ends with what went wrong.
-        Err(error) => {
-            fail(&backup, &ctx, &error.to_string()).await?;
-            Ok(Action::await_change())
+
+    async fn follow_volumes(&self, ctx: &Context) -> Result<Action> {
+        follow_volumes(self, ctx).await
+    }
+
+    /// Its multipart upload was never completed, so no partial archive is visible; snapshots it
+    /// may have started are found by their tag.
+    async fn interrupted(&self, ctx: &Context) -> String {
+        match volumes::delete_unrecorded_snapshots(ctx, self).await {
+            Ok(_) => "the controller restarted while this backup was in progress; nothing of it was kept. \
+                      Create the backup again."
+                .to_owned(),
+            Err(error) => format!(
+                "the controller restarted while this backup was in progress; create the backup again. \
+                 Deleting the volume snapshots it may have started failed ({error}): delete the EBS \
+                 snapshots tagged {}={} by hand",
+                crate::ebs::tags::BACKUP_UID,
+                self.uid().unwrap_or_default()
+            ),
         }
     }
-}
 
-/// When a backup that has ended expires; a running one never does.
-fn expiration_of(backup: &Backup) -> Option<jiff::Timestamp> {
-    let status = backup.status.as_ref()?;
-    let ended = matches!(
-        status.phase,
-        Some(Phase::Completed | Phase::PartiallyFailed | Phase::Failed)
-    );
-    ended.then_some(status.expiration.as_ref()?.0)
-}
-
-/// Looks at an ended backup again when it expires (at least hourly, so that a clock that jumps
-/// is noticed).
-fn until_expiry(backup: &Backup, ctx: &Context) -> Action {
-    match expiration_of(backup) {
-        Some(expiration) => {
-            let left = expiration.as_second() - ctx.now().as_second();
-            let left = Duration::from_secs(u64::try_from(left).unwrap_or(0).max(1));
-            Action::requeue(left.min(EXPIRY_RECHECK))
-        }
-        None => Action::await_change(),
+    async fn delete(&self, ctx: &Context, running_here: bool) -> Result<Action> {
+        delete(self, ctx, running_here).await
     }
-}
 
-/// An expired backup is deleted like one `ferry backup delete` asked for: the annotation records
-/// why, and the deletion reports and retries each step.
-async fn expire(backup: &Backup, ctx: &Context) -> Result<Action> {
-    let api: Api<Backup> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-    let patch = serde_json::json!({"metadata": {"annotations": {
-        DELETE_REQUESTED_ANNOTATION: format!("expired at {}", ctx.now()),
-    }}});
-    api.patch(
-        &backup.name_any(),
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(&patch),
-    )
-    .await?;
-    tracing::info!(message = "a backup expired; deleting it", backup = %backup.name_any());
-    ctx.event(
-        backup,
-        EventType::Normal,
-        "Expired",
-        "the backup's ttl has passed; deleting it".to_owned(),
-    )
-    .await;
-    Ok(Action::await_change())
-}
-
-/// The backup's phase as the API server has it now, not as the reconciler's cache had it.
-async fn current_phase(backup: &Backup, ctx: &Context) -> Result<Option<Phase>> {
-    let backups: Api<Backup> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-    let current = backups.get(&backup.name_any()).await?;
-    Ok(current.status.and_then(|s| s.phase))
-}
-
-/// Whether the API server's copy of the backup is InProgress; when it is not, the reconciler saw
-/// a stale copy and the backup is looked at again.
-async fn still_in_progress(backup: &Backup, ctx: &Context) -> Result<bool> {
-    Ok(current_phase(backup, ctx).await? == Some(Phase::InProgress))
-}
-
-/// Whether the backup has gone InProgress (so it has begun writing to its storage location).
-async fn has_started(backup: &Backup, ctx: &Context) -> bool {
-    match current_phase(backup, ctx).await {
-        Ok(phase) => phase.is_some_and(|phase| phase != Phase::New),
-        // Unknown: assume it started, so that it fails with the reason instead of being misread.
-        Err(_) => true,
+    /// An expired backup is deleted like one `ferry backup delete` asked for: the annotation
+    /// records why, and the deletion reports and retries each step.
+    async fn expire(&self, ctx: &Context) -> Result<Action> {
+        let api: Api<Backup> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+        let patch = serde_json::json!({"metadata": {"annotations": {
+            DELETE_REQUESTED_ANNOTATION: format!("expired at {}", ctx.now()),
+        }}});
+        api.patch(
+            &self.name_any(),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await?;
+        tracing::info!(message = "a backup expired; deleting it", backup = %self.name_any());
+        ctx.event(
+            self,
+            EventType::Normal,
+            "Expired",
+            "the backup's ttl has passed; deleting it".to_owned(),
+        )
+        .await;
+        Ok(Action::await_change())
     }
-}
 
-async fn fail(backup: &Backup, ctx: &Context, reason: &str) -> Result<()> {
-    let mut status = backup.status.clone().unwrap_or_default();
-    status.phase = Some(Phase::Failed);
-    status.failure_reason = Some(reason.to_owned());
-    status.completion_timestamp = Some(now(ctx));
-    ctx.apply_status(backup, &status).await?;
-    ctx.metrics.backup_finished(backup, &status, &[]);
-    ctx.event(
-        backup,
-        EventType::Warning,
-        "BackupFailed",
-        reason.to_owned(),
-    )
-    .await;
-    Ok(())
+    fn failed_status(&self, reason: &str, now: jiff::Timestamp) -> BackupStatus {
+        let mut status = self.status.clone().unwrap_or_default();
+        status.phase = Some(Phase::Failed);
+        status.failure_reason = Some(reason.to_owned());
+        status.completion_timestamp = Some(Time(now));
+        status
+    }
+
+    fn record_finished(&self, ctx: &Context, status: &BackupStatus) {
+        ctx.metrics.backup_finished(self, status, &[]);
+    }
 }
 
 fn now(ctx: &Context) -> Time {

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
@@ -118,7 +118,7 @@ impl Candidate {
                     ),
                     ..Default::default()
                 },
-                spec: Some(k8s_openapi::api::coordination::v1::LeaseSpec {
+                spec: Some(LeaseSpec {
                     holder_identity: Some(self.identity.clone()),
                     lease_duration_seconds: Some(duration),
                     acquire_time: Some(MicroTime(now)),
@@ -131,11 +131,7 @@ impl Candidate {
         };
         let spec = lease.spec.get_or_insert_with(Default::default);
         let ours = spec.holder_identity.as_deref() == Some(self.identity.as_str());
-        let expired = spec.renew_time.as_ref().is_none_or(|renewed| {
-            let held = i64::from(spec.lease_duration_seconds.unwrap_or(duration));
-            now.as_second() - renewed.0.as_second() > held
-        });
-        if !ours && !expired {
+        if !ours && is_held(spec, duration, now) {
             return Ok(false);
         }
         if !ours {
@@ -149,5 +145,38 @@ impl Candidate {
             .replace(LEASE_NAME, &PostParams::default(), &lease)
             .await?;
         Ok(true)
+    }
+}
+
+/// Whether a Lease is still held at `now`: renewed within its duration (`default_seconds` when
+/// it names none). Pure, so that both readers of Leases (this election and the agents' liveness)
+/// judge alike and are tested without waiting; `now` is wall time, which the Lease's writer uses.
+pub fn is_held(spec: &LeaseSpec, default_seconds: i32, now: jiff::Timestamp) -> bool {
+    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(default_seconds));
+    spec.renew_time
+        .as_ref()
+        .is_some_and(|renewed| now.as_second() - renewed.0.as_second() <= duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_is_held_until_its_duration_has_passed_since_its_renewal() {
+        let renewed = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        let after = |seconds: i64| renewed + jiff::SignedDuration::from_secs(seconds);
+        let lease = |duration| LeaseSpec {
+            renew_time: Some(MicroTime(renewed)),
+            lease_duration_seconds: duration,
+            ..Default::default()
+        };
+        assert!(is_held(&lease(Some(15)), 30, after(15)));
+        assert!(!is_held(&lease(Some(15)), 30, after(16)));
+        // Without a duration of its own, the default.
+        assert!(is_held(&lease(None), 30, after(30)));
+        assert!(!is_held(&lease(None), 30, after(31)));
+        // Never renewed: free.
+        assert!(!is_held(&LeaseSpec::default(), 30, renewed));
     }
 }

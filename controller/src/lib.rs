@@ -21,6 +21,7 @@ pub mod leader;
 pub mod location;
 pub mod maintenance;
 pub mod metrics;
+pub mod operation;
 pub mod resources;
 pub mod restore;
 pub mod schedule;
@@ -235,7 +236,10 @@ pub fn gzip(data: &[u8]) -> Result<Bytes> {
         .write_all(data)
         .and_then(|()| encoder.finish())
         .map(Bytes::from)
-        .map_err(|e| Error::Archive(e.to_string()))
+        .map_err(|source| Error::Io {
+            context: "gzipping".to_owned(),
+            source,
+        })
 }
 
 pub fn gzip_json<T: serde::Serialize>(value: &T) -> Result<Bytes> {
@@ -246,7 +250,10 @@ pub fn gzip_json<T: serde::Serialize>(value: &T) -> Result<Bytes> {
 pub fn gunzip(data: &[u8]) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(data), &mut out)
-        .map_err(|e| Error::Archive(format!("not a gzip stream: {e}")))?;
+        .map_err(|source| Error::Io {
+            context: "gunzipping a file of the backup (damaged, or not gzip)".to_owned(),
+            source,
+        })?;
     Ok(out)
 }
 

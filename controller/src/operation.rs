@@ -1,0 +1,443 @@
+//! The lifecycle Backup and Restore share. What a reconcile does next is decided by the pure
+//! [`decide`] from the object, what the reconciler observed and the time, so that every branch
+//! (deletion, expiry, a run cut short by a restart, a stale cached copy) is tested without an API
+//! server; [`reconcile`] is the one executor that carries a [`Step`] out, and [`fail`] the one way
+//! an operation ends in Failed (status, metrics, Event).
+//!
+//! What differs between the two kinds (how they run, follow their volumes, are deleted) is the
+//! [`Operation`] trait, implemented in `backup.rs` and `restore/mod.rs`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_protocol::crd::Phase;
+use jiff::Timestamp;
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+
+use crate::context::Context;
+use crate::error::Result;
+
+/// The longest an ended operation goes without a look at its expiry, so that a clock that jumps is
+/// noticed.
+pub const EXPIRY_RECHECK: Duration = Duration::from_secs(3600);
+/// How soon a stale cached copy is looked at again.
+const STALE_COPY_RECHECK: Duration = Duration::from_secs(1);
+
+/// A Backup or a Restore, as the lifecycle sees it.
+pub trait Operation:
+    kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+    /// "backup" or "restore": the key of a run in this process.
+    const NOUN: &'static str;
+
+    type Status: serde::Serialize + Send + Sync;
+
+    fn phase(&self) -> Option<Phase>;
+
+    /// Whether the user (or its expiry) asked for it to be deleted.
+    fn deletion_requested(&self) -> bool {
+        false
+    }
+
+    /// When an ended operation expires; a running one never does.
+    fn expiration(&self) -> Option<Timestamp> {
+        None
+    }
+
+    /// Whether it describes work done elsewhere (a backup synced from the bucket): it never runs
+    /// here.
+    fn synced(&self) -> bool {
+        false
+    }
+
+    /// Runs it from the start; the action is what the reconciler does after a run that ended
+    /// without error.
+    fn run(&self, ctx: &Context) -> impl Future<Output = Result<Action>> + Send;
+
+    /// Follows its volumes (phase WaitingForVolumes), ending it once every volume has.
+    fn follow_volumes(&self, ctx: &Context) -> impl Future<Output = Result<Action>> + Send;
+
+    /// Why a run cut short by a controller restart failed, after cleaning up what it can.
+    fn interrupted(&self, ctx: &Context) -> impl Future<Output = String> + Send;
+
+    /// Deletes it; `running_here` when this process still runs it (the deletion is queued).
+    fn delete(
+        &self,
+        _ctx: &Context,
+        _running_here: bool,
+    ) -> impl Future<Output = Result<Action>> + Send {
+        async { Ok(Action::await_change()) }
+    }
+
+    /// Marks an expired operation for deletion.
+    fn expire(&self, _ctx: &Context) -> impl Future<Output = Result<Action>> + Send {
+        async { Ok(Action::await_change()) }
+    }
+
+    /// Its status ended as Failed with `reason` at `now`; applied by [`fail`].
+    fn failed_status(&self, reason: &str, now: Timestamp) -> Self::Status;
+
+    /// Records the metrics of an operation that ended with `status`.
+    fn record_finished(&self, ctx: &Context, status: &Self::Status);
+}
+
+/// What the reconciler knows of an operation besides its cached copy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// This process is running the operation now.
+    pub running_here: bool,
+    /// The phase on the API server, once read ([`Step::ReadServerPhase`] asks for it).
+    pub server_phase: Option<Option<Phase>>,
+}
+
+/// What a reconcile does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Delete,
+    Expire,
+    Run,
+    FollowVolumes,
+    /// The cached copy is InProgress while nothing in this process runs it: either a restart cut
+    /// the run short or the cache is behind; only the API server's copy tells which.
+    ReadServerPhase,
+    /// A controller restart cut the run short.
+    FailInterrupted,
+    /// Nothing to do until the object changes or, when given, this long has passed.
+    Wait(Option<Duration>),
+}
+
+/// The next step for `operation`, from its cached copy, what was observed, and the time.
+pub fn decide<O: Operation>(operation: &O, observed: &Observed, now: Timestamp) -> Step {
+    if operation.deletion_requested() {
+        return Step::Delete;
+    }
+    let expiration = operation.expiration();
+    if expiration.is_some_and(|expiration| expiration <= now) {
+        return Step::Expire;
+    }
+    let until_expiry = Step::Wait(expiration.map(|expiration| {
+        let left = u64::try_from(expiration.as_second() - now.as_second()).unwrap_or(0);
+        Duration::from_secs(left.max(1)).min(EXPIRY_RECHECK)
+    }));
+    if operation.synced() {
+        return until_expiry;
+    }
+    match operation.phase() {
+        None | Some(Phase::New) => Step::Run,
+        Some(Phase::WaitingForVolumes) => Step::FollowVolumes,
+        Some(Phase::InProgress) if !observed.running_here => match observed.server_phase {
+            None => Step::ReadServerPhase,
+            Some(Some(Phase::InProgress)) => Step::FailInterrupted,
+            // The cache was behind: the next event (or this requeue) brings the current copy.
+            Some(_) => Step::Wait(Some(STALE_COPY_RECHECK)),
+        },
+        Some(_) => until_expiry,
+    }
+}
+
+/// The one reconcile of Backups and Restores: decides, then carries the step out.
+pub async fn reconcile<O: Operation>(operation: Arc<O>, ctx: Arc<Context>) -> Result<Action> {
+    let key = format!("{}/{}", O::NOUN, operation.name_any());
+    let mut observed = Observed {
+        running_here: ctx.is_running(&key),
+        server_phase: None,
+    };
+    loop {
+        return match decide(&*operation, &observed, ctx.now()) {
+            Step::ReadServerPhase => {
+                observed.server_phase = Some(server_phase(&*operation, &ctx).await?);
+                continue;
+            }
+            Step::Wait(None) => Ok(Action::await_change()),
+            Step::Wait(Some(after)) => Ok(Action::requeue(after)),
+            Step::Delete => operation.delete(&ctx, observed.running_here).await,
+            Step::Expire => operation.expire(&ctx).await,
+            Step::FollowVolumes => operation.follow_volumes(&ctx).await,
+            Step::FailInterrupted => {
+                let reason = operation.interrupted(&ctx).await;
+                fail(&*operation, &ctx, &reason).await?;
+                Ok(Action::await_change())
+            }
+            Step::Run => {
+                if !ctx.start_running(key.clone()) {
+                    return Ok(Action::await_change());
+                }
+                let outcome = operation.run(&ctx).await;
+                ctx.stop_running(&key);
+                match outcome {
+                    Ok(action) => Ok(action),
+                    // Nothing was written yet: the whole operation can simply run again.
+                    Err(error) if error.is_retryable() && !has_started(&*operation, &ctx).await => {
+                        Err(error)
+                    }
+                    // One that started cannot resume mid-way; it ends with what went wrong.
+                    Err(error) => {
+                        fail(&*operation, &ctx, &error.to_string()).await?;
+                        Ok(Action::await_change())
+                    }
+                }
+            }
+        };
+    }
+}
+
+/// Ends `operation` as Failed with `reason`: status, metrics, and a Warning Event.
+pub async fn fail<O: Operation>(operation: &O, ctx: &Context, reason: &str) -> Result<()> {
+    let status = operation.failed_status(reason, ctx.now());
+    ctx.apply_status(operation, &status).await?;
+    operation.record_finished(ctx, &status);
+    // BackupFailed, RestoreFailed.
+    let event_reason = format!("{}Failed", O::kind(&()));
+    ctx.event(operation, EventType::Warning, &event_reason, reason.to_owned())
+        .await;
+    Ok(())
+}
+
+/// The operation's phase as the API server has it now, not as the reconciler's cache had it.
+async fn server_phase<O: Operation>(operation: &O, ctx: &Context) -> Result<Option<Phase>> {
+    let api: kube::Api<O> = kube::Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    Ok(api.get(&operation.name_any()).await?.phase())
+}
+
+/// Whether the operation has gone past New (so it has begun writing); when that cannot be read,
+/// it is assumed to have, so that it fails with the reason instead of running twice.
+async fn has_started<O: Operation>(operation: &O, ctx: &Context) -> bool {
+    match server_phase(operation, ctx).await {
+        Ok(phase) => phase.is_some_and(|phase| phase != Phase::New),
+        Err(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An operation reduced to what [`decide`] reads.
+    #[derive(Debug, Clone, Default, serde::Deserialize)]
+    struct Fake {
+        #[serde(skip)]
+        phase: Option<Phase>,
+        #[serde(skip)]
+        deletion_requested: bool,
+        #[serde(skip)]
+        expiration: Option<Timestamp>,
+        #[serde(skip)]
+        synced: bool,
+        metadata: kube::api::ObjectMeta,
+    }
+
+    impl kube::Resource for Fake {
+        type DynamicType = ();
+        type Scope = kube::core::NamespaceResourceScope;
+        fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+            "Fake".into()
+        }
+        fn group(_: &()) -> std::borrow::Cow<'_, str> {
+            "ferry.dev".into()
+        }
+        fn version(_: &()) -> std::borrow::Cow<'_, str> {
+            "v1".into()
+        }
+        fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+            "fakes".into()
+        }
+        fn meta(&self) -> &kube::api::ObjectMeta {
+            &self.metadata
+        }
+        fn meta_mut(&mut self) -> &mut kube::api::ObjectMeta {
+            &mut self.metadata
+        }
+    }
+
+    impl Operation for Fake {
+        const NOUN: &'static str = "fake";
+        type Status = ();
+        fn phase(&self) -> Option<Phase> {
+            self.phase
+        }
+        fn deletion_requested(&self) -> bool {
+            self.deletion_requested
+        }
+        fn expiration(&self) -> Option<Timestamp> {
+            self.expiration
+        }
+        fn synced(&self) -> bool {
+            self.synced
+        }
+        async fn run(&self, _: &Context) -> Result<Action> {
+            unreachable!("decide never runs anything")
+        }
+        async fn follow_volumes(&self, _: &Context) -> Result<Action> {
+            unreachable!("decide never runs anything")
+        }
+        async fn interrupted(&self, _: &Context) -> String {
+            unreachable!("decide never runs anything")
+        }
+        fn failed_status(&self, _: &str, _: Timestamp) {}
+        fn record_finished(&self, _: &Context, _: &()) {}
+    }
+
+    fn at(second: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + second).unwrap()
+    }
+
+    fn fake(phase: Option<Phase>) -> Fake {
+        Fake {
+            phase,
+            ..Fake::default()
+        }
+    }
+
+    const HERE: Observed = Observed {
+        running_here: true,
+        server_phase: None,
+    };
+    const ELSEWHERE: Observed = Observed {
+        running_here: false,
+        server_phase: None,
+    };
+
+    fn on_server(phase: Option<Phase>) -> Observed {
+        Observed {
+            running_here: false,
+            server_phase: Some(phase),
+        }
+    }
+
+    #[test]
+    fn phases_decide_the_step() {
+        use Phase::*;
+        let cases: &[(Option<Phase>, Observed, Step)] = &[
+            (None, ELSEWHERE, Step::Run),
+            (Some(New), ELSEWHERE, Step::Run),
+            // Running here already: the executor's start_running refuses a second run.
+            (Some(New), HERE, Step::Run),
+            (Some(WaitingForVolumes), ELSEWHERE, Step::FollowVolumes),
+            (Some(WaitingForVolumes), HERE, Step::FollowVolumes),
+            // InProgress and running here: its run ends it.
+            (Some(InProgress), HERE, Step::Wait(None)),
+            // InProgress and nothing here runs it: ask the API server first.
+            (Some(InProgress), ELSEWHERE, Step::ReadServerPhase),
+            (
+                Some(InProgress),
+                on_server(Some(InProgress)),
+                Step::FailInterrupted,
+            ),
+            // The cache was behind the API server.
+            (
+                Some(InProgress),
+                on_server(Some(Completed)),
+                Step::Wait(Some(STALE_COPY_RECHECK)),
+            ),
+            (
+                Some(InProgress),
+                on_server(Some(WaitingForVolumes)),
+                Step::Wait(Some(STALE_COPY_RECHECK)),
+            ),
+            (
+                Some(InProgress),
+                on_server(None),
+                Step::Wait(Some(STALE_COPY_RECHECK)),
+            ),
+            (Some(Completed), ELSEWHERE, Step::Wait(None)),
+            (Some(PartiallyFailed), ELSEWHERE, Step::Wait(None)),
+            (Some(Failed), ELSEWHERE, Step::Wait(None)),
+            (Some(FailedValidation), ELSEWHERE, Step::Wait(None)),
+            (Some(Deleting), ELSEWHERE, Step::Wait(None)),
+        ];
+        for (phase, observed, step) in cases {
+            assert_eq!(
+                decide(&fake(*phase), observed, at(0)),
+                *step,
+                "phase {phase:?}, observed {observed:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn deletion_comes_before_everything() {
+        for phase in [
+            None,
+            Some(Phase::InProgress),
+            Some(Phase::WaitingForVolumes),
+            Some(Phase::Completed),
+        ] {
+            for observed in [HERE, ELSEWHERE] {
+                let operation = Fake {
+                    phase,
+                    deletion_requested: true,
+                    expiration: Some(at(-10)),
+                    synced: true,
+                    ..Fake::default()
+                };
+                assert_eq!(decide(&operation, &observed, at(0)), Step::Delete);
+            }
+        }
+    }
+
+    #[test]
+    fn an_ended_operation_expires_at_its_expiration() {
+        let ended = |expiration| Fake {
+            phase: Some(Phase::Completed),
+            expiration: Some(expiration),
+            ..Fake::default()
+        };
+        assert_eq!(decide(&ended(at(0)), &ELSEWHERE, at(0)), Step::Expire);
+        assert_eq!(decide(&ended(at(-5)), &ELSEWHERE, at(0)), Step::Expire);
+        // Not yet: looked at again when it expires, at least hourly, never sooner than a second.
+        assert_eq!(
+            decide(&ended(at(90)), &ELSEWHERE, at(0)),
+            Step::Wait(Some(Duration::from_secs(90)))
+        );
+        assert_eq!(
+            decide(&ended(at(30 * 24 * 3600)), &ELSEWHERE, at(0)),
+            Step::Wait(Some(EXPIRY_RECHECK))
+        );
+        assert_eq!(
+            decide(&ended(at(0)), &ELSEWHERE, at(-1)),
+            Step::Wait(Some(Duration::from_secs(1)))
+        );
+    }
+
+    #[test]
+    fn a_synced_operation_never_runs_and_still_expires() {
+        let synced = |phase, expiration| Fake {
+            phase,
+            expiration,
+            synced: true,
+            ..Fake::default()
+        };
+        assert_eq!(
+            decide(&synced(None, None), &ELSEWHERE, at(0)),
+            Step::Wait(None)
+        );
+        assert_eq!(
+            decide(&synced(Some(Phase::InProgress), None), &ELSEWHERE, at(0)),
+            Step::Wait(None)
+        );
+        assert_eq!(
+            decide(
+                &synced(Some(Phase::Completed), Some(at(60))),
+                &ELSEWHERE,
+                at(0)
+            ),
+            Step::Wait(Some(Duration::from_secs(60)))
+        );
+        assert_eq!(
+            decide(
+                &synced(Some(Phase::Completed), Some(at(0))),
+                &ELSEWHERE,
+                at(0)
+            ),
+            Step::Expire
+        );
+    }
+}
