@@ -89,9 +89,7 @@ impl ArchiveWriter {
         };
         if self.entries.send(entry).await.is_err() {
             // The tar task ended early; its error is what `finish` reports.
-            return Err(Error::Archive(
-                "the archive writer stopped early".to_owned(),
-            ));
+            return Err(Error::PipelineStopped("the archive writer"));
         }
         Ok(())
     }
@@ -102,11 +100,17 @@ impl ArchiveWriter {
         let tarred = self
             .tar_task
             .await
-            .map_err(|error| Error::Archive(format!("archive writer: {error}")))?;
+            .map_err(|source| Error::Task {
+                task: "the archive writer",
+                source,
+            })?;
         let upload = self
             .upload_task
             .await
-            .map_err(|error| Error::Archive(format!("archive upload: {error}")))??;
+            .map_err(|source| Error::Task {
+                task: "the archive upload",
+                source,
+            })??;
         match tarred {
             Ok(()) => upload.finish().await,
             Err(error) => {
@@ -126,8 +130,11 @@ fn append<W: Write>(tar: &mut tar::Builder<W>, path: &str, body: &[u8]) -> Resul
     tar.append_data(&mut header, path, body).map_err(archive_io)
 }
 
-fn archive_io(error: std::io::Error) -> Error {
-    Error::Archive(format!("writing the archive: {error}"))
+fn archive_io(source: std::io::Error) -> Error {
+    Error::Io {
+        context: "writing the archive".to_owned(),
+        source,
+    }
 }
 
 /// Cuts the gzip stream into upload parts.
@@ -144,7 +151,7 @@ impl PartSink {
         let part = self.buffer.split().freeze();
         self.parts
             .blocking_send(part)
-            .map_err(|_| Error::Archive("the archive upload stopped".to_owned()))
+            .map_err(|_| Error::PipelineStopped("the archive upload"))
     }
 }
 
@@ -187,13 +194,19 @@ impl Archive {
             Archive::index(GzDecoder::new(bridge))
         })
         .await
-        .map_err(|error| Error::Archive(format!("archive reader: {error}")))?
+        .map_err(|source| Error::Task {
+            task: "the archive reader",
+            source,
+        })?
     }
 
     fn index(gunzipped: impl Read) -> Result<Archive> {
-        let bad = |what: String| Error::Archive(format!("the backup archive is malformed: {what}"));
+        let bad = Error::MalformedArchive;
         let mut spool = tempfile::tempfile()
-            .map_err(|e| Error::Archive(format!("creating a spool file: {e}")))?;
+            .map_err(|source| Error::Io {
+            context: "creating the archive's spool file".to_owned(),
+            source,
+        })?;
         let mut archive = tar::Archive::new(gunzipped);
         let mut items: BTreeMap<GroupResource, Vec<(ArchiveItem, Span)>> = BTreeMap::new();
         let mut format_version = None;
@@ -229,9 +242,10 @@ impl Archive {
             format_version.ok_or_else(|| bad(format!("it has no {ARCHIVE_VERSION_PATH}")))?;
         let major = |v: &str| v.split('.').next().map(str::to_owned);
         if major(&format_version) != major(ARCHIVE_FORMAT_VERSION) {
-            return Err(Error::Archive(format!(
-                "the archive has format version {format_version}, which this controller (format {ARCHIVE_FORMAT_VERSION}) cannot read; upgrade Ferry"
-            )));
+            return Err(Error::ArchiveVersion {
+                found: format_version,
+                supported: ARCHIVE_FORMAT_VERSION,
+            });
         }
         Ok(Archive {
             spool,
@@ -273,20 +287,21 @@ impl Archive {
             .get(&item.resource)
             .and_then(|items| items.iter().find(|(candidate, _)| candidate == item))
             .map(|(_, span)| *span)
-            .ok_or_else(|| Error::Archive(format!("{} is not in the archive", item.path())))?;
+            .ok_or_else(|| Error::NotFound {
+                what: format!("{} in the archive", item.path()),
+            })?;
         let mut body = vec![0; usize::try_from(span.len).expect("an object fits in memory")];
         let mut spool = &self.spool;
         spool
             .seek(SeekFrom::Start(span.offset))
             .and_then(|_| spool.read_exact(&mut body))
-            .map_err(|e| {
-                Error::Archive(format!("reading {} from the spool file: {e}", item.path()))
+            .map_err(|source| Error::Io {
+                context: format!("reading {} from the spool file", item.path()),
+                source,
             })?;
-        serde_json::from_slice(&body).map_err(|e| {
-            Error::Archive(format!(
-                "{} in the archive is not valid JSON: {e}",
-                item.path()
-            ))
+        serde_json::from_slice(&body).map_err(|source| Error::InvalidJson {
+            what: format!("{} in the archive", item.path()),
+            source,
         })
     }
 }

@@ -16,8 +16,48 @@ pub enum Error {
     #[error("object storage: {message}")]
     Storage { message: String, retryable: bool },
 
-    #[error("{0}")]
-    Archive(String),
+    /// A backup's archive (or a file stored beside it) is not what Ferry writes: damaged or
+    /// planted. Nothing is restored from it.
+    #[error("the backup archive is malformed: {0}")]
+    MalformedArchive(String),
+
+    /// The archive was written by a Ferry whose format this one cannot read.
+    #[error(
+        "the archive has format version {found}, which this controller (format {supported}) cannot read; upgrade Ferry"
+    )]
+    ArchiveVersion {
+        found: String,
+        supported: &'static str,
+    },
+
+    /// An object read back from a backup is not valid JSON.
+    #[error("{what} is not valid JSON: {source}")]
+    InvalidJson {
+        what: String,
+        source: serde_json::Error,
+    },
+
+    /// Reading or writing a local file or stream (the archive's spool, gzip) failed.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+
+    /// A task that work was handed to ended without an answer: it panicked or was cancelled.
+    #[error("{task} stopped: {source}")]
+    Task {
+        task: &'static str,
+        source: tokio::task::JoinError,
+    },
+
+    /// One side of the archive's writing pipeline ended early; its own error says why.
+    #[error("{0} stopped early")]
+    PipelineStopped(&'static str),
+
+    /// Issuing the certificates of the agent API failed.
+    #[error("issuing the agent API certificates: {0}")]
+    Certificates(#[source] Box<dyn std::error::Error + Send + Sync>),
 
     /// A call to a snapshot provider (EC2) failed.
     #[error("volume snapshots: {message}")]
@@ -50,7 +90,12 @@ impl Error {
             Error::Kube(_) => "kubernetes",
             Error::NotFound { .. } => "not_found",
             Error::Storage { .. } => "object_storage",
-            Error::Archive(_) => "archive",
+            Error::MalformedArchive(_) | Error::InvalidJson { .. } => "malformed_archive",
+            Error::ArchiveVersion { .. } => "archive_version",
+            Error::Io { .. } => "io",
+            Error::Task { .. } => "task",
+            Error::PipelineStopped(_) => "archive",
+            Error::Certificates(_) => "certificates",
             Error::Snapshot { .. } => "volume_snapshots",
             Error::Validation(_) => "validation",
             Error::Repository { .. } => "repository",
@@ -69,7 +114,13 @@ impl Error {
             Error::Storage { retryable, .. } | Error::Snapshot { retryable, .. } => *retryable,
             Error::Repository { source, .. } => source.is_retryable(),
             Error::NotFound { .. }
-            | Error::Archive(_)
+            | Error::MalformedArchive(_)
+            | Error::ArchiveVersion { .. }
+            | Error::InvalidJson { .. }
+            | Error::Io { .. }
+            | Error::Task { .. }
+            | Error::PipelineStopped(_)
+            | Error::Certificates(_)
             | Error::Validation(_)
             | Error::Json(_)
             | Error::MissingRepositoryPassword(_) => false,
