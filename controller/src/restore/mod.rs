@@ -1,5 +1,11 @@
 //! The Restore reconciler: reads a backup's archive and recreates its objects in dependency order,
 //! concurrently within each tier, recording what happened to every object.
+//!
+//! A restore is a pipeline: [`Run::select`] picks the archive's items in scope and sorts them into
+//! priority tiers; per object, the item actions of [`actions`] (one concern per file) plan what it
+//! becomes, with no side effects; [`Run::create`] applies it, and the tasks the actions asked for
+//! go to the node agents. Whether a reconcile
+//! runs, follows the volumes or ends a restore cut short is decided in [`crate::operation`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -30,11 +36,18 @@ use crate::archive::Archive;
 use crate::context::Context;
 use crate::ebs;
 use crate::error::{Error, Result};
+use crate::operation::{self, Operation};
 use crate::resources::{
     IncludesExcludes, ResourceType, discover, is_never_backed_up, parse_selector,
 };
 use crate::storage::ObjectStore;
 use crate::volumes;
+
+pub(crate) mod actions;
+
+use actions::{Effect, Verdict};
+#[cfg(test)]
+use actions::skip_reason;
 
 /// Objects created at once within a tier. The API server, not Ferry, is the limit.
 const CONCURRENCY: usize = 32;
@@ -45,8 +58,6 @@ const VOLUME_POLL_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a restore waits for its pods to be scheduled and their volumes filled (Velero's
 /// default too).
 const VOLUME_WAIT_LIMIT: Duration = Duration::from_secs(4 * 3600);
-/// Where the init container mounts the volumes it waits for.
-const RESTORE_WAIT_DIR: &str = "/ferry-restore";
 
 /// Labels every restored object carries.
 pub const BACKUP_NAME_LABEL: &str = "ferry.dev/backup-name";
@@ -73,38 +84,43 @@ pub const DEFAULT_PRIORITIES: &[&str] = &[
 ];
 
 pub async fn reconcile(restore: Arc<Restore>, ctx: Arc<Context>) -> Result<Action> {
-    let key = format!("restore/{}", restore.name_any());
-    match restore.status.as_ref().and_then(|s| s.phase) {
-        None | Some(Phase::New) => {}
-        Some(Phase::WaitingForVolumes) => return follow_volumes(&restore, &ctx).await,
-        // The cache can still hold the InProgress version a moment after this process finished
-        // the restore; only the API server's own copy says whether a run was cut short.
-        Some(Phase::InProgress)
-            if !ctx.is_running(&key) && !still_in_progress(&restore, &ctx).await? =>
-        {
-            return Ok(Action::requeue(Duration::from_secs(1)));
-        }
-        Some(Phase::InProgress) if !ctx.is_running(&key) => {
-            let reason = "the controller restarted while this restore was in progress; objects created before \
-                          the restart remain (labelled ferry.dev/restore-name). Create the restore again with \
-                          existingResourcePolicy update to finish it.";
-            fail(&restore, &ctx, reason).await?;
-            return Ok(Action::await_change());
-        }
-        Some(_) => return Ok(Action::await_change()),
+    operation::reconcile(restore, ctx).await
+}
+
+impl Operation for Restore {
+    const NOUN: &'static str = "restore";
+    type Status = RestoreStatus;
+
+    fn phase(&self) -> Option<Phase> {
+        self.status.as_ref().and_then(|s| s.phase)
     }
-    if !ctx.start_running(key.clone()) {
-        return Ok(Action::await_change());
+
+    async fn run(&self, ctx: &Context) -> Result<Action> {
+        run(self, ctx).await?;
+        Ok(Action::await_change())
     }
-    let outcome = run(&restore, &ctx).await;
-    ctx.stop_running(&key);
-    match outcome {
-        Ok(()) => Ok(Action::await_change()),
-        Err(error) if error.is_retryable() => Err(error),
-        Err(error) => {
-            fail(&restore, &ctx, &error.to_string()).await?;
-            Ok(Action::await_change())
-        }
+
+    async fn follow_volumes(&self, ctx: &Context) -> Result<Action> {
+        follow_volumes(self, ctx).await
+    }
+
+    async fn interrupted(&self, _ctx: &Context) -> String {
+        "the controller restarted while this restore was in progress; objects created before \
+         the restart remain (labelled ferry.dev/restore-name). Create the restore again with \
+         existingResourcePolicy update to finish it."
+            .to_owned()
+    }
+
+    fn failed_status(&self, reason: &str, now: jiff::Timestamp) -> RestoreStatus {
+        let mut status = self.status.clone().unwrap_or_default();
+        status.phase = Some(Phase::Failed);
+        status.failure_reason = Some(reason.to_owned());
+        status.completion_timestamp = Some(Time(now));
+        status
+    }
+
+    fn record_finished(&self, ctx: &Context, status: &RestoreStatus) {
+        ctx.metrics.restore_finished(self, status);
     }
 }
 
@@ -197,30 +213,6 @@ async fn follow_volumes(restore: &Restore, ctx: &Context) -> Result<Action> {
     Ok(Action::await_change())
 }
 
-/// Whether the API server's copy of the restore is InProgress.
-async fn still_in_progress(restore: &Restore, ctx: &Context) -> Result<bool> {
-    let restores: Api<Restore> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-    let current = restores.get(&restore.name_any()).await?;
-    Ok(current.status.and_then(|s| s.phase) == Some(Phase::InProgress))
-}
-
-async fn fail(restore: &Restore, ctx: &Context, reason: &str) -> Result<()> {
-    let mut status = restore.status.clone().unwrap_or_default();
-    status.phase = Some(Phase::Failed);
-    status.failure_reason = Some(reason.to_owned());
-    status.completion_timestamp = Some(Time(ctx.now()));
-    ctx.apply_status(restore, &status).await?;
-    ctx.metrics.restore_finished(restore, &status);
-    ctx.event(
-        restore,
-        EventType::Warning,
-        "RestoreFailed",
-        reason.to_owned(),
-    )
-    .await;
-    Ok(())
-}
-
 /// What happened to one object.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case", tag = "outcome", content = "reason")]
@@ -268,7 +260,7 @@ pub const ORIGINAL_PV_NAME_ANNOTATION: &str = "ferry.dev/original-pv-name";
 
 /// What a restore does with a PersistentVolume's disk, decided before the volume is created.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum VolumePlan {
+pub(crate) enum VolumePlan {
     /// A new disk was made from the volume's snapshot; the PV points at it, in `zone`, and is
     /// called `rename` when its own name is taken.
     FromSnapshot {
@@ -695,7 +687,9 @@ impl Run<'_> {
         ])
     }
 
-    /// The object as it will be created, or None to skip it (recorded as skipped).
+    /// The object as it will be created, or None when the label selector leaves it out or an
+    /// action skips it (recorded as skipped). The actions plan; the tasks they ask for are
+    /// recorded here.
     fn prepare(&mut self, item: &ArchiveItem) -> Result<Option<Value>, String> {
         let mut object = self.archive.object(item).map_err(|e| e.to_string())?;
         if let Some(label_selector) = &self.plan.selector {
@@ -706,10 +700,6 @@ impl Run<'_> {
             if !label_selector.matches(&labels) {
                 return Ok(None);
             }
-        }
-        if let Some(reason) = skip_reason(&item.resource, &object) {
-            self.record(item, Outcome::Skipped(reason.to_owned()));
-            return Ok(None);
         }
         let keep_status = self
             .plan
@@ -724,92 +714,37 @@ impl Run<'_> {
         let in_archive = |resource: &GroupResource, name: &str| {
             self.archive.items(resource).any(|i| i.name == name)
         };
-        let mapping = &self.plan.mapping;
-        transform(
-            &mut object,
-            &item.resource,
+        let marker = restore_marker(self.restore);
+        let labels = self.labels();
+        let scope = actions::Scope {
+            namespace_mapping: &self.plan.mapping,
             keep_status,
-            mapping,
-            &in_archive,
-        );
-        match (
-            item.resource.resource.as_str(),
-            item.resource.group.as_str(),
-        ) {
-            ("persistentvolumes", "") => match self.volume_plans.get(&item.name).cloned() {
-                Some(VolumePlan::FromSnapshot {
-                    volume_id,
-                    from_zone,
-                    zone,
-                    rename,
-                }) => {
-                    ebs::rewrite_volume(&mut object, &volume_id, &from_zone, &zone);
-                    if let Some(rename) = rename {
-                        object["metadata"]["name"] = Value::String(rename);
-                        let annotations = object["metadata"].as_object_mut().map(|m| {
-                            m.entry("annotations")
-                                .or_insert_with(|| serde_json::json!({}))
-                        });
-                        if let Some(Value::Object(annotations)) = annotations {
-                            annotations.insert(
-                                ORIGINAL_PV_NAME_ANNOTATION.to_owned(),
-                                Value::String(item.name.clone()),
-                            );
+            in_archive: &in_archive,
+            volume_plans: &self.volume_plans,
+            backup_volumes: &self.volumes.volumes,
+            restore_volumes: self.plan.restore_volumes,
+            running_pods: self.plan.in_place_volumes.then_some(&self.running_pods),
+            marker: &marker,
+            labels: &labels,
+        };
+        let (verdict, effects) = actions::plan(item, &mut object, &scope);
+        match verdict {
+            Verdict::Restore => {
+                for effect in effects {
+                    match effect {
+                        Effect::FillPodVolume { record, in_place } => {
+                            self.add_pod_volume_task(item, record, in_place);
                         }
                     }
                 }
-                Some(VolumePlan::Skip(reason)) => {
-                    self.record(item, Outcome::Skipped(reason));
-                    return Ok(None);
-                }
-                Some(VolumePlan::Fail(reason)) => return Err(reason),
-                None => {}
-            },
-            ("pods", "") => {
-                let key = (
-                    item.namespace.clone().unwrap_or_default(),
-                    item.name.clone(),
-                );
-                if self.plan.in_place_volumes && self.running_pods.contains(&key) {
-                    self.restore_in_place(item);
-                } else {
-                    self.wait_for_volumes(item, &mut object);
-                }
+                Ok(Some(object))
             }
-            ("persistentvolumeclaims", "") => {
-                let volume = object
-                    .pointer("/spec/volumeName")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
-                match volume.and_then(|v| self.volume_plans.get(&v)) {
-                    Some(VolumePlan::FromSnapshot {
-                        rename: Some(rename),
-                        ..
-                    }) => object["spec"]["volumeName"] = Value::String(rename.clone()),
-                    Some(VolumePlan::Skip(_) | VolumePlan::Fail(_)) => {
-                        if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
-                            spec.remove("volumeName");
-                        }
-                    }
-                    _ => {}
-                }
+            Verdict::Skip(reason) => {
+                self.record(item, Outcome::Skipped(reason));
+                Ok(None)
             }
-            _ => {}
+            Verdict::Fail(reason) => Err(reason),
         }
-        let labels = object
-            .pointer_mut("/metadata")
-            .and_then(Value::as_object_mut)
-            .map(|metadata| {
-                metadata
-                    .entry("labels")
-                    .or_insert_with(|| Value::Object(Default::default()))
-            });
-        if let Some(Value::Object(labels)) = labels {
-            for (key, value) in self.labels() {
-                labels.insert(key, Value::String(value));
-            }
-        }
-        Ok(Some(object))
     }
 
     async fn create(
@@ -870,94 +805,16 @@ impl Run<'_> {
         }
     }
 
-    /// Gives a restored pod whose volumes the agents backed up an init container that holds it
-    /// until they are filled, and records a task for each volume.
-    fn wait_for_volumes(&mut self, item: &ArchiveItem, object: &mut Value) {
-        if !self.plan.restore_volumes {
-            return;
-        }
-        let namespace = item.namespace.clone().unwrap_or_default();
-        let backed_up = self.agent_volumes_of(item);
-        if backed_up.is_empty() {
-            return;
-        }
-        let marker = restore_marker(self.restore);
-        let mut args = vec![
-            "restore-wait".to_owned(),
-            "--marker".to_owned(),
-            marker.clone(),
-        ];
-        let mut mounts = Vec::new();
-        for record in backed_up {
-            let (Some(pod_volume), Some(backup)) = (record.pod_volume, record.file_system) else {
-                continue;
-            };
-            let mount = format!("{RESTORE_WAIT_DIR}/{}", pod_volume.volume);
-            mounts.push(serde_json::json!({"name": pod_volume.volume, "mountPath": mount}));
-            args.push(mount);
-            self.add_pod_volume_task(
-                &namespace,
-                item,
-                record.persistent_volume,
-                record.claim,
-                pod_volume.volume,
-                backup,
-                false,
-            );
-        }
-        // Ferry's own image, pulled as the controller's is (crate::image).
-        let mut wait = serde_json::json!({
-            "name": "ferry-restore-wait",
-            "image": crate::image::ferry_image(),
-            "args": args,
-            "volumeMounts": mounts,
-            "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"cpu": "100m", "memory": "64Mi"}},
-        });
-        if let Some(policy) = crate::image::pull_policy() {
-            wait["imagePullPolicy"] = Value::String(policy);
-        }
-        if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
-            let init = spec
-                .entry("initContainers")
-                .or_insert_with(|| Value::Array(Vec::new()));
-            if let Value::Array(init) = init {
-                init.insert(0, wait);
-            }
-        }
-    }
-
-    /// The agent-backed volumes of an archived pod that the backup holds.
-    fn agent_volumes_of(&self, item: &ArchiveItem) -> Vec<VolumeRecord> {
-        let namespace = item.namespace.as_deref().unwrap_or_default();
-        self.volumes
-            .volumes
-            .iter()
-            .filter(|r| r.method == VolumeMethod::FileSystem && r.phase == VolumePhase::Completed)
-            .filter(|r| {
-                r.pod_volume
-                    .as_ref()
-                    .is_some_and(|p| p.namespace == namespace && p.pod == item.name)
-            })
-            .cloned()
-            .collect()
-    }
-
     /// Records a task for the agent of the pod's node: fill one of its volumes from the backup.
-    #[allow(clippy::too_many_arguments)]
-    fn add_pod_volume_task(
-        &mut self,
-        namespace: &str,
-        item: &ArchiveItem,
-        persistent_volume: String,
-        claim: Option<ferry_protocol::volume::ClaimRef>,
-        volume: String,
-        backup: FileSystemBackup,
-        in_place: bool,
-    ) {
+    fn add_pod_volume_task(&mut self, item: &ArchiveItem, backed_up: VolumeRecord, in_place: bool) {
+        let (Some(pod_volume), Some(backup)) = (backed_up.pod_volume, backed_up.file_system) else {
+            return;
+        };
         let task = self.pod_volumes.len();
+        let namespace = item.namespace.as_deref().unwrap_or_default();
         self.pod_volumes.push(VolumeRecord {
-            persistent_volume,
-            claim,
+            persistent_volume: backed_up.persistent_volume,
+            claim: backed_up.claim,
             method: VolumeMethod::FileSystem,
             phase: VolumePhase::InProgress,
             message: None,
@@ -965,7 +822,7 @@ impl Run<'_> {
             pod_volume: Some(PodVolumeRef {
                 namespace: self.target_namespace(namespace),
                 pod: item.name.clone(),
-                volume,
+                volume: pod_volume.volume,
                 node: String::new(),
             }),
             file_system: Some(FileSystemBackup {
@@ -976,26 +833,6 @@ impl Run<'_> {
                 ..Default::default()
             }),
         });
-    }
-
-    /// With inPlaceVolumes, a pod that runs now: its volumes are brought back to the backup's
-    /// content where they are, fetching only what differs.
-    fn restore_in_place(&mut self, item: &ArchiveItem) {
-        let namespace = item.namespace.clone().unwrap_or_default();
-        for record in self.agent_volumes_of(item) {
-            let (Some(pod_volume), Some(backup)) = (record.pod_volume, record.file_system) else {
-                continue;
-            };
-            self.add_pod_volume_task(
-                &namespace,
-                item,
-                record.persistent_volume,
-                record.claim,
-                pod_volume.volume,
-                backup,
-                true,
-            );
-        }
     }
 
     /// With inPlaceVolumes, notes which archived pods with agent-backed volumes run now.
@@ -1225,187 +1062,6 @@ fn names_resource(name: &str, resource: &GroupResource) -> bool {
     name == resource.to_string() || (resource.group.is_empty() && name == resource.resource)
 }
 
-/// Why an object must not be restored, if it must not.
-fn skip_reason(resource: &GroupResource, object: &Value) -> Option<&'static str> {
-    let text = |pointer: &str| object.pointer(pointer).and_then(Value::as_str);
-    match (resource.resource.as_str(), resource.group.as_str()) {
-        ("pods", "") if matches!(text("/status/phase"), Some("Succeeded" | "Failed")) => {
-            Some("the pod had finished")
-        }
-        ("pods", "")
-            if object
-                .pointer("/metadata/annotations/kubernetes.io~1config.mirror")
-                .is_some() =>
-        {
-            Some("mirror pods are created by the kubelet")
-        }
-        ("jobs", "batch") if object.pointer("/status/completionTime").is_some() => {
-            Some("the job had finished")
-        }
-        ("secrets", "") if text("/type") == Some("kubernetes.io/service-account-token") => {
-            Some("service-account tokens are issued anew by the cluster")
-        }
-        ("configmaps", "") if text("/metadata/name") == Some("kube-root-ca.crt") => {
-            Some("every namespace gets its own kube-root-ca.crt from the cluster")
-        }
-        _ => None,
-    }
-}
-
-/// Strips what must not be restored and maps namespaces.
-fn transform(
-    object: &mut Value,
-    resource: &GroupResource,
-    keep_status: bool,
-    mapping: &BTreeMap<String, String>,
-    in_archive: &dyn Fn(&GroupResource, &str) -> bool,
-) {
-    let map = |ns: &str| mapping.get(ns).cloned().unwrap_or_else(|| ns.to_owned());
-    if let Some(metadata) = object
-        .pointer_mut("/metadata")
-        .and_then(Value::as_object_mut)
-    {
-        for field in [
-            "uid",
-            "resourceVersion",
-            "creationTimestamp",
-            "generation",
-            "managedFields",
-            "ownerReferences",
-            "selfLink",
-            "deletionTimestamp",
-            "deletionGracePeriodSeconds",
-        ] {
-            metadata.remove(field);
-        }
-        if let Some(Value::String(namespace)) = metadata.get("namespace") {
-            let mapped = map(namespace);
-            metadata.insert("namespace".into(), Value::String(mapped));
-        }
-    }
-    if !keep_status && let Some(map) = object.as_object_mut() {
-        map.remove("status");
-    }
-    let remove = |object: &mut Value, pointer: &str, field: &str| {
-        if let Some(parent) = object.pointer_mut(pointer).and_then(Value::as_object_mut) {
-            parent.remove(field);
-        }
-    };
-    match (resource.resource.as_str(), resource.group.as_str()) {
-        ("namespaces", "") => {
-            let name = object
-                .pointer("/metadata/name")
-                .and_then(Value::as_str)
-                .map(map);
-            if let Some(name) = name {
-                object["metadata"]["name"] = Value::String(name);
-            }
-            remove(object, "", "spec");
-        }
-        ("services", "") => reset_service(object),
-        ("persistentvolumes", "") => {
-            for field in ["uid", "resourceVersion"] {
-                remove(object, "/spec/claimRef", field);
-            }
-            let claim_namespace = object
-                .pointer("/spec/claimRef/namespace")
-                .and_then(Value::as_str)
-                .map(map);
-            if let Some(namespace) = claim_namespace {
-                object["spec"]["claimRef"]["namespace"] = Value::String(namespace);
-            }
-        }
-        ("persistentvolumeclaims", "") => {
-            for annotation in [
-                "pv.kubernetes.io/bind-completed",
-                "pv.kubernetes.io/bound-by-controller",
-                "volume.kubernetes.io/selected-node",
-            ] {
-                remove(object, "/metadata/annotations", annotation);
-            }
-            // Keep the binding only to a volume that is restored too; otherwise let the cluster
-            // provision one.
-            let volume = object
-                .pointer("/spec/volumeName")
-                .and_then(Value::as_str)
-                .map(str::to_owned);
-            if let Some(volume) = volume
-                && !in_archive(&GroupResource::new("persistentvolumes", ""), &volume)
-            {
-                remove(object, "/spec", "volumeName");
-            }
-        }
-        // A ServiceAccount bound in a mapped namespace is the one restored there.
-        ("rolebindings" | "clusterrolebindings", "rbac.authorization.k8s.io") => {
-            if let Some(subjects) = object
-                .pointer_mut("/subjects")
-                .and_then(Value::as_array_mut)
-            {
-                for subject in subjects {
-                    let mapped = subject.get("namespace").and_then(Value::as_str).map(map);
-                    if let Some(namespace) = mapped {
-                        subject["namespace"] = Value::String(namespace);
-                    }
-                }
-            }
-        }
-        ("pods", "") => {
-            remove(object, "/spec", "nodeName");
-            strip_service_account_token_volumes(object);
-        }
-        _ => {}
-    }
-}
-
-/// ClusterIPs are assigned by the cluster, and so are node ports the user did not ask for (those
-/// not in the last applied configuration).
-fn reset_service(object: &mut Value) {
-    let asked: BTreeSet<i64> = object
-        .pointer("/metadata/annotations/kubectl.kubernetes.io~1last-applied-configuration")
-        .and_then(Value::as_str)
-        .and_then(|text| serde_json::from_str::<Value>(text).ok())
-        .and_then(|applied| applied.pointer("/spec/ports").cloned())
-        .and_then(|ports| ports.as_array().cloned())
-        .into_iter()
-        .flatten()
-        .filter_map(|port| port.get("nodePort").and_then(Value::as_i64))
-        .collect();
-    let Some(spec) = object.pointer_mut("/spec").and_then(Value::as_object_mut) else {
-        return;
-    };
-    let headless = spec.get("clusterIP").and_then(Value::as_str) == Some("None");
-    if !headless {
-        spec.remove("clusterIP");
-        spec.remove("clusterIPs");
-    }
-    if let Some(Value::Array(ports)) = spec.get_mut("ports") {
-        for port in ports.iter_mut().filter_map(Value::as_object_mut) {
-            let node_port = port.get("nodePort").and_then(Value::as_i64);
-            if node_port.is_some_and(|p| !asked.contains(&p)) {
-                port.remove("nodePort");
-            }
-        }
-    }
-}
-
-/// The service-account token volume the API server projected into the pod; it is added again
-/// when the pod is created.
-fn strip_service_account_token_volumes(pod: &mut Value) {
-    let is_token = |name: Option<&str>| name.is_some_and(|n| n.starts_with("kube-api-access-"));
-    if let Some(Value::Array(volumes)) = pod.pointer_mut("/spec/volumes") {
-        volumes.retain(|v| !is_token(v.get("name").and_then(Value::as_str)));
-    }
-    for containers in ["/spec/containers", "/spec/initContainers"] {
-        if let Some(Value::Array(containers)) = pod.pointer_mut(containers) {
-            for container in containers {
-                if let Some(Value::Array(mounts)) = container.get_mut("volumeMounts") {
-                    mounts.retain(|m| !is_token(m.get("name").and_then(Value::as_str)));
-                }
-            }
-        }
-    }
-}
-
 fn without_restore_labels(object: &Value) -> Value {
     let mut object = object.clone();
     if let Some(labels) = object
@@ -1444,6 +1100,27 @@ fn first_difference(wanted: &Value, current: &Value, path: &str) -> Option<Strin
             path.to_owned()
         }),
     }
+}
+
+/// The actions' changes to one object with no volumes, labels or tasks: what the unit tests
+/// below look at.
+#[cfg(test)]
+fn transform(
+    object: &mut Value,
+    resource: &GroupResource,
+    keep_status: bool,
+    mapping: &BTreeMap<String, String>,
+    in_archive: &dyn Fn(&GroupResource, &str) -> bool,
+) {
+    let item = ArchiveItem {
+        resource: resource.clone(),
+        namespace: None,
+        name: String::new(),
+    };
+    actions::testing::with(keep_status, mapping, in_archive, |scope| {
+        let (verdict, _) = actions::plan(&item, object, scope);
+        assert_eq!(verdict, Verdict::Restore);
+    });
 }
 
 #[cfg(test)]

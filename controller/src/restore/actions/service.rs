@@ -1,0 +1,47 @@
+//! Services: ClusterIPs are assigned by the cluster, and so are node ports the user did not ask
+//! for (those not in the last applied configuration).
+
+use std::collections::BTreeSet;
+
+use ferry_protocol::layout::GroupResource;
+use serde_json::Value;
+
+use super::{ItemAction, Planning, Verdict, is};
+
+pub struct Service;
+
+impl ItemAction for Service {
+    fn applies_to(&self, resource: &GroupResource) -> bool {
+        is(resource, "services", "")
+    }
+
+    fn act(&self, object: &mut Value, _: &mut Planning) -> Verdict {
+        let asked: BTreeSet<i64> = object
+            .pointer("/metadata/annotations/kubectl.kubernetes.io~1last-applied-configuration")
+            .and_then(Value::as_str)
+            .and_then(|text| serde_json::from_str::<Value>(text).ok())
+            .and_then(|applied| applied.pointer("/spec/ports").cloned())
+            .and_then(|ports| ports.as_array().cloned())
+            .into_iter()
+            .flatten()
+            .filter_map(|port| port.get("nodePort").and_then(Value::as_i64))
+            .collect();
+        let Some(spec) = object.pointer_mut("/spec").and_then(Value::as_object_mut) else {
+            return Verdict::Restore;
+        };
+        let headless = spec.get("clusterIP").and_then(Value::as_str) == Some("None");
+        if !headless {
+            spec.remove("clusterIP");
+            spec.remove("clusterIPs");
+        }
+        if let Some(Value::Array(ports)) = spec.get_mut("ports") {
+            for port in ports.iter_mut().filter_map(Value::as_object_mut) {
+                let node_port = port.get("nodePort").and_then(Value::as_i64);
+                if node_port.is_some_and(|p| !asked.contains(&p)) {
+                    port.remove("nodePort");
+                }
+            }
+        }
+        Verdict::Restore
+    }
+}
