@@ -744,18 +744,41 @@ async fn agent_pod(cluster: &Cluster) -> Pod {
     cluster.ferry_pod("agent").await
 }
 
-/// Waits until PostgreSQL's pod is Ready (its probe: pg_isready).
+/// Waits until PostgreSQL's pod is Ready (its probe: pg_isready); when it never is, fails with
+/// what the cluster says of the namespace, the pod and its containers' logs.
 async fn wait_for_postgres(cluster: &Cluster, namespace: &str) {
-    let what = format!("PostgreSQL Ready in {namespace} ({} cluster)", cluster.name);
     let api = Api::<Pod>::namespaced(cluster.client.clone(), namespace);
-    eventually(&what, OPERATION_TIMEOUT, || {
-        let api = api.clone();
-        async move {
-            let pod = api.get_opt("postgres-0").await.ok()??;
-            is_pod_ready(&pod).then_some(())
+    let deadline = tokio::time::Instant::now() + OPERATION_TIMEOUT;
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(Some(pod)) = api.get_opt("postgres-0").await
+            && is_pod_ready(&pod)
+        {
+            return;
         }
-    })
-    .await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let show = |args: &[&str]| {
+        let output = cluster.kubectl(args);
+        format!(
+            "$ kubectl {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    };
+    let report = [
+        show(&["-n", namespace, "get", "pods,pvc", "-o", "wide"]),
+        show(&["get", "pv", "-o", "wide"]),
+        show(&["-n", namespace, "describe", "pod", "postgres-0"]),
+        show(&["-n", namespace, "logs", "postgres-0", "-c", "ferry-restore-wait"]),
+        show(&["-n", namespace, "logs", "postgres-0", "--all-containers", "--tail=40"]),
+        show(&["-n", FERRY_NAMESPACE, "logs", "daemonset/ferry-agent", "--tail=40"]),
+    ]
+    .join("\n");
+    panic!(
+        "waited {OPERATION_TIMEOUT:?} for PostgreSQL Ready in {namespace} ({} cluster):\n{report}",
+        cluster.name
+    );
 }
 
 /// Waits until the client Deployment's pod reads the table's row count through the Service, with
