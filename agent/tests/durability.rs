@@ -11,6 +11,7 @@
 //! Needs root and a free loop device (`losetup`, `mkfs.ext4`, `mount`); fails saying so when
 //! either is missing.
 
+#[path = "../../mover/tests/common/mod.rs"]
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -19,8 +20,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use common::*;
-use ferry_agent::daemon::service::restore_volume;
-use ferry_agent::root_dir::RootDir;
+use ferry_agent::service::restore_volume;
+use ferry_mover::root_dir::RootDir;
 
 fn run(program: &str, args: &[&str]) -> String {
     let output = Command::new(program)
@@ -89,7 +90,7 @@ fn a_restored_volume_is_on_disk_before_its_marker() {
     }
     let (backend, _store) = local_backend();
     let repo = init(backend);
-    let snapshot = ferry_agent::backup(&repo, &source, &Default::default())
+    let snapshot = ferry_mover::backup(&repo, &source, &Default::default())
         .unwrap()
         .snapshot_id;
 

@@ -2,7 +2,7 @@
 //! streaming from a reader (what a backup does), on mixed, text and random content.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use ferry_agent::ChunkerParams;
+use ferry_mover::ChunkerParams;
 use ferry_benches::dataset::{Content, sample};
 
 const LEN: usize = 32 << 20;

@@ -1,7 +1,7 @@
 //! AES-256-GCM encryption and decryption (`MasterKey::encrypt` / `decrypt`) of chunk-sized blobs.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use ferry_agent::crypto::MasterKey;
+use ferry_mover::crypto::MasterKey;
 use ferry_benches::dataset::{Content, sample};
 
 fn encryption(c: &mut Criterion) {

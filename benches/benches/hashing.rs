@@ -1,7 +1,7 @@
 //! Keyed BLAKE3 blob ids (`MasterKey::blob_id`) of chunk-sized inputs.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use ferry_agent::crypto::MasterKey;
+use ferry_mover::crypto::MasterKey;
 use ferry_benches::dataset::{Content, sample};
 
 fn hashing(c: &mut Criterion) {

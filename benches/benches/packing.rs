@@ -3,10 +3,10 @@
 //! done beforehand, so this measures the pack path alone; a second benchmark includes sealing.
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use ferry_agent::InitOptions;
-use ferry_agent::blob::{BlobKind, SealedBlob, seal};
-use ferry_agent::crypto::MasterKey;
-use ferry_agent::pack::PackWriter;
+use ferry_mover::InitOptions;
+use ferry_mover::blob::{BlobKind, SealedBlob, seal};
+use ferry_mover::crypto::MasterKey;
+use ferry_mover::pack::PackWriter;
 use ferry_benches::dataset::{Content, sample};
 
 const CHUNK: usize = 256 << 10;

@@ -12,9 +12,9 @@ use std::io::BufReader;
 use std::path::Path;
 
 use anyhow::Context;
-use ferry_agent::blob::{BlobKind, seal};
-use ferry_agent::crypto::MasterKey;
-use ferry_agent::{ChunkerParams, Id, InitOptions};
+use ferry_mover::blob::{BlobKind, seal};
+use ferry_mover::crypto::MasterKey;
+use ferry_mover::{ChunkerParams, Id, InitOptions};
 
 /// The distinct chunks of a tree, by content.
 pub struct Chunks {

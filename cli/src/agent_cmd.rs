@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Args;
-use ferry_agent::daemon::metrics::AgentMetrics;
-use ferry_agent::daemon::{AgentConfig, AgentSettings};
+use ferry_agent::metrics::AgentMetrics;
+use ferry_agent::{AgentConfig, AgentSettings};
 use ferry_protocol::agent::TlsCredentials;
 
 use crate::cluster_cmd::ClusterArgs;
@@ -102,7 +102,7 @@ pub fn run(args: AgentArgs, cluster: &ClusterArgs) -> anyhow::Result<ExitCode> {
             }
             tracing::info!(message = "stopping");
         };
-        ferry_agent::daemon::run(client, config, shutdown)
+        ferry_agent::run(client, config, shutdown)
             .await
             .map_err(anyhow::Error::msg)?;
         Ok(ExitCode::SUCCESS)
@@ -113,7 +113,7 @@ fn respond(path: &str, metrics: &AgentMetrics) -> Response {
     match path {
         "/healthz" => Response::ok("ok"),
         "/metrics" => {
-            Response::metrics(ferry_agent::daemon::metrics::CONTENT_TYPE, metrics.encode())
+            Response::metrics(ferry_agent::metrics::CONTENT_TYPE, metrics.encode())
         }
         _ => Response::not_found(),
     }
@@ -140,7 +140,7 @@ pub fn restore_wait(args: RestoreWaitArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|volume| {
             volume
-                .join(ferry_agent::daemon::MARKER_DIR)
+                .join(ferry_agent::MARKER_DIR)
                 .join(&args.marker)
         })
         .collect();

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use ferry_agent::{Repository, S3Options};
+use ferry_mover::{Repository, S3Options};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -116,7 +116,7 @@ impl GlobalArgs {
         Duration::from_secs(self.repository().retry_lock)
     }
 
-    pub fn backend(&self) -> anyhow::Result<Arc<dyn ferry_agent::Backend>> {
+    pub fn backend(&self) -> anyhow::Result<Arc<dyn ferry_mover::Backend>> {
         let args = self.repository();
         let Some(repo) = &args.repo else {
             bail!("no repository given: pass --repo PATH|s3://bucket/prefix or set FERRY_REPO");
@@ -127,7 +127,7 @@ impl GlobalArgs {
             path_style: args.s3_path_style,
             ..S3Options::default()
         };
-        Ok(ferry_agent::open_backend(repo, &options)?)
+        Ok(ferry_mover::open_backend(repo, &options)?)
     }
 
     pub fn password(&self) -> anyhow::Result<Vec<u8>> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use ferry_agent::{PruneOptions, PruneReport, Repository};
+use ferry_mover::{PruneOptions, PruneReport, Repository};
 use ferry_protocol::layout::repositories_prefix;
 use serde_json::json;
 
@@ -62,7 +62,7 @@ pub fn run(
             let url = spec.url.clone();
             let outcome = tokio::task::spawn_blocking(move || -> anyhow::Result<PruneReport> {
                 let backend =
-                    ferry_agent::open_backend(&spec.url, &ferry_agent::daemon::s3_options(&spec))?;
+                    ferry_mover::open_backend(&spec.url, &ferry_agent::s3_options(&spec))?;
                 let repo = Arc::new(Repository::open(backend, spec.password.as_bytes())?);
                 maintain(&repo, lock_wait)
             })
@@ -91,11 +91,11 @@ pub fn run(
 
 /// Removes locks of processes that died, then prunes what no snapshot needs.
 fn maintain(repo: &Arc<Repository>, lock_wait: Duration) -> anyhow::Result<PruneReport> {
-    let stale = ferry_agent::lock::remove_stale_locks(repo)?;
+    let stale = ferry_mover::lock::remove_stale_locks(repo)?;
     if stale > 0 {
         tracing::info!(message = "removed stale locks", count = stale);
     }
-    Ok(ferry_agent::prune(
+    Ok(ferry_mover::prune(
         repo,
         &PruneOptions {
             lock_wait,

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use ferry_agent::{ProgressEvent, ProgressSink};
+use ferry_mover::{ProgressEvent, ProgressSink};
 use indicatif::{ProgressBar, ProgressStyle};
 
 pub fn bytes(n: u64) -> String {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
-use ferry_agent::{
+use ferry_mover::{
     CheckOptions, ChunkerParams, InitOptions, PruneOptions, Repository, RetentionPolicy,
 };
 use serde_json::json;
@@ -190,7 +190,7 @@ pub fn run(
         }
         RepoCommand::Check { read_data } => {
             let repo = global.open()?;
-            let report = ferry_agent::check(&repo, &CheckOptions { read_data })?;
+            let report = ferry_mover::check(&repo, &CheckOptions { read_data })?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
@@ -228,9 +228,9 @@ pub fn run(
             };
             let repo = global.open()?;
             let removed = if args.snapshots.is_empty() {
-                ferry_agent::forget(&repo, &policy)?
+                ferry_mover::forget(&repo, &policy)?
             } else {
-                ferry_agent::forget_snapshots(&repo, &args.snapshots)?
+                ferry_mover::forget_snapshots(&repo, &args.snapshots)?
             };
             let pruned = if args.prune {
                 Some(prune(global, &repo)?)
@@ -257,7 +257,7 @@ pub fn run(
         }
         RepoCommand::Unlock => {
             let repo = global.open()?;
-            let removed = ferry_agent::lock::remove_stale_locks(&repo)?;
+            let removed = ferry_mover::lock::remove_stale_locks(&repo)?;
             if json {
                 println!("{}", json!({"removed": removed}));
             } else {
@@ -275,8 +275,8 @@ pub fn run(
 fn prune(
     global: &GlobalArgs,
     repo: &std::sync::Arc<Repository>,
-) -> anyhow::Result<ferry_agent::PruneReport> {
-    Ok(ferry_agent::prune(
+) -> anyhow::Result<ferry_mover::PruneReport> {
+    Ok(ferry_mover::prune(
         repo,
         &PruneOptions {
             lock_wait: global.lock_wait(),
@@ -285,7 +285,7 @@ fn prune(
     )?)
 }
 
-pub(crate) fn print_prune(report: &ferry_agent::PruneReport) {
+pub(crate) fn print_prune(report: &ferry_mover::PruneReport) {
     println!(
         "removed {} blobs; deleted {} packs, repacked {}, removed {} unindexed; freed {}; removed {} stale locks and {} leftovers of interrupted writes",
         report.blobs_removed,

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use clap::Subcommand;
-use ferry_agent::tree::{NodeKind, Tree};
-use ferry_agent::{BackupOptions, ParentChoice, RestoreOptions};
+use ferry_mover::tree::{NodeKind, Tree};
+use ferry_mover::{BackupOptions, ParentChoice, RestoreOptions};
 use serde_json::json;
 
 use crate::output::{bytes, progress_bar};
@@ -92,7 +92,7 @@ pub fn run(global: &GlobalArgs, command: VolumeCommand) -> anyhow::Result<ExitCo
                 progress: progress.as_ref().map(|(_, sink)| sink.clone()),
                 ..Default::default()
             };
-            let outcome = ferry_agent::backup(&repo, &path, &options);
+            let outcome = ferry_mover::backup(&repo, &path, &options);
             if let Some((bar, _)) = &progress {
                 bar.finish_and_clear();
             }
@@ -142,7 +142,7 @@ pub fn run(global: &GlobalArgs, command: VolumeCommand) -> anyhow::Result<ExitCo
                 progress: progress.as_ref().map(|(_, sink)| sink.clone()),
                 ..Default::default()
             };
-            let summary = ferry_agent::restore(&repo, &snapshot, &target, &options);
+            let summary = ferry_mover::restore(&repo, &snapshot, &target, &options);
             if let Some((bar, _)) = &progress {
                 bar.finish_and_clear();
             }

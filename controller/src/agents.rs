@@ -316,17 +316,17 @@ pub async fn forget_backup_snapshots(
         let url = url.to_owned();
         let removed = tokio::task::spawn_blocking(move || {
             let backend =
-                ferry_agent::open_backend(&spec.url, &ferry_agent::daemon::s3_options(&spec))?;
-            let repository = match ferry_agent::Repository::open_without_index(
+                ferry_mover::open_backend(&spec.url, &ferry_agent::s3_options(&spec))?;
+            let repository = match ferry_mover::Repository::open_without_index(
                 backend,
                 spec.password.as_bytes(),
             ) {
                 Ok(repository) => Arc::new(repository),
                 // Nothing was ever written there.
-                Err(ferry_agent::Error::NoRepository { .. }) => return Ok(Vec::new()),
+                Err(ferry_mover::Error::NoRepository { .. }) => return Ok(Vec::new()),
                 Err(error) => return Err(error),
             };
-            ferry_agent::forget_tagged(&repository, &tag)
+            ferry_mover::forget_tagged(&repository, &tag)
         })
         .await
         .map_err(|source| Error::Task {

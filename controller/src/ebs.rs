@@ -226,7 +226,7 @@ pub mod tags {
 impl Ebs {
     pub async fn connect(config: EbsConfig) -> Ebs {
         let shared =
-            crate::aws::shared_config(Some(&config.region), config.credentials.clone()).await;
+            ferry_mover::s3::shared_config(&config.region, config.credentials.clone()).await;
         let mut builder = aws_sdk_ec2::config::Builder::from(&shared)
             .region(Region::new(config.region.clone()))
             .retry_config(RetryConfig::standard().with_max_attempts(4));

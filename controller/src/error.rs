@@ -71,7 +71,7 @@ pub enum Error {
     #[error("repository {url}: {source}")]
     Repository {
         url: String,
-        source: ferry_agent::Error,
+        source: ferry_mover::Error,
     },
 
     #[error("{0}")]

@@ -10,7 +10,6 @@
 
 pub mod agents;
 pub mod archive;
-mod aws;
 pub mod backup;
 pub mod clock;
 mod context;

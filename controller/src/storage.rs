@@ -1,16 +1,18 @@
 //! The object store behind a BackupStorageLocation: an S3 or S3-compatible bucket.
 //!
 //! The controller writes each backup's archive with a streaming multipart upload, so a backup of
-//! any size needs memory for a few parts only, and reads archives as streams.
+//! any size needs memory for a few parts only, and reads archives as streams. The client and the
+//! classification of errors are the data mover's ([`ferry_mover::s3`]), shared with the
+//! repositories in the same bucket.
 
 use aws_credential_types::Credentials;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::retry::RetryConfig;
-use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
+use ferry_mover::s3;
 use tokio::io::AsyncRead;
 
 use crate::error::{Error, Result};
@@ -39,17 +41,14 @@ pub struct ObjectStore {
 
 impl ObjectStore {
     pub async fn connect(config: StoreConfig) -> ObjectStore {
-        let shared =
-            crate::aws::shared_config(config.region.as_deref(), config.credentials.clone()).await;
-        let mut builder = aws_sdk_s3::config::Builder::from(&shared)
-            .force_path_style(config.force_path_style)
-            .retry_config(RetryConfig::standard().with_max_attempts(6))
-            // Checksums only where an operation requires them: what every S3-compatible store takes.
-            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
-        if let Some(endpoint) = &config.endpoint {
-            builder = builder.endpoint_url(endpoint);
-        }
+        let region = config.region.as_deref().unwrap_or("us-east-1");
+        let shared = s3::shared_config(region, config.credentials.clone()).await;
+        let builder = s3::client_config(
+            &shared,
+            config.endpoint.as_deref(),
+            config.force_path_style,
+        )
+        .retry_config(RetryConfig::standard().with_max_attempts(6));
         ObjectStore {
             client: Client::from_conf(builder.build()),
             config,
@@ -202,15 +201,13 @@ impl ObjectStore {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        let status = error.raw_response().map(|r| r.status().as_u16());
-        let code = error.code().map(str::to_owned);
-        if matches!(code.as_deref(), Some("NoSuchKey" | "NotFound"))
-            || status == Some(404) && code.as_deref() != Some("NoSuchBucket")
-        {
+        let classified = s3::classify(&error);
+        if classified.failure == s3::Failure::NotFound {
             return Error::NotFound {
                 what: format!("s3://{}/{what}", self.bucket()),
             };
         }
+        let (code, status) = (classified.code, classified.status);
         let detail = match code.as_deref() {
             Some("NoSuchBucket") => format!("bucket {} does not exist; create it or fix the location's bucket", self.bucket()),
             Some("InvalidAccessKeyId" | "SignatureDoesNotMatch") => {
@@ -229,13 +226,9 @@ impl ObjectStore {
                 other => format!("{}", aws_smithy_types::error::display::DisplayErrorContext(other)),
             },
         };
-        let retryable = matches!(
-            error,
-            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_)
-        ) || status.is_some_and(|s| s >= 500 || s == 429);
         Error::Storage {
             message: format!("s3://{}/{what}: {detail}", self.bucket()),
-            retryable,
+            retryable: classified.failure == s3::Failure::Transient,
         }
     }
 }

@@ -50,6 +50,7 @@ fn assert_not_stale(binary: &std::path::Path) {
     };
     let workspace = crate::workspace_root();
     let mut stack: Vec<PathBuf> = [
+        "mover/src",
         "agent/src",
         "controller/src",
         "protocol/src",

@@ -78,10 +78,10 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
 pub async fn in_repository<T: Send + 'static>(
     url: &str,
     password: Vec<u8>,
-    work: impl FnOnce(&std::sync::Arc<ferry_agent::Repository>) -> T + Send + 'static,
+    work: impl FnOnce(&std::sync::Arc<ferry_mover::Repository>) -> T + Send + 'static,
 ) -> T {
     let env = TestEnv::get();
-    let options = ferry_agent::S3Options {
+    let options = ferry_mover::S3Options {
         endpoint: Some(env.s3_endpoint().to_owned()),
         region: env.s3_region().to_owned(),
         path_style: true,
@@ -90,9 +90,9 @@ pub async fn in_repository<T: Send + 'static>(
     };
     let url = url.to_owned();
     tokio::task::spawn_blocking(move || {
-        let backend = ferry_agent::open_backend(&url, &options)
+        let backend = ferry_mover::open_backend(&url, &options)
             .unwrap_or_else(|error| panic!("opening {url}: {error}"));
-        let repository = ferry_agent::Repository::open(backend, &password)
+        let repository = ferry_mover::Repository::open(backend, &password)
             .unwrap_or_else(|error| panic!("opening the repository {url}: {error}"));
         work(&std::sync::Arc::new(repository))
     })

@@ -507,7 +507,7 @@ async fn a_backup_hands_pod_volumes_to_the_agents_of_their_nodes() {
             .iter()
             .map(|snapshot| {
                 let out = tempfile::tempdir().unwrap();
-                ferry_agent::restore(repository, snapshot, out.path(), &Default::default())
+                ferry_mover::restore(repository, snapshot, out.path(), &Default::default())
                     .unwrap();
                 tree(out.path())
             })
@@ -716,7 +716,7 @@ async fn a_backup_hands_pod_volumes_to_the_agents_of_their_nodes() {
     );
     // Killed writers leave the repository consistent: every snapshot and pack checks clean.
     let report = in_repository(&fs.repository, password, |repository| {
-        ferry_agent::check(repository, &Default::default()).unwrap()
+        ferry_mover::check(repository, &Default::default()).unwrap()
     })
     .await;
     assert!(

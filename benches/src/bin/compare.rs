@@ -300,7 +300,7 @@ fn main() -> anyhow::Result<()> {
             &data,
             args.ferry_chunk
                 .as_ref()
-                .map(|c| ferry_agent::ChunkerParams {
+                .map(|c| ferry_mover::ChunkerParams {
                     min_size: c[0],
                     avg_size: c[1],
                     max_size: c[2],

@@ -618,12 +618,12 @@ fn content_hash(path: &Path) -> anyhow::Result<[u8; 32]> {
         if filled == 0 {
             break;
         }
-        block_hashes.extend_from_slice(&ferry_agent::Id::hash_of_ciphertext(&block[..filled]).0);
+        block_hashes.extend_from_slice(&ferry_mover::Id::hash_of_ciphertext(&block[..filled]).0);
         if filled < block.len() {
             break;
         }
     }
-    Ok(ferry_agent::Id::hash_of_ciphertext(&block_hashes).0)
+    Ok(ferry_mover::Id::hash_of_ciphertext(&block_hashes).0)
 }
 
 /// Fails, naming the first differences, unless the tree at `restored` is `expected`.
