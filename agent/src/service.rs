@@ -293,7 +293,8 @@ impl Agent for AgentService {
                 cancel: Some(cancel),
                 ..Default::default()
             };
-            let outcome = ferry_mover::backup::backup_root(&repo, &dir, &options).map_err(status)?;
+            let outcome =
+                ferry_mover::backup::backup_root(&repo, &dir, &options).map_err(status)?;
             let summary = &outcome.snapshot.summary;
             Ok(TaskResult {
                 snapshot_id: outcome.snapshot_id.to_hex(),

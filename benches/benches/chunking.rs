@@ -2,8 +2,8 @@
 //! streaming from a reader (what a backup does), on mixed, text and random content.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use ferry_mover::ChunkerParams;
 use ferry_benches::dataset::{Content, sample};
+use ferry_mover::ChunkerParams;
 
 const LEN: usize = 32 << 20;
 

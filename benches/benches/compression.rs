@@ -3,10 +3,10 @@
 //! not shrink, then encrypt), which is what a backup does per chunk.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use ferry_benches::dataset::{Content, sample};
 use ferry_mover::InitOptions;
 use ferry_mover::blob::{BlobKind, seal};
 use ferry_mover::crypto::MasterKey;
-use ferry_benches::dataset::{Content, sample};
 
 const CHUNK: usize = 256 << 10;
 

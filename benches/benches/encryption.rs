@@ -1,8 +1,8 @@
 //! AES-256-GCM encryption and decryption (`MasterKey::encrypt` / `decrypt`) of chunk-sized blobs.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use ferry_mover::crypto::MasterKey;
 use ferry_benches::dataset::{Content, sample};
+use ferry_mover::crypto::MasterKey;
 
 fn encryption(c: &mut Criterion) {
     let key = MasterKey::from_bytes([7; 32]);

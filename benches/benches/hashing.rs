@@ -1,8 +1,8 @@
 //! Keyed BLAKE3 blob ids (`MasterKey::blob_id`) of chunk-sized inputs.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use ferry_mover::crypto::MasterKey;
 use ferry_benches::dataset::{Content, sample};
+use ferry_mover::crypto::MasterKey;
 
 fn hashing(c: &mut Criterion) {
     let key = MasterKey::from_bytes([7; 32]);

@@ -3,11 +3,11 @@
 //! done beforehand, so this measures the pack path alone; a second benchmark includes sealing.
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use ferry_benches::dataset::{Content, sample};
 use ferry_mover::InitOptions;
 use ferry_mover::blob::{BlobKind, SealedBlob, seal};
 use ferry_mover::crypto::MasterKey;
 use ferry_mover::pack::PackWriter;
-use ferry_benches::dataset::{Content, sample};
 
 const CHUNK: usize = 256 << 10;
 

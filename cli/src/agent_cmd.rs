@@ -112,9 +112,7 @@ pub fn run(args: AgentArgs, cluster: &ClusterArgs) -> anyhow::Result<ExitCode> {
 fn respond(path: &str, metrics: &AgentMetrics) -> Response {
     match path {
         "/healthz" => Response::ok("ok"),
-        "/metrics" => {
-            Response::metrics(ferry_agent::metrics::CONTENT_TYPE, metrics.encode())
-        }
+        "/metrics" => Response::metrics(ferry_agent::metrics::CONTENT_TYPE, metrics.encode()),
         _ => Response::not_found(),
     }
 }
@@ -138,11 +136,7 @@ pub fn restore_wait(args: RestoreWaitArgs) -> anyhow::Result<ExitCode> {
     let markers: Vec<PathBuf> = args
         .volumes
         .iter()
-        .map(|volume| {
-            volume
-                .join(ferry_agent::MARKER_DIR)
-                .join(&args.marker)
-        })
+        .map(|volume| volume.join(ferry_agent::MARKER_DIR).join(&args.marker))
         .collect();
     let mut waiting_for = usize::MAX;
     loop {

@@ -315,8 +315,7 @@ pub async fn forget_backup_snapshots(
         let tag = format!("backup-uid={backup_uid}");
         let url = url.to_owned();
         let removed = tokio::task::spawn_blocking(move || {
-            let backend =
-                ferry_mover::open_backend(&spec.url, &ferry_agent::s3_options(&spec))?;
+            let backend = ferry_mover::open_backend(&spec.url, &ferry_agent::s3_options(&spec))?;
             let repository = match ferry_mover::Repository::open_without_index(
                 backend,
                 spec.password.as_bytes(),

@@ -97,20 +97,14 @@ impl ArchiveWriter {
     /// Finishes the archive and completes the upload; the archive object appears only now.
     pub async fn finish(self) -> Result<()> {
         drop(self.entries);
-        let tarred = self
-            .tar_task
-            .await
-            .map_err(|source| Error::Task {
-                task: "the archive writer",
-                source,
-            })?;
-        let upload = self
-            .upload_task
-            .await
-            .map_err(|source| Error::Task {
-                task: "the archive upload",
-                source,
-            })??;
+        let tarred = self.tar_task.await.map_err(|source| Error::Task {
+            task: "the archive writer",
+            source,
+        })?;
+        let upload = self.upload_task.await.map_err(|source| Error::Task {
+            task: "the archive upload",
+            source,
+        })??;
         match tarred {
             Ok(()) => upload.finish().await,
             Err(error) => {
@@ -202,8 +196,7 @@ impl Archive {
 
     fn index(gunzipped: impl Read) -> Result<Archive> {
         let bad = Error::MalformedArchive;
-        let mut spool = tempfile::tempfile()
-            .map_err(|source| Error::Io {
+        let mut spool = tempfile::tempfile().map_err(|source| Error::Io {
             context: "creating the archive's spool file".to_owned(),
             source,
         })?;

@@ -248,11 +248,12 @@ pub fn gzip_json<T: serde::Serialize>(value: &T) -> Result<Bytes> {
 /// Reverses [`gzip`].
 pub fn gunzip(data: &[u8]) -> Result<Vec<u8>> {
     let mut out = Vec::new();
-    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(data), &mut out)
-        .map_err(|source| Error::Io {
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(data), &mut out).map_err(
+        |source| Error::Io {
             context: "gunzipping a file of the backup (damaged, or not gzip)".to_owned(),
             source,
-        })?;
+        },
+    )?;
     Ok(out)
 }
 

@@ -196,8 +196,13 @@ pub async fn fail<O: Operation>(operation: &O, ctx: &Context, reason: &str) -> R
     operation.record_finished(ctx, &status);
     // BackupFailed, RestoreFailed.
     let event_reason = format!("{}Failed", O::kind(&()));
-    ctx.event(operation, EventType::Warning, &event_reason, reason.to_owned())
-        .await;
+    ctx.event(
+        operation,
+        EventType::Warning,
+        &event_reason,
+        reason.to_owned(),
+    )
+    .await;
     Ok(())
 }
 

@@ -43,12 +43,9 @@ impl ObjectStore {
     pub async fn connect(config: StoreConfig) -> ObjectStore {
         let region = config.region.as_deref().unwrap_or("us-east-1");
         let shared = s3::shared_config(region, config.credentials.clone()).await;
-        let builder = s3::client_config(
-            &shared,
-            config.endpoint.as_deref(),
-            config.force_path_style,
-        )
-        .retry_config(RetryConfig::standard().with_max_attempts(6));
+        let builder =
+            s3::client_config(&shared, config.endpoint.as_deref(), config.force_path_style)
+                .retry_config(RetryConfig::standard().with_max_attempts(6));
         ObjectStore {
             client: Client::from_conf(builder.build()),
             config,

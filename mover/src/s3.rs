@@ -11,7 +11,10 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 
 /// The SDK configuration for `region`, with `credentials` when given, else the standard chain's
 /// (environment, profile, web identity).
-pub async fn shared_config(region: &str, credentials: Option<Credentials>) -> aws_config::SdkConfig {
+pub async fn shared_config(
+    region: &str,
+    credentials: Option<Credentials>,
+) -> aws_config::SdkConfig {
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(Region::new(region.to_owned()));
     if let Some(credentials) = credentials {

@@ -770,9 +770,29 @@ async fn wait_for_postgres(cluster: &Cluster, namespace: &str) {
         show(&["-n", namespace, "get", "pods,pvc", "-o", "wide"]),
         show(&["get", "pv", "-o", "wide"]),
         show(&["-n", namespace, "describe", "pod", "postgres-0"]),
-        show(&["-n", namespace, "logs", "postgres-0", "-c", "ferry-restore-wait"]),
-        show(&["-n", namespace, "logs", "postgres-0", "--all-containers", "--tail=40"]),
-        show(&["-n", FERRY_NAMESPACE, "logs", "daemonset/ferry-agent", "--tail=40"]),
+        show(&[
+            "-n",
+            namespace,
+            "logs",
+            "postgres-0",
+            "-c",
+            "ferry-restore-wait",
+        ]),
+        show(&[
+            "-n",
+            namespace,
+            "logs",
+            "postgres-0",
+            "--all-containers",
+            "--tail=40",
+        ]),
+        show(&[
+            "-n",
+            FERRY_NAMESPACE,
+            "logs",
+            "daemonset/ferry-agent",
+            "--tail=40",
+        ]),
     ]
     .join("\n");
     panic!(

@@ -45,9 +45,9 @@ use crate::volumes;
 
 pub(crate) mod actions;
 
-use actions::{Effect, Verdict};
 #[cfg(test)]
 use actions::skip_reason;
+use actions::{Effect, Verdict};
 
 /// Objects created at once within a tier. The API server, not Ferry, is the limit.
 const CONCURRENCY: usize = 32;

@@ -127,20 +127,21 @@ impl S3Backend {
             .map_err(|error| Error::Other(format!("starting the S3 client's runtime: {error}")))?;
         let client = runtime.block_on(async {
             let shared = s3::shared_config(&options.region, options.credentials.clone()).await;
-            let config = s3::client_config(&shared, options.endpoint.as_deref(), options.path_style)
-                // Our own retry loop tries whole operations again, body included (see the module).
-                .retry_config(RetryConfig::disabled())
-                // Attempts are timed by the retry loop, which knows how many bytes each moves.
-                .timeout_config(
-                    TimeoutConfig::builder()
-                        .connect_timeout(options.connect_timeout)
-                        .build(),
-                )
-                .stalled_stream_protection(
-                    StalledStreamProtectionConfig::enabled()
-                        .grace_period(options.stall_timeout)
-                        .build(),
-                );
+            let config =
+                s3::client_config(&shared, options.endpoint.as_deref(), options.path_style)
+                    // Our own retry loop tries whole operations again, body included (see the module).
+                    .retry_config(RetryConfig::disabled())
+                    // Attempts are timed by the retry loop, which knows how many bytes each moves.
+                    .timeout_config(
+                        TimeoutConfig::builder()
+                            .connect_timeout(options.connect_timeout)
+                            .build(),
+                    )
+                    .stalled_stream_protection(
+                        StalledStreamProtectionConfig::enabled()
+                            .grace_period(options.stall_timeout)
+                            .build(),
+                    );
             Client::from_conf(config.build())
         });
         Ok(S3Backend {

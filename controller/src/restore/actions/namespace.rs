@@ -13,7 +13,9 @@ impl ItemAction for Namespace {
     }
 
     fn act(&self, object: &mut Value, planning: &mut Planning) -> Verdict {
-        if let Some(name) = text(object, "/metadata/name").map(|n| planning.scope.target_namespace(n)) {
+        if let Some(name) =
+            text(object, "/metadata/name").map(|n| planning.scope.target_namespace(n))
+        {
             object["metadata"]["name"] = Value::String(name);
         }
         remove(object, "", "spec");

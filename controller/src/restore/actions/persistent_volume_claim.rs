@@ -38,7 +38,9 @@ impl ItemAction for PersistentVolumeClaim {
                 rename: Some(rename),
                 ..
             }) => object["spec"]["volumeName"] = Value::String(rename.clone()),
-            Some(VolumePlan::Skip(_) | VolumePlan::Fail(_)) => remove(object, "/spec", "volumeName"),
+            Some(VolumePlan::Skip(_) | VolumePlan::Fail(_)) => {
+                remove(object, "/spec", "volumeName")
+            }
             _ => {}
         }
         Verdict::Restore

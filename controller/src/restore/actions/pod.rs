@@ -220,7 +220,12 @@ mod tests {
         assert_eq!(init["name"], "ferry-restore-wait");
         assert_eq!(
             init["args"],
-            json!(["restore-wait", "--marker", "uid.done", "/ferry-restore/data"])
+            json!([
+                "restore-wait",
+                "--marker",
+                "uid.done",
+                "/ferry-restore/data"
+            ])
         );
         assert_eq!(
             effects,
