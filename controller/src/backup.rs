@@ -50,8 +50,8 @@ impl Operation for Backup {
     const NOUN: &'static str = "backup";
     type Status = BackupStatus;
 
-    fn phase(&self) -> Option<Phase> {
-        self.status.as_ref().and_then(|s| s.phase)
+    fn status(&self) -> Option<&BackupStatus> {
+        self.status.as_ref()
     }
 
     fn deletion_requested(&self) -> bool {
@@ -128,14 +128,6 @@ impl Operation for Backup {
         )
         .await;
         Ok(Action::await_change())
-    }
-
-    fn failed_status(&self, reason: &str, now: jiff::Timestamp) -> BackupStatus {
-        let mut status = self.status.clone().unwrap_or_default();
-        status.phase = Some(Phase::Failed);
-        status.failure_reason = Some(reason.to_owned());
-        status.completion_timestamp = Some(Time(now));
-        status
     }
 
     fn record_finished(&self, ctx: &Context, status: &BackupStatus) {

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use ferry_protocol::crd::Phase;
 use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -38,9 +39,13 @@ pub trait Operation:
     /// "backup" or "restore": the key of a run in this process.
     const NOUN: &'static str;
 
-    type Status: serde::Serialize + Send + Sync;
+    type Status: Status;
 
-    fn phase(&self) -> Option<Phase>;
+    fn status(&self) -> Option<&Self::Status>;
+
+    fn phase(&self) -> Option<Phase> {
+        self.status().and_then(Status::phase)
+    }
 
     /// Whether the user (or its expiry) asked for it to be deleted.
     fn deletion_requested(&self) -> bool {
@@ -83,11 +88,45 @@ pub trait Operation:
     }
 
     /// Its status ended as Failed with `reason` at `now`; applied by [`fail`].
-    fn failed_status(&self, reason: &str, now: Timestamp) -> Self::Status;
+    fn failed_status(&self, reason: &str, now: Timestamp) -> Self::Status {
+        let mut status = self.status().cloned().unwrap_or_default();
+        status.end(Phase::Failed, Some(reason.to_owned()), now);
+        status
+    }
 
     /// Records the metrics of an operation that ended with `status`.
     fn record_finished(&self, ctx: &Context, status: &Self::Status);
 }
+
+/// What the lifecycle reads and writes of a Backup's or a Restore's status.
+pub trait Status: Clone + Default + serde::Serialize + Send + Sync {
+    fn phase(&self) -> Option<Phase>;
+
+    /// Ends it in `phase` at `at`, with the reason when there is one.
+    fn end(&mut self, phase: Phase, reason: Option<String>, at: Timestamp);
+}
+
+/// The statuses share these fields by name, not by type.
+macro_rules! status_of_an_operation {
+    ($($status:ty),*) => {$(
+        impl Status for $status {
+            fn phase(&self) -> Option<Phase> {
+                self.phase
+            }
+
+            fn end(&mut self, phase: Phase, reason: Option<String>, at: Timestamp) {
+                self.phase = Some(phase);
+                self.failure_reason = reason;
+                self.completion_timestamp = Some(Time(at));
+            }
+        }
+    )*};
+}
+
+status_of_an_operation!(
+    ferry_protocol::crd::BackupStatus,
+    ferry_protocol::crd::RestoreStatus
+);
 
 /// What the reconciler knows of an operation besides its cached copy.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -264,7 +303,10 @@ mod tests {
 
     impl Operation for Fake {
         const NOUN: &'static str = "fake";
-        type Status = ();
+        type Status = FakeStatus;
+        fn status(&self) -> Option<&FakeStatus> {
+            None
+        }
         fn phase(&self) -> Option<Phase> {
             self.phase
         }
@@ -286,8 +328,17 @@ mod tests {
         async fn interrupted(&self, _: &Context) -> String {
             unreachable!("decide never runs anything")
         }
-        fn failed_status(&self, _: &str, _: Timestamp) {}
-        fn record_finished(&self, _: &Context, _: &()) {}
+        fn record_finished(&self, _: &Context, _: &FakeStatus) {}
+    }
+
+    #[derive(Debug, Clone, Default, serde::Serialize)]
+    struct FakeStatus;
+
+    impl Status for FakeStatus {
+        fn phase(&self) -> Option<Phase> {
+            None
+        }
+        fn end(&mut self, _: Phase, _: Option<String>, _: Timestamp) {}
     }
 
     fn at(second: i64) -> Timestamp {

@@ -41,7 +41,10 @@ async fn metrics_change_as_backups_and_restores_run() {
         "{}",
         summary(&backup)
     );
-    let after = ferry.metrics.encode();
+    let after = metrics_when(&ferry, |text| {
+        sample(text, completed) > sample(&before, completed)
+    })
+    .await;
     assert_eq!(
         sample(&after, completed),
         sample(&before, completed) + 1.0,
@@ -73,7 +76,8 @@ async fn metrics_change_as_backups_and_restores_run() {
         .backup("invalid-1", json!({"storageLocation": "no-such-location"}))
         .await;
     assert_eq!(invalid.phase(), Some(Phase::FailedValidation));
-    let text = ferry.metrics.encode();
+    let failed_validation = "ferry_backups_total{result=\"FailedValidation\"}";
+    let text = metrics_when(&ferry, |text| sample(text, failed_validation) >= 1.0).await;
     assert_eq!(
         sample(&text, "ferry_backups_total{result=\"FailedValidation\"}"),
         1.0,
@@ -98,7 +102,8 @@ async fn metrics_change_as_backups_and_restores_run() {
         "{}",
         summary(&restore)
     );
-    let text = ferry.metrics.encode();
+    let restored = "ferry_restores_total{result=\"Completed\"}";
+    let text = metrics_when(&ferry, |text| sample(text, restored) >= 1.0).await;
     assert_eq!(
         sample(&text, "ferry_restores_total{result=\"Completed\"}"),
         1.0,
@@ -111,4 +116,17 @@ async fn metrics_change_as_backups_and_restores_run() {
     );
     ferry_tests::delete_namespace_and_wait(&client, &copy).await;
     ferry.stop().await;
+}
+
+/// The controller's metrics once `settled` holds of them, or after 10 s: an ending's metrics are
+/// recorded just after the status that the test saw is written.
+async fn metrics_when(ferry: &RunningController, settled: impl Fn(&str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = ferry.metrics.encode();
+        if settled(&text) || tokio::time::Instant::now() >= deadline {
+            return text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

@@ -1025,6 +1025,10 @@ fn check_repository(store: &BucketPrefix, password_file: &Path) {
             "--s3-endpoint",
             env.s3_endpoint(),
             "--s3-path-style",
+            // The installed controller's maintenance Job may be pruning the repository under its
+            // exclusive lock right now; the check waits for it as a user's would.
+            "--retry-lock",
+            "300",
         ])
         .arg("--password-file")
         .arg(password_file)

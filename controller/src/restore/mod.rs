@@ -91,8 +91,8 @@ impl Operation for Restore {
     const NOUN: &'static str = "restore";
     type Status = RestoreStatus;
 
-    fn phase(&self) -> Option<Phase> {
-        self.status.as_ref().and_then(|s| s.phase)
+    fn status(&self) -> Option<&RestoreStatus> {
+        self.status.as_ref()
     }
 
     async fn run(&self, ctx: &Context) -> Result<Action> {
@@ -109,14 +109,6 @@ impl Operation for Restore {
          the restart remain (labelled ferry.dev/restore-name). Create the restore again with \
          existingResourcePolicy update to finish it."
             .to_owned()
-    }
-
-    fn failed_status(&self, reason: &str, now: jiff::Timestamp) -> RestoreStatus {
-        let mut status = self.status.clone().unwrap_or_default();
-        status.phase = Some(Phase::Failed);
-        status.failure_reason = Some(reason.to_owned());
-        status.completion_timestamp = Some(Time(now));
-        status
     }
 
     fn record_finished(&self, ctx: &Context, status: &RestoreStatus) {
