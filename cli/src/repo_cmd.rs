@@ -190,7 +190,13 @@ pub fn run(
         }
         RepoCommand::Check { read_data } => {
             let repo = global.open()?;
-            let report = ferry_mover::check(&repo, &CheckOptions { read_data })?;
+            let report = ferry_mover::check(
+                &repo,
+                &CheckOptions {
+                    read_data,
+                    lock_wait: global.lock_wait(),
+                },
+            )?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {

@@ -376,3 +376,44 @@ fn help_lists_a_commands_own_options_first_and_repository_options_only_where_the
         );
     }
 }
+
+/// `repo check` waits for a conflicting lock (a prune's, a maintenance Job's) as long as
+/// `--retry-lock` allows, as every other command does; without it, it names the lock at once.
+#[test]
+fn check_waits_for_an_exclusive_lock_as_long_as_retry_lock_allows() {
+    let fx = Fixture::new();
+    fx.init();
+    let backend = ferry_mover::open_backend(&fx.repo_url(), &Default::default()).unwrap();
+    let repo = std::sync::Arc::new(
+        ferry_mover::Repository::open_without_index(backend, PASSWORD.as_bytes()).unwrap(),
+    );
+    let lock = ferry_mover::lock::RepoLock::acquire(&repo, true, Duration::ZERO).unwrap();
+
+    let refused = fx.run(&["repo", "check"]);
+    assert!(
+        !refused.status.success(),
+        "it checked under an exclusive lock"
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("exclusive lock"), "{stderr}");
+
+    let mut waiting = fx
+        .ferry()
+        .args(["repo", "check", "--retry-lock", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        waiting.try_wait().unwrap().is_none(),
+        "--retry-lock 60 gave up within 2 s"
+    );
+    drop(lock);
+    let output = waiting.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "the check failed once the lock was gone: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -22,7 +22,7 @@ use crate::error::Result;
 
 /// The longest an ended operation goes without a look at its expiry, so that a clock that jumps is
 /// noticed.
-pub const EXPIRY_RECHECK: Duration = Duration::from_secs(3600);
+const EXPIRY_RECHECK: Duration = Duration::from_secs(3600);
 /// How soon a stale cached copy is looked at again.
 const STALE_COPY_RECHECK: Duration = Duration::from_secs(1);
 

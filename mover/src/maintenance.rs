@@ -22,6 +22,8 @@ use crate::tree::{Extent, NodeKind};
 pub struct CheckOptions {
     /// Download every pack and verify every blob, not only the structure.
     pub read_data: bool,
+    /// How long to wait for a conflicting (exclusive) lock, such as a prune's, to go.
+    pub lock_wait: Duration,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -44,7 +46,7 @@ impl CheckReport {
 }
 
 pub fn check(repo: &Arc<Repository>, options: &CheckOptions) -> Result<CheckReport> {
-    let _lock = RepoLock::acquire(repo, false, Duration::ZERO)?;
+    let _lock = RepoLock::acquire(repo, false, options.lock_wait)?;
     repo.load_index()?;
     let mut report = CheckReport::default();
     let stored: HashMap<Id, u64> = repo

@@ -112,8 +112,14 @@ impl Rig {
 
     /// Checks the repository through the direct backend: clean, every pack read and verified.
     fn assert_clean(&self) {
-        let report =
-            ferry_mover::check(&self.direct_repo(), &CheckOptions { read_data: true }).unwrap();
+        let report = ferry_mover::check(
+            &self.direct_repo(),
+            &CheckOptions {
+                read_data: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert!(report.is_clean(), "check found damage: {:?}", report.errors);
     }
 

@@ -153,7 +153,14 @@ fn restores_exactly(repo: &Arc<Repository>, snapshot: &Id, source: &Path) {
 }
 
 fn check_clean(repo: &Arc<Repository>) {
-    let report = ferry_mover::check(repo, &CheckOptions { read_data: true }).unwrap();
+    let report = ferry_mover::check(
+        repo,
+        &CheckOptions {
+            read_data: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert!(report.is_clean(), "check: {:?}", report.errors);
 }
 

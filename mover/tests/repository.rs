@@ -325,9 +325,15 @@ fn a_flipped_byte_is_found_by_check_and_restore_names_the_file(backend_kind: &st
     write(&source.join("bystander"), &noise(8, 30_000));
     backup(&repo, &source);
     assert!(
-        ferry_mover::check(&repo, &ferry_mover::CheckOptions { read_data: true })
-            .unwrap()
-            .is_clean()
+        ferry_mover::check(
+            &repo,
+            &ferry_mover::CheckOptions {
+                read_data: true,
+                ..Default::default()
+            }
+        )
+        .unwrap()
+        .is_clean()
     );
 
     // Flip a byte inside the victim's blob.
@@ -351,14 +357,27 @@ fn a_flipped_byte_is_found_by_check_and_restore_names_the_file(backend_kind: &st
     backend.delete(Kind::Pack, &pack.to_hex()).unwrap();
     backend.put(Kind::Pack, &pack.to_hex(), &bytes).unwrap();
 
-    let structure =
-        ferry_mover::check(&repo, &ferry_mover::CheckOptions { read_data: false }).unwrap();
+    let structure = ferry_mover::check(
+        &repo,
+        &ferry_mover::CheckOptions {
+            read_data: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert!(
         structure.is_clean(),
         "the structure is intact: {:?}",
         structure.errors
     );
-    let report = ferry_mover::check(&repo, &ferry_mover::CheckOptions { read_data: true }).unwrap();
+    let report = ferry_mover::check(
+        &repo,
+        &ferry_mover::CheckOptions {
+            read_data: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert!(!report.is_clean());
     assert!(
         report
@@ -617,9 +636,15 @@ fn forget_and_prune_keep_what_snapshots_need(backend_kind: &str, name: &str) {
     );
     let repo = reopen(backend);
     assert!(
-        ferry_mover::check(&repo, &ferry_mover::CheckOptions { read_data: true })
-            .unwrap()
-            .is_clean()
+        ferry_mover::check(
+            &repo,
+            &ferry_mover::CheckOptions {
+                read_data: true,
+                ..Default::default()
+            }
+        )
+        .unwrap()
+        .is_clean()
     );
     let target = work.path().join("restored");
     restore(&repo, "latest", &target);
@@ -677,7 +702,14 @@ fn backup_and_prune_at_once_leave_a_consistent_repository(backend_kind: &str, na
     }
     backups.join().unwrap();
     let repo = reopen(backend);
-    let report = ferry_mover::check(&repo, &ferry_mover::CheckOptions { read_data: true }).unwrap();
+    let report = ferry_mover::check(
+        &repo,
+        &ferry_mover::CheckOptions {
+            read_data: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert!(report.is_clean(), "{:?}", report.errors);
     let target = work.path().join("restored");
     restore(&repo, "latest", &target);

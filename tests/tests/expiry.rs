@@ -158,7 +158,14 @@ async fn an_expired_backup_is_deleted_everywhere_and_maintenance_gives_its_space
         before.saturating_sub(after)
     );
     let report = in_repository(&repository, password, |repository| {
-        ferry_mover::check(repository, &ferry_mover::CheckOptions { read_data: true }).unwrap()
+        ferry_mover::check(
+            repository,
+            &ferry_mover::CheckOptions {
+                read_data: true,
+                ..Default::default()
+            },
+        )
+        .unwrap()
     })
     .await;
     assert!(report.errors.is_empty(), "{:?}", report.errors);
