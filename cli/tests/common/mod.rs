@@ -157,18 +157,8 @@ impl Fixture {
     }
 }
 
-/// Deterministic incompressible bytes.
-pub fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 32) as u8
-        })
-        .collect()
-}
+/// Deterministic incompressible bytes (the harness's, shared by every crate's tests).
+pub use ferry_tests::noise;
 
 pub fn fill(dir: &Path, files: usize, size: usize, seed: u64) {
     for i in 0..files {
