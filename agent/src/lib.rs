@@ -20,7 +20,7 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
 
-pub use service::{AgentService, AgentSettings, MARKER_DIR, TaskStopper, s3_options};
+pub use service::{AgentService, AgentSettings, MARKER_DIR, TaskStopper};
 
 /// Everything `ferry agent` is told.
 #[derive(Debug, Clone)]

@@ -24,7 +24,7 @@ use crate::volume_path;
 use ferry_mover::root_dir::RootDir;
 use ferry_mover::{
     BackupOptions, Error, InitOptions, ParentChoice, ProgressEvent, Repository, RestoreOptions,
-    S3Options, open_backend,
+    open_backend,
 };
 use ferry_protocol::crd::BackupStorageLocation;
 
@@ -390,7 +390,7 @@ fn open_repository(spec: &RepositorySpec, create: bool) -> Result<Arc<Repository
     if spec.password.is_empty() {
         return Err(Status::invalid_argument("the repository password is empty"));
     }
-    let options = s3_options(spec);
+    let options = ferry_protocol::agent::s3_options(spec);
     let password = spec.password.as_bytes();
     let open = || {
         let backend = open_backend(&spec.url, &options)?;
@@ -573,31 +573,6 @@ fn status(error: Error) -> Status {
         }
         error if error.is_retryable() => Status::unavailable(error.to_string()),
         error => Status::internal(error.to_string()),
-    }
-}
-
-/// How to reach the S3 store of a repository the controller names (its endpoint, region and the
-/// credentials of its storage location).
-pub fn s3_options(spec: &RepositorySpec) -> S3Options {
-    let credentials = (!spec.access_key_id.is_empty()).then(|| {
-        aws_credential_types::Credentials::new(
-            &spec.access_key_id,
-            &spec.secret_access_key,
-            (!spec.session_token.is_empty()).then(|| spec.session_token.clone()),
-            None,
-            "ferry-controller",
-        )
-    });
-    S3Options {
-        endpoint: (!spec.s3_endpoint.is_empty()).then(|| spec.s3_endpoint.clone()),
-        region: if spec.s3_region.is_empty() {
-            S3Options::default().region
-        } else {
-            spec.s3_region.clone()
-        },
-        path_style: spec.s3_path_style,
-        credentials,
-        ..Default::default()
     }
 }
 

@@ -1265,11 +1265,11 @@ async fn backup_store(
     cluster: &ClusterArgs,
     backup: &Backup,
 ) -> anyhow::Result<(ferry_controller::storage::ObjectStore, BackupKeys)> {
-    let ctx = ferry_controller::Context::new(client.clone(), &cluster.namespace);
-    let location = ctx
+    let locations = ferry_controller::Locations::new(client.clone(), &cluster.namespace);
+    let location = locations
         .storage_location(backup.spec.storage_location.as_deref())
         .await?;
-    let store = ctx.object_store(&location).await?;
+    let store = locations.object_store(&location).await?;
     let keys = BackupKeys::new(store.prefix(), &backup.name_any());
     Ok((store, keys))
 }

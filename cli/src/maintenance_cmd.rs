@@ -42,12 +42,12 @@ pub fn run(
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         let client = cluster.client().await?;
-        let ctx = ferry_controller::Context::new(client, cluster.namespace());
-        let location = ctx
+        let locations = ferry_controller::Locations::new(client, cluster.namespace());
+        let location = locations
             .storage_location(Some(&location))
             .await
             .with_context(|| format!("reading BackupStorageLocation {location}"))?;
-        let store = ctx.object_store(&location).await?;
+        let store = locations.object_store(&location).await?;
         let prefix = repositories_prefix(store.prefix());
         let namespaces: Vec<String> = store
             .list_dirs(&prefix)
@@ -58,11 +58,11 @@ pub fn run(
             .collect();
         let mut failed = Vec::new();
         for namespace in namespaces {
-            let spec = ferry_controller::agents::repository(&ctx, &location, &namespace).await?;
+            let spec = ferry_controller::agents::repository(&locations, &location, &namespace).await?;
             let url = spec.url.clone();
             let outcome = tokio::task::spawn_blocking(move || -> anyhow::Result<PruneReport> {
                 let backend =
-                    ferry_mover::open_backend(&spec.url, &ferry_agent::s3_options(&spec))?;
+                    ferry_mover::open_backend(&spec.url, &ferry_protocol::agent::s3_options(&spec))?;
                 let repo = Arc::new(Repository::open(backend, spec.password.as_bytes())?);
                 maintain(&repo, lock_wait)
             })

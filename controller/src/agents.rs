@@ -23,6 +23,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 
+use crate::Locations;
 use crate::context::{Context, MANAGER};
 use crate::error::{Error, Result};
 
@@ -160,10 +161,10 @@ fn credentials_of(secret: &Secret) -> Option<TlsCredentials> {
 /// installation that wrote them (an earlier cluster's, after a disaster), which no new password
 /// opens, so the user must bring that one.
 pub async fn repository_password(
-    ctx: &Context,
+    locations: &Locations,
     location: &BackupStorageLocation,
 ) -> Result<String> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let secrets: Api<Secret> = Api::namespaced(locations.client().clone(), locations.namespace());
     if let Some(secret) = secrets.get_opt(REPOSITORY_PASSWORD_SECRET).await? {
         let password = secret
             .data
@@ -173,17 +174,17 @@ pub async fn repository_password(
         return password.ok_or_else(|| {
             Error::Validation(vec![format!(
                 "Secret {}/{REPOSITORY_PASSWORD_SECRET} has no UTF-8 key {PASSWORD_KEY:?}; the repositories cannot be opened",
-                ctx.namespace
+                locations.namespace()
             )])
         });
     }
-    let store = ctx.object_store(location).await?;
+    let store = locations.object_store(location).await?;
     let existing = store
         .list_dirs(&ferry_protocol::layout::repositories_prefix(store.prefix()))
         .await?;
     if !existing.is_empty() {
         return Err(Error::MissingRepositoryPassword(missing_password_message(
-            ctx, location, &existing,
+            locations, location, &existing,
         )));
     }
     let password = format!(
@@ -210,7 +211,7 @@ pub async fn repository_password(
         Ok(_) => Ok(password),
         // Made meanwhile by another controller: use that one.
         Err(kube::Error::Api(status)) if status.code == 409 => {
-            Box::pin(repository_password(ctx, location)).await
+            Box::pin(repository_password(locations, location)).await
         }
         Err(error) => Err(error.into()),
     }
@@ -219,7 +220,7 @@ pub async fn repository_password(
 /// Why there is no password for the repositories `existing` (keys of their directories), and what
 /// the user does about it.
 fn missing_password_message(
-    ctx: &Context,
+    locations: &Locations,
     location: &BackupStorageLocation,
     existing: &[String],
 ) -> String {
@@ -243,7 +244,7 @@ fn missing_password_message(
          password, which could not open them: create the Secret with the password kept from that \
          installation (kubectl -n {namespace} create secret generic {REPOSITORY_PASSWORD_SECRET} \
          --from-literal={PASSWORD_KEY}=<password>), then create the backup or restore again",
-        namespace = ctx.namespace,
+        namespace = locations.namespace(),
         name = location.name_any(),
         count = existing.len(),
         names = names.join(", "),
@@ -263,13 +264,13 @@ pub fn repository_url(location: &BackupStorageLocation, namespace: &str) -> Stri
 
 /// The repository of `namespace`'s volumes in a storage location, as the agents are told it.
 pub async fn repository(
-    ctx: &Context,
+    locations: &Locations,
     location: &BackupStorageLocation,
     namespace: &str,
 ) -> Result<Repository> {
     let spec = &location.spec;
     let credentials = match &spec.credential {
-        Some(reference) => Some(ctx.aws_credentials(reference).await?),
+        Some(reference) => Some(locations.aws_credentials(reference).await?),
         None => None,
     };
     Ok(Repository {
@@ -289,7 +290,7 @@ pub async fn repository(
             .as_ref()
             .and_then(|c| c.session_token().map(str::to_owned))
             .unwrap_or_default(),
-        password: repository_password(ctx, location).await?,
+        password: repository_password(locations, location).await?,
     })
 }
 
@@ -297,7 +298,7 @@ pub async fn repository(
 /// `records`, found by their tag so that one an interrupted attempt left behind goes too; returns
 /// how many. Their data is reclaimed by the next repository maintenance.
 pub async fn forget_backup_snapshots(
-    ctx: &Context,
+    locations: &Locations,
     location: &BackupStorageLocation,
     records: &ferry_protocol::volume::VolumeRecords,
     backup_uid: &str,
@@ -311,11 +312,12 @@ pub async fn forget_backup_snapshots(
     let mut forgotten = 0;
     for url in urls {
         let namespace = url.rsplit('/').next().unwrap_or_default();
-        let spec = repository(ctx, location, namespace).await?;
+        let spec = repository(locations, location, namespace).await?;
         let tag = format!("backup-uid={backup_uid}");
         let url = url.to_owned();
         let removed = tokio::task::spawn_blocking(move || {
-            let backend = ferry_mover::open_backend(&spec.url, &ferry_agent::s3_options(&spec))?;
+            let backend =
+                ferry_mover::open_backend(&spec.url, &ferry_protocol::agent::s3_options(&spec))?;
             let repository = match ferry_mover::Repository::open_without_index(
                 backend,
                 spec.password.as_bytes(),

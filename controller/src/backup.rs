@@ -174,7 +174,11 @@ async fn validate(backup: &Backup, ctx: &Context) -> Result<Result<Plan, Vec<Str
             DEFAULT_TTL
         }
     };
-    let location = match ctx.storage_location(spec.storage_location.as_deref()).await {
+    let location = match ctx
+        .locations
+        .storage_location(spec.storage_location.as_deref())
+        .await
+    {
         Ok(location) => Some(location),
         Err(Error::NotFound { what }) => {
             problems.push(format!("storageLocation: {what} not found"));
@@ -191,6 +195,7 @@ async fn validate(backup: &Backup, ctx: &Context) -> Result<Result<Plan, Vec<Str
         ));
     }
     match ctx
+        .locations
         .snapshot_locations(&spec.volume_snapshot_locations)
         .await
     {
@@ -215,7 +220,7 @@ async fn validate(backup: &Backup, ctx: &Context) -> Result<Result<Plan, Vec<Str
     if !problems.is_empty() {
         return Ok(Err(problems));
     }
-    let store = ctx.object_store(&location).await?;
+    let store = ctx.locations.object_store(&location).await?;
     Ok(Ok(Plan {
         location,
         keys: BackupKeys::new(store.prefix(), &backup.name_any()),
@@ -459,9 +464,10 @@ async fn backup_store(
     BackupKeys,
 )> {
     let location = ctx
+        .locations
         .storage_location(backup.spec.storage_location.as_deref())
         .await?;
-    let store = ctx.object_store(&location).await?;
+    let store = ctx.locations.object_store(&location).await?;
     let keys = BackupKeys::new(store.prefix(), &backup.name_any());
     Ok((location, store, keys))
 }
@@ -584,6 +590,7 @@ async fn delete(backup: &Backup, ctx: &Context, running_here: bool) -> Result<Ac
 /// volume repositories, and its files; returns how many snapshots and files.
 async fn delete_data(backup: &Backup, ctx: &Context) -> Result<(usize, usize)> {
     let location = match ctx
+        .locations
         .storage_location(backup.spec.storage_location.as_deref())
         .await
     {
@@ -601,7 +608,7 @@ async fn delete_data(backup: &Backup, ctx: &Context) -> Result<(usize, usize)> {
             location.name_any()
         )]));
     }
-    let store = ctx.object_store(&location).await?;
+    let store = ctx.locations.object_store(&location).await?;
     let keys = BackupKeys::new(store.prefix(), &backup.name_any());
     let records: VolumeRecords = match store.get(&keys.volumes()).await {
         Ok(data) => gunzip_json(&data)?,
@@ -620,7 +627,7 @@ async fn delete_data(backup: &Backup, ctx: &Context) -> Result<(usize, usize)> {
     .or_else(|| backup.uid())
     .unwrap_or_default();
     let repository_snapshots =
-        crate::agents::forget_backup_snapshots(ctx, &location, &records, &uid).await?;
+        crate::agents::forget_backup_snapshots(&ctx.locations, &location, &records, &uid).await?;
     store.delete(&keys.record()).await?;
     let files = store.list(keys.dir()).await?;
     for key in &files {

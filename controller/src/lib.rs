@@ -18,6 +18,7 @@ mod error;
 pub mod image;
 pub mod leader;
 pub mod location;
+pub mod locations;
 pub mod maintenance;
 pub mod metrics;
 pub mod operation;
@@ -46,6 +47,7 @@ use tracing::Instrument;
 pub use clock::Clock;
 pub use context::Context;
 pub use error::{Error, Result};
+pub use locations::Locations;
 pub use metrics::Metrics;
 
 /// Runs every reconciler until the process is stopped.

@@ -115,6 +115,7 @@ async fn check(location: &BackupStorageLocation, ctx: &Context) -> Result<(), St
         }
     }
     let store = ctx
+        .locations
         .object_store(location)
         .await
         .map_err(|error| error.to_string())?;
@@ -123,7 +124,7 @@ async fn check(location: &BackupStorageLocation, ctx: &Context) -> Result<(), St
 
 /// Creates a Backup resource for every backup in the bucket that the cluster lacks.
 async fn sync(location: &BackupStorageLocation, ctx: &Context) -> Result<()> {
-    let store = ctx.object_store(location).await?;
+    let store = ctx.locations.object_store(location).await?;
     let backups: Api<Backup> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
     let prefix = backups_prefix(store.prefix());
     for dir in store.list_dirs(&prefix).await? {

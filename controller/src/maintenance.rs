@@ -58,7 +58,7 @@ pub async fn start_if_due(
     if !due {
         return Ok(());
     }
-    let store = ctx.object_store(location).await?;
+    let store = ctx.locations.object_store(location).await?;
     if store
         .list_dirs(&repositories_prefix(store.prefix()))
         .await?

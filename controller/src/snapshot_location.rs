@@ -23,6 +23,10 @@ pub async fn reconcile(location: Arc<VolumeSnapshotLocation>, ctx: Arc<Context>)
 /// Ok when the region answers with these credentials; otherwise what is wrong, in words a user
 /// can act on.
 async fn check(location: &VolumeSnapshotLocation, ctx: &Context) -> Result<(), String> {
-    let ebs = ctx.ebs(location).await.map_err(|error| error.to_string())?;
+    let ebs = ctx
+        .locations
+        .ebs(location)
+        .await
+        .map_err(|error| error.to_string())?;
     ebs.validate().await.map_err(|error| error.to_string())
 }

@@ -47,7 +47,11 @@ impl Snapshotters {
         let mut connected = Vec::with_capacity(locations.len());
         for location in locations {
             let region = location.spec.region.clone().unwrap_or_default();
-            let ebs = ctx.ebs(&location).await.map_err(|e| e.to_string());
+            let ebs = ctx
+                .locations
+                .ebs(&location)
+                .await
+                .map_err(|e| e.to_string());
             connected.push((location.name_any(), region, ebs));
         }
         Snapshotters {
@@ -95,6 +99,7 @@ pub async fn snapshot_volumes(
         spec.snapshot_volumes == Some(true) || !spec.volume_snapshot_locations.is_empty();
     let snapshotters = if snapshots_wanted {
         let locations = ctx
+            .locations
             .snapshot_locations(&spec.volume_snapshot_locations)
             .await?;
         Snapshotters::connect(ctx, locations).await
@@ -439,8 +444,8 @@ pub async fn delete_snapshots(ctx: &Context, records: &VolumeRecords) -> Result<
 pub async fn delete_unrecorded_snapshots(ctx: &Context, backup: &Backup) -> Result<usize> {
     let uid = backup.uid().unwrap_or_default();
     let mut deleted = 0;
-    for location in ctx.snapshot_locations(&[]).await? {
-        let ebs = ctx.ebs(&location).await?;
+    for location in ctx.locations.snapshot_locations(&[]).await? {
+        let ebs = ctx.locations.ebs(&location).await?;
         let ids = ebs
             .snapshots_tagged(ebs::tags::BACKUP_UID, &uid)
             .await
@@ -455,8 +460,8 @@ pub async fn delete_unrecorded_snapshots(ctx: &Context, backup: &Backup) -> Resu
 
 /// The EC2 connection of the VolumeSnapshotLocation `name`.
 pub async fn snapshot_location_ebs(ctx: &Context, name: &str) -> Result<Ebs> {
-    let mut locations = ctx.snapshot_locations(&[name.to_owned()]).await?;
-    ctx.ebs(&locations.remove(0)).await
+    let mut locations = ctx.locations.snapshot_locations(&[name.to_owned()]).await?;
+    ctx.locations.ebs(&locations.remove(0)).await
 }
 
 pub fn ebs_error(error: EbsError) -> Error {
@@ -819,7 +824,7 @@ pub async fn follow_pod_volumes(
                 .unwrap_or_default()
                 .to_owned(),
         };
-        let repository = crate::agents::repository(ctx, location, &namespace).await?;
+        let repository = crate::agents::repository(&ctx.locations, location, &namespace).await?;
         let volume = Some(ferry_protocol::agent::v1::PodVolume {
             namespace: pod.namespace.clone(),
             pod: pod.pod.clone(),

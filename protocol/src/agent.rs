@@ -6,6 +6,8 @@ pub mod v1 {
     tonic::include_proto!("ferry.agent.v1");
 }
 
+use ferry_mover::S3Options;
+
 /// The API version this build serves and speaks.
 pub const API_VERSION: u32 = 1;
 
@@ -138,3 +140,28 @@ pub fn lease_name(node: &str) -> String {
 pub const ADDRESS_ANNOTATION: &str = "ferry.dev/agent-address";
 /// How long a Lease holds without renewal; agents renew it three times as often.
 pub const LEASE_DURATION_SECONDS: i32 = 30;
+
+/// How to reach the S3 store of a repository the controller names (its endpoint, region and the
+/// credentials of its storage location).
+pub fn s3_options(spec: &v1::Repository) -> S3Options {
+    let credentials = (!spec.access_key_id.is_empty()).then(|| {
+        aws_credential_types::Credentials::new(
+            &spec.access_key_id,
+            &spec.secret_access_key,
+            (!spec.session_token.is_empty()).then(|| spec.session_token.clone()),
+            None,
+            "ferry-controller",
+        )
+    });
+    S3Options {
+        endpoint: (!spec.s3_endpoint.is_empty()).then(|| spec.s3_endpoint.clone()),
+        region: if spec.s3_region.is_empty() {
+            S3Options::default().region
+        } else {
+            spec.s3_region.clone()
+        },
+        path_style: spec.s3_path_style,
+        credentials,
+        ..Default::default()
+    }
+}

@@ -137,9 +137,10 @@ async fn follow_volumes(restore: &Restore, ctx: &Context) -> Result<Action> {
     let backups: Api<Backup> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
     let backup = backups.get(&restore.spec.backup_name).await?;
     let location = ctx
+        .locations
         .storage_location(backup.spec.storage_location.as_deref())
         .await?;
-    let store = ctx.object_store(&location).await?;
+    let store = ctx.locations.object_store(&location).await?;
     let keys = RestoreKeys::new(store.prefix(), &restore.name_any());
     let mut records: VolumeRecords = crate::gunzip_json(&store.get(&keys.volumes()).await?)?;
     let mut done =
@@ -311,6 +312,7 @@ async fn validate(restore: &Restore, ctx: &Context) -> Result<Result<Plan, Vec<S
     }
     let location = match &backup {
         Some(backup) => match ctx
+            .locations
             .storage_location(backup.spec.storage_location.as_deref())
             .await
         {
@@ -328,7 +330,7 @@ async fn validate(restore: &Restore, ctx: &Context) -> Result<Result<Plan, Vec<S
     };
     Ok(Ok(Plan {
         backup_name: spec.backup_name.clone(),
-        store: ctx.object_store(&location).await?,
+        store: ctx.locations.object_store(&location).await?,
         location,
         namespaces: IncludesExcludes::new(&spec.included_namespaces, &spec.excluded_namespaces),
         included_resources: spec.included_resources.clone(),
@@ -416,7 +418,7 @@ async fn run(restore: &Restore, ctx: &Context) -> Result<()> {
         .iter()
         .any(|r| r.method == VolumeMethod::FileSystem && r.phase == VolumePhase::Completed);
     if plan.restore_volumes && by_agents {
-        crate::agents::repository_password(ctx, &plan.location).await?;
+        crate::agents::repository_password(&ctx.locations, &plan.location).await?;
     }
     let mut run = Run {
         restore,
@@ -929,6 +931,7 @@ impl Run<'_> {
             .unwrap_or_else(|| snapshot.availability_zone.clone());
         let location = match self
             .ctx
+            .locations
             .snapshot_locations(std::slice::from_ref(&snapshot.location))
             .await
         {
@@ -940,7 +943,7 @@ impl Run<'_> {
                 ));
             }
         };
-        let ebs = match self.ctx.ebs(&location).await {
+        let ebs = match self.ctx.locations.ebs(&location).await {
             Ok(ebs) => ebs,
             Err(error) => return VolumePlan::Fail(error.to_string()),
         };

@@ -1,0 +1,288 @@
+//! Finding a storage or snapshot location and connecting to it: the bucket of a
+//! BackupStorageLocation, the EC2 API of a VolumeSnapshotLocation, with the credentials their
+//! Secrets hold. The reconcilers reach it through their `Context`; the CLI uses it alone.
+
+use ferry_protocol::crd::{BackupStorageLocation, SecretKeyRef, VolumeSnapshotLocation};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::ListParams;
+use kube::{Api, Client, ResourceExt};
+
+use crate::ebs::{Ebs, EbsConfig};
+use crate::error::{Error, Result};
+use crate::storage::{ObjectStore, StoreConfig};
+
+/// The locations of one Ferry namespace.
+#[derive(Clone)]
+pub struct Locations {
+    client: Client,
+    namespace: String,
+}
+
+impl Locations {
+    pub fn new(client: Client, namespace: &str) -> Locations {
+        Locations {
+            client,
+            namespace: namespace.to_owned(),
+        }
+    }
+
+    /// The namespace the locations and their Secrets live in.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The client the locations are read with.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The storage location `name`, or the default one when `name` is None.
+    pub async fn storage_location(&self, name: Option<&str>) -> Result<BackupStorageLocation> {
+        let locations: Api<BackupStorageLocation> =
+            Api::namespaced(self.client.clone(), &self.namespace);
+        match name {
+            Some(name) => locations
+                .get_opt(name)
+                .await?
+                .ok_or_else(|| Error::NotFound {
+                    what: format!("BackupStorageLocation {}/{name}", self.namespace),
+                }),
+            None => {
+                let all = locations.list(&ListParams::default()).await?;
+                default_location(all.items, &self.namespace)
+            }
+        }
+    }
+
+    /// Connects to a storage location's bucket with the credentials its Secret names.
+    pub async fn object_store(&self, location: &BackupStorageLocation) -> Result<ObjectStore> {
+        let credentials = match &location.spec.credential {
+            Some(reference) => Some(self.aws_credentials(reference).await?),
+            None => None,
+        };
+        let spec = &location.spec;
+        Ok(ObjectStore::connect(StoreConfig {
+            bucket: spec.object_storage.bucket.clone(),
+            prefix: spec.object_storage.prefix.clone(),
+            region: spec.region.clone(),
+            endpoint: spec.endpoint.clone(),
+            force_path_style: spec.force_path_style.unwrap_or(false),
+            credentials,
+        })
+        .await)
+    }
+
+    /// The VolumeSnapshotLocations named, or every one in Ferry's namespace when `names` is
+    /// empty. A name that does not exist is an error naming it.
+    pub async fn snapshot_locations(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<VolumeSnapshotLocation>> {
+        let api: Api<VolumeSnapshotLocation> =
+            Api::namespaced(self.client.clone(), &self.namespace);
+        if names.is_empty() {
+            return Ok(api.list(&ListParams::default()).await?.items);
+        }
+        let mut locations = Vec::with_capacity(names.len());
+        for name in names {
+            let location = api.get_opt(name).await?.ok_or_else(|| Error::NotFound {
+                what: format!("VolumeSnapshotLocation {}/{name}", self.namespace),
+            })?;
+            locations.push(location);
+        }
+        Ok(locations)
+    }
+
+    /// Connects to the EC2 API of a VolumeSnapshotLocation with the credentials its Secret names.
+    pub async fn ebs(&self, location: &VolumeSnapshotLocation) -> Result<Ebs> {
+        let spec = &location.spec;
+        if spec.provider != "aws" {
+            return Err(Error::Validation(vec![format!(
+                "VolumeSnapshotLocation {}: provider {:?} is not supported; use \"aws\" (EBS snapshots)",
+                location.name_any(),
+                spec.provider
+            )]));
+        }
+        let region = spec
+            .region
+            .clone()
+            .filter(|r| !r.is_empty())
+            .ok_or_else(|| {
+                Error::Validation(vec![format!(
+                    "VolumeSnapshotLocation {} names no region; set spec.region, e.g. eu-west-1",
+                    location.name_any()
+                )])
+            })?;
+        let credentials = match &spec.credential {
+            Some(reference) => Some(self.aws_credentials(reference).await?),
+            None => None,
+        };
+        Ok(Ebs::connect(EbsConfig {
+            location: location.name_any(),
+            region,
+            endpoint: spec.endpoint.clone(),
+            credentials,
+        })
+        .await)
+    }
+
+    /// Reads an AWS credentials file (`[default]` profile) from a Secret key, as Velero's
+    /// `cloud-credentials` Secret holds it.
+    pub(crate) async fn aws_credentials(
+        &self,
+        reference: &SecretKeyRef,
+    ) -> Result<aws_credential_types::Credentials> {
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
+        let what = format!(
+            "Secret {}/{} key {}",
+            self.namespace, reference.name, reference.key
+        );
+        let secret = secrets
+            .get_opt(&reference.name)
+            .await?
+            .ok_or_else(|| Error::NotFound { what: what.clone() })?;
+        let data = secret
+            .data
+            .and_then(|mut data| data.remove(&reference.key))
+            .ok_or_else(|| Error::NotFound { what: what.clone() })?;
+        let text = String::from_utf8(data.0)
+            .map_err(|_| Error::Validation(vec![format!("{what} is not UTF-8 text")]))?;
+        parse_credentials_file(&text).ok_or_else(|| {
+            Error::Validation(vec![format!(
+                "{what} holds no aws_access_key_id and aws_secret_access_key under [default]"
+            )])
+        })
+    }
+}
+
+/// Reads the `[default]` profile of an AWS credentials file.
+fn parse_credentials_file(text: &str) -> Option<aws_credential_types::Credentials> {
+    let mut in_default = false;
+    let (mut key, mut secret, mut token) = (None, None, None);
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_default = line == "[default]";
+        } else if in_default && let Some((name, value)) = line.split_once('=') {
+            let value = Some(value.trim().to_owned());
+            match name.trim() {
+                "aws_access_key_id" => key = value,
+                "aws_secret_access_key" => secret = value,
+                "aws_session_token" => token = value,
+                _ => {}
+            }
+        }
+    }
+    Some(aws_credential_types::Credentials::new(
+        key?,
+        secret?,
+        token,
+        None,
+        "ferry-location-secret",
+    ))
+}
+
+/// The one location of `namespace` marked `default: true`. Several are an error naming them all,
+/// never whichever the API server happens to list first: backups would land in one bucket today
+/// and another tomorrow.
+pub fn default_location(
+    locations: Vec<BackupStorageLocation>,
+    namespace: &str,
+) -> Result<BackupStorageLocation> {
+    let mut defaults: Vec<BackupStorageLocation> =
+        locations.into_iter().filter(|l| l.spec.default).collect();
+    match defaults.len() {
+        0 => Err(Error::NotFound {
+            what: format!(
+                "a default BackupStorageLocation in namespace {namespace} (name one in the spec, or mark one default: `ferry location set-default NAME`)"
+            ),
+        }),
+        1 => Ok(defaults.remove(0)),
+        _ => {
+            let mut names: Vec<String> = defaults.iter().map(ResourceExt::name_any).collect();
+            names.sort();
+            Err(Error::Validation(vec![format!(
+                "{} BackupStorageLocations in namespace {namespace} are marked default ({}); keep one: `ferry location set-default NAME`, or name the location in the spec",
+                names.len(),
+                names.join(", ")
+            )]))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_protocol::crd::{BackupStorageLocationSpec, ObjectStorage};
+
+    fn location(name: &str, default: bool) -> BackupStorageLocation {
+        BackupStorageLocation::new(
+            name,
+            BackupStorageLocationSpec {
+                provider: "aws".to_owned(),
+                object_storage: ObjectStorage {
+                    bucket: "b".to_owned(),
+                    prefix: None,
+                    ca_bundle: None,
+                },
+                region: None,
+                endpoint: None,
+                force_path_style: None,
+                credential: None,
+                default,
+                access_mode: None,
+                validation_frequency: None,
+                backup_sync_period: None,
+                repository_maintenance_frequency: None,
+            },
+        )
+    }
+
+    #[test]
+    fn exactly_one_default_location_is_used() {
+        let picked = default_location(
+            vec![
+                location("a", false),
+                location("b", true),
+                location("c", false),
+            ],
+            "ferry-system",
+        )
+        .unwrap();
+        assert_eq!(picked.name_any(), "b");
+
+        let none = default_location(vec![location("a", false)], "ferry-system").unwrap_err();
+        assert!(none.to_string().contains("set-default"), "{none}");
+
+        // Seen beside Velero: seven locations all marked default, and whichever was listed first
+        // taken. Now an error naming them.
+        let several = default_location(
+            vec![
+                location("z", true),
+                location("a", false),
+                location("m", true),
+            ],
+            "ferry-system",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            several.contains(
+                "2 BackupStorageLocations in namespace ferry-system are marked default (m, z)"
+            ),
+            "{several}"
+        );
+        assert!(
+            !several.contains(" a,") && !several.contains("(a"),
+            "{several}"
+        );
+    }
+
+    #[test]
+    fn credentials_come_from_the_default_profile() {
+        let text = "[other]\naws_access_key_id = wrong\n[default]\naws_access_key_id = AKID\naws_secret_access_key=SECRET\n";
+        let credentials = parse_credentials_file(text).unwrap();
+        assert_eq!(credentials.access_key_id(), "AKID");
+        assert_eq!(credentials.secret_access_key(), "SECRET");
+        assert!(parse_credentials_file("[default]\naws_access_key_id = x\n").is_none());
+    }
+}
