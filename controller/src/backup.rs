@@ -26,7 +26,7 @@ use serde_json::Value;
 use crate::archive::ArchiveWriter;
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::operation::{self, Operation};
+use crate::operation::{self, Operation, Status as _};
 use crate::resources::{
     IncludesExcludes, ResourceFilter, ResourceType, discover, is_never_backed_up, parse_selector,
 };
@@ -39,7 +39,7 @@ const PAGE_SIZE: u32 = 500;
 /// How often progress reaches the Backup's status while it runs.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
 const DEFAULT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
-/// How often snapshots in progress are asked after, and a queued deletion looks again.
+/// How often a deletion queued behind a running backup looks again.
 const POLL_INTERVAL: Duration = Duration::from_secs(5);
 
 pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action> {
@@ -75,7 +75,7 @@ impl Operation for Backup {
 
     async fn run(&self, ctx: &Context) -> Result<Action> {
         Ok(match run(self, ctx).await? {
-            Phase::WaitingForVolumes => Action::requeue(POLL_INTERVAL),
+            Phase::WaitingForVolumes => Action::requeue(volumes::POLL_INTERVAL),
             // The status it ended with arrives as a change, and is looked at for expiry then.
             _ => Action::await_change(),
         })
@@ -130,13 +130,13 @@ impl Operation for Backup {
         Ok(Action::await_change())
     }
 
-    fn record_finished(&self, ctx: &Context, status: &BackupStatus) {
-        ctx.metrics.backup_finished(self, status, &[]);
+    fn record_started(&self, ctx: &Context) {
+        ctx.metrics.backup_started(self);
     }
-}
 
-fn now(ctx: &Context) -> Time {
-    Time(ctx.now())
+    fn record_finished(&self, ctx: &Context, status: &BackupStatus, volumes: &[VolumeRecord]) {
+        ctx.metrics.backup_finished(self, status, volumes);
+    }
 }
 
 /// What a valid spec resolves to.
@@ -239,21 +239,7 @@ async fn run(backup: &Backup, ctx: &Context) -> Result<Phase> {
     let plan = match validate(backup, ctx).await? {
         Ok(plan) => plan,
         Err(problems) => {
-            let status = BackupStatus {
-                phase: Some(Phase::FailedValidation),
-                validation_errors: problems.clone(),
-                completion_timestamp: Some(now(ctx)),
-                ..Default::default()
-            };
-            ctx.apply_status(backup, &status).await?;
-            ctx.metrics.backup_finished(backup, &status, &[]);
-            ctx.event(
-                backup,
-                EventType::Warning,
-                "FailedValidation",
-                problems.join("; "),
-            )
-            .await;
+            operation::reject(backup, ctx, problems).await?;
             return Ok(Phase::FailedValidation);
         }
     };
@@ -269,15 +255,13 @@ async fn run(backup: &Backup, ctx: &Context) -> Result<Phase> {
         progress: Some(Progress::default()),
         ..Default::default()
     };
-    ctx.apply_status(backup, &status).await?;
-    ctx.event(
+    operation::start(
         backup,
-        EventType::Normal,
-        "BackupStarted",
+        ctx,
+        &status,
         format!("writing to {}", plan.store.bucket()),
     )
-    .await;
-    ctx.metrics.backup_started(backup);
+    .await?;
 
     let mut run = Run::new(backup, ctx, &plan, status.clone());
     let upload = plan.store.start_upload(&plan.keys.archive()).await?;
@@ -307,8 +291,9 @@ async fn run(backup: &Backup, ctx: &Context) -> Result<Phase> {
         by_agents,
         &plan.location,
     ));
-    let transfer = backup_transfer(backup);
-    volumes::follow_pod_volumes(ctx, &plan.location, &transfer, &mut records).await?;
+    volume_tracker(backup, ctx, &plan.location, &plan.store, &plan.keys)
+        .begin(&mut records)
+        .await?;
     count_volumes(ctx, &mut status, &records);
     run.log.push(format!(
         "backed up {} items, {} warnings, {} errors",
@@ -324,9 +309,6 @@ async fn run(backup: &Backup, ctx: &Context) -> Result<Phase> {
     let keys = &plan.keys;
     plan.store
         .put(&keys.resource_list(), gzip_json(&run.resource_list)?)
-        .await?;
-    plan.store
-        .put(&keys.volumes(), gzip_json(&records)?)
         .await?;
     let pending = records
         .volumes
@@ -363,16 +345,10 @@ async fn run(backup: &Backup, ctx: &Context) -> Result<Phase> {
 
 /// The status's counts of native snapshots and of the agents' pod volumes.
 fn count_volumes(ctx: &Context, status: &mut BackupStatus, records: &VolumeRecords) {
-    status.pod_volumes = volumes::pod_volume_progress(ctx, records);
-    let snapshotted = records.volumes.iter().filter(|r| r.snapshot.is_some());
-    status.volume_snapshots_attempted =
-        u32::try_from(snapshotted.clone().count()).unwrap_or(u32::MAX);
-    status.volume_snapshots_completed = u32::try_from(
-        snapshotted
-            .filter(|r| r.phase == VolumePhase::Completed)
-            .count(),
-    )
-    .unwrap_or(u32::MAX);
+    let counts = volumes::count(ctx, records);
+    status.pod_volumes = counts.pod_volumes;
+    status.volume_snapshots_attempted = counts.snapshots_attempted;
+    status.volume_snapshots_completed = counts.snapshots_completed;
 }
 
 /// Ends a backup: its phase from its errors, the results and log, then the record (last: a
@@ -388,23 +364,12 @@ async fn finish(
     log: &[String],
     records: &VolumeRecords,
 ) -> Result<Phase> {
-    let phase = if results.errors.is_empty() {
-        Phase::Completed
-    } else {
-        Phase::PartiallyFailed
-    };
-    status.phase = Some(phase);
     status.warnings = u32::try_from(results.warnings.len()).unwrap_or(u32::MAX);
     status.errors = u32::try_from(results.errors.len()).unwrap_or(u32::MAX);
-    status.completion_timestamp = Some(now(ctx));
-    let failed_volumes: Vec<String> = records
-        .volumes
-        .iter()
-        .filter(|r| r.phase == VolumePhase::Failed)
-        .map(VolumeRecord::failure)
-        .collect();
+    let failed_volumes = volumes::failures(&records.volumes);
     status.failure_reason = (!failed_volumes.is_empty())
         .then(|| format!("volumes not backed up: {}", failed_volumes.join("; ")));
+    let phase = status.conclude(ctx.now());
 
     store.put(&keys.results(), gzip_json(results)?).await?;
     store
@@ -417,9 +382,6 @@ async fn finish(
         .put(&keys.record(), serde_json::to_vec_pretty(&record)?.into())
         .await?;
 
-    ctx.apply_status(backup, &status).await?;
-    ctx.metrics
-        .backup_finished(backup, &status, &records.volumes);
     let mut note = format!(
         "{} items; {} warnings, {} errors",
         status.progress.as_ref().map_or(0, |p| p.items_done),
@@ -435,11 +397,7 @@ async fn finish(
     if let Some(reason) = &status.failure_reason {
         note.push_str(&format!("; {reason}"));
     }
-    let (type_, reason) = match phase {
-        Phase::Completed => (EventType::Normal, "BackupCompleted"),
-        _ => (EventType::Warning, "BackupPartiallyFailed"),
-    };
-    ctx.event(backup, type_, reason, note).await;
+    operation::end(backup, ctx, &status, &records.volumes, note).await?;
     Ok(phase)
 }
 
@@ -472,23 +430,39 @@ async fn backup_store(
     Ok((location, store, keys))
 }
 
+/// How a backup's volumes are followed: its records in its directory, its pod volumes tagged with
+/// it on their way into the repository.
+fn volume_tracker<'a>(
+    backup: &Backup,
+    ctx: &'a Context,
+    location: &'a ferry_protocol::crd::BackupStorageLocation,
+    store: &'a ObjectStore,
+    keys: &BackupKeys,
+) -> volumes::VolumeTracker<'a> {
+    volumes::VolumeTracker::new(
+        ctx,
+        location,
+        store,
+        keys.volumes(),
+        backup_transfer(backup),
+    )
+}
+
 /// A backup in WaitingForVolumes: asks how its native snapshots and its node agents' tasks are
 /// doing, and finishes it once every volume has ended. Everything it needs is in the bucket, so a
 /// restarted controller carries on.
 async fn follow_volumes(backup: &Backup, ctx: &Context) -> Result<Action> {
     ctx.metrics.backup_in_progress(backup);
     let (location, store, keys) = backup_store(backup, ctx).await?;
-    let mut records: VolumeRecords = gunzip_json(&store.get(&keys.volumes()).await?)?;
-    let snapshots_done = volumes::follow_snapshots(ctx, &mut records).await?;
-    let pod_volumes_done =
-        volumes::follow_pod_volumes(ctx, &location, &backup_transfer(backup), &mut records).await?;
-    let done = snapshots_done && pod_volumes_done;
-    store.put(&keys.volumes(), gzip_json(&records)?).await?;
+    let followed = volume_tracker(backup, ctx, &location, &store, &keys)
+        .follow(None)
+        .await?;
+    let records = followed.records;
     let mut status = backup.status.clone().unwrap_or_default();
     count_volumes(ctx, &mut status, &records);
-    if !done {
+    if !followed.done {
         ctx.apply_status(backup, &status).await?;
-        return Ok(Action::requeue(POLL_INTERVAL));
+        return Ok(Action::requeue(volumes::POLL_INTERVAL));
     }
     let mut results: Results = gunzip_json(&store.get(&keys.results()).await?)?;
     let mut log: Vec<String> = String::from_utf8_lossy(&gunzip(&store.get(&keys.logs()).await?)?)
@@ -496,12 +470,7 @@ async fn follow_volumes(backup: &Backup, ctx: &Context) -> Result<Action> {
         .map(str::to_owned)
         .collect();
     // Volumes that failed while the backup waited; those that failed at once are there already.
-    for record in records
-        .volumes
-        .iter()
-        .filter(|r| r.phase == VolumePhase::Failed)
-    {
-        let line = record.failure();
+    for line in volumes::failures(&records.volumes) {
         if !results.errors.contains(&line) {
             results.errors.push(line);
         }

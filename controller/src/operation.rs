@@ -1,8 +1,9 @@
 //! The lifecycle Backup and Restore share. What a reconcile does next is decided by the pure
 //! [`decide`] from the object, what the reconciler observed and the time, so that every branch
 //! (deletion, expiry, a run cut short by a restart, a stale cached copy) is tested without an API
-//! server; [`reconcile`] is the one executor that carries a [`Step`] out, and [`fail`] the one way
-//! an operation ends in Failed (status, metrics, Event).
+//! server; [`reconcile`] is the one executor that carries a [`Step`] out. An operation starts
+//! through [`start`] and ends through [`end`] (or [`reject`], [`fail`]): the one place that writes
+//! the status, records the metrics and emits the Event of a start or an ending.
 //!
 //! What differs between the two kinds (how they run, follow their volumes, are deleted) is the
 //! [`Operation`] trait, implemented in `backup.rs` and `restore/mod.rs`.
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_protocol::crd::Phase;
+use ferry_protocol::volume::VolumeRecord;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
@@ -94,8 +96,11 @@ pub trait Operation:
         status
     }
 
-    /// Records the metrics of an operation that ended with `status`.
-    fn record_finished(&self, ctx: &Context, status: &Self::Status);
+    /// Records the metrics of an operation that started.
+    fn record_started(&self, ctx: &Context);
+
+    /// Records the metrics of an operation that ended with `status`, and `volumes`.
+    fn record_finished(&self, ctx: &Context, status: &Self::Status, volumes: &[VolumeRecord]);
 }
 
 /// What the lifecycle reads and writes of a Backup's or a Restore's status.
@@ -104,6 +109,16 @@ pub trait Status: Clone + Default + serde::Serialize + Send + Sync {
 
     /// Ends it in `phase` at `at`, with the reason when there is one.
     fn end(&mut self, phase: Phase, reason: Option<String>, at: Timestamp);
+
+    /// Errors it counted.
+    fn errors(&self) -> u32;
+
+    /// Ends a run that went to its end at `at`: Completed, or PartiallyFailed when it counted
+    /// errors; the failure reason, if any, stays.
+    fn conclude(&mut self, at: Timestamp) -> Phase;
+
+    /// The status of an operation whose spec is invalid: FailedValidation with the problems.
+    fn rejected(problems: Vec<String>, at: Timestamp) -> Self;
 }
 
 /// The statuses share these fields by name, not by type.
@@ -118,6 +133,30 @@ macro_rules! status_of_an_operation {
                 self.phase = Some(phase);
                 self.failure_reason = reason;
                 self.completion_timestamp = Some(Time(at));
+            }
+
+            fn errors(&self) -> u32 {
+                self.errors
+            }
+
+            fn conclude(&mut self, at: Timestamp) -> Phase {
+                let phase = if self.errors == 0 {
+                    Phase::Completed
+                } else {
+                    Phase::PartiallyFailed
+                };
+                let reason = self.failure_reason.take();
+                self.end(phase, reason, at);
+                phase
+            }
+
+            fn rejected(problems: Vec<String>, at: Timestamp) -> Self {
+                Self {
+                    phase: Some(Phase::FailedValidation),
+                    validation_errors: problems,
+                    completion_timestamp: Some(Time(at)),
+                    ..Default::default()
+                }
             }
         }
     )*};
@@ -228,21 +267,64 @@ pub async fn reconcile<O: Operation>(operation: Arc<O>, ctx: Arc<Context>) -> Re
     }
 }
 
-/// Ends `operation` as Failed with `reason`: status, metrics, and a Warning Event.
-pub async fn fail<O: Operation>(operation: &O, ctx: &Context, reason: &str) -> Result<()> {
-    let status = operation.failed_status(reason, ctx.now());
-    ctx.apply_status(operation, &status).await?;
-    operation.record_finished(ctx, &status);
-    // BackupFailed, RestoreFailed.
-    let event_reason = format!("{}Failed", O::kind(&()));
+/// Starts `operation` with `status` (InProgress): writes it, records the metrics, and emits the
+/// `<Kind>Started` Event with `note`.
+pub async fn start<O: Operation>(
+    operation: &O,
+    ctx: &Context,
+    status: &O::Status,
+    note: String,
+) -> Result<()> {
+    ctx.apply_status(operation, status).await?;
     ctx.event(
         operation,
-        EventType::Warning,
-        &event_reason,
-        reason.to_owned(),
+        EventType::Normal,
+        &format!("{}Started", O::kind(&())),
+        note,
     )
     .await;
+    operation.record_started(ctx);
     Ok(())
+}
+
+/// Ends `operation` with `status`, whose phase is final: writes it, records the metrics (with the
+/// `volumes` it followed), and emits the Event its phase calls for, with `note`.
+pub async fn end<O: Operation>(
+    operation: &O,
+    ctx: &Context,
+    status: &O::Status,
+    volumes: &[VolumeRecord],
+    note: String,
+) -> Result<()> {
+    ctx.apply_status(operation, status).await?;
+    operation.record_finished(ctx, status, volumes);
+    let (type_, reason) = ending_event(&O::kind(&()), status.phase());
+    ctx.event(operation, type_, &reason, note).await;
+    Ok(())
+}
+
+/// The Event of an ending: `BackupCompleted`, `RestorePartiallyFailed`, `BackupFailed`,
+/// `FailedValidation`...
+fn ending_event(kind: &str, phase: Option<Phase>) -> (EventType, String) {
+    match phase {
+        Some(Phase::Completed) => (EventType::Normal, format!("{kind}Completed")),
+        Some(Phase::PartiallyFailed) => (EventType::Warning, format!("{kind}PartiallyFailed")),
+        Some(Phase::FailedValidation) => (EventType::Warning, "FailedValidation".to_owned()),
+        _ => (EventType::Warning, format!("{kind}Failed")),
+    }
+}
+
+/// Ends `operation` as FailedValidation, naming every problem of its spec.
+pub async fn reject<O: Operation>(operation: &O, ctx: &Context, problems: Vec<String>) -> Result<()> {
+    let note = problems.join("; ");
+    let status = O::Status::rejected(problems, ctx.now());
+    end(operation, ctx, &status, &[], note).await
+}
+
+/// Ends `operation` as Failed with `reason`.
+pub async fn fail<O: Operation>(operation: &O, ctx: &Context, reason: &str) -> Result<()> {
+    let status = operation.failed_status(reason, ctx.now());
+    end(operation, ctx, &status, &[], reason.to_owned()).await
 }
 
 /// The operation's phase as the API server has it now, not as the reconciler's cache had it.
@@ -303,8 +385,8 @@ mod tests {
 
     impl Operation for Fake {
         const NOUN: &'static str = "fake";
-        type Status = FakeStatus;
-        fn status(&self) -> Option<&FakeStatus> {
+        type Status = ferry_protocol::crd::BackupStatus;
+        fn status(&self) -> Option<&Self::Status> {
             None
         }
         fn phase(&self) -> Option<Phase> {
@@ -328,17 +410,8 @@ mod tests {
         async fn interrupted(&self, _: &Context) -> String {
             unreachable!("decide never runs anything")
         }
-        fn record_finished(&self, _: &Context, _: &FakeStatus) {}
-    }
-
-    #[derive(Debug, Clone, Default, serde::Serialize)]
-    struct FakeStatus;
-
-    impl Status for FakeStatus {
-        fn phase(&self) -> Option<Phase> {
-            None
-        }
-        fn end(&mut self, _: Phase, _: Option<String>, _: Timestamp) {}
+        fn record_started(&self, _: &Context) {}
+        fn record_finished(&self, _: &Context, _: &Self::Status, _: &[VolumeRecord]) {}
     }
 
     fn at(second: i64) -> Timestamp {
@@ -494,6 +567,60 @@ mod tests {
                 at(0)
             ),
             Step::Expire
+        );
+    }
+
+    #[test]
+    fn a_run_that_counted_errors_ends_partially_failed_and_keeps_its_reason() {
+        use ferry_protocol::crd::BackupStatus;
+        let mut clean = BackupStatus {
+            phase: Some(Phase::InProgress),
+            ..Default::default()
+        };
+        assert_eq!(clean.conclude(at(5)), Phase::Completed);
+        assert_eq!(clean.phase, Some(Phase::Completed));
+        assert_eq!(clean.completion_timestamp, Some(Time(at(5))));
+
+        let mut errors = BackupStatus {
+            phase: Some(Phase::WaitingForVolumes),
+            errors: 2,
+            failure_reason: Some("volumes not backed up: pv-1".to_owned()),
+            ..Default::default()
+        };
+        assert_eq!(errors.conclude(at(9)), Phase::PartiallyFailed);
+        assert_eq!(
+            errors.failure_reason.as_deref(),
+            Some("volumes not backed up: pv-1")
+        );
+
+        let rejected = BackupStatus::rejected(vec!["ttl: not a duration".to_owned()], at(1));
+        assert_eq!(rejected.phase, Some(Phase::FailedValidation));
+        assert_eq!(rejected.validation_errors, ["ttl: not a duration"]);
+        assert_eq!(rejected.completion_timestamp, Some(Time(at(1))));
+    }
+
+    #[test]
+    fn every_ending_has_its_event() {
+        let cases = [
+            (Some(Phase::Completed), EventType::Normal, "BackupCompleted"),
+            (
+                Some(Phase::PartiallyFailed),
+                EventType::Warning,
+                "BackupPartiallyFailed",
+            ),
+            (Some(Phase::Failed), EventType::Warning, "BackupFailed"),
+            (
+                Some(Phase::FailedValidation),
+                EventType::Warning,
+                "FailedValidation",
+            ),
+        ];
+        for (phase, type_, reason) in cases {
+            assert_eq!(ending_event("Backup", phase), (type_, reason.to_owned()));
+        }
+        assert_eq!(
+            ending_event("Restore", Some(Phase::Completed)).1,
+            "RestoreCompleted"
         );
     }
 }

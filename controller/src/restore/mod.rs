@@ -26,7 +26,6 @@ use kube::api::{DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::core::{Selector, SelectorExt};
 use kube::discovery::ApiResource;
 use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, ResourceExt};
 use serde::Serialize;
@@ -36,7 +35,7 @@ use crate::archive::Archive;
 use crate::context::Context;
 use crate::ebs;
 use crate::error::{Error, Result};
-use crate::operation::{self, Operation};
+use crate::operation::{self, Operation, Status as _};
 use crate::resources::{
     IncludesExcludes, ResourceType, discover, is_never_backed_up, parse_selector,
 };
@@ -53,8 +52,6 @@ use actions::{Effect, Verdict};
 const CONCURRENCY: usize = 32;
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
 const CRD_ESTABLISHED_TIMEOUT: Duration = Duration::from_secs(60);
-/// How often the agents' restores of pod volumes are looked at.
-const VOLUME_POLL_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a restore waits for its pods to be scheduled and their volumes filled (Velero's
 /// default too).
 const VOLUME_WAIT_LIMIT: Duration = Duration::from_secs(4 * 3600);
@@ -111,7 +108,11 @@ impl Operation for Restore {
             .to_owned()
     }
 
-    fn record_finished(&self, ctx: &Context, status: &RestoreStatus) {
+    fn record_started(&self, ctx: &Context) {
+        ctx.metrics.restore_started(self);
+    }
+
+    fn record_finished(&self, ctx: &Context, status: &RestoreStatus, _volumes: &[VolumeRecord]) {
         ctx.metrics.restore_finished(self, status);
     }
 }
@@ -131,6 +132,24 @@ fn restore_marker(restore: &Restore) -> String {
     format!("{}.done", restore.uid().unwrap_or_default())
 }
 
+/// How a restore's volumes are followed: its records in its directory, its pod volumes filled
+/// from the repositories they were backed up to.
+fn volume_tracker<'a>(
+    restore: &Restore,
+    ctx: &'a Context,
+    location: &'a ferry_protocol::crd::BackupStorageLocation,
+    store: &'a ObjectStore,
+) -> volumes::VolumeTracker<'a> {
+    let keys = RestoreKeys::new(store.prefix(), &restore.name_any());
+    volumes::VolumeTracker::new(
+        ctx,
+        location,
+        store,
+        keys.volumes(),
+        restore_transfer(restore),
+    )
+}
+
 /// A restore in WaitingForVolumes: follows the agents' tasks and ends the restore once each has.
 async fn follow_volumes(restore: &Restore, ctx: &Context) -> Result<Action> {
     ctx.metrics.restore_in_progress(restore);
@@ -141,68 +160,39 @@ async fn follow_volumes(restore: &Restore, ctx: &Context) -> Result<Action> {
         .storage_location(backup.spec.storage_location.as_deref())
         .await?;
     let store = ctx.locations.object_store(&location).await?;
-    let keys = RestoreKeys::new(store.prefix(), &restore.name_any());
-    let mut records: VolumeRecords = crate::gunzip_json(&store.get(&keys.volumes()).await?)?;
-    let mut done =
-        volumes::follow_pod_volumes(ctx, &location, &restore_transfer(restore), &mut records)
-            .await?;
     let started = restore
         .status
         .as_ref()
         .and_then(|s| s.start_timestamp.as_ref())
-        .map_or(0, |t| t.0.as_second());
-    if !done && ctx.now().as_second() - started > VOLUME_WAIT_LIMIT.as_secs() as i64 {
-        // A pod that is never scheduled, or whose volume is never mounted, must not hold the
-        // restore for ever.
-        for record in records
-            .volumes
-            .iter_mut()
-            .filter(|r| r.phase == VolumePhase::InProgress)
-        {
-            record.phase = VolumePhase::Failed;
-            record.message = Some(format!(
-                "not restored within {} h: its pod was not scheduled, or its volume not mounted",
-                VOLUME_WAIT_LIMIT.as_secs() / 3600
-            ));
-        }
-        done = true;
-    }
-    store
-        .put(&keys.volumes(), crate::gzip_json(&records)?)
+        .map_or(jiff::Timestamp::UNIX_EPOCH, |t| t.0);
+    let wait_limit = volumes::WaitLimit {
+        started,
+        limit: VOLUME_WAIT_LIMIT,
+        message: format!(
+            "not restored within {} h: its pod was not scheduled, or its volume not mounted",
+            VOLUME_WAIT_LIMIT.as_secs() / 3600
+        ),
+    };
+    let followed = volume_tracker(restore, ctx, &location, &store)
+        .follow(Some(&wait_limit))
         .await?;
     let mut status = restore.status.clone().unwrap_or_default();
-    status.pod_volumes = volumes::pod_volume_progress(ctx, &records);
-    if !done {
+    status.pod_volumes = volumes::pod_volume_progress(ctx, &followed.records);
+    if !followed.done {
         ctx.apply_status(restore, &status).await?;
-        return Ok(Action::requeue(VOLUME_POLL_INTERVAL));
+        return Ok(Action::requeue(volumes::POLL_INTERVAL));
     }
-    let failed: Vec<String> = records
-        .volumes
-        .iter()
-        .filter(|r| r.phase == VolumePhase::Failed)
-        .map(VolumeRecord::failure)
-        .collect();
+    let failed = followed.failures();
     status.errors += u32::try_from(failed.len()).unwrap_or(u32::MAX);
-    status.phase = Some(if status.errors == 0 {
-        Phase::Completed
-    } else {
-        Phase::PartiallyFailed
-    });
     status.failure_reason =
         (!failed.is_empty()).then(|| format!("volumes not restored: {}", failed.join("; ")));
-    status.completion_timestamp = Some(Time(ctx.now()));
-    ctx.apply_status(restore, &status).await?;
-    ctx.metrics.restore_finished(restore, &status);
-    let (type_, reason) = match status.phase {
-        Some(Phase::Completed) => (EventType::Normal, "RestoreCompleted"),
-        _ => (EventType::Warning, "RestorePartiallyFailed"),
-    };
+    status.conclude(ctx.now());
     let note = format!(
         "{} pod volumes restored by the node agents, {} failed",
-        records.volumes.len() - failed.len(),
+        followed.records.volumes.len() - failed.len(),
         failed.len()
     );
-    ctx.event(restore, type_, reason, note).await;
+    operation::end(restore, ctx, &status, &followed.records.volumes, note).await?;
     Ok(Action::await_change())
 }
 
@@ -367,24 +357,7 @@ fn is_dns_label(name: &str) -> bool {
 async fn run(restore: &Restore, ctx: &Context) -> Result<()> {
     let plan = match validate(restore, ctx).await? {
         Ok(plan) => plan,
-        Err(problems) => {
-            let status = RestoreStatus {
-                phase: Some(Phase::FailedValidation),
-                validation_errors: problems.clone(),
-                completion_timestamp: Some(Time(ctx.now())),
-                ..Default::default()
-            };
-            ctx.apply_status(restore, &status).await?;
-            ctx.metrics.restore_finished(restore, &status);
-            ctx.event(
-                restore,
-                EventType::Warning,
-                "FailedValidation",
-                problems.join("; "),
-            )
-            .await;
-            return Ok(());
-        }
+        Err(problems) => return operation::reject(restore, ctx, problems).await,
     };
     let mut status = RestoreStatus {
         phase: Some(Phase::InProgress),
@@ -392,15 +365,13 @@ async fn run(restore: &Restore, ctx: &Context) -> Result<()> {
         progress: Some(Progress::default()),
         ..Default::default()
     };
-    ctx.apply_status(restore, &status).await?;
-    ctx.event(
+    operation::start(
         restore,
-        EventType::Normal,
-        "RestoreStarted",
+        ctx,
+        &status,
         format!("restoring backup {}", plan.backup_name),
     )
-    .await;
-    ctx.metrics.restore_started(restore);
+    .await?;
 
     let backup_keys = BackupKeys::new(plan.store.prefix(), &plan.backup_name);
     // A malformed or crafted archive fails here, before a single object is created.
@@ -446,17 +417,11 @@ async fn run(restore: &Restore, ctx: &Context) -> Result<()> {
     let errors = count(|o| matches!(o, Outcome::Failed(_)));
     let warnings = count(|o| matches!(o, Outcome::ExistsDifferent(_)));
     status = run.status;
-    status.phase = Some(if errors == 0 {
-        Phase::Completed
-    } else {
-        Phase::PartiallyFailed
-    });
     status.errors = u32::try_from(errors).unwrap_or(u32::MAX);
     status.warnings = u32::try_from(warnings).unwrap_or(u32::MAX);
     if let Some(progress) = status.progress.as_mut() {
         progress.items_done = results.len() as u64;
     }
-    status.completion_timestamp = Some(Time(ctx.now()));
     let keys = RestoreKeys::new(plan.store.prefix(), &restore.name_any());
     plan.store
         .put(&keys.results(), crate::gzip_json(&results)?)
@@ -465,24 +430,15 @@ async fn run(restore: &Restore, ctx: &Context) -> Result<()> {
     if !pod_volumes.is_empty() {
         // The objects are there; the agents fill the pods' volumes once the pods are scheduled.
         let mut records = VolumeRecords::new(pod_volumes);
-        volumes::follow_pod_volumes(
-            ctx,
-            &plan.location,
-            &restore_transfer(restore),
-            &mut records,
-        )
-        .await?;
-        plan.store
-            .put(&keys.volumes(), crate::gzip_json(&records)?)
+        volume_tracker(restore, ctx, &plan.location, &plan.store)
+            .begin(&mut records)
             .await?;
         status.pod_volumes = volumes::pod_volume_progress(ctx, &records);
         status.phase = Some(Phase::WaitingForVolumes);
-        status.completion_timestamp = None;
         ctx.apply_status(restore, &status).await?;
         return Ok(());
     }
-    ctx.apply_status(restore, &status).await?;
-    ctx.metrics.restore_finished(restore, &status);
+    status.conclude(ctx.now());
     let note = format!(
         "{} objects from backup {}: {} errors, {} warnings",
         results.len(),
@@ -490,13 +446,7 @@ async fn run(restore: &Restore, ctx: &Context) -> Result<()> {
         errors,
         warnings
     );
-    let (type_, reason) = if errors == 0 {
-        (EventType::Normal, "RestoreCompleted")
-    } else {
-        (EventType::Warning, "RestorePartiallyFailed")
-    };
-    ctx.event(restore, type_, reason, note).await;
-    Ok(())
+    operation::end(restore, ctx, &status, &[], note).await
 }
 
 struct Run<'a> {

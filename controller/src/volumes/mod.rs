@@ -1,0 +1,215 @@
+//! The data in an operation's volumes, beside its objects.
+//!
+//! A backup keeps each PersistentVolume's data by a native snapshot ([`snapshots`], EBS) or by
+//! file through the node agents ([`pod_volumes`]); a restore fills restored pods' volumes through
+//! the agents again. Either way every volume has one [`VolumeRecord`] in the bucket, and the
+//! [`VolumeTracker`] is the one place that follows them to their end for both kinds: it reads the
+//! records, asks EC2 and the agents how they are doing, fails those that waited too long, and
+//! writes them back, so that a restarted controller carries on where this one stopped.
+
+mod pod_volumes;
+mod snapshots;
+
+use std::time::Duration;
+
+use ferry_protocol::crd::{BackupStorageLocation, PodVolumeProgress};
+use ferry_protocol::volume::{VolumePhase, VolumeRecord, VolumeRecords};
+use jiff::Timestamp;
+
+use crate::context::Context;
+use crate::error::Result;
+use crate::storage::ObjectStore;
+
+pub use pod_volumes::{
+    FS_BACKUP_EXCLUDES_ANNOTATION, FS_BACKUP_VOLUMES_ANNOTATION, PodVolumeChoice, Transfer,
+    choose_pod_volumes, pod_volume_progress, pod_volume_records,
+};
+pub use snapshots::{
+    VolumeOutcome, delete_snapshots, delete_unrecorded_snapshots, ebs_error, snapshot_location_ebs,
+    snapshot_volumes,
+};
+
+/// How often an operation waiting for its volumes looks at them again.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The longest an operation waits for its volumes, counted from its start; `None` for no limit of
+/// its own (each pod volume task still has the agents' readiness limit).
+#[derive(Debug, Clone)]
+pub struct WaitLimit {
+    pub started: Timestamp,
+    pub limit: Duration,
+    /// The message of a volume still waiting at the limit.
+    pub message: String,
+}
+
+/// Follows the volumes of one Backup or Restore, whose records are at `key` in `store`.
+pub struct VolumeTracker<'a> {
+    ctx: &'a Context,
+    location: &'a BackupStorageLocation,
+    store: &'a ObjectStore,
+    key: String,
+    transfer: Transfer,
+}
+
+/// The volumes after one look.
+#[derive(Debug)]
+pub struct Followed {
+    pub records: VolumeRecords,
+    /// Every volume has ended (completed or failed).
+    pub done: bool,
+}
+
+impl Followed {
+    /// What went wrong with each volume that failed, one line each.
+    pub fn failures(&self) -> Vec<String> {
+        failures(&self.records.volumes)
+    }
+}
+
+/// What went wrong with each of `volumes` that failed, one line each.
+pub fn failures(volumes: &[VolumeRecord]) -> Vec<String> {
+    volumes
+        .iter()
+        .filter(|r| r.phase == VolumePhase::Failed)
+        .map(VolumeRecord::failure)
+        .collect()
+}
+
+impl<'a> VolumeTracker<'a> {
+    pub fn new(
+        ctx: &'a Context,
+        location: &'a BackupStorageLocation,
+        store: &'a ObjectStore,
+        key: String,
+        transfer: Transfer,
+    ) -> VolumeTracker<'a> {
+        VolumeTracker {
+            ctx,
+            location,
+            store,
+            key,
+            transfer,
+        }
+    }
+
+    /// Starts following `records`: starts their node agent tasks, then writes them.
+    pub async fn begin(&self, records: &mut VolumeRecords) -> Result<()> {
+        pod_volumes::follow_pod_volumes(self.ctx, self.location, &self.transfer, records).await?;
+        self.store
+            .put(&self.key, crate::gzip_json(records)?)
+            .await
+    }
+
+    /// One more look: reads the records, asks EC2 about native snapshots in progress and the
+    /// agents about their tasks (starting those that are not running), fails what waited past
+    /// `wait_limit`, and writes the records back.
+    pub async fn follow(&self, wait_limit: Option<&WaitLimit>) -> Result<Followed> {
+        let mut records: VolumeRecords = crate::gunzip_json(&self.store.get(&self.key).await?)?;
+        let snapshots_done = snapshots::follow_snapshots(self.ctx, &mut records).await?;
+        let pod_volumes_done = pod_volumes::follow_pod_volumes(
+            self.ctx,
+            self.location,
+            &self.transfer,
+            &mut records,
+        )
+        .await?;
+        let mut done = snapshots_done && pod_volumes_done;
+        if !done && let Some(limit) = wait_limit {
+            done = give_up_waiting(&mut records, limit, self.ctx.now());
+        }
+        self.store
+            .put(&self.key, crate::gzip_json(&records)?)
+            .await?;
+        Ok(Followed { records, done })
+    }
+}
+
+/// Fails every volume still in progress once `limit` has passed: a pod that is never scheduled,
+/// or whose volume is never mounted, must not hold an operation for ever. Returns whether it did.
+fn give_up_waiting(records: &mut VolumeRecords, limit: &WaitLimit, now: Timestamp) -> bool {
+    let waited = now.as_second() - limit.started.as_second();
+    if waited <= i64::try_from(limit.limit.as_secs()).unwrap_or(i64::MAX) {
+        return false;
+    }
+    for record in records
+        .volumes
+        .iter_mut()
+        .filter(|r| r.phase == VolumePhase::InProgress)
+    {
+        record.phase = VolumePhase::Failed;
+        record.message = Some(limit.message.clone());
+    }
+    true
+}
+
+/// The status's count of the agents' pod volumes, and of native snapshots attempted and
+/// completed.
+pub struct Counts {
+    pub pod_volumes: Option<PodVolumeProgress>,
+    pub snapshots_attempted: u32,
+    pub snapshots_completed: u32,
+}
+
+/// Counts `records` for a status.
+pub fn count(ctx: &Context, records: &VolumeRecords) -> Counts {
+    let snapshotted = records.volumes.iter().filter(|r| r.snapshot.is_some());
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    Counts {
+        pod_volumes: pod_volume_progress(ctx, records),
+        snapshots_attempted: count(snapshotted.clone().count()),
+        snapshots_completed: count(
+            snapshotted
+                .filter(|r| r.phase == VolumePhase::Completed)
+                .count(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_protocol::volume::{ClaimRef, VolumeMethod};
+
+    fn record(name: &str, phase: VolumePhase) -> VolumeRecord {
+        VolumeRecord {
+            persistent_volume: name.into(),
+            claim: Some(ClaimRef {
+                namespace: "shop".into(),
+                name: name.into(),
+            }),
+            method: VolumeMethod::FileSystem,
+            phase,
+            message: None,
+            snapshot: None,
+            pod_volume: None,
+            file_system: None,
+        }
+    }
+
+    #[test]
+    fn volumes_still_waiting_at_the_limit_fail_and_ended_ones_stay() {
+        let started = Timestamp::from_second(1_800_000_000).unwrap();
+        let limit = WaitLimit {
+            started,
+            limit: Duration::from_secs(4 * 3600),
+            message: "not restored within 4 h".to_owned(),
+        };
+        let mut records = VolumeRecords::new(vec![
+            record("waiting", VolumePhase::InProgress),
+            record("done", VolumePhase::Completed),
+        ]);
+        let at_limit = started + jiff::SignedDuration::from_hours(4);
+        assert!(!give_up_waiting(&mut records, &limit, at_limit));
+        assert_eq!(records.volumes[0].phase, VolumePhase::InProgress);
+
+        let past = at_limit + jiff::SignedDuration::from_secs(1);
+        assert!(give_up_waiting(&mut records, &limit, past));
+        assert_eq!(records.volumes[0].phase, VolumePhase::Failed);
+        assert_eq!(
+            records.volumes[0].message.as_deref(),
+            Some("not restored within 4 h")
+        );
+        assert_eq!(records.volumes[1].phase, VolumePhase::Completed);
+        assert_eq!(failures(&records.volumes).len(), 1);
+    }
+}
