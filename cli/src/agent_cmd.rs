@@ -11,7 +11,7 @@ use ferry_agent::metrics::AgentMetrics;
 use ferry_agent::{AgentConfig, AgentSettings};
 use ferry_protocol::agent::TlsCredentials;
 
-use crate::cluster_cmd::ClusterArgs;
+use crate::cluster::ClusterArgs;
 use crate::probes::{self, Response};
 
 #[derive(Debug, Args)]

@@ -9,7 +9,7 @@ use clap::Args;
 use ferry_controller::Metrics;
 use tokio::net::TcpListener;
 
-use crate::cluster_cmd::ClusterArgs;
+use crate::cluster::ClusterArgs;
 use crate::probes::{self, Response};
 
 /// How long /readyz waits for the API server before calling the controller not ready.

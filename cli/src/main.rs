@@ -2,7 +2,7 @@
 //! agent (`ferry agent`) are subcommands, so that a user installs one image and one command.
 
 mod agent_cmd;
-mod cluster_cmd;
+mod cluster;
 mod controller_cmd;
 mod logging;
 mod maintenance_cmd;
@@ -33,7 +33,7 @@ struct Cli {
     #[command(flatten)]
     common: CommonArgs,
     #[command(flatten)]
-    cluster: cluster_cmd::ClusterArgs,
+    cluster: cluster::ClusterArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -179,19 +179,19 @@ enum Command {
     Volume(VolumeCli),
     /// Back up the objects of a cluster (a Backup resource the controller runs).
     #[command(subcommand)]
-    Backup(cluster_cmd::BackupCommand),
+    Backup(cluster::BackupCommand),
     /// Restore a backup into this cluster.
     #[command(subcommand)]
-    Restore(cluster_cmd::RestoreCommand),
+    Restore(cluster::RestoreCommand),
     /// Take backups on a cron schedule.
     #[command(subcommand)]
-    Schedule(cluster_cmd::ScheduleCommand),
+    Schedule(cluster::ScheduleCommand),
     /// Storage locations: where backups go.
     #[command(subcommand)]
-    Location(cluster_cmd::LocationCommand),
+    Location(cluster::LocationCommand),
     /// Snapshot locations: where native volume snapshots are taken (EBS).
     #[command(subcommand)]
-    SnapshotLocation(cluster_cmd::SnapshotLocationCommand),
+    SnapshotLocation(cluster::SnapshotLocationCommand),
     /// Run the controller (in the cluster, as deploy/controller.yaml does).
     Controller(controller_cmd::ControllerArgs),
     /// Run the node agent (on every node, as deploy/agent.yaml does).
@@ -243,12 +243,12 @@ fn main() -> ExitCode {
             command,
             repository,
         }) => volume_cmd::run(&GlobalArgs::new(&cli.common, Some(repository)), command),
-        Command::Backup(command) => cluster_cmd::run_backup(&global, &cli.cluster, command),
-        Command::Restore(command) => cluster_cmd::run_restore(&global, &cli.cluster, command),
-        Command::Schedule(command) => cluster_cmd::run_schedule(&global, &cli.cluster, command),
-        Command::Location(command) => cluster_cmd::run_location(&global, &cli.cluster, command),
+        Command::Backup(command) => cluster::run_backup(&global, &cli.cluster, command),
+        Command::Restore(command) => cluster::run_restore(&global, &cli.cluster, command),
+        Command::Schedule(command) => cluster::run_schedule(&global, &cli.cluster, command),
+        Command::Location(command) => cluster::run_location(&global, &cli.cluster, command),
         Command::SnapshotLocation(command) => {
-            cluster_cmd::run_snapshot_location(&global, &cli.cluster, command)
+            cluster::run_snapshot_location(&global, &cli.cluster, command)
         }
         Command::Controller(args) => controller_cmd::run(args, &cli.cluster),
         Command::Agent(args) => agent_cmd::run(args, &cli.cluster),

@@ -11,7 +11,7 @@ use ferry_mover::{PruneOptions, PruneReport, Repository};
 use ferry_protocol::layout::repositories_prefix;
 use serde_json::json;
 
-use crate::cluster_cmd::ClusterArgs;
+use crate::cluster::ClusterArgs;
 use crate::{GlobalArgs, OutputFormat};
 
 #[derive(Debug, Args)]

@@ -110,7 +110,7 @@ impl NewPassword {
 
 pub fn run(
     global: &GlobalArgs,
-    cluster: &crate::cluster_cmd::ClusterArgs,
+    cluster: &crate::cluster::ClusterArgs,
     command: RepoCommand,
 ) -> anyhow::Result<ExitCode> {
     // JSON is valid YAML: -o yaml gets it too.

@@ -315,7 +315,11 @@ fn ending_event(kind: &str, phase: Option<Phase>) -> (EventType, String) {
 }
 
 /// Ends `operation` as FailedValidation, naming every problem of its spec.
-pub async fn reject<O: Operation>(operation: &O, ctx: &Context, problems: Vec<String>) -> Result<()> {
+pub async fn reject<O: Operation>(
+    operation: &O,
+    ctx: &Context,
+    problems: Vec<String>,
+) -> Result<()> {
     let note = problems.join("; ");
     let status = O::Status::rejected(problems, ctx.now());
     end(operation, ctx, &status, &[], note).await

@@ -142,6 +142,11 @@ impl GroupResource {
         }
     }
 
+    /// Whether this is `resource` of `group` (empty for the core group).
+    pub fn is(&self, resource: &str, group: &str) -> bool {
+        self.resource == resource && self.group == group
+    }
+
     /// Parses `resource` or `resource.group` (`deployments.apps`, `widgets.example.com`).
     pub fn parse(text: &str) -> GroupResource {
         match text.split_once('.') {

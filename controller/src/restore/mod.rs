@@ -238,6 +238,18 @@ struct Plan {
     zone_mapping: BTreeMap<String, String>,
 }
 
+/// What the plan says of a PersistentVolume's disk before anything is created.
+#[derive(Debug, Clone)]
+enum DiskPlan {
+    /// A new disk from `snapshot`, in `zone`; the PV is called `rename` when its name is taken.
+    FromSnapshot {
+        snapshot: ferry_protocol::volume::NativeSnapshot,
+        zone: String,
+        rename: Option<String>,
+    },
+    Decided(VolumePlan),
+}
+
 /// Annotates a restored PersistentVolume that had to be renamed with the name it had.
 pub const ORIGINAL_PV_NAME_ANNOTATION: &str = "ferry.dev/original-pv-name";
 
@@ -520,7 +532,8 @@ impl Run<'_> {
             let crd_tier = items
                 .iter()
                 .any(|i| i.resource.resource == "customresourcedefinitions");
-            self.plan_volumes(&items).await?;
+            let disks = self.plan_volumes(&items).await?;
+            self.provision_volumes(disks).await;
             let mut prepared = Vec::with_capacity(items.len());
             for item in items {
                 match self.prepare(&item) {
@@ -807,11 +820,11 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Decides what happens to the disk of every PersistentVolume in `items`, and creates the
-    /// disks that come from snapshots. A PV that exists in the cluster keeps its disk (and meets
-    /// the existing-resource policy), unless its claim moves to a mapped namespace: then it is
-    /// restored under a new name.
-    async fn plan_volumes(&mut self, items: &[ArchiveItem]) -> Result<()> {
+    /// Decides what happens to the disk of every PersistentVolume in `items`, creating nothing: a
+    /// PV that exists in the cluster keeps its disk (and meets the existing-resource policy),
+    /// unless its claim moves to a mapped namespace: then it is restored under a new name.
+    async fn plan_volumes(&self, items: &[ArchiveItem]) -> Result<Vec<(String, DiskPlan)>> {
+        let mut disks = Vec::new();
         let pv_resource = GroupResource::new("persistentvolumes", "");
         let pvs: Api<PersistentVolume> = Api::all(self.ctx.client.clone());
         for item in items.iter().filter(|i| i.resource == pv_resource) {
@@ -832,8 +845,21 @@ impl Run<'_> {
                         .to_owned(),
                 ),
                 Some(snapshot) => {
-                    let rename = exists.then(|| renamed_pv(&item.name, self.restore));
-                    self.volume_from_snapshot(snapshot, rename).await
+                    let zone = self
+                        .plan
+                        .zone_mapping
+                        .get(&snapshot.availability_zone)
+                        .cloned()
+                        .unwrap_or_else(|| snapshot.availability_zone.clone());
+                    disks.push((
+                        item.name.clone(),
+                        DiskPlan::FromSnapshot {
+                            snapshot: snapshot.clone(),
+                            zone,
+                            rename: exists.then(|| renamed_pv(&item.name, self.restore)),
+                        },
+                    ));
+                    continue;
                 }
                 None => {
                     let recorded = self
@@ -863,22 +889,34 @@ impl Run<'_> {
                     }
                 }
             };
-            self.volume_plans.insert(item.name.clone(), plan);
+            disks.push((item.name.clone(), DiskPlan::Decided(plan)));
         }
-        Ok(())
+        Ok(disks)
     }
 
+    /// Carries out the plans of [`Run::plan_volumes`]: creates the disks that come from snapshots,
+    /// and records what each PersistentVolume will point at.
+    async fn provision_volumes(&mut self, disks: Vec<(String, DiskPlan)>) {
+        for (name, disk) in disks {
+            let plan = match disk {
+                DiskPlan::Decided(plan) => plan,
+                DiskPlan::FromSnapshot {
+                    snapshot,
+                    zone,
+                    rename,
+                } => self.volume_from_snapshot(&snapshot, zone, rename).await,
+            };
+            self.volume_plans.insert(name, plan);
+        }
+    }
+
+    /// Creates a disk from `snapshot` in `zone`.
     async fn volume_from_snapshot(
         &self,
         snapshot: &ferry_protocol::volume::NativeSnapshot,
+        zone: String,
         rename: Option<String>,
     ) -> VolumePlan {
-        let zone = self
-            .plan
-            .zone_mapping
-            .get(&snapshot.availability_zone)
-            .cloned()
-            .unwrap_or_else(|| snapshot.availability_zone.clone());
         let location = match self
             .ctx
             .locations

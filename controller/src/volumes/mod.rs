@@ -95,9 +95,7 @@ impl<'a> VolumeTracker<'a> {
     /// Starts following `records`: starts their node agent tasks, then writes them.
     pub async fn begin(&self, records: &mut VolumeRecords) -> Result<()> {
         pod_volumes::follow_pod_volumes(self.ctx, self.location, &self.transfer, records).await?;
-        self.store
-            .put(&self.key, crate::gzip_json(records)?)
-            .await
+        self.store.put(&self.key, crate::gzip_json(records)?).await
     }
 
     /// One more look: reads the records, asks EC2 about native snapshots in progress and the
@@ -106,13 +104,9 @@ impl<'a> VolumeTracker<'a> {
     pub async fn follow(&self, wait_limit: Option<&WaitLimit>) -> Result<Followed> {
         let mut records: VolumeRecords = crate::gunzip_json(&self.store.get(&self.key).await?)?;
         let snapshots_done = snapshots::follow_snapshots(self.ctx, &mut records).await?;
-        let pod_volumes_done = pod_volumes::follow_pod_volumes(
-            self.ctx,
-            self.location,
-            &self.transfer,
-            &mut records,
-        )
-        .await?;
+        let pod_volumes_done =
+            pod_volumes::follow_pod_volumes(self.ctx, self.location, &self.transfer, &mut records)
+                .await?;
         let mut done = snapshots_done && pod_volumes_done;
         if !done && let Some(limit) = wait_limit {
             done = give_up_waiting(&mut records, limit, self.ctx.now());

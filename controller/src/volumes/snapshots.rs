@@ -9,8 +9,7 @@ use std::collections::BTreeMap;
 
 use ferry_protocol::crd::{Backup, VolumeSnapshotLocation};
 use ferry_protocol::volume::{
-    ClaimRef, NativeSnapshot, VolumeMethod, VolumePhase,
-    VolumeRecord, VolumeRecords,
+    ClaimRef, NativeSnapshot, VolumeMethod, VolumePhase, VolumeRecord, VolumeRecords,
 };
 use futures::StreamExt;
 use kube::ResourceExt;

@@ -4,14 +4,14 @@
 use ferry_protocol::layout::GroupResource;
 use serde_json::Value;
 
-use super::{ItemAction, is, text};
+use super::{ItemAction, text};
 
 /// Service-account token Secrets.
 pub struct ServiceAccountTokens;
 
 impl ItemAction for ServiceAccountTokens {
     fn applies_to(&self, resource: &GroupResource) -> bool {
-        is(resource, "secrets", "")
+        resource.is("secrets", "")
     }
 
     fn skip(&self, object: &Value) -> Option<&'static str> {
@@ -25,7 +25,7 @@ pub struct RootCaConfigMap;
 
 impl ItemAction for RootCaConfigMap {
     fn applies_to(&self, resource: &GroupResource) -> bool {
-        is(resource, "configmaps", "")
+        resource.is("configmaps", "")
     }
 
     fn skip(&self, object: &Value) -> Option<&'static str> {

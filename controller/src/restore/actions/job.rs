@@ -3,13 +3,13 @@
 use ferry_protocol::layout::GroupResource;
 use serde_json::Value;
 
-use super::{ItemAction, is};
+use super::ItemAction;
 
 pub struct FinishedJob;
 
 impl ItemAction for FinishedJob {
     fn applies_to(&self, resource: &GroupResource) -> bool {
-        is(resource, "jobs", "batch")
+        resource.is("jobs", "batch")
     }
 
     fn skip(&self, object: &Value) -> Option<&'static str> {

@@ -148,10 +148,6 @@ pub fn skip_reason(resource: &GroupResource, object: &Value) -> Option<&'static 
 }
 
 /// Whether `resource` is the core or grouped resource named `(name, group)`.
-fn is(resource: &GroupResource, name: &str, group: &str) -> bool {
-    resource.resource == name && resource.group == group
-}
-
 /// Removes `field` from the object at `pointer`, if both are there.
 fn remove(object: &mut Value, pointer: &str, field: &str) {
     if let Some(parent) = object.pointer_mut(pointer).and_then(Value::as_object_mut) {

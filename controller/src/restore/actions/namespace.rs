@@ -3,13 +3,13 @@
 use ferry_protocol::layout::GroupResource;
 use serde_json::Value;
 
-use super::{ItemAction, Planning, Verdict, is, remove, text};
+use super::{ItemAction, Planning, Verdict, remove, text};
 
 pub struct Namespace;
 
 impl ItemAction for Namespace {
     fn applies_to(&self, resource: &GroupResource) -> bool {
-        is(resource, "namespaces", "")
+        resource.is("namespaces", "")
     }
 
     fn act(&self, object: &mut Value, planning: &mut Planning) -> Verdict {

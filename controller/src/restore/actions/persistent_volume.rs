@@ -6,14 +6,14 @@
 use ferry_protocol::layout::GroupResource;
 use serde_json::Value;
 
-use super::{ItemAction, Planning, Verdict, is, remove, text};
+use super::{ItemAction, Planning, Verdict, remove, text};
 use crate::restore::{ORIGINAL_PV_NAME_ANNOTATION, VolumePlan};
 
 pub struct PersistentVolume;
 
 impl ItemAction for PersistentVolume {
     fn applies_to(&self, resource: &GroupResource) -> bool {
-        is(resource, "persistentvolumes", "")
+        resource.is("persistentvolumes", "")
     }
 
     fn act(&self, object: &mut Value, planning: &mut Planning) -> Verdict {

@@ -5,7 +5,7 @@
 use ferry_protocol::layout::GroupResource;
 use serde_json::Value;
 
-use super::{ItemAction, Planning, Verdict, is, remove, text};
+use super::{ItemAction, Planning, Verdict, remove, text};
 use crate::restore::VolumePlan;
 
 /// Annotations the source cluster's volume binder set.
@@ -19,7 +19,7 @@ pub struct PersistentVolumeClaim;
 
 impl ItemAction for PersistentVolumeClaim {
     fn applies_to(&self, resource: &GroupResource) -> bool {
-        is(resource, "persistentvolumeclaims", "")
+        resource.is("persistentvolumeclaims", "")
     }
 
     fn act(&self, object: &mut Value, planning: &mut Planning) -> Verdict {

@@ -8,7 +8,7 @@ use ferry_protocol::layout::{ArchiveItem, GroupResource};
 use ferry_protocol::volume::{VolumeMethod, VolumePhase, VolumeRecord};
 use serde_json::Value;
 
-use super::{Effect, ItemAction, Planning, Verdict, is, remove, text};
+use super::{Effect, ItemAction, Planning, Verdict, remove, text};
 
 /// Where the init container mounts the volumes it waits for.
 const RESTORE_WAIT_DIR: &str = "/ferry-restore";
@@ -17,7 +17,7 @@ pub struct Pod;
 
 impl ItemAction for Pod {
     fn applies_to(&self, resource: &GroupResource) -> bool {
-        is(resource, "pods", "")
+        resource.is("pods", "")
     }
 
     fn skip(&self, object: &Value) -> Option<&'static str> {

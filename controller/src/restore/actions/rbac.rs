@@ -4,14 +4,14 @@
 use ferry_protocol::layout::GroupResource;
 use serde_json::Value;
 
-use super::{ItemAction, Planning, Verdict, is};
+use super::{ItemAction, Planning, Verdict};
 
 pub struct BindingSubjects;
 
 impl ItemAction for BindingSubjects {
     fn applies_to(&self, resource: &GroupResource) -> bool {
-        is(resource, "rolebindings", "rbac.authorization.k8s.io")
-            || is(resource, "clusterrolebindings", "rbac.authorization.k8s.io")
+        resource.is("rolebindings", "rbac.authorization.k8s.io")
+            || resource.is("clusterrolebindings", "rbac.authorization.k8s.io")
     }
 
     fn act(&self, object: &mut Value, planning: &mut Planning) -> Verdict {

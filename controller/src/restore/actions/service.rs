@@ -6,13 +6,13 @@ use std::collections::BTreeSet;
 use ferry_protocol::layout::GroupResource;
 use serde_json::Value;
 
-use super::{ItemAction, Planning, Verdict, is};
+use super::{ItemAction, Planning, Verdict};
 
 pub struct Service;
 
 impl ItemAction for Service {
     fn applies_to(&self, resource: &GroupResource) -> bool {
-        is(resource, "services", "")
+        resource.is("services", "")
     }
 
     fn act(&self, object: &mut Value, _: &mut Planning) -> Verdict {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use ferry_protocol::crd::{
     AccessMode, Backup, BackupStatus, DELETE_REQUESTED_ANNOTATION, Phase, Progress,
 };
-use ferry_protocol::layout::{ARCHIVE_FORMAT_VERSION, ArchiveItem, BackupKeys, GroupResource};
+use ferry_protocol::layout::{ARCHIVE_FORMAT_VERSION, ArchiveItem, BackupKeys};
 use ferry_protocol::volume::{VolumePhase, VolumeRecord, VolumeRecords};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, DynamicObject, ListParams};
@@ -21,7 +21,10 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+
+mod actions;
+
+use actions::{Needed, VolumeSources};
 
 use crate::archive::ArchiveWriter;
 use crate::context::Context;
@@ -277,12 +280,22 @@ async fn run(backup: &Backup, ctx: &Context) -> Result<Phase> {
     };
     finished?;
 
-    let by_agents = volumes::choose_pod_volumes(backup, &run.pods, &run.persistent_volumes);
+    let by_agents = volumes::choose_pod_volumes(
+        backup,
+        &run.volume_sources.pods,
+        &run.volume_sources.persistent_volumes,
+    );
     let covered: BTreeSet<String> = by_agents
         .iter()
         .filter_map(|choice| choice.persistent_volume.clone())
         .collect();
-    let volumes = volumes::snapshot_volumes(ctx, backup, &run.persistent_volumes, &covered).await?;
+    let volumes = volumes::snapshot_volumes(
+        ctx,
+        backup,
+        &run.volume_sources.persistent_volumes,
+        &covered,
+    )
+    .await?;
     run.results.warnings.extend(volumes.warnings);
     run.results.errors.extend(volumes.errors);
     let mut records = VolumeRecords::new(volumes.records);
@@ -625,23 +638,7 @@ struct Run<'a> {
     results: Results,
     log: Vec<String>,
     needed: Needed,
-    /// Every PersistentVolume written, for the volume snapshots that follow the listing.
-    persistent_volumes: Vec<Value>,
-    /// Every pod written, for the file-level backups of their volumes.
-    pods: Vec<Value>,
-}
-
-/// Cluster-scoped objects the namespaced ones depend on, collected while listing.
-#[derive(Default)]
-struct Needed {
-    namespaces: BTreeSet<String>,
-    persistent_volumes: BTreeSet<String>,
-    /// `plural.group` of every custom resource type backed up.
-    crds: BTreeSet<String>,
-    /// `namespace/name` of every ServiceAccount backed up.
-    service_accounts: BTreeSet<String>,
-    /// ClusterRoles that backed-up ClusterRoleBindings refer to.
-    cluster_roles: BTreeSet<String>,
+    volume_sources: VolumeSources,
 }
 
 /// Whether a listing applies the spec's label selectors.
@@ -665,8 +662,7 @@ impl<'a> Run<'a> {
             results: Results::default(),
             log: Vec::new(),
             needed: Needed::default(),
-            persistent_volumes: Vec::new(),
-            pods: Vec::new(),
+            volume_sources: VolumeSources::default(),
         }
     }
 
@@ -723,7 +719,7 @@ impl<'a> Run<'a> {
                         return false;
                     }
                     run.needed.namespaces.insert(namespace.clone());
-                    run.track_dependencies(resource_type, object);
+                    actions::note_needs(&resource_type.group_resource(), object, &mut run.needed);
                     true
                 },
             )
@@ -754,76 +750,14 @@ impl<'a> Run<'a> {
                 .list_pages(&api, resource_type, writer, Selection::Labels, |_, _| true)
                 .await;
         }
-        let needed = std::mem::take(&mut self.needed);
-        let wanted = |object: &DynamicObject| -> bool {
-            let name = object.name_any();
-            match (resource.resource.as_str(), resource.group.as_str()) {
-                ("namespaces", "") => needed.namespaces.contains(&name),
-                ("persistentvolumes", "") => needed.persistent_volumes.contains(&name),
-                ("customresourcedefinitions", "apiextensions.k8s.io") => {
-                    needed.crds.contains(&name)
-                }
-                ("clusterrolebindings", "rbac.authorization.k8s.io") => {
-                    binds_service_account(object, &needed)
-                }
-                // Listed after the bindings (types are sorted), so the bound roles are known.
-                ("clusterroles", "rbac.authorization.k8s.io") => {
-                    needed.cluster_roles.contains(&name)
-                }
-                _ => false,
-            }
-        };
-        let mut roles = BTreeSet::new();
-        let result = self
-            .list_pages(
-                &api,
-                resource_type,
-                writer,
-                Selection::Everything,
-                |_, object| {
-                    let keep = wanted(object);
-                    if keep
-                        && resource.resource == "clusterrolebindings"
-                        && let Some(role) = object
-                            .data
-                            .pointer("/roleRef/name")
-                            .and_then(|v| v.as_str())
-                    {
-                        roles.insert(role.to_owned());
-                    }
-                    keep
-                },
-            )
-            .await;
-        self.needed = needed;
-        self.needed.cluster_roles.extend(roles);
-        result
-    }
-
-    fn track_dependencies(&mut self, resource_type: &ResourceType, object: &DynamicObject) {
-        let resource = resource_type.group_resource();
-        match (resource.resource.as_str(), resource.group.as_str()) {
-            ("persistentvolumeclaims", "") => {
-                if let Some(volume) = object
-                    .data
-                    .pointer("/spec/volumeName")
-                    .and_then(|v| v.as_str())
-                {
-                    self.needed.persistent_volumes.insert(volume.to_owned());
-                }
-            }
-            ("serviceaccounts", "") => {
-                self.needed.service_accounts.insert(format!(
-                    "{}/{}",
-                    object.namespace().unwrap_or_default(),
-                    object.name_any()
-                ));
-            }
-            (_, group) if group.contains('.') && !group.ends_with(".k8s.io") => {
-                self.needed.crds.insert(resource.to_string());
-            }
-            _ => {}
-        }
+        self.list_pages(
+            &api,
+            resource_type,
+            writer,
+            Selection::Everything,
+            |run, object| actions::is_needed(&resource, object, &mut run.needed),
+        )
+        .await
     }
 
     /// Lists every object of `api` page by page and writes those that pass the selection and `keep`.
@@ -902,11 +836,7 @@ impl<'a> Run<'a> {
             None => item.name.clone(),
         };
         let json = serde_json::to_vec(&object)?;
-        if *resource == GroupResource::new("persistentvolumes", "") {
-            self.persistent_volumes.push(serde_json::to_value(&object)?);
-        } else if *resource == GroupResource::new("pods", "") {
-            self.pods.push(serde_json::to_value(&object)?);
-        }
+        actions::note_written(resource, &object, &mut self.volume_sources)?;
         writer.add(&item, json).await?;
         self.resource_list
             .entry(resource.to_string())
@@ -928,22 +858,4 @@ impl<'a> Run<'a> {
             tracing::warn!(message = "updating backup progress failed", %error, backup = %self.backup.name_any());
         }
     }
-}
-
-fn binds_service_account(binding: &DynamicObject, needed: &Needed) -> bool {
-    let subjects = binding.data.pointer("/subjects").and_then(|s| s.as_array());
-    subjects.into_iter().flatten().any(|subject| {
-        subject.get("kind").and_then(|k| k.as_str()) == Some("ServiceAccount")
-            && needed.service_accounts.contains(&format!(
-                "{}/{}",
-                subject
-                    .get("namespace")
-                    .and_then(|n| n.as_str())
-                    .unwrap_or_default(),
-                subject
-                    .get("name")
-                    .and_then(|n| n.as_str())
-                    .unwrap_or_default()
-            ))
-    })
 }
