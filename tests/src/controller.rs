@@ -201,8 +201,12 @@ impl RunningController {
         restore
     }
 
-    /// Reads a gzipped JSON file of this controller's storage location, e.g. a backup's results.
-    pub async fn read_json(&self, key: &str) -> Result<Value, String> {
+    /// Reads a file of this controller's storage location as it is stored.
+    pub async fn read_bytes(&self, key: &str) -> Vec<u8> {
+        self.try_read_bytes(key).await.unwrap()
+    }
+
+    async fn try_read_bytes(&self, key: &str) -> Result<Vec<u8>, String> {
         let key = self.store.key(key);
         let object = TestEnv::get()
             .s3_client()
@@ -212,11 +216,15 @@ impl RunningController {
             .send()
             .await
             .map_err(|error| format!("{key} cannot be read: {error}"))?;
-        let bytes = object.body.collect().await.unwrap().into_bytes();
+        Ok(object.body.collect().await.unwrap().into_bytes().to_vec())
+    }
+
+    /// Reads a gzipped JSON file of this controller's storage location, e.g. a backup's results.
+    pub async fn read_json(&self, key: &str) -> Result<Value, String> {
+        let bytes = self.try_read_bytes(key).await?;
         ferry_controller::gunzip_json(&bytes).map_err(|error| format!("{key}: {error}"))
     }
 
-    /// The per-object results a restore wrote to the bucket.
     pub async fn restore_results(&self, name: &str) -> Value {
         let key = ferry_protocol::layout::RestoreKeys::new(None, name).results();
         self.read_json(&key).await.unwrap_or_else(Value::String)

@@ -25,7 +25,7 @@ use kube::discovery::ApiResource;
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// An application: a Deployment, a StatefulSet, Services of both kinds, a ConfigMap, a Secret, a
 /// ServiceAccount with a Role and RoleBinding, a custom object of its own CRD, and a PVC bound to
@@ -722,6 +722,162 @@ async fn crafted_and_malformed_archives_fail_before_anything_is_restored() {
             "restoring {name} created an object before failing"
         );
     }
+    app.delete_and_wait().await;
+    ferry.stop().await;
+}
+
+/// Plants an archive under backup `name`, beside a copy of `record` (a real backup's record, so
+/// that the location's sync brings it in as a Backup), and waits for the sync.
+async fn plant_backup(ferry: &RunningController, record: &[u8], name: &str, archive: Vec<u8>) {
+    let s3 = TestEnv::get().s3_client();
+    let keys = ferry_protocol::layout::BackupKeys::new(Some(ferry.store.prefix()), name);
+    for (key, body) in [(keys.record(), record.to_vec()), (keys.archive(), archive)] {
+        s3.put_object()
+            .bucket(ferry.store.bucket())
+            .key(key)
+            .body(body.into())
+            .send()
+            .await
+            .unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + CONVERGENCE_TIMEOUT;
+    while ferry.backups().get_opt(name).await.unwrap().is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "{name} was not synced");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// A bucket writer plants objects that would take the cluster: a ClusterRoleBinding to
+/// cluster-admin stored under an included namespace's path with no namespace in its body (the
+/// filters read the path, the API server the body), a ConfigMap whose body names another
+/// namespace, and a binding to cluster-admin at its proper place. None is created: the first two
+/// fail for disagreeing with their path, the last is refused as protected unless the Restore
+/// names clusterrolebindings itself.
+#[tokio::test]
+async fn a_restore_creates_only_what_its_archive_paths_and_filters_allow() {
+    let ferry = RunningController::start_with_location("controller-lane").await;
+    let client = ferry.client.clone();
+    let app = TestNamespace::create(&client, "lane").await;
+    let victim = TestNamespace::create(&client, "lane-victim").await;
+    let good = ferry
+        .backup("lane", json!({"includedNamespaces": [app.name()]}))
+        .await;
+    assert_eq!(good.phase(), Some(Phase::Completed), "{}", summary(&good));
+    let record = ferry
+        .read_bytes(&ferry_protocol::layout::BackupKeys::new(None, "lane").record())
+        .await;
+
+    let binding = |name: &str| {
+        serde_json::to_vec(&json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+            "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": app.name()}],
+        }))
+        .unwrap()
+    };
+    let smuggled = format!("ferry-smuggled-{}", app.name());
+    let admin = format!("ferry-admin-{}", app.name());
+    let elsewhere = serde_json::to_vec(&json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "elsewhere", "namespace": victim.name()}, "data": {"x": "y"},
+    }))
+    .unwrap();
+    let version = ferry_protocol::layout::ARCHIVE_FORMAT_VERSION.as_bytes();
+    let smuggled_body = binding(&smuggled);
+    let admin_body = binding(&admin);
+    plant_backup(
+        &ferry,
+        &record,
+        "planted-paths",
+        crafted_archive(&[
+            ("metadata/version", version),
+            (
+                &format!(
+                    "resources/clusterrolebindings.rbac.authorization.k8s.io/namespaces/{}/{smuggled}.json",
+                    app.name()
+                ),
+                &smuggled_body,
+            ),
+            (
+                &format!("resources/configmaps/namespaces/{}/elsewhere.json", app.name()),
+                &elsewhere,
+            ),
+        ]),
+    )
+    .await;
+    plant_backup(
+        &ferry,
+        &record,
+        "planted-admin",
+        crafted_archive(&[
+            ("metadata/version", version),
+            (
+                &format!("resources/clusterrolebindings.rbac.authorization.k8s.io/cluster/{admin}.json"),
+                &admin_body,
+            ),
+        ]),
+    )
+    .await;
+
+    let bindings = Api::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>::all(client.clone());
+    let results = |value: Value| -> Vec<(String, String, String)> {
+        value
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|r| {
+                let field = |f: &str| r.get(f).and_then(Value::as_str).unwrap_or("").to_owned();
+                (field("name"), field("outcome"), field("reason"))
+            })
+            .collect()
+    };
+
+    let restore = ferry
+        .restore(
+            "from-planted-paths",
+            json!({"backupName": "planted-paths", "includedNamespaces": [app.name()], "includeClusterResources": false}),
+        )
+        .await;
+    assert_eq!(restore.phase(), Some(Phase::PartiallyFailed), "{}", summary(&restore));
+    assert!(bindings.get_opt(&smuggled).await.unwrap().is_none(), "the smuggled binding was created");
+    let victim_maps = Api::<ConfigMap>::namespaced(client.clone(), victim.name());
+    assert!(victim_maps.get_opt("elsewhere").await.unwrap().is_none(), "a ConfigMap landed outside its path's namespace");
+    let outcomes = results(ferry.restore_results("from-planted-paths").await);
+    for name in [smuggled.as_str(), "elsewhere"] {
+        let (_, outcome, reason) = outcomes
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .unwrap_or_else(|| panic!("no result for {name}: {outcomes:?}"));
+        assert_eq!(outcome, "failed", "{name}: {reason}");
+        assert!(reason.contains("archive path"), "{name}: {reason}");
+    }
+
+    let restore = ferry
+        .restore("from-planted-admin", json!({"backupName": "planted-admin"}))
+        .await;
+    assert!(bindings.get_opt(&admin).await.unwrap().is_none(), "a binding to cluster-admin was restored by default");
+    let outcomes = results(ferry.restore_results("from-planted-admin").await);
+    let (_, outcome, reason) = outcomes
+        .iter()
+        .find(|(n, _, _)| *n == admin)
+        .unwrap_or_else(|| panic!("no result for {admin}: {outcomes:?} ({})", summary(&restore)));
+    assert_eq!(outcome, "skipped", "{reason}");
+    assert!(reason.contains("cluster-admin") && reason.contains("includedResources"), "{reason}");
+
+    // Named by the Restore, it is the user's choice.
+    let restore = ferry
+        .restore(
+            "from-planted-admin-named",
+            json!({"backupName": "planted-admin", "includedResources": ["clusterrolebindings.rbac.authorization.k8s.io"]}),
+        )
+        .await;
+    assert_eq!(restore.phase(), Some(Phase::Completed), "{}", summary(&restore));
+    assert!(bindings.get_opt(&admin).await.unwrap().is_some());
+    bindings.delete(&admin, &DeleteParams::default()).await.unwrap();
+
+    victim.delete_and_wait().await;
     app.delete_and_wait().await;
     ferry.stop().await;
 }
