@@ -163,6 +163,38 @@ impl Write for PartSink {
     }
 }
 
+/// How much of an archive a restore reads at most. An archive is input from the bucket: a crafted
+/// one must not fill the controller's disk or memory (a gzip bomb expands a few kilobytes into
+/// terabytes of zeros).
+#[derive(Debug, Clone, Copy)]
+pub struct ReadLimits {
+    /// One object's JSON. The API server keeps objects of at most about 1.5 MiB in etcd.
+    pub object_bytes: u64,
+    /// Everything, gunzipped, in the spool file (which deploy/controller.yaml's emptyDir holds).
+    pub spool_bytes: u64,
+    /// Objects in the index, which is held in memory.
+    pub objects: usize,
+}
+
+impl Default for ReadLimits {
+    fn default() -> ReadLimits {
+        ReadLimits {
+            object_bytes: 16 << 20,
+            spool_bytes: 8 << 30,
+            objects: 2_000_000,
+        }
+    }
+}
+
+/// `bytes` for a message: in MiB when it is a whole number of them.
+fn size(bytes: u64) -> String {
+    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
 /// Where one object sits in the spool file.
 #[derive(Debug, Clone, Copy)]
 struct Span {
@@ -185,7 +217,7 @@ impl Archive {
     pub async fn read(reader: impl AsyncRead + Send + Unpin + 'static) -> Result<Archive> {
         tokio::task::spawn_blocking(move || {
             let bridge = tokio_util::io::SyncIoBridge::new(reader);
-            Archive::index(GzDecoder::new(bridge))
+            Archive::index(GzDecoder::new(bridge), ReadLimits::default())
         })
         .await
         .map_err(|source| Error::Task {
@@ -194,7 +226,7 @@ impl Archive {
         })?
     }
 
-    fn index(gunzipped: impl Read) -> Result<Archive> {
+    fn index(gunzipped: impl Read, limits: ReadLimits) -> Result<Archive> {
         let bad = Error::MalformedArchive;
         let mut spool = tempfile::tempfile().map_err(|source| Error::Io {
             context: "creating the archive's spool file".to_owned(),
@@ -204,6 +236,7 @@ impl Archive {
         let mut items: BTreeMap<GroupResource, Vec<(ArchiveItem, Span)>> = BTreeMap::new();
         let mut format_version = None;
         let mut offset = 0u64;
+        let mut count = 0usize;
         for entry in archive.entries().map_err(|e| bad(e.to_string()))? {
             let mut entry = entry.map_err(|e| bad(e.to_string()))?;
             let path = String::from_utf8(entry.path_bytes().into_owned())
@@ -217,14 +250,39 @@ impl Archive {
             if path == ARCHIVE_VERSION_PATH {
                 let mut version = String::new();
                 entry
+                    .by_ref()
+                    .take(64)
                     .read_to_string(&mut version)
                     .map_err(|e| bad(e.to_string()))?;
                 format_version = Some(version.trim().to_owned());
                 continue;
             }
             let item = ArchiveItem::parse(&path).map_err(|e| bad(e.to_string()))?;
-            let len =
-                std::io::copy(&mut entry, &mut spool).map_err(|e| bad(format!("{path}: {e}")))?;
+            // The header's size is the archive's word; the bytes read are what counts.
+            let room = limits
+                .object_bytes
+                .min(limits.spool_bytes.saturating_sub(offset));
+            let len = std::io::copy(&mut entry.by_ref().take(room + 1), &mut spool)
+                .map_err(|e| bad(format!("{path}: {e}")))?;
+            if len > limits.object_bytes {
+                return Err(bad(format!(
+                    "{path} is larger than {}, more than any Kubernetes object",
+                    size(limits.object_bytes)
+                )));
+            }
+            if len > room {
+                return Err(bad(format!(
+                    "it holds more than {} of objects, the most a restore reads",
+                    size(limits.spool_bytes)
+                )));
+            }
+            count += 1;
+            if count > limits.objects {
+                return Err(bad(format!(
+                    "it holds more than {} objects, the most a restore reads",
+                    limits.objects
+                )));
+            }
             items
                 .entry(item.resource.clone())
                 .or_default()
@@ -320,7 +378,63 @@ mod tests {
     }
 
     fn index(bytes: Vec<u8>) -> Result<Archive> {
-        Archive::index(GzDecoder::new(std::io::Cursor::new(bytes)))
+        index_within(bytes, ReadLimits::default())
+    }
+
+    fn index_within(bytes: Vec<u8>, limits: ReadLimits) -> Result<Archive> {
+        Archive::index(GzDecoder::new(std::io::Cursor::new(bytes)), limits)
+    }
+
+    #[test]
+    fn oversized_objects_archives_and_bombs_are_refused() {
+        let limits = ReadLimits {
+            object_bytes: 1024,
+            spool_bytes: 4096,
+            objects: 3,
+        };
+        let object = |n: usize| vec![b' '; n];
+        let within = tar_gz(&[
+            ("metadata/version", b"1.0.0"),
+            ("resources/a/cluster/b.json", &object(1024)),
+        ]);
+        assert!(index_within(within, limits).is_ok());
+
+        let large = tar_gz(&[
+            ("metadata/version", b"1.0.0"),
+            ("resources/a/cluster/b.json", &object(1025)),
+        ]);
+        let error = index_within(large, limits).unwrap_err().to_string();
+        assert!(error.contains("larger than"), "{error}");
+
+        let entries: Vec<(String, Vec<u8>)> = (0..5)
+            .map(|i| (format!("resources/a/cluster/b{i}.json"), object(1000)))
+            .collect();
+        let mut many: Vec<(&str, &[u8])> = vec![("metadata/version", b"1.0.0")];
+        many.extend(entries.iter().map(|(p, b)| (p.as_str(), b.as_slice())));
+        let roomy = ReadLimits {
+            objects: 100,
+            ..limits
+        };
+        let error = index_within(tar_gz(&many), roomy).unwrap_err().to_string();
+        assert!(error.contains("more than 4096 bytes of objects"), "{error}");
+
+        let small: Vec<(String, Vec<u8>)> = (0..4)
+            .map(|i| (format!("resources/a/cluster/c{i}.json"), object(2)))
+            .collect();
+        let mut many: Vec<(&str, &[u8])> = vec![("metadata/version", b"1.0.0")];
+        many.extend(small.iter().map(|(p, b)| (p.as_str(), b.as_slice())));
+        let error = index_within(tar_gz(&many), limits).unwrap_err().to_string();
+        assert!(error.contains("more than 3 objects"), "{error}");
+
+        // A bomb: 64 MiB of zeros in one entry gzips to about 64 KiB; it is refused after
+        // reading just past the object limit, not expanded whole.
+        let bomb = tar_gz(&[
+            ("metadata/version", b"1.0.0"),
+            ("resources/a/cluster/bomb.json", &vec![0; 64 << 20]),
+        ]);
+        assert!(bomb.len() < 1 << 20, "{}", bomb.len());
+        let error = index(bomb).unwrap_err().to_string();
+        assert!(error.contains("larger than 16 MiB"), "{error}");
     }
 
     #[test]

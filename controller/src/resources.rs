@@ -214,6 +214,12 @@ pub fn parse_selector(
         .map_err(|error| format!("invalid labelSelector: {error}"))
 }
 
+/// Whether a user-written name (`deployments.apps`, `secrets`) names `resource`.
+pub fn names_resource(name: &str, resource: &GroupResource) -> bool {
+    let name = name.to_ascii_lowercase();
+    name == resource.to_string() || (resource.group.is_empty() && name == resource.resource)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

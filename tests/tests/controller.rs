@@ -595,6 +595,15 @@ async fn backups_in_the_bucket_are_synced_into_the_cluster() {
 fn crafted_archive(entries: &[(&str, &[u8])]) -> Vec<u8> {
     let mut builder = tar::Builder::new(Vec::new());
     for (path, data) in entries {
+        if path.len() > 100 {
+            // Too long for an old header's name; a GNU long name carries it (no `..` in those).
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            header.set_entry_type(tar::EntryType::Regular);
+            builder.append_data(&mut header, path, *data).unwrap();
+            continue;
+        }
         let mut header = tar::Header::new_old();
         header.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
         header.set_size(data.len() as u64);
@@ -742,13 +751,16 @@ async fn plant_backup(ferry: &RunningController, record: &[u8], name: &str, arch
     }
     let deadline = tokio::time::Instant::now() + CONVERGENCE_TIMEOUT;
     while ferry.backups().get_opt(name).await.unwrap().is_none() {
-        assert!(tokio::time::Instant::now() < deadline, "{name} was not synced");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} was not synced"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
 
-/// A bucket writer plants objects that would take the cluster: a ClusterRoleBinding to
-/// cluster-admin stored under an included namespace's path with no namespace in its body (the
+/// A bucket writer plants objects that would take the cluster: a ClusterRoleBinding to `admin`
+/// stored under an included namespace's path with no namespace in its body (the
 /// filters read the path, the API server the body), a ConfigMap whose body names another
 /// namespace, and a binding to cluster-admin at its proper place. None is created: the first two
 /// fail for disagreeing with their path, the last is refused as protected unless the Restore
@@ -767,11 +779,11 @@ async fn a_restore_creates_only_what_its_archive_paths_and_filters_allow() {
         .read_bytes(&ferry_protocol::layout::BackupKeys::new(None, "lane").record())
         .await;
 
-    let binding = |name: &str| {
+    let binding = |name: &str, role: &str| {
         serde_json::to_vec(&json!({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
             "metadata": {"name": name},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
             "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": app.name()}],
         }))
         .unwrap()
@@ -784,8 +796,9 @@ async fn a_restore_creates_only_what_its_archive_paths_and_filters_allow() {
     }))
     .unwrap();
     let version = ferry_protocol::layout::ARCHIVE_FORMAT_VERSION.as_bytes();
-    let smuggled_body = binding(&smuggled);
-    let admin_body = binding(&admin);
+    // `admin` over every namespace: not a protected role, so only its path gives it away.
+    let smuggled_body = binding(&smuggled, "admin");
+    let admin_body = binding(&admin, "cluster-admin");
     plant_backup(
         &ferry,
         &record,
@@ -813,7 +826,9 @@ async fn a_restore_creates_only_what_its_archive_paths_and_filters_allow() {
         crafted_archive(&[
             ("metadata/version", version),
             (
-                &format!("resources/clusterrolebindings.rbac.authorization.k8s.io/cluster/{admin}.json"),
+                &format!(
+                    "resources/clusterrolebindings.rbac.authorization.k8s.io/cluster/{admin}.json"
+                ),
                 &admin_body,
             ),
         ]),
@@ -840,10 +855,21 @@ async fn a_restore_creates_only_what_its_archive_paths_and_filters_allow() {
             json!({"backupName": "planted-paths", "includedNamespaces": [app.name()], "includeClusterResources": false}),
         )
         .await;
-    assert_eq!(restore.phase(), Some(Phase::PartiallyFailed), "{}", summary(&restore));
-    assert!(bindings.get_opt(&smuggled).await.unwrap().is_none(), "the smuggled binding was created");
+    assert_eq!(
+        restore.phase(),
+        Some(Phase::PartiallyFailed),
+        "{}",
+        summary(&restore)
+    );
+    assert!(
+        bindings.get_opt(&smuggled).await.unwrap().is_none(),
+        "the smuggled binding was created"
+    );
     let victim_maps = Api::<ConfigMap>::namespaced(client.clone(), victim.name());
-    assert!(victim_maps.get_opt("elsewhere").await.unwrap().is_none(), "a ConfigMap landed outside its path's namespace");
+    assert!(
+        victim_maps.get_opt("elsewhere").await.unwrap().is_none(),
+        "a ConfigMap landed outside its path's namespace"
+    );
     let outcomes = results(ferry.restore_results("from-planted-paths").await);
     for name in [smuggled.as_str(), "elsewhere"] {
         let (_, outcome, reason) = outcomes
@@ -857,14 +883,25 @@ async fn a_restore_creates_only_what_its_archive_paths_and_filters_allow() {
     let restore = ferry
         .restore("from-planted-admin", json!({"backupName": "planted-admin"}))
         .await;
-    assert!(bindings.get_opt(&admin).await.unwrap().is_none(), "a binding to cluster-admin was restored by default");
+    assert!(
+        bindings.get_opt(&admin).await.unwrap().is_none(),
+        "a binding to cluster-admin was restored by default"
+    );
     let outcomes = results(ferry.restore_results("from-planted-admin").await);
     let (_, outcome, reason) = outcomes
         .iter()
         .find(|(n, _, _)| *n == admin)
-        .unwrap_or_else(|| panic!("no result for {admin}: {outcomes:?} ({})", summary(&restore)));
+        .unwrap_or_else(|| {
+            panic!(
+                "no result for {admin}: {outcomes:?} ({})",
+                summary(&restore)
+            )
+        });
     assert_eq!(outcome, "skipped", "{reason}");
-    assert!(reason.contains("cluster-admin") && reason.contains("includedResources"), "{reason}");
+    assert!(
+        reason.contains("cluster-admin") && reason.contains("includedResources"),
+        "{reason}"
+    );
 
     // Named by the Restore, it is the user's choice.
     let restore = ferry
@@ -873,11 +910,111 @@ async fn a_restore_creates_only_what_its_archive_paths_and_filters_allow() {
             json!({"backupName": "planted-admin", "includedResources": ["clusterrolebindings.rbac.authorization.k8s.io"]}),
         )
         .await;
-    assert_eq!(restore.phase(), Some(Phase::Completed), "{}", summary(&restore));
+    assert_eq!(
+        restore.phase(),
+        Some(Phase::Completed),
+        "{}",
+        summary(&restore)
+    );
     assert!(bindings.get_opt(&admin).await.unwrap().is_some());
-    bindings.delete(&admin, &DeleteParams::default()).await.unwrap();
+    bindings
+        .delete(&admin, &DeleteParams::default())
+        .await
+        .unwrap();
 
     victim.delete_and_wait().await;
+    app.delete_and_wait().await;
+    ferry.stop().await;
+}
+
+/// A backup of Ferry's own namespace and of an application never takes Ferry's keys (its TLS
+/// Secrets, the repositories' password, the credentials its location names) nor
+/// service-account tokens: not in the archive's bytes, nor in its resource list.
+#[tokio::test]
+async fn ferrys_own_secrets_and_service_account_tokens_are_never_backed_up() {
+    let ferry = RunningController::start_with_location("controller-own-secrets").await;
+    let client = ferry.client.clone();
+    let app = TestNamespace::create(&client, "own-secrets").await;
+    let ferry_namespace = ferry.namespace.name().to_owned();
+    let password = format!("repository-password-{}", unique_name("p"));
+    let secret = |name: &str, type_: &str, value: &str| {
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "type": type_,
+               "stringData": {"value": value}})
+    };
+    create(
+        &client,
+        &ferry_namespace,
+        secret("ferry-repository-password", "Opaque", &password),
+    )
+    .await;
+    create(
+        &client,
+        &ferry_namespace,
+        secret("ferry-controller-tls", "Opaque", "controller-key-bytes"),
+    )
+    .await;
+    create(
+        &client,
+        app.name(),
+        secret("app-config", "Opaque", "app-value"),
+    )
+    .await;
+    create(
+        &client,
+        app.name(),
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "legacy-token", "annotations": {"kubernetes.io/service-account.name": "default"}},
+               "type": "kubernetes.io/service-account-token"}),
+    )
+    .await;
+
+    let backup = ferry
+        .backup(
+            "own-secrets",
+            json!({"includedNamespaces": [ferry_namespace, app.name()]}),
+        )
+        .await;
+    assert_eq!(
+        backup.phase(),
+        Some(Phase::Completed),
+        "{}",
+        summary(&backup)
+    );
+    let keys = ferry_protocol::layout::BackupKeys::new(None, "own-secrets");
+    let listed = ferry.read_json(&keys.resource_list()).await.unwrap();
+    let secrets: Vec<&str> = listed["secrets"]
+        .as_array()
+        .map(|list| list.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    assert!(
+        secrets.contains(&format!("{}/app-config", app.name()).as_str()),
+        "the application's Secret is missing: {secrets:?}"
+    );
+    for left_out in [
+        format!("{ferry_namespace}/ferry-repository-password"),
+        format!("{ferry_namespace}/ferry-controller-tls"),
+        format!("{ferry_namespace}/{}", ferry_tests::CREDENTIALS_SECRET.0),
+        format!("{}/legacy-token", app.name()),
+    ] {
+        assert!(
+            !secrets.contains(&left_out.as_str()),
+            "{left_out} was backed up: {secrets:?}"
+        );
+    }
+    let archive = ferry_controller::gunzip(&ferry.read_bytes(&keys.archive()).await).unwrap();
+    let text = String::from_utf8_lossy(&archive);
+    for secret_bytes in [password.as_str(), "controller-key-bytes"] {
+        // As a Secret's data holds it.
+        let encoded = serde_json::to_value(k8s_openapi::ByteString(secret_bytes.into()))
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            !text.contains(secret_bytes) && !text.contains(&encoded),
+            "{secret_bytes} is in the archive"
+        );
+    }
     app.delete_and_wait().await;
     ferry.stop().await;
 }

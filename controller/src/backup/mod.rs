@@ -154,6 +154,8 @@ struct Plan {
     /// Objects must match one of these; empty means every object.
     selectors: Vec<Selector>,
     ttl: Duration,
+    /// Never backed up, whatever the filters say.
+    ferry_secrets: actions::FerrySecrets,
 }
 
 async fn validate(backup: &Backup, ctx: &Context) -> Result<Result<Plan, Vec<String>>> {
@@ -234,7 +236,34 @@ async fn validate(backup: &Backup, ctx: &Context) -> Result<Result<Plan, Vec<Str
         include_cluster_resources: spec.include_cluster_resources,
         selectors,
         ttl,
+        ferry_secrets: ferry_secrets(ctx).await?,
     }))
+}
+
+/// Ferry's own Secrets: its TLS keys, the repositories' password, and the credentials its
+/// storage and snapshot locations name.
+async fn ferry_secrets(ctx: &Context) -> Result<actions::FerrySecrets> {
+    use ferry_protocol::crd::{BackupStorageLocation, VolumeSnapshotLocation};
+    let mut names: BTreeSet<String> = [
+        ferry_protocol::agent::AGENT_TLS_SECRET,
+        ferry_protocol::agent::CONTROLLER_TLS_SECRET,
+        crate::agents::REPOSITORY_PASSWORD_SECRET,
+    ]
+    .map(str::to_owned)
+    .into();
+    let storage: Api<BackupStorageLocation> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    for location in storage.list(&ListParams::default()).await? {
+        names.extend(location.spec.credential.map(|c| c.name));
+    }
+    let snapshots: Api<VolumeSnapshotLocation> =
+        Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    for location in snapshots.list(&ListParams::default()).await? {
+        names.extend(location.spec.credential.map(|c| c.name));
+    }
+    Ok(actions::FerrySecrets {
+        namespace: ctx.namespace.clone(),
+        names,
+    })
 }
 
 /// Runs the backup up to its end, or up to WaitingForVolumes; returns the phase it reached.
@@ -793,6 +822,16 @@ impl<'a> Run<'a> {
             let next = page.metadata.continue_.clone().filter(|c| !c.is_empty());
             self.status.progress.get_or_insert_default().items_total += page.items.len() as u64;
             for object in page.items {
+                if let Some(reason) =
+                    actions::left_out(&resource, &object, &self.plan.ferry_secrets)
+                {
+                    self.log.push(format!(
+                        "left out {resource} {}/{}: {reason}",
+                        object.namespace().unwrap_or_default(),
+                        object.name_any()
+                    ));
+                    continue;
+                }
                 if select && !server_side && !self.plan.selectors.is_empty() {
                     let labels = object.labels().clone();
                     if !self.plan.selectors.iter().any(|s| s.matches(&labels)) {

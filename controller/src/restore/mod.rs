@@ -37,7 +37,7 @@ use crate::ebs;
 use crate::error::{Error, Result};
 use crate::operation::{self, Operation, Status as _};
 use crate::resources::{
-    IncludesExcludes, ResourceType, discover, is_never_backed_up, parse_selector,
+    IncludesExcludes, ResourceType, discover, is_never_backed_up, names_resource, parse_selector,
 };
 use crate::storage::ObjectStore;
 use crate::volumes;
@@ -225,6 +225,8 @@ struct Plan {
     location: ferry_protocol::crd::BackupStorageLocation,
     store: ObjectStore,
     namespaces: IncludesExcludes,
+    /// `includedNamespaces` as written: a protected namespace is restored only when named here.
+    named_namespaces: Vec<String>,
     included_resources: Vec<String>,
     excluded_resources: Vec<String>,
     include_cluster_resources: Option<bool>,
@@ -335,6 +337,7 @@ async fn validate(restore: &Restore, ctx: &Context) -> Result<Result<Plan, Vec<S
         store: ctx.locations.object_store(&location).await?,
         location,
         namespaces: IncludesExcludes::new(&spec.included_namespaces, &spec.excluded_namespaces),
+        named_namespaces: spec.included_namespaces.clone(),
         included_resources: spec.included_resources.clone(),
         excluded_resources: spec.excluded_resources.clone(),
         include_cluster_resources: spec.include_cluster_resources,
@@ -545,10 +548,13 @@ impl Run<'_> {
             let this = &*self;
             let restored: Vec<(ArchiveItem, Outcome)> = futures::stream::iter(prepared)
                 .map(|(item, object)| {
-                    let api_resource = types.get(&item.resource).cloned();
+                    let served = types.get(&item.resource).cloned();
                     async move {
-                        let outcome = match api_resource {
-                            Some(api_resource) => this.create(&item, object, &api_resource).await,
+                        let outcome = match served {
+                            Some(served) => match scope_mismatch(&item, served.namespaced) {
+                                Some(reason) => Outcome::Failed(reason),
+                                None => this.create(&item, object, &served.api).await,
+                            },
                             None => Outcome::Failed(format!(
                                 "this cluster does not serve {}; restore its CRD or API first",
                                 item.resource
@@ -683,6 +689,9 @@ impl Run<'_> {
             running_pods: self.plan.in_place_volumes.then_some(&self.running_pods),
             marker: &marker,
             labels: &labels,
+            named_resources: &self.plan.included_resources,
+            named_namespaces: &self.plan.named_namespaces,
+            ferry_namespace: &self.ctx.namespace,
         };
         let (verdict, effects) = actions::plan(item, &mut object, &scope);
         match verdict {
@@ -1010,7 +1019,7 @@ fn renamed_pv(name: &str, restore: &Restore) -> String {
 
 /// The resource a CRD serves, at its storage version (the version its objects are kept in, so the
 /// one every served version converts from).
-fn crd_api_resource(crd: &CustomResourceDefinition) -> Option<(GroupResource, ApiResource)> {
+fn crd_api_resource(crd: &CustomResourceDefinition) -> Option<(GroupResource, Served)> {
     let spec = &crd.spec;
     let version = spec
         .versions
@@ -1024,25 +1033,49 @@ fn crd_api_resource(crd: &CustomResourceDefinition) -> Option<(GroupResource, Ap
         kind: spec.names.kind.clone(),
         plural: spec.names.plural.clone(),
     };
-    Some((
-        GroupResource::new(&spec.names.plural, &spec.group),
-        api_resource,
-    ))
+    let served = Served {
+        api: api_resource,
+        namespaced: spec.scope == "Namespaced",
+    };
+    Some((GroupResource::new(&spec.names.plural, &spec.group), served))
+}
+
+/// A resource type the cluster serves: how to reach it, and its scope.
+#[derive(Debug, Clone)]
+struct Served {
+    api: ApiResource,
+    namespaced: bool,
 }
 
 /// Which resource types of the archive the cluster serves, by group and plural name. The
 /// object's own apiVersion picks the version at create time.
-fn api_resources(types: &[ResourceType]) -> BTreeMap<GroupResource, ApiResource> {
+fn api_resources(types: &[ResourceType]) -> BTreeMap<GroupResource, Served> {
     types
         .iter()
-        .map(|t| (t.group_resource(), t.api.clone()))
+        .map(|t| {
+            let served = Served {
+                api: t.api.clone(),
+                namespaced: t.namespaced(),
+            };
+            (t.group_resource(), served)
+        })
         .collect()
 }
 
-/// Whether a user-written name (`deployments.apps`, `secrets`, `Secret`) names `resource`.
-fn names_resource(name: &str, resource: &GroupResource) -> bool {
-    let name = name.to_ascii_lowercase();
-    name == resource.to_string() || (resource.group.is_empty() && name == resource.resource)
+/// Why an object whose archive path puts it in a namespace (or not) cannot be restored into a
+/// cluster that serves its resource at the other scope; `None` when they agree.
+fn scope_mismatch(item: &ArchiveItem, namespaced: bool) -> Option<String> {
+    match (&item.namespace, namespaced) {
+        (Some(_), true) | (None, false) => None,
+        (Some(namespace), false) => Some(format!(
+            "its archive path puts it in namespace {namespace}, but this cluster serves {} at cluster scope: refused",
+            item.resource
+        )),
+        (None, true) => Some(format!(
+            "its archive path puts it at cluster scope, but this cluster serves {} in namespaces: refused",
+            item.resource
+        )),
+    }
 }
 
 fn without_restore_labels(object: &Value) -> Value {
@@ -1095,10 +1128,12 @@ fn transform(
     mapping: &BTreeMap<String, String>,
     in_archive: &dyn Fn(&GroupResource, &str) -> bool,
 ) {
+    // Where the archive would hold it.
+    let text = |pointer| object.pointer(pointer).and_then(Value::as_str);
     let item = ArchiveItem {
         resource: resource.clone(),
-        namespace: None,
-        name: String::new(),
+        namespace: text("/metadata/namespace").map(str::to_owned),
+        name: text("/metadata/name").unwrap_or_default().to_owned(),
     };
     actions::testing::with(keep_status, mapping, in_archive, |scope| {
         let (verdict, _) = actions::plan(&item, object, scope);
@@ -1130,7 +1165,8 @@ mod tests {
             },
         }))
         .unwrap();
-        let (group_resource, api_resource) = crd_api_resource(&crd).unwrap();
+        let (group_resource, served) = crd_api_resource(&crd).unwrap();
+        let api_resource = served.api;
         assert_eq!(group_resource, GroupResource::new("widgets", "example.com"));
         assert_eq!(api_resource.api_version, "example.com/v1");
         assert_eq!(api_resource.kind, "Widget");

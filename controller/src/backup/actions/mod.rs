@@ -22,7 +22,10 @@ mod custom_resources;
 mod namespace;
 mod pod;
 mod rbac;
+mod secrets;
 mod volumes;
+
+pub use secrets::FerrySecrets;
 
 /// Every action; each object meets those that apply to its resource.
 pub static ACTIONS: &[&dyn ItemAction] = &[
@@ -35,12 +38,18 @@ pub static ACTIONS: &[&dyn ItemAction] = &[
     &rbac::ClusterRole,
     &custom_resources::CustomResource,
     &custom_resources::CustomResourceDefinition,
+    &secrets::Secret,
 ];
 
 /// One concern of a backup, for the resources it names.
 pub trait ItemAction: Sync {
     /// Whether it acts on objects of `resource`.
     fn applies_to(&self, resource: &GroupResource) -> bool;
+
+    /// Why an object is never backed up, if it is not; it is left out whatever the filters say.
+    fn left_out(&self, _object: &DynamicObject, _ferry: &FerrySecrets) -> Option<String> {
+        None
+    }
 
     /// A namespaced object of `resource` was selected: notes the cluster-scoped objects it
     /// depends on.
@@ -89,6 +98,18 @@ pub fn note_needs(resource: &GroupResource, object: &DynamicObject, needed: &mut
     for action in ACTIONS.iter().filter(|a| a.applies_to(resource)) {
         action.needs(resource, object, needed);
     }
+}
+
+/// Why `object` of `resource` is never backed up, if an action says so.
+pub fn left_out(
+    resource: &GroupResource,
+    object: &DynamicObject,
+    ferry: &FerrySecrets,
+) -> Option<String> {
+    ACTIONS
+        .iter()
+        .filter(|a| a.applies_to(resource))
+        .find_map(|a| a.left_out(object, ferry))
 }
 
 /// Whether an action that applies to `resource` needs the cluster-scoped `object`.
@@ -143,6 +164,7 @@ pub(crate) mod tests {
             ("clusterroles", "rbac.authorization.k8s.io"),
             ("widgets", "example.com"),
             ("customresourcedefinitions", "apiextensions.k8s.io"),
+            ("secrets", ""),
         ];
         for (resource, group) in resources {
             let applying = ACTIONS
@@ -153,6 +175,7 @@ pub(crate) mod tests {
         }
         for (resource, group) in [
             ("configmaps", ""),
+            ("services", ""),
             ("deployments", "apps"),
             ("rolebindings", "rbac.authorization.k8s.io"),
             ("ingresses", "networking.k8s.io"),

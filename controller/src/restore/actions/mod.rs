@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use super::VolumePlan;
 
+mod archive_path;
 mod cluster_issued;
 mod job;
 mod labels;
@@ -25,17 +26,20 @@ mod namespace;
 mod persistent_volume;
 mod persistent_volume_claim;
 mod pod;
+mod protected;
 mod rbac;
 mod service;
 
 /// Every action, in the order they run on each object. Skips are asked of all of them first,
 /// on the object as it was archived; then each changes the object in turn.
 pub static ACTIONS: &[&dyn ItemAction] = &[
+    &archive_path::ArchivePath,
     &cluster_issued::ServiceAccountTokens,
     &cluster_issued::RootCaConfigMap,
     &job::FinishedJob,
     &metadata::ServerFields,
     &namespace::Namespace,
+    &protected::Protected,
     &service::Service,
     &persistent_volume::PersistentVolume,
     &persistent_volume_claim::PersistentVolumeClaim,
@@ -88,6 +92,12 @@ pub struct Scope<'a> {
     pub marker: &'a str,
     /// The labels every restored object carries.
     pub labels: &'a BTreeMap<String, String>,
+    /// What the Restore's `includedResources` names, to restore protected kinds.
+    pub named_resources: &'a [String],
+    /// What its `includedNamespaces` names, to restore into protected namespaces.
+    pub named_namespaces: &'a [String],
+    /// Ferry's own namespace, which a restore leaves alone unless it is named.
+    pub ferry_namespace: &'a str,
 }
 
 impl Scope<'_> {
@@ -147,7 +157,6 @@ pub fn skip_reason(resource: &GroupResource, object: &Value) -> Option<&'static 
         .find_map(|a| a.skip(object))
 }
 
-/// Whether `resource` is the core or grouped resource named `(name, group)`.
 /// Removes `field` from the object at `pointer`, if both are there.
 fn remove(object: &mut Value, pointer: &str, field: &str) {
     if let Some(parent) = object.pointer_mut(pointer).and_then(Value::as_object_mut) {
@@ -183,6 +192,9 @@ pub(crate) mod testing {
             running_pods: None,
             marker: "uid.done",
             labels: &labels,
+            named_resources: &[],
+            named_namespaces: &[],
+            ferry_namespace: "ferry-system",
         })
     }
 }

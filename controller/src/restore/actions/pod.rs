@@ -207,6 +207,9 @@ mod tests {
             running_pods: running,
             marker: "uid.done",
             labels: &labels,
+            named_resources: &[],
+            named_namespaces: &[],
+            ferry_namespace: "ferry-system",
         };
         let (verdict, effects) = plan(&item, &mut pod, &scope);
         assert_eq!(verdict, Verdict::Restore);
