@@ -192,6 +192,9 @@ enum Command {
     /// Snapshot locations: where native volume snapshots are taken (EBS).
     #[command(subcommand)]
     SnapshotLocation(cluster::SnapshotLocationCommand),
+    /// The installation's key, which reads every backup: keep it outside the cluster.
+    #[command(subcommand)]
+    Key(cluster::KeyCommand),
     /// Run the controller (in the cluster, as deploy/controller.yaml does).
     Controller(controller_cmd::ControllerArgs),
     /// Run the node agent (on every node, as deploy/agent.yaml does).
@@ -250,6 +253,7 @@ fn main() -> ExitCode {
         Command::SnapshotLocation(command) => {
             cluster::run_snapshot_location(&global, &cli.cluster, command)
         }
+        Command::Key(command) => cluster::run_key(&cli.cluster, command),
         Command::Controller(args) => controller_cmd::run(args, &cli.cluster),
         Command::Agent(args) => agent_cmd::run(args, &cli.cluster),
         Command::RestoreWait(args) => agent_cmd::restore_wait(args),

@@ -30,7 +30,8 @@ use crate::error::{Error, Result};
 /// The Secret holding the password of the repositories the agents write; a user may create it
 /// (key `password`) before the first backup, else the controller makes a random one.
 pub const REPOSITORY_PASSWORD_SECRET: &str = "ferry-repository-password";
-const PASSWORD_KEY: &str = "password";
+/// The key of the installation's key in its Secret.
+pub const PASSWORD_KEY: &str = "password";
 
 /// How an agent's task is doing, as far as this controller process knows.
 #[derive(Debug, Clone, PartialEq)]
@@ -156,10 +157,11 @@ fn credentials_of(secret: &Secret) -> Option<TlsCredentials> {
     })
 }
 
-/// The repositories' password: the user's, or one made at random the first time and kept. Never a
-/// new one while repositories exist in `location`: they were made with the password of the
-/// installation that wrote them (an earlier cluster's, after a disaster), which no new password
-/// opens, so the user must bring that one.
+/// The installation's key (the Secret `ferry-repository-password`): it opens the node agents'
+/// repositories and seals what the controller writes to the bucket. The user's, or one made at
+/// random the first time and kept. Never a new one while backups or repositories exist in
+/// `location`: they were sealed with the key of the installation that wrote them (an earlier
+/// cluster's, after a disaster), which no new key opens, so the user must bring that one.
 pub async fn repository_password(
     locations: &Locations,
     location: &BackupStorageLocation,
@@ -178,10 +180,17 @@ pub async fn repository_password(
             )])
         });
     }
-    let store = locations.object_store(location).await?;
-    let existing = store
+    // Backups and repositories in the bucket were sealed and encrypted with the key of the
+    // installation that wrote them.
+    let store = locations.bucket(location).await?;
+    let mut existing = store
         .list_dirs(&ferry_protocol::layout::repositories_prefix(store.prefix()))
         .await?;
+    existing.extend(
+        store
+            .list_dirs(&ferry_protocol::layout::backups_prefix(store.prefix()))
+            .await?,
+    );
     if !existing.is_empty() {
         return Err(Error::MissingRepositoryPassword(missing_password_message(
             locations, location, &existing,
@@ -208,7 +217,13 @@ pub async fn repository_password(
         ..Default::default()
     };
     match secrets.create(&PostParams::default(), &secret).await {
-        Ok(_) => Ok(password),
+        Ok(_) => {
+            tracing::warn!(
+                message = "made this installation's key; keep a copy outside the cluster (`ferry key export`): without it no backup and no volume repository can be read after the cluster is lost",
+                secret = %format!("{}/{REPOSITORY_PASSWORD_SECRET}", locations.namespace()),
+            );
+            Ok(password)
+        }
         // Made meanwhile by another controller: use that one.
         Err(kube::Error::Api(status)) if status.code == 409 => {
             Box::pin(repository_password(locations, location)).await
@@ -217,8 +232,8 @@ pub async fn repository_password(
     }
 }
 
-/// Why there is no password for the repositories `existing` (keys of their directories), and what
-/// the user does about it.
+/// Why there is no key for the backups and repositories `existing` (keys of their directories),
+/// and what the user does about it.
 fn missing_password_message(
     locations: &Locations,
     location: &BackupStorageLocation,
@@ -239,11 +254,12 @@ fn missing_password_message(
     }
     format!(
         "Secret {namespace}/{REPOSITORY_PASSWORD_SECRET} (key {PASSWORD_KEY:?}) does not exist, but storage \
-         location {name} ({place}) holds the node agents' repositories of {count} namespace(s) ({names}), \
-         encrypted with the password of the installation that wrote them. Ferry does not make a new \
-         password, which could not open them: create the Secret with the password kept from that \
-         installation (kubectl -n {namespace} create secret generic {REPOSITORY_PASSWORD_SECRET} \
-         --from-literal={PASSWORD_KEY}=<password>), then create the backup or restore again",
+         location {name} ({place}) holds {count} backup(s) and volume repositories ({names}), sealed and \
+         encrypted with the key of the installation that wrote them. Ferry does not make a new key, \
+         which could not open them: create the Secret with the key kept from that installation \
+         (`ferry key export` printed it there; kubectl -n {namespace} create secret generic \
+         {REPOSITORY_PASSWORD_SECRET} --from-file={PASSWORD_KEY}=<file>), then create the backup or \
+         restore again",
         namespace = locations.namespace(),
         name = location.name_any(),
         count = existing.len(),

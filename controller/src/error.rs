@@ -77,6 +77,13 @@ pub enum Error {
     #[error("{0}")]
     Json(#[from] serde_json::Error),
 
+    /// An object read from the bucket is not sealed with this installation's key, or not under
+    /// its own name: tampered with, swapped, cut short or planted. Nothing is read from it.
+    #[error(
+        "{what} in the bucket is refused: {reason}. It was changed, swapped or planted, or written by another installation (whose key this one lacks) or by a Ferry from before backups were sealed"
+    )]
+    Unsealed { what: String, reason: &'static str },
+
     /// The node agents' repositories exist but their password does not: the user must bring it.
     #[error("{0}")]
     MissingRepositoryPassword(String),
@@ -101,6 +108,7 @@ impl Error {
             Error::Repository { .. } => "repository",
             Error::Json(_) => "json",
             Error::MissingRepositoryPassword(_) => "missing_repository_password",
+            Error::Unsealed { .. } => "unsealed",
         }
     }
 
@@ -115,6 +123,7 @@ impl Error {
             Error::Repository { source, .. } => source.is_retryable(),
             Error::NotFound { .. }
             | Error::MalformedArchive(_)
+            | Error::Unsealed { .. }
             | Error::ArchiveVersion { .. }
             | Error::InvalidJson { .. }
             | Error::Io { .. }

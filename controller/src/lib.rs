@@ -25,6 +25,7 @@ pub mod operation;
 pub mod resources;
 pub mod restore;
 pub mod schedule;
+pub mod seal;
 pub mod snapshot_location;
 pub mod storage;
 pub mod volumes;

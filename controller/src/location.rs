@@ -140,6 +140,11 @@ async fn sync(location: &BackupStorageLocation, ctx: &Context) -> Result<()> {
             Ok(record) => record,
             // A backup still being written has no record yet.
             Err(Error::NotFound { .. }) => continue,
+            // Planted, edited or moved: never a Backup here.
+            Err(error @ Error::Unsealed { .. }) => {
+                tracing::warn!(message = "a backup record in the bucket is refused; skipped", %error, key = %record_key);
+                continue;
+            }
             Err(error) => return Err(error),
         };
         let recorded: Backup = match serde_json::from_slice(&record) {

@@ -54,8 +54,19 @@ impl Locations {
         }
     }
 
-    /// Connects to a storage location's bucket with the credentials its Secret names.
+    /// Connects to a storage location's bucket, sealing what it writes and opening what it reads
+    /// with the installation's key ([`crate::seal`]). Where no key exists yet and the location
+    /// holds no backup and no repository, the key is made (see
+    /// [`crate::agents::repository_password`]).
     pub async fn object_store(&self, location: &BackupStorageLocation) -> Result<ObjectStore> {
+        let key = crate::agents::repository_password(self, location).await?;
+        let store = self.bucket(location).await?;
+        Ok(store.sealed(crate::seal::SealKey::derive(key.as_bytes())))
+    }
+
+    /// Connects to a storage location's bucket with the credentials its Secret names, moving
+    /// bytes as they are: for listing, deleting and validating.
+    pub async fn bucket(&self, location: &BackupStorageLocation) -> Result<ObjectStore> {
         let credentials = match &location.spec.credential {
             Some(reference) => Some(self.aws_credentials(reference).await?),
             None => None,

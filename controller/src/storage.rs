@@ -3,7 +3,9 @@
 //! The controller writes each backup's archive with a streaming multipart upload, so a backup of
 //! any size needs memory for a few parts only, and reads archives as streams. The client and the
 //! classification of errors are the data mover's ([`ferry_mover::s3`]), shared with the
-//! repositories in the same bucket.
+//! repositories in the same bucket. A store with a [`SealKey`] ([`ObjectStore::sealed`]) seals
+//! every object it writes and opens every object it reads ([`crate::seal`]); without one it moves
+//! bytes as they are, for listing, deleting and validating.
 
 use aws_credential_types::Credentials;
 use aws_sdk_s3::Client;
@@ -16,6 +18,7 @@ use ferry_mover::s3;
 use tokio::io::AsyncRead;
 
 use crate::error::{Error, Result};
+use crate::seal::{self, SealKey, Sealer};
 
 /// S3 requires every part of a multipart upload but the last to be at least 5 MiB.
 pub const PART_SIZE: usize = 8 * 1024 * 1024;
@@ -37,6 +40,7 @@ pub struct StoreConfig {
 pub struct ObjectStore {
     client: Client,
     config: StoreConfig,
+    seal: Option<SealKey>,
 }
 
 impl ObjectStore {
@@ -49,7 +53,22 @@ impl ObjectStore {
         ObjectStore {
             client: Client::from_conf(builder.build()),
             config,
+            seal: None,
         }
+    }
+
+    /// This store sealing what it writes and opening what it reads with `key`.
+    pub fn sealed(mut self, key: SealKey) -> ObjectStore {
+        self.seal = Some(key);
+        self
+    }
+
+    /// What an object is called in its location, which its seal binds it to: its key without
+    /// the location's prefix (`backups/<backup>/<file>`), so that moving a location's prefix
+    /// keeps its backups readable.
+    fn name_of<'k>(&self, key: &'k str) -> &'k str {
+        let prefix = ferry_protocol::layout::prefix_dir(self.prefix());
+        key.strip_prefix(prefix.as_str()).unwrap_or(key)
     }
 
     pub fn bucket(&self) -> &str {
@@ -72,6 +91,10 @@ impl ObjectStore {
     }
 
     pub async fn put(&self, key: &str, body: Bytes) -> Result<()> {
+        let body = match &self.seal {
+            Some(seal) => seal::seal(seal, self.name_of(key), &body),
+            None => body,
+        };
         self.client
             .put_object()
             .bucket(self.bucket())
@@ -89,12 +112,26 @@ impl ObjectStore {
             message: format!("reading s3://{}/{key}: {error}", self.bucket()),
             retryable: true,
         })?;
-        Ok(body.into_bytes())
+        match &self.seal {
+            Some(seal) => Ok(seal::open(seal, self.name_of(key), &body.into_bytes())?.into()),
+            None => Ok(body.into_bytes()),
+        }
     }
 
     /// The object as a stream, for archives that must never be held whole in memory.
-    pub async fn get_reader(&self, key: &str) -> Result<impl AsyncRead + Send + Unpin + 'static> {
-        Ok(self.get_object(key).await?.into_async_read())
+    pub async fn get_reader(
+        &self,
+        key: &str,
+    ) -> Result<Box<dyn AsyncRead + Send + Unpin + 'static>> {
+        let raw = self.get_object(key).await?.into_async_read();
+        Ok(match &self.seal {
+            Some(seal) => Box::new(seal::open_reader(
+                seal.clone(),
+                self.name_of(key).to_owned(),
+                raw,
+            )),
+            None => Box::new(raw),
+        })
     }
 
     async fn get_object(&self, key: &str) -> Result<ByteStream> {
@@ -187,6 +224,11 @@ impl ObjectStore {
             key: key.to_owned(),
             upload_id,
             parts: Vec::new(),
+            sealer: self
+                .seal
+                .as_ref()
+                .map(|seal| Sealer::new(seal, self.name_of(key))),
+            held: None,
         })
     }
 
@@ -237,11 +279,29 @@ pub struct Upload {
     key: String,
     upload_id: String,
     parts: Vec<CompletedPart>,
+    /// Seals each part as a segment when the store seals.
+    sealer: Option<Sealer>,
+    /// With a sealer, the part last given: it is sent when the next comes (as a segment that is
+    /// not the last) or at the end (as the last).
+    held: Option<Bytes>,
 }
 
 impl Upload {
     /// Sends the next part (at least [`PART_SIZE`] bytes unless it is the last).
     pub async fn send_part(&mut self, body: Bytes) -> Result<()> {
+        let Some(sealer) = self.sealer.as_mut() else {
+            return self.upload_part(body).await;
+        };
+        match self.held.replace(body) {
+            Some(previous) => {
+                let segment = sealer.segment(&previous, false);
+                self.upload_part(segment).await
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn upload_part(&mut self, body: Bytes) -> Result<()> {
         let number = i32::try_from(self.parts.len() + 1).expect("fewer than 2^31 parts");
         let sent = self
             .store
@@ -266,9 +326,14 @@ impl Upload {
 
     /// Completes the upload; the object appears whole.
     pub async fn finish(mut self) -> Result<()> {
+        if let Some(sealer) = self.sealer.as_mut() {
+            let last = self.held.take().unwrap_or_default();
+            let segment = sealer.segment(&last, true);
+            self.upload_part(segment).await?;
+        }
         if self.parts.is_empty() {
             // S3 refuses to complete an upload of no parts; an empty object is one empty part.
-            self.send_part(Bytes::new()).await?;
+            self.upload_part(Bytes::new()).await?;
         }
         let parts = std::mem::take(&mut self.parts);
         self.store

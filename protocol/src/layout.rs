@@ -119,7 +119,8 @@ pub fn repositories_prefix(prefix: Option<&str>) -> String {
     format!("{}repositories/", prefix_dir(prefix))
 }
 
-fn prefix_dir(prefix: Option<&str>) -> String {
+/// A location's prefix as the start of its keys: `team/a/`, or nothing.
+pub fn prefix_dir(prefix: Option<&str>) -> String {
     match prefix.map(|p| p.trim_matches('/')) {
         Some(p) if !p.is_empty() => format!("{p}/"),
         _ => String::new(),

@@ -170,6 +170,10 @@ impl RunningController {
         Api::namespaced(self.client.clone(), self.namespace.name())
     }
 
+    pub fn locations(&self) -> Api<ferry_protocol::crd::BackupStorageLocation> {
+        Api::namespaced(self.client.clone(), self.namespace.name())
+    }
+
     pub fn restores(&self) -> Api<Restore> {
         Api::namespaced(self.client.clone(), self.namespace.name())
     }
@@ -201,12 +205,32 @@ impl RunningController {
         restore
     }
 
-    /// Reads a file of this controller's storage location as it is stored.
+    /// The key this controller seals the files of its location with: derived from the
+    /// installation's key (the Secret `ferry-repository-password`), as the controller derives it.
+    pub async fn seal_key(&self) -> ferry_controller::seal::SealKey {
+        ferry_controller::seal::SealKey::derive(
+            &installation_key(&self.client, self.namespace.name()).await,
+        )
+    }
+
+    /// Reads a file of this controller's storage location (`key` relative to it), opened with
+    /// the installation's key.
     pub async fn read_bytes(&self, key: &str) -> Vec<u8> {
         self.try_read_bytes(key).await.unwrap()
     }
 
     async fn try_read_bytes(&self, key: &str) -> Result<Vec<u8>, String> {
+        let sealed = self.try_read_raw(key).await?;
+        ferry_controller::seal::open(&self.seal_key().await, key, &sealed)
+            .map_err(|error| error.to_string())
+    }
+
+    /// Reads a file of this controller's storage location as it is stored (sealed).
+    pub async fn read_raw(&self, key: &str) -> Vec<u8> {
+        self.try_read_raw(key).await.unwrap()
+    }
+
+    async fn try_read_raw(&self, key: &str) -> Result<Vec<u8>, String> {
         let key = self.store.key(key);
         let object = TestEnv::get()
             .s3_client()
@@ -217,6 +241,28 @@ impl RunningController {
             .await
             .map_err(|error| format!("{key} cannot be read: {error}"))?;
         Ok(object.body.collect().await.unwrap().into_bytes().to_vec())
+    }
+
+    /// Writes `body` as the file `key` of this controller's storage location, sealed with the
+    /// installation's key as the controller seals it: what someone who holds the key could
+    /// plant.
+    pub async fn put_sealed(&self, key: &str, body: &[u8]) {
+        let sealed = ferry_controller::seal::seal(&self.seal_key().await, key, body);
+        self.put_raw(key, sealed.to_vec()).await;
+    }
+
+    /// Writes `body` as the file `key` of this controller's storage location, as it is: what
+    /// anyone who may write to the bucket could plant.
+    pub async fn put_raw(&self, key: &str, body: Vec<u8>) {
+        TestEnv::get()
+            .s3_client()
+            .put_object()
+            .bucket(self.store.bucket())
+            .key(self.store.key(key))
+            .body(body.into())
+            .send()
+            .await
+            .unwrap_or_else(|error| panic!("writing {key}: {error}"));
     }
 
     /// Reads a gzipped JSON file of this controller's storage location, e.g. a backup's results.
@@ -311,4 +357,17 @@ where
 /// A resource's status as pretty JSON, for assertion messages.
 pub fn summary<K: serde::Serialize>(object: &K) -> String {
     serde_json::to_string_pretty(&serde_json::to_value(object).unwrap()["status"]).unwrap()
+}
+
+/// The installation's key in Ferry's `namespace` (the Secret `ferry-repository-password`).
+pub async fn installation_key(client: &Client, namespace: &str) -> Vec<u8> {
+    let secret = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), namespace)
+        .get(ferry_controller::agents::REPOSITORY_PASSWORD_SECRET)
+        .await
+        .unwrap_or_else(|error| panic!("the installation's key in {namespace}: {error}"));
+    secret
+        .data
+        .and_then(|mut data| data.remove("password"))
+        .expect("the installation's key")
+        .0
 }

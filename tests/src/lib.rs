@@ -26,7 +26,8 @@ mod s3;
 
 pub use agent::{RunningAgent, ferry_binary, issue_agent_credentials};
 pub use controller::{
-    CREDENTIALS_SECRET, HasPhase, RunningController, create_object, finished, summary,
+    CREDENTIALS_SECRET, HasPhase, RunningController, create_object, finished, installation_key,
+    summary,
 };
 pub use env::TestEnv;
 pub use fault_proxy::{FaultConfig, FaultCounts, FaultKind, FaultProxy, RequestHead};

@@ -635,20 +635,8 @@ async fn crafted_and_malformed_archives_fail_before_anything_is_restored() {
         .await;
     assert_eq!(good.phase(), Some(Phase::Completed), "{}", summary(&good));
 
-    let s3 = TestEnv::get().s3_client();
-    let prefix = Some(ferry.store.prefix());
-    let record = s3
-        .get_object()
-        .bucket(ferry.store.bucket())
-        .key(ferry_protocol::layout::BackupKeys::new(prefix, "good").record())
-        .send()
-        .await
-        .unwrap()
-        .body
-        .collect()
-        .await
-        .unwrap()
-        .into_bytes();
+    let good_keys = ferry_protocol::layout::BackupKeys::new(None, "good");
+    let record = ferry.read_bytes(&good_keys.record()).await;
     let planted = serde_json::to_vec(&json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": "planted", "namespace": app.name()}, "data": {"x": "y"},
@@ -683,20 +671,16 @@ async fn crafted_and_malformed_archives_fail_before_anything_is_restored() {
         ),
         ("garbage", b"this is not a tar.gz".to_vec(), "malformed"),
     ];
+    // Sealed with the installation's key: what only a holder of the key could plant. The
+    // archive's own checks still refuse them.
     for (name, archive, _) in &archives {
-        let keys = ferry_protocol::layout::BackupKeys::new(prefix, name);
-        for (key, body) in [
-            (keys.record(), record.to_vec()),
-            (keys.archive(), archive.clone()),
-        ] {
-            s3.put_object()
-                .bucket(ferry.store.bucket())
-                .key(key)
-                .body(body.into())
-                .send()
-                .await
-                .unwrap();
-        }
+        let keys = ferry_protocol::layout::BackupKeys::new(None, name);
+        let mut record: Backup = serde_json::from_slice(&record).unwrap();
+        record.metadata.name = Some((*name).to_owned());
+        ferry
+            .put_sealed(&keys.record(), &serde_json::to_vec(&record).unwrap())
+            .await;
+        ferry.put_sealed(&keys.archive(), archive).await;
     }
     // The location's sync brings them in as Backups.
     for (name, _, _) in &archives {
@@ -736,19 +720,12 @@ async fn crafted_and_malformed_archives_fail_before_anything_is_restored() {
 }
 
 /// Plants an archive under backup `name`, beside a copy of `record` (a real backup's record, so
-/// that the location's sync brings it in as a Backup), and waits for the sync.
+/// that the location's sync brings it in as a Backup), both sealed with the installation's key,
+/// and waits for the sync.
 async fn plant_backup(ferry: &RunningController, record: &[u8], name: &str, archive: Vec<u8>) {
-    let s3 = TestEnv::get().s3_client();
-    let keys = ferry_protocol::layout::BackupKeys::new(Some(ferry.store.prefix()), name);
-    for (key, body) in [(keys.record(), record.to_vec()), (keys.archive(), archive)] {
-        s3.put_object()
-            .bucket(ferry.store.bucket())
-            .key(key)
-            .body(body.into())
-            .send()
-            .await
-            .unwrap();
-    }
+    let keys = ferry_protocol::layout::BackupKeys::new(None, name);
+    ferry.put_sealed(&keys.record(), record).await;
+    ferry.put_sealed(&keys.archive(), &archive).await;
     let deadline = tokio::time::Instant::now() + CONVERGENCE_TIMEOUT;
     while ferry.backups().get_opt(name).await.unwrap().is_none() {
         assert!(
@@ -759,7 +736,8 @@ async fn plant_backup(ferry: &RunningController, record: &[u8], name: &str, arch
     }
 }
 
-/// A bucket writer plants objects that would take the cluster: a ClusterRoleBinding to `admin`
+/// Someone who holds the key (or a bucket writer, were the archives not sealed) plants objects
+/// that would take the cluster: a ClusterRoleBinding to `admin`
 /// stored under an included namespace's path with no namespace in its body (the
 /// filters read the path, the API server the body), a ConfigMap whose body names another
 /// namespace, and a binding to cluster-admin at its proper place. None is created: the first two
@@ -936,17 +914,10 @@ async fn ferrys_own_secrets_and_service_account_tokens_are_never_backed_up() {
     let client = ferry.client.clone();
     let app = TestNamespace::create(&client, "own-secrets").await;
     let ferry_namespace = ferry.namespace.name().to_owned();
-    let password = format!("repository-password-{}", unique_name("p"));
     let secret = |name: &str, type_: &str, value: &str| {
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "type": type_,
                "stringData": {"value": value}})
     };
-    create(
-        &client,
-        &ferry_namespace,
-        secret("ferry-repository-password", "Opaque", &password),
-    )
-    .await;
     create(
         &client,
         &ferry_namespace,
@@ -980,6 +951,9 @@ async fn ferrys_own_secrets_and_service_account_tokens_are_never_backed_up() {
         "{}",
         summary(&backup)
     );
+    // The installation's key, which the controller made when the location was first used.
+    let password =
+        String::from_utf8(ferry_tests::installation_key(&client, &ferry_namespace).await).unwrap();
     let keys = ferry_protocol::layout::BackupKeys::new(None, "own-secrets");
     let listed = ferry.read_json(&keys.resource_list()).await.unwrap();
     let secrets: Vec<&str> = listed["secrets"]
@@ -1001,18 +975,130 @@ async fn ferrys_own_secrets_and_service_account_tokens_are_never_backed_up() {
             "{left_out} was backed up: {secrets:?}"
         );
     }
-    let archive = ferry_controller::gunzip(&ferry.read_bytes(&keys.archive()).await).unwrap();
-    let text = String::from_utf8_lossy(&archive);
-    for secret_bytes in [password.as_str(), "controller-key-bytes"] {
-        // As a Secret's data holds it.
-        let encoded = serde_json::to_value(k8s_openapi::ByteString(secret_bytes.into()))
+    let in_secret_data = |value: &str| {
+        serde_json::to_value(k8s_openapi::ByteString(value.into()))
             .unwrap()
             .as_str()
             .unwrap()
-            .to_owned();
+            .to_owned()
+    };
+    // In the bucket, the archive is sealed: not even the application's Secret shows.
+    let stored = ferry.read_raw(&keys.archive()).await;
+    let stored_text = String::from_utf8_lossy(&stored);
+    assert!(
+        !stored_text.contains(&in_secret_data("app-value")),
+        "the application's Secret is in the bucket in clear"
+    );
+    let archive = ferry_controller::gunzip(&ferry.read_bytes(&keys.archive()).await).unwrap();
+    let text = String::from_utf8_lossy(&archive);
+    assert!(
+        text.contains(&in_secret_data("app-value")),
+        "the opened archive lacks the application's Secret"
+    );
+    for secret_bytes in [password.as_str(), "controller-key-bytes"] {
+        let encoded = in_secret_data(secret_bytes);
         assert!(
             !text.contains(secret_bytes) && !text.contains(&encoded),
             "{secret_bytes} is in the archive"
+        );
+    }
+    app.delete_and_wait().await;
+    ferry.stop().await;
+}
+
+/// Whoever may write to the bucket but lacks the installation's key plants or swaps files: a
+/// record written in clear is never synced, a record sealed for another backup neither, and a
+/// backup whose archive was swapped for another backup's fails to restore, naming the file,
+/// before anything is created.
+#[tokio::test]
+async fn files_planted_or_swapped_in_the_bucket_are_refused() {
+    let ferry = RunningController::start_with_location("controller-sealed").await;
+    let client = ferry.client.clone();
+    let app = TestNamespace::create(&client, "sealed").await;
+    create(
+        &client,
+        app.name(),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "first"}, "data": {"a": "b"}}),
+    )
+    .await;
+    let spec = json!({"includedNamespaces": [app.name()]});
+    for name in ["sealed-a", "sealed-b"] {
+        let backup = ferry.backup(name, spec.clone()).await;
+        assert_eq!(
+            backup.phase(),
+            Some(Phase::Completed),
+            "{}",
+            summary(&backup)
+        );
+    }
+    let keys = |name| ferry_protocol::layout::BackupKeys::new(None, name);
+    let record = ferry.read_bytes(&keys("sealed-a").record()).await;
+
+    // A record in clear, and sealed-a's sealed record under another backup's name.
+    ferry
+        .put_raw(&keys("planted-clear").record(), record.clone())
+        .await;
+    let sealed_record = ferry.read_raw(&keys("sealed-a").record()).await;
+    ferry
+        .put_raw(&keys("planted-moved").record(), sealed_record)
+        .await;
+    // The sync runs every 2 s; three rounds bring in whatever they accept.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    for name in ["planted-clear", "planted-moved"] {
+        assert!(
+            ferry.backups().get_opt(name).await.unwrap().is_none(),
+            "{name} was synced"
+        );
+    }
+    let location = ferry
+        .locations()
+        .get("default")
+        .await
+        .unwrap()
+        .status
+        .unwrap_or_default();
+    assert_eq!(
+        location.phase,
+        Some(ferry_protocol::crd::LocationPhase::Available),
+        "{location:?}"
+    );
+
+    // sealed-b's archive swapped for sealed-a's (which holds a ConfigMap sealed-b never had).
+    create(
+        &client,
+        app.name(),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "second"}, "data": {"c": "d"}}),
+    )
+    .await;
+    let third = ferry.backup("sealed-c", spec).await;
+    assert_eq!(third.phase(), Some(Phase::Completed), "{}", summary(&third));
+    let archive = ferry.read_raw(&keys("sealed-c").archive()).await;
+    ferry.put_raw(&keys("sealed-b").archive(), archive).await;
+    let configmaps = Api::<ConfigMap>::namespaced(client.clone(), app.name());
+    for name in ["first", "second"] {
+        configmaps
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    let restore = ferry
+        .restore("from-swapped", json!({"backupName": "sealed-b"}))
+        .await;
+    assert_eq!(
+        restore.phase(),
+        Some(Phase::Failed),
+        "{}",
+        summary(&restore)
+    );
+    let reason = restore.status.unwrap().failure_reason.unwrap_or_default();
+    assert!(
+        reason.contains("backups/sealed-b/sealed-b.tar.gz") && reason.contains("refused"),
+        "{reason}"
+    );
+    for name in ["first", "second"] {
+        assert!(
+            configmaps.get_opt(name).await.unwrap().is_none(),
+            "{name} was restored from a swapped archive"
         );
     }
     app.delete_and_wait().await;
@@ -1070,7 +1156,60 @@ async fn a_new_cluster_recovers_from_the_bucket() {
         }),
     )
     .await;
+    // Without the kept key: the location says which Secret to create, no key is made, and
+    // nothing is synced.
+    let locations = recovery.locations();
+    let deadline = tokio::time::Instant::now() + CONVERGENCE_TIMEOUT;
+    let message = loop {
+        let status = locations
+            .get("default")
+            .await
+            .unwrap()
+            .status
+            .unwrap_or_default();
+        let message = status.message.unwrap_or_default();
+        if message.contains("ferry-repository-password") {
+            break message;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the location never named the missing key: {message:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(
+        message.contains("kept from that installation") && message.contains("ferry key export"),
+        "{message}"
+    );
     let backups: Api<Backup> = Api::namespaced(recovery_client.clone(), recovery.namespace.name());
+    assert!(backups.get_opt("before-disaster").await.unwrap().is_none());
+    let recovery_secrets =
+        Api::<Secret>::namespaced(recovery_client.clone(), recovery.namespace.name());
+    assert!(
+        recovery_secrets
+            .get_opt("ferry-repository-password")
+            .await
+            .unwrap()
+            .is_none(),
+        "a new key was made where backups exist"
+    );
+
+    // The kept key, as `ferry key export` printed it in the first cluster.
+    let kept = ferry_tests::installation_key(&client, ferry.namespace.name()).await;
+    recovery_secrets
+        .create(
+            &PostParams::default(),
+            &Secret {
+                metadata: kube::api::ObjectMeta {
+                    name: Some("ferry-repository-password".to_owned()),
+                    ..Default::default()
+                },
+                data: Some([("password".to_owned(), k8s_openapi::ByteString(kept))].into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     let deadline = tokio::time::Instant::now() + CONVERGENCE_TIMEOUT;
     while backups.get_opt("before-disaster").await.unwrap().is_none() {
         assert!(

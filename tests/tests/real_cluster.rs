@@ -150,7 +150,7 @@ async fn postgresql_survives_deletion_cloning_a_lost_agent_and_a_new_cluster() {
         pod_volumes["bytesDone"].as_u64().unwrap_or(0) >= MIN_TABLE_BYTES,
         "{pod_volumes}"
     );
-    let record = database_record(&store, "prod-1", &production_pv).await;
+    let record = database_record(&main, &store, "prod-1", &production_pv).await;
     let pod_volume = record
         .pod_volume
         .clone()
@@ -361,7 +361,7 @@ async fn postgresql_survives_deletion_cloning_a_lost_agent_and_a_new_cluster() {
     .await;
     let status = serde_json::to_value(&finished.status).unwrap();
     assert_eq!(status["phase"], "Completed", "{status}");
-    let retried = database_record(&store, "prod-2", &production_pv).await;
+    let retried = database_record(&main, &store, "prod-2", &production_pv).await;
     let attempts = retried.file_system.as_ref().map_or(0, |fs| fs.attempts);
     assert!(
         attempts >= 2,
@@ -376,9 +376,19 @@ async fn postgresql_survives_deletion_cloning_a_lost_agent_and_a_new_cluster() {
             .is_some_and(|fs| fs.bytes >= BULK_MIB << 20),
         "{retried:?}"
     );
-    let password = repository_password(&main).await;
+    // The user keeps the installation's key outside the cluster, as `ferry key export` gives it.
     let password_file = tempfile::NamedTempFile::new().expect("a temporary file");
-    std::fs::write(password_file.path(), &password).expect("writing the kept password");
+    main.ferry_ok(&[
+        "key",
+        "export",
+        "--output-file",
+        password_file.path().to_str().expect("a UTF-8 path"),
+    ]);
+    assert_eq!(
+        std::fs::read(password_file.path()).expect("the exported key"),
+        repository_password(&main).await,
+        "ferry key export wrote another key than the cluster's"
+    );
     step("ferry repo check --read-data on the namespace's repository");
     check_repository(&store, password_file.path());
 
@@ -399,6 +409,64 @@ async fn postgresql_survives_deletion_cloning_a_lost_agent_and_a_new_cluster() {
     recovery.kubectl_with_input(&["apply", "-f", "-"], &storage_class());
     recovery.install_ferry(&image).await;
     configure_location(&recovery, &store);
+    step("without the kept key: the location names the Secret to create, nothing is synced");
+    let message = eventually(
+        "the location names the missing key",
+        ferry_tests::CONVERGENCE_TIMEOUT,
+        || {
+            let location = ferry_json(&recovery, &["location", "get", "default"]);
+            let message = location[0]["status"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            async move {
+                message
+                    .contains("ferry-repository-password")
+                    .then_some(message)
+            }
+        },
+    )
+    .await;
+    assert!(
+        message.contains("kubectl -n ferry-system create secret generic ferry-repository-password")
+            && message.contains("kept from that installation"),
+        "{message}"
+    );
+    assert!(
+        !recovery
+            .ferry(&["backup", "get", "prod-1"])
+            .status
+            .success(),
+        "a backup was synced without the installation's key"
+    );
+    let secrets = Api::<Secret>::namespaced(recovery.client.clone(), FERRY_NAMESPACE);
+    assert!(
+        secrets
+            .get_opt("ferry-repository-password")
+            .await
+            .unwrap()
+            .is_none(),
+        "the controller made a new key where backups exist"
+    );
+    assert!(
+        Api::<Namespace>::all(recovery.client.clone())
+            .get_opt(PRODUCTION)
+            .await
+            .unwrap()
+            .is_none(),
+        "objects were created without the key"
+    );
+
+    step("bringing the kept key, and restoring");
+    recovery.kubectl_ok(&[
+        "-n",
+        FERRY_NAMESPACE,
+        "create",
+        "secret",
+        "generic",
+        "ferry-repository-password",
+        &format!("--from-file=password={}", password_file.path().display()),
+    ]);
     eventually(
         "backup prod-1 synced from the bucket",
         ferry_tests::CONVERGENCE_TIMEOUT,
@@ -411,75 +479,6 @@ async fn postgresql_survives_deletion_cloning_a_lost_agent_and_a_new_cluster() {
         },
     )
     .await;
-
-    step("restoring without the repository password: refused, naming the Secret");
-    let refused = recovery.ferry(&[
-        "restore",
-        "create",
-        "prod-1-dr",
-        "--from-backup",
-        "prod-1",
-        "--wait",
-    ]);
-    assert!(
-        !refused.status.success(),
-        "the restore succeeded without the repository password"
-    );
-    let failed = ferry_json(&recovery, &["restore", "get", "prod-1-dr"]);
-    let reason = failed[0]["status"]["failureReason"]
-        .as_str()
-        .unwrap_or_default();
-    assert_eq!(failed[0]["status"]["phase"], "Failed", "{failed}");
-    assert!(
-        reason.contains("Secret ferry-system/ferry-repository-password")
-            && reason.contains(
-                "kubectl -n ferry-system create secret generic ferry-repository-password"
-            )
-            && reason.contains("kept from that installation"),
-        "{reason}"
-    );
-    let events = recovery.kubectl_ok(&[
-        "-n",
-        FERRY_NAMESPACE,
-        "get",
-        "events",
-        "--field-selector",
-        "involvedObject.name=prod-1-dr,reason=RestoreFailed",
-        "-o",
-        "jsonpath={.items[*].message}",
-    ]);
-    assert!(
-        events.contains("ferry-repository-password"),
-        "no RestoreFailed Event naming the Secret: {events:?}"
-    );
-    let secrets = Api::<Secret>::namespaced(recovery.client.clone(), FERRY_NAMESPACE);
-    assert!(
-        secrets
-            .get_opt("ferry-repository-password")
-            .await
-            .unwrap()
-            .is_none(),
-        "the controller made a new repository password"
-    );
-    assert!(
-        Api::<Namespace>::all(recovery.client.clone())
-            .get_opt(PRODUCTION)
-            .await
-            .unwrap()
-            .is_none(),
-        "the refused restore created objects"
-    );
-
-    step("bringing the kept password, and restoring");
-    recovery.kubectl_ok(&[
-        "-n",
-        FERRY_NAMESPACE,
-        "create",
-        "secret",
-        "generic",
-        "ferry-repository-password",
-        &format!("--from-file=password={}", password_file.path().display()),
-    ]);
     let output = recovery.ferry_ok(&[
         "restore",
         "create",
@@ -973,7 +972,13 @@ fn ferry_json(cluster: &Cluster, args: &[&str]) -> Value {
 }
 
 /// The volume record of PersistentVolume `pv` in backup `backup`, as the controller wrote it.
-async fn database_record(store: &BucketPrefix, backup: &str, pv: &str) -> VolumeRecord {
+async fn database_record(
+    cluster: &Cluster,
+    store: &BucketPrefix,
+    backup: &str,
+    pv: &str,
+) -> VolumeRecord {
+    let seal_key = ferry_controller::seal::SealKey::derive(&repository_password(cluster).await);
     let key = store.key(&BackupKeys::new(None, backup).volumes());
     let object = TestEnv::get()
         .s3_client()
@@ -989,7 +994,9 @@ async fn database_record(store: &BucketPrefix, backup: &str, pv: &str) -> Volume
         .await
         .expect("the records")
         .into_bytes();
-    let records: VolumeRecords = ferry_controller::gunzip_json(&bytes).expect("volume records");
+    let name = BackupKeys::new(None, backup).volumes();
+    let opened = ferry_controller::seal::open(&seal_key, &name, &bytes).expect("sealed records");
+    let records: VolumeRecords = ferry_controller::gunzip_json(&opened).expect("volume records");
     records
         .volumes
         .into_iter()

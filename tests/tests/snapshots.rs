@@ -535,24 +535,16 @@ async fn volumes_that_cannot_be_snapshotted_are_named_and_none_is_skipped_silent
 /// Copies a backup's files in the bucket to the keys of another backup.
 async fn copy_backup_files(ferry: &RunningController, from: &str, to: &str) {
     let (from, to) = (BackupKeys::new(None, from), BackupKeys::new(None, to));
-    let s3 = TestEnv::get().s3_client();
+    // Each file is sealed under its own name: copied, it is opened and sealed again under the
+    // other backup's, as the controller would have written it.
     for (source, target) in [
         (from.archive(), to.archive()),
         (from.resource_list(), to.resource_list()),
         (from.results(), to.results()),
         (from.logs(), to.logs()),
     ] {
-        s3.copy_object()
-            .bucket(ferry.store.bucket())
-            .copy_source(format!(
-                "{}/{}",
-                ferry.store.bucket(),
-                ferry.store.key(&source)
-            ))
-            .key(ferry.store.key(&target))
-            .send()
-            .await
-            .unwrap_or_else(|error| panic!("copying {source}: {error}"));
+        let body = ferry.read_bytes(&source).await;
+        ferry.put_sealed(&target, &body).await;
     }
 }
 
@@ -614,14 +606,12 @@ async fn a_controller_restart_neither_strands_nor_orphans_snapshots() {
     vanished.persistent_volume = "pv-vanished".to_owned();
     vanished.snapshot.as_mut().unwrap().snapshot_id = "snap-0000000000000dead".to_owned();
     records.volumes.push(vanished);
-    env.s3_client()
-        .put_object()
-        .bucket(ferry.store.bucket())
-        .key(ferry.store.key(&BackupKeys::new(None, "waiting").volumes()))
-        .body(ferry_controller::gzip_json(&records).unwrap().into())
-        .send()
-        .await
-        .unwrap();
+    ferry
+        .put_sealed(
+            &BackupKeys::new(None, "waiting").volumes(),
+            &ferry_controller::gzip_json(&records).unwrap(),
+        )
+        .await;
     set_status(
         "waiting",
         json!({"phase": "WaitingForVolumes", "progress": {"itemsTotal": 5, "itemsDone": 5},
@@ -768,5 +758,104 @@ async fn an_expired_backup_takes_its_snapshots_with_it() {
         "the expired backup's snapshot is still in EC2"
     );
     assert!(ferry.store.objects("backups/brief/").await.is_empty());
+    ferry.stop().await;
+}
+
+/// A backup's records name a snapshot that is not its own (planted by whoever held the key, or
+/// written by a bug): deleting the backup deletes its own snapshot and leaves the other alone.
+#[tokio::test]
+async fn deleting_a_backup_deletes_only_snapshots_with_its_tag() {
+    let env = TestEnv::get();
+    let ferry = RunningController::start_with_location("snapshots-foreign").await;
+    let client = ferry.client.clone();
+    snapshot_location(&ferry, "ebs", env.ec2_endpoint()).await;
+    let app = TestNamespace::create(&client, "foreign").await;
+    let ns = app.name();
+    let volume = ebs_volume(
+        "us-east-1a",
+        VolumeType::Gp3,
+        None,
+        None,
+        None,
+        &[("app", "foreign")],
+    )
+    .await;
+    bound_claim(
+        &client,
+        ns,
+        "data",
+        json!({"metadata": {"name": unique_name("pv-foreign")}, "spec": {
+            "csi": {"driver": "ebs.csi.aws.com", "volumeHandle": volume},
+        }}),
+    )
+    .await;
+    bound_volume(&client, ns, "data").await;
+    let backup = ferry
+        .backup("owned", json!({"includedNamespaces": [ns]}))
+        .await;
+    assert_eq!(
+        backup.phase(),
+        Some(Phase::Completed),
+        "{}",
+        summary(&backup)
+    );
+    let uid = backup.uid().unwrap();
+    assert_eq!(snapshots_of(&uid).await.len(), 1);
+
+    // Someone else's snapshot of the same volume, named in the backup's records.
+    let foreign = env
+        .ec2_client()
+        .create_snapshot()
+        .volume_id(&volume)
+        .description("not Ferry's")
+        .send()
+        .await
+        .unwrap()
+        .snapshot_id()
+        .unwrap()
+        .to_owned();
+    let mut records = volume_records(&ferry, "owned").await;
+    let mut planted = records.volumes[0].clone();
+    planted.persistent_volume = "pv-planted".to_owned();
+    planted.snapshot.as_mut().unwrap().snapshot_id = foreign.clone();
+    records.volumes.push(planted);
+    ferry
+        .put_sealed(
+            &BackupKeys::new(None, "owned").volumes(),
+            &ferry_controller::gzip_json(&records).unwrap(),
+        )
+        .await;
+
+    let backups = ferry.backups();
+    let request = json!({"metadata": {"annotations": {"ferry.dev/delete-requested": "test"}}});
+    backups
+        .patch("owned", &PatchParams::default(), &Patch::Merge(&request))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + CONVERGENCE_TIMEOUT;
+    while backups.get_opt("owned").await.unwrap().is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the backup was not deleted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    assert!(
+        snapshots_of(&uid).await.is_empty(),
+        "its own snapshot remains"
+    );
+    let left = env
+        .ec2_client()
+        .describe_snapshots()
+        .snapshot_ids(&foreign)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        left.snapshots().len(),
+        1,
+        "the snapshot that was not the backup's was deleted"
+    );
+    app.delete_and_wait().await;
     ferry.stop().await;
 }

@@ -21,12 +21,14 @@ use serde::de::DeserializeOwned;
 use crate::{GlobalArgs, OutputFormat};
 
 mod backup;
+mod key;
 mod location;
 mod restore;
 mod schedule;
 mod snapshot_location;
 
 pub use backup::{BackupCommand, run_backup};
+pub use key::{KeyCommand, run_key};
 pub use location::{LocationCommand, run_location};
 pub use restore::{RestoreCommand, run_restore};
 pub use schedule::{ScheduleCommand, run_schedule};

@@ -626,7 +626,6 @@ async fn delete_data(backup: &Backup, ctx: &Context) -> Result<(usize, usize)> {
         Err(Error::NotFound { .. }) => VolumeRecords::default(),
         Err(error) => return Err(error),
     };
-    let snapshots = volumes::delete_snapshots(ctx, &records).await?;
     // A backup synced into another cluster has a uid of its own there; its snapshots carry the
     // uid of the Backup that wrote them, which its record keeps.
     let uid = match store.get(&keys.record()).await {
@@ -637,6 +636,7 @@ async fn delete_data(backup: &Backup, ctx: &Context) -> Result<(usize, usize)> {
     }
     .or_else(|| backup.uid())
     .unwrap_or_default();
+    let snapshots = volumes::delete_snapshots(ctx, &records, &uid).await?;
     let repository_snapshots =
         crate::agents::forget_backup_snapshots(&ctx.locations, &location, &records, &uid).await?;
     store.delete(&keys.record()).await?;

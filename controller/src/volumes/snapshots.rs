@@ -5,7 +5,7 @@
 //! native snapshotter covers is recorded for file-level backup with a warning, never left out
 //! silently.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ferry_protocol::crd::{Backup, VolumeSnapshotLocation};
 use ferry_protocol::volume::{
@@ -81,7 +81,7 @@ pub async fn snapshot_volumes(
     ctx: &Context,
     backup: &Backup,
     persistent_volumes: &[Value],
-    backed_up_by_agents: &std::collections::BTreeSet<String>,
+    backed_up_by_agents: &BTreeSet<String>,
 ) -> Result<VolumeOutcome> {
     let spec = &backup.spec;
     let mut outcome = VolumeOutcome::default();
@@ -407,10 +407,16 @@ pub(super) async fn follow_snapshots(ctx: &Context, records: &mut VolumeRecords)
     Ok(records.volumes.iter().all(|r| r.phase.is_terminal()))
 }
 
-/// Deletes every native snapshot of a backup; one already gone counts as deleted. Returns how
-/// many snapshots it deleted.
-pub async fn delete_snapshots(ctx: &Context, records: &VolumeRecords) -> Result<usize> {
-    let mut connections: BTreeMap<String, Ebs> = BTreeMap::new();
+/// Deletes every native snapshot of a backup (by the uid of the Backup that took them); one
+/// already gone counts as deleted. Only snapshots that carry the backup's tag are deleted: a
+/// record naming any other snapshot (written by mistake, or by whoever held the key) must not
+/// make Ferry delete what is not its own. Returns how many snapshots it deleted.
+pub async fn delete_snapshots(
+    ctx: &Context,
+    records: &VolumeRecords,
+    backup_uid: &str,
+) -> Result<usize> {
+    let mut connections: BTreeMap<String, (Ebs, BTreeSet<String>)> = BTreeMap::new();
     let mut deleted = 0;
     for snapshot in records.volumes.iter().filter_map(|r| r.snapshot.as_ref()) {
         if !connections.contains_key(&snapshot.location) {
@@ -423,10 +429,25 @@ pub async fn delete_snapshots(ctx: &Context, records: &VolumeRecords) -> Result<
                     )]),
                     other => other,
                 })?;
-            connections.insert(snapshot.location.clone(), ebs);
+            let owned: BTreeSet<String> = ebs
+                .snapshots_tagged(ebs::tags::BACKUP_UID, backup_uid)
+                .await
+                .map_err(ebs_error)?
+                .into_iter()
+                .collect();
+            connections.insert(snapshot.location.clone(), (ebs, owned));
         }
-        connections[&snapshot.location]
-            .delete_snapshot(&snapshot.snapshot_id)
+        let (ebs, owned) = &connections[&snapshot.location];
+        if !owned.contains(&snapshot.snapshot_id) {
+            // Gone already, or never this backup's.
+            tracing::warn!(
+                message = "a snapshot the backup's records name does not carry its tag (or is gone); left alone",
+                snapshot = %snapshot.snapshot_id,
+                tag = %format!("{}={backup_uid}", ebs::tags::BACKUP_UID),
+            );
+            continue;
+        }
+        ebs.delete_snapshot(&snapshot.snapshot_id)
             .await
             .map_err(ebs_error)?;
         deleted += 1;
