@@ -513,3 +513,162 @@ fn yaml_documents_parse_into_json_values() {
         ]
     );
 }
+
+/// A client that authenticates with `token` instead of the test environment's own credentials.
+async fn client_with_token(token: &str) -> Client {
+    let mut kubeconfig = kube::config::Kubeconfig::read_from(TestEnv::get().kubeconfig_path())
+        .expect("the test environment's kubeconfig");
+    for named in &mut kubeconfig.auth_infos {
+        named.auth_info = Some(kube::config::AuthInfo {
+            token: Some(token.to_owned().into()),
+            ..Default::default()
+        });
+    }
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("a config");
+    Client::try_from(config).expect("a client")
+}
+
+/// deploy/agent-leases.yaml, installed for real: an agent's token, bound to its pod on node A,
+/// may write the Lease of node A, and the API server refuses it node B's Lease and the
+/// controller's leader Lease though RBAC allows both. (The agents of the other tests run with the
+/// test environment's own credentials, which the policy does not match.)
+#[tokio::test]
+async fn an_agent_may_write_only_the_lease_of_its_own_node() {
+    use k8s_openapi::api::authentication::v1::{
+        BoundObjectReference, TokenRequest, TokenRequestSpec,
+    };
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
+    use kube::api::{DeleteParams, PostParams};
+
+    let kustomization = kustomization();
+    let manifests = manifests(&kustomization);
+    let client = TestEnv::get().kube_client().await;
+    for kind in [
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ] {
+        let manifest = find(&manifests, kind, "ferry-agent-leases");
+        apply(&client, &kustomization, manifest, false)
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+    }
+
+    let namespace = ferry_tests::TestNamespace::create(&client, "agent-leases").await;
+    let ns = namespace.name().to_owned();
+    let node_a = ferry_tests::unique_name("lease-node-a");
+    let nodes = Api::<Node>::all(client.clone());
+    nodes
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": node_a}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let objects = [
+        serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "ferry-agent"}}),
+        serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "ferry-agent"},
+            "rules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "patch", "update"]}]}),
+        serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "ferry-agent"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "ferry-agent"},
+            "subjects": [{"kind": "ServiceAccount", "name": "ferry-agent", "namespace": ns}]}),
+        serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "agent"},
+            "spec": {"nodeName": node_a, "serviceAccountName": "ferry-agent",
+                     "containers": [{"name": "agent", "image": "ferry.invalid/none"}]}}),
+    ];
+    for object in objects {
+        ferry_tests::create_object(&client, &ns, object).await;
+    }
+    let pod = Api::<Pod>::namespaced(client.clone(), &ns)
+        .get("agent")
+        .await
+        .unwrap();
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: Vec::new(),
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".to_owned()),
+                kind: Some("Pod".to_owned()),
+                name: pod.metadata.name.clone(),
+                uid: pod.metadata.uid.clone(),
+            }),
+            expiration_seconds: Some(600),
+        },
+        ..Default::default()
+    };
+    let token = Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+        .create_token_request("ferry-agent", &PostParams::default(), &request)
+        .await
+        .unwrap()
+        .status
+        .expect("a token")
+        .token;
+    let agent = client_with_token(&token).await;
+    let leases = Api::<Lease>::namespaced(agent, &ns);
+    let lease = |name: &str| -> Lease {
+        serde_json::from_value(
+            serde_json::json!({"metadata": {"name": name}, "spec": {"holderIdentity": name}}),
+        )
+        .unwrap()
+    };
+    // The controller's leader Lease, made by the controller (here, the test's credentials).
+    Api::<Lease>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &lease("ferry-controller"))
+        .await
+        .unwrap();
+
+    // The policy takes effect a moment after it is created.
+    let own = format!("ferry-agent-{node_a}");
+    let deadline = tokio::time::Instant::now() + CONVERGENCE_TIMEOUT;
+    let refusal = loop {
+        match leases
+            .create(&PostParams::default(), &lease("ferry-agent-another-node"))
+            .await
+        {
+            Err(kube::Error::Api(status)) if status.message.contains("its own node") => {
+                break status.message;
+            }
+            Ok(_) => {
+                leases
+                    .delete("ferry-agent-another-node", &DeleteParams::default())
+                    .await
+                    .ok();
+            }
+            Err(error) => panic!("an unexpected refusal: {error}"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agent's token still writes another node's Lease"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    assert!(refusal.contains("ferry-agent-<node>"), "{refusal}");
+    leases
+        .create(&PostParams::default(), &lease(&own))
+        .await
+        .unwrap_or_else(|error| panic!("the agent may not write its own Lease: {error}"));
+    let takeover = serde_json::json!({"spec": {"holderIdentity": "the-agent"}});
+    let error = leases
+        .patch(
+            "ferry-controller",
+            &PatchParams::default(),
+            &Patch::Merge(&takeover),
+        )
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("its own node"), "{error}");
+    leases
+        .patch(&own, &PatchParams::default(), &Patch::Merge(&takeover))
+        .await
+        .unwrap();
+
+    nodes
+        .delete(&node_a, &DeleteParams::default())
+        .await
+        .unwrap();
+    namespace.delete_and_wait().await;
+}

@@ -8,15 +8,15 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
-use ferry_protocol::crd::{Backup, DELETE_REQUESTED_ANNOTATION, Phase};
+use ferry_protocol::crd::{Backup, DELETE_REQUESTED_ANNOTATION, Phase, Progress};
 use ferry_protocol::layout::BackupKeys;
 use ferry_protocol::volume::VolumeRecords;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 
 use super::{
-    BackupTemplate, ClusterArgs, Columns, Shown, block_on, create, describe, enum_name, exit_code,
-    get, phase_name, print_objects, show, time, wait_for,
+    BackupTemplate, ClusterArgs, Columns, Operated, Shown, block_on, create_and_follow, describe,
+    enum_name, get, phase_name, show, time,
 };
 use crate::{GlobalArgs, OutputFormat};
 
@@ -75,21 +75,13 @@ pub fn run_backup(
                 template,
                 wait,
             } => {
-                let backup = Backup::new(&name, template.spec()?);
-                create(&backups, &backup).await?;
-                eprintln!(
-                    "backup {name} created; `ferry backup describe {name}` shows how it goes"
-                );
-                if wait {
-                    let done = wait_for(&backups, &name, |b: &Backup| {
-                        let status = b.status.clone().unwrap_or_default();
-                        (status.phase, status.progress)
-                    })
-                    .await?;
-                    print_objects(global, std::slice::from_ref(&done))?;
-                    return Ok(exit_code(done.status.and_then(|s| s.phase)));
-                }
-                Ok(ExitCode::SUCCESS)
+                create_and_follow(
+                    global,
+                    &backups,
+                    &Backup::new(&name, template.spec()?),
+                    wait,
+                )
+                .await
             }
             BackupCommand::Get { name } => show(global, &backups, name.as_deref()).await,
             BackupCommand::Describe { name, details } => {
@@ -234,6 +226,13 @@ fn print_volumes(records: &VolumeRecords) {
         ]);
     }
     println!("{table}");
+}
+
+impl Operated for Backup {
+    fn state(&self) -> (Option<Phase>, Option<Progress>) {
+        let status = self.status.clone().unwrap_or_default();
+        (status.phase, status.progress)
+    }
 }
 
 impl Shown for Backup {

@@ -271,6 +271,31 @@ trait Shown:
     const COLUMNS: Columns<Self>;
 }
 
+/// A Backup or a Restore, as `ferry <resource> create --wait` follows it.
+trait Operated: Shown {
+    /// Its phase and progress.
+    fn state(&self) -> (Option<Phase>, Option<Progress>);
+}
+
+/// `ferry backup|restore create`: creates `object`, says how to follow it, and with `wait`
+/// follows it to its end, printing it; the exit code says how it ended.
+async fn create_and_follow<K: Operated>(
+    global: &GlobalArgs,
+    api: &Api<K>,
+    object: &K,
+    wait: bool,
+) -> anyhow::Result<ExitCode> {
+    let (noun, name) = (K::NOUN, object.name_any());
+    create(api, object).await?;
+    eprintln!("{noun} {name} created; `ferry {noun} describe {name}` shows how it goes");
+    if !wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let done = wait_for(api, &name).await?;
+    print_objects(global, std::slice::from_ref(&done))?;
+    Ok(exit_code(done.state().0))
+}
+
 async fn create<K: Shown>(api: &Api<K>, object: &K) -> anyhow::Result<()> {
     let what = K::NOUN;
     match api.create(&PostParams::default(), object).await {
@@ -319,11 +344,7 @@ async fn get_or_list<K: Shown>(api: &Api<K>, name: Option<&str>) -> anyhow::Resu
 }
 
 /// Polls until the phase is final, with a progress bar for people.
-async fn wait_for<K: Shown>(
-    api: &Api<K>,
-    name: &str,
-    state: impl Fn(&K) -> (Option<Phase>, Option<Progress>),
-) -> anyhow::Result<K> {
+async fn wait_for<K: Operated>(api: &Api<K>, name: &str) -> anyhow::Result<K> {
     let bar = indicatif::ProgressBar::new(0);
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         bar.set_style(
@@ -338,7 +359,7 @@ async fn wait_for<K: Shown>(
     }
     loop {
         let object = get(api, name).await?;
-        let (phase, progress) = state(&object);
+        let (phase, progress) = object.state();
         if let Some(progress) = progress {
             bar.set_length(progress.items_total);
             bar.set_position(progress.items_done);

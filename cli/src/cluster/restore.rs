@@ -5,14 +5,14 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
-use ferry_protocol::crd::{Backup, ExistingResourcePolicy, Restore, RestoreSpec};
+use ferry_protocol::crd::{Backup, ExistingResourcePolicy, Phase, Progress, Restore, RestoreSpec};
 use ferry_protocol::layout::RestoreKeys;
 use kube::{Api, Client, ResourceExt};
 
 use super::backup::backup_store;
 use super::{
-    ClusterArgs, Columns, Scope, Shown, block_on, create, describe, exit_code, get, phase_name,
-    print_objects, show, time, wait_for,
+    ClusterArgs, Columns, Operated, Scope, Shown, block_on, create_and_follow, describe, get,
+    phase_name, show, time,
 };
 use crate::{GlobalArgs, OutputFormat};
 
@@ -111,20 +111,7 @@ pub fn run_restore(
                         jiff::Timestamp::now().strftime("%Y%m%d%H%M%S")
                     )
                 });
-                create(&restores, &Restore::new(&name, spec)).await?;
-                eprintln!(
-                    "restore {name} created; `ferry restore describe {name}` shows how it goes"
-                );
-                if wait {
-                    let done = wait_for(&restores, &name, |r: &Restore| {
-                        let status = r.status.clone().unwrap_or_default();
-                        (status.phase, status.progress)
-                    })
-                    .await?;
-                    print_objects(global, std::slice::from_ref(&done))?;
-                    return Ok(exit_code(done.status.and_then(|s| s.phase)));
-                }
-                Ok(ExitCode::SUCCESS)
+                create_and_follow(global, &restores, &Restore::new(&name, spec), wait).await
             }
             RestoreCommand::Get { name } => show(global, &restores, name.as_deref()).await,
             RestoreCommand::Describe { name, details } => {
@@ -161,6 +148,13 @@ fn parse_mappings(
         }
     }
     Ok(mapping)
+}
+
+impl Operated for Restore {
+    fn state(&self) -> (Option<Phase>, Option<Progress>) {
+        let status = self.status.clone().unwrap_or_default();
+        (status.phase, status.progress)
+    }
 }
 
 impl Shown for Restore {
