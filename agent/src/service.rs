@@ -30,6 +30,10 @@ use ferry_protocol::crd::BackupStorageLocation;
 
 /// Where a restored volume's completion marker goes, inside the volume.
 pub const MARKER_DIR: &str = ".ferry";
+/// How long a task waits for a conflicting lock: repository maintenance (a prune) holds an
+/// exclusive one for a while, and a backup or restore that meets it waits for it to finish rather
+/// than fail (a new cluster starts maintenance and its first restore at the same moment).
+const LOCK_WAIT: Duration = Duration::from_secs(15 * 60);
 /// The tag that says which pod volume a snapshot is of, so the next backup finds its parent.
 const POD_VOLUME_TAG: &str = "pod-volume=";
 
@@ -291,6 +295,7 @@ impl Agent for AgentService {
                 parent,
                 progress: Some(progress_sink(updates, errors.clone())),
                 cancel: Some(cancel),
+                lock_wait: LOCK_WAIT,
                 ..Default::default()
             };
             let outcome =
@@ -461,6 +466,7 @@ pub fn restore_volume(
         sync: true,
         devices: false,
         privileges: false,
+        lock_wait: LOCK_WAIT,
         ..Default::default()
     };
     let (_, snapshot) = repo.find_snapshot(snapshot)?;

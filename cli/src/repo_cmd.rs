@@ -342,13 +342,16 @@ fn key(global: &GlobalArgs, command: KeyCommand, json: bool) -> anyhow::Result<(
                 println!("{}", serde_json::to_string(&keys)?);
             } else {
                 for key in keys {
+                    // Slots written since 2026-12-06 name no user and no host.
+                    let by = match (key.username.is_empty(), key.hostname.is_empty()) {
+                        (true, true) => String::new(),
+                        _ => format!(" {}@{}", key.username, key.hostname),
+                    };
                     println!(
-                        "{}{} {} {}@{}",
+                        "{}{} {}{by}",
                         if key.current { "*" } else { " " },
                         key.id,
                         key.created.strftime("%Y-%m-%d %H:%M:%S"),
-                        key.username,
-                        key.hostname
                     );
                 }
             }

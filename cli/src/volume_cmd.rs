@@ -90,6 +90,7 @@ pub fn run(global: &GlobalArgs, command: VolumeCommand) -> anyhow::Result<ExitCo
                 cross_filesystems,
                 fail_on_unreadable,
                 progress: progress.as_ref().map(|(_, sink)| sink.clone()),
+                lock_wait: global.lock_wait(),
                 ..Default::default()
             };
             let outcome = ferry_mover::backup(&repo, &path, &options);
@@ -140,6 +141,7 @@ pub fn run(global: &GlobalArgs, command: VolumeCommand) -> anyhow::Result<ExitCo
                 privileges,
                 sync: !no_sync,
                 progress: progress.as_ref().map(|(_, sink)| sink.clone()),
+                lock_wait: global.lock_wait(),
                 ..Default::default()
             };
             let summary = ferry_mover::restore(&repo, &snapshot, &target, &options);

@@ -377,43 +377,58 @@ fn help_lists_a_commands_own_options_first_and_repository_options_only_where_the
     }
 }
 
-/// `repo check` waits for a conflicting lock (a prune's, a maintenance Job's) as long as
-/// `--retry-lock` allows, as every other command does; without it, it names the lock at once.
+/// `repo check`, `volume backup` and `volume restore` wait for a conflicting lock (a prune's, a
+/// maintenance Job's) as long as `--retry-lock` allows; without it, they name the lock at once.
+/// (Backup and restore took no lock wait at all before: the node agent's tasks failed on a
+/// maintenance Job's lock.)
 #[test]
-fn check_waits_for_an_exclusive_lock_as_long_as_retry_lock_allows() {
+fn commands_wait_for_an_exclusive_lock_as_long_as_retry_lock_allows() {
     let fx = Fixture::new();
     fx.init();
+    let source = fx.path("source");
+    fill(&source, 3, 1000, 7);
+    let source = source.to_str().unwrap().to_owned();
+    fx.ok(&["-o", "json", "volume", "backup", &source]);
+    let target = fx.path("target");
+    let target = target.to_str().unwrap().to_owned();
     let backend = ferry_mover::open_backend(&fx.repo_url(), &Default::default()).unwrap();
     let repo = std::sync::Arc::new(
         ferry_mover::Repository::open_without_index(backend, PASSWORD.as_bytes()).unwrap(),
     );
-    let lock = ferry_mover::lock::RepoLock::acquire(&repo, true, Duration::ZERO).unwrap();
+    let commands: [&[&str]; 3] = [
+        &["repo", "check"],
+        &["volume", "backup", &source],
+        &["volume", "restore", "latest", &target],
+    ];
+    for command in commands {
+        let lock = ferry_mover::lock::RepoLock::acquire(&repo, true, Duration::ZERO).unwrap();
+        let refused = fx.run(command);
+        assert!(
+            !refused.status.success(),
+            "{command:?} ran under an exclusive lock"
+        );
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains("exclusive lock"), "{command:?}: {stderr}");
 
-    let refused = fx.run(&["repo", "check"]);
-    assert!(
-        !refused.status.success(),
-        "it checked under an exclusive lock"
-    );
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains("exclusive lock"), "{stderr}");
-
-    let mut waiting = fx
-        .ferry()
-        .args(["repo", "check", "--retry-lock", "60"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(
-        waiting.try_wait().unwrap().is_none(),
-        "--retry-lock 60 gave up within 2 s"
-    );
-    drop(lock);
-    let output = waiting.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "the check failed once the lock was gone: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+        let mut waiting = fx
+            .ferry()
+            .args(command)
+            .args(["--retry-lock", "60"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+        assert!(
+            waiting.try_wait().unwrap().is_none(),
+            "{command:?} --retry-lock 60 gave up within 2 s"
+        );
+        drop(lock);
+        let output = waiting.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{command:?} failed once the lock was gone: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }

@@ -63,6 +63,9 @@ pub struct BackupOptions {
     /// Set to stop the backup: it ends with [`Error::Cancelled`] at the next entry or chunk,
     /// writing no snapshot (the packs already written are reclaimed by prune).
     pub cancel: Option<Arc<AtomicBool>>,
+    /// How long to wait for another process's conflicting lock (a prune's exclusive one) before
+    /// giving up; none by default.
+    pub lock_wait: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -103,7 +106,7 @@ pub fn backup_root(
     root: &RootDir,
     options: &BackupOptions,
 ) -> Result<BackupOutcome> {
-    let lock = RepoLock::acquire(repo, false, Duration::ZERO)?;
+    let lock = RepoLock::acquire(repo, false, options.lock_wait)?;
     // Deduplicating against an index read before the lock could reference packs a prune has
     // deleted since.
     repo.refresh_index()?;

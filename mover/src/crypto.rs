@@ -168,7 +168,11 @@ pub struct KeySlot {
     #[serde(with = "hex_bytes")]
     pub wrapped_master_key: Vec<u8>,
     pub created: jiff::Timestamp,
+    /// Who made it: only in slots written before 2026-12-06. A slot is stored in clear, and the
+    /// machine and user that made it are not for whoever reads the bucket.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub hostname: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub username: String,
 }
 
@@ -185,8 +189,8 @@ impl KeySlot {
             salt,
             wrapped_master_key: seal(&kek, master.raw()),
             created: jiff::Timestamp::now(),
-            hostname: crate::util::hostname(),
-            username: crate::util::username(),
+            hostname: String::new(),
+            username: String::new(),
         })
     }
 
@@ -312,5 +316,32 @@ mod tests {
             .expect("the right password opens the slot");
         assert_eq!(opened.raw(), master.raw());
         assert!(slot.unwrap_with(b"wrong").unwrap().is_none());
+    }
+
+    /// A key slot is stored in clear: it names no machine and no user. One written by an older
+    /// Ferry, which did, still opens.
+    #[test]
+    fn a_key_slot_names_no_host_and_no_user() {
+        let master = MasterKey::generate();
+        let params = KdfParams {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+        };
+        let slot = KeySlot::wrap(&master, b"pw", params).unwrap();
+        let stored: serde_json::Value = serde_json::to_value(&slot).unwrap();
+        let fields: Vec<&String> = stored.as_object().unwrap().keys().collect();
+        for private in ["hostname", "username"] {
+            assert!(!fields.iter().any(|f| *f == private), "{fields:?}");
+        }
+        let text = serde_json::to_string(&slot).unwrap();
+        assert!(!text.contains(&crate::util::hostname()), "{text}");
+
+        let mut older = stored;
+        older["hostname"] = "build-host".into();
+        older["username"] = "root".into();
+        let decoded = KeySlot::decode(older.to_string().as_bytes()).unwrap();
+        assert_eq!(decoded.hostname, "build-host");
+        assert!(decoded.unwrap_with(b"pw").unwrap().is_some());
     }
 }

@@ -64,6 +64,9 @@ pub struct RestoreOptions {
     /// Make everything written durable (`syncfs` of the target's filesystem) before returning,
     /// so that a completion marker written afterwards never outlives the data after a crash.
     pub sync: bool,
+    /// How long to wait for another process's conflicting lock (a prune's exclusive one) before
+    /// giving up; none by default.
+    pub lock_wait: Duration,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -113,7 +116,7 @@ pub fn restore_into(
     root: &RootDir,
     options: &RestoreOptions,
 ) -> Result<RestoreSummary> {
-    let lock = RepoLock::acquire(repo, false, Duration::ZERO)?;
+    let lock = RepoLock::acquire(repo, false, options.lock_wait)?;
     // Packs may have been repacked by a prune since the index was read.
     repo.refresh_index()?;
     let tracker = Tracker::new(options.progress.clone());
