@@ -6,7 +6,7 @@
 //! the status, records the metrics and emits the Event of a start or an ending.
 //!
 //! What differs between the two kinds (how they run, follow their volumes, are deleted) is the
-//! [`Operation`] trait, implemented in `backup.rs` and `restore/mod.rs`.
+//! [`Operation`] trait, implemented in `backup/mod.rs` and `restore/mod.rs`.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,7 +3,10 @@
 //! volume records and log beside it; snapshots the volumes, and follows the snapshots to
 //! completion without holding the reconciler (phase WaitingForVolumes, polled). A Backup annotated
 //! for deletion is deleted: snapshots, files, then the resource. Which of these a reconcile does
-//! is decided in [`crate::operation`], which Restores share.
+//! is decided in [`crate::operation`], which Restores share. What each kind of object adds (the
+//! cluster-scoped objects it needs, the pods and volumes it hands on) is an item action in
+//! `actions/`; the volumes are followed by [`crate::volumes`]. Every file is sealed on its way to
+//! the bucket ([`crate::seal`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
