@@ -1006,15 +1006,7 @@ async fn database_record(
 
 /// The repository password, as the controller keeps it (and the user keeps a copy).
 async fn repository_password(cluster: &Cluster) -> Vec<u8> {
-    let secret = Api::<Secret>::namespaced(cluster.client.clone(), FERRY_NAMESPACE)
-        .get("ferry-repository-password")
-        .await
-        .expect("the repository password Secret");
-    secret
-        .data
-        .and_then(|mut data| data.remove("password"))
-        .expect("a password")
-        .0
+    ferry_tests::installation_key(&cluster.client, FERRY_NAMESPACE).await
 }
 
 /// `ferry repo check --read-data` of production's repository, from this machine.
