@@ -684,14 +684,7 @@ async fn crafted_and_malformed_archives_fail_before_anything_is_restored() {
     }
     // The location's sync brings them in as Backups.
     for (name, _, _) in &archives {
-        let deadline = tokio::time::Instant::now() + CONVERGENCE_TIMEOUT;
-        while ferry.backups().get_opt(name).await.unwrap().is_none() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{name} was not synced"
-            );
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+        wait_synced(&ferry.backups(), name).await;
     }
 
     let configmaps = Api::<ConfigMap>::namespaced(client.clone(), app.name());
@@ -726,8 +719,13 @@ async fn plant_backup(ferry: &RunningController, record: &[u8], name: &str, arch
     let keys = ferry_protocol::layout::BackupKeys::new(None, name);
     ferry.put_sealed(&keys.record(), record).await;
     ferry.put_sealed(&keys.archive(), &archive).await;
+    wait_synced(&ferry.backups(), name).await;
+}
+
+/// Waits until the location's sync has brought backup `name` into the cluster of `backups`.
+async fn wait_synced(backups: &Api<Backup>, name: &str) {
     let deadline = tokio::time::Instant::now() + CONVERGENCE_TIMEOUT;
-    while ferry.backups().get_opt(name).await.unwrap().is_none() {
+    while backups.get_opt(name).await.unwrap().is_none() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "{name} was not synced"
@@ -1210,14 +1208,7 @@ async fn a_new_cluster_recovers_from_the_bucket() {
         )
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + CONVERGENCE_TIMEOUT;
-    while backups.get_opt("before-disaster").await.unwrap().is_none() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the backup never appeared in the new cluster"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    wait_synced(&backups, "before-disaster").await;
     let synced = finished(&backups, "before-disaster").await;
     assert_eq!(
         synced.phase(),

@@ -533,6 +533,18 @@ async fn volumes_that_cannot_be_snapshotted_are_named_and_none_is_skipped_silent
 }
 
 /// Copies a backup's files in the bucket to the keys of another backup.
+/// Waits until the controller has deleted Backup `name` (its snapshots and files first).
+async fn wait_deleted(backups: &Api<Backup>, name: &str) {
+    let deadline = tokio::time::Instant::now() + CONVERGENCE_TIMEOUT;
+    while backups.get_opt(name).await.unwrap().is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "backup {name} was not deleted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+}
+
 async fn copy_backup_files(ferry: &RunningController, from: &str, to: &str) {
     let (from, to) = (BackupKeys::new(None, from), BackupKeys::new(None, to));
     // Each file is sealed under its own name: copied, it is opened and sealed again under the
@@ -745,14 +757,7 @@ async fn an_expired_backup_takes_its_snapshots_with_it() {
         .patch("brief", &PatchParams::default(), &Patch::Merge(&nudge))
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + CONVERGENCE_TIMEOUT;
-    while backups.get_opt("brief").await.unwrap().is_some() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the expired backup was not deleted"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    }
+    wait_deleted(&backups, "brief").await;
     assert!(
         snapshots_of(&uid).await.is_empty(),
         "the expired backup's snapshot is still in EC2"
@@ -832,14 +837,7 @@ async fn deleting_a_backup_deletes_only_snapshots_with_its_tag() {
         .patch("owned", &PatchParams::default(), &Patch::Merge(&request))
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + CONVERGENCE_TIMEOUT;
-    while backups.get_opt("owned").await.unwrap().is_some() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the backup was not deleted"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    }
+    wait_deleted(&backups, "owned").await;
     assert!(
         snapshots_of(&uid).await.is_empty(),
         "its own snapshot remains"
