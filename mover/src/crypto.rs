@@ -63,37 +63,56 @@ impl MasterKey {
     }
 
     pub fn encrypt(&self, plaintext: &[u8]) -> Vec<u8> {
-        seal(&self.aead, plaintext)
+        seal(&self.aead, plaintext, &[])
     }
 
     /// `what` names the object in the error when authentication fails.
     pub fn decrypt(&self, ciphertext: &[u8], what: &str) -> Result<Vec<u8>> {
-        open(&self.aead, ciphertext)
-            .ok_or_else(|| Error::corrupt(what, "authentication failed (altered or truncated)"))
+        self.decrypt_bound(ciphertext, &[], what)
+    }
+
+    /// Encrypts with associated data: the ciphertext opens only with the same `bound_to` (the
+    /// name of the object it is stored as), so it cannot be moved to another name unnoticed.
+    pub fn encrypt_bound(&self, plaintext: &[u8], bound_to: &[u8]) -> Vec<u8> {
+        seal(&self.aead, plaintext, bound_to)
+    }
+
+    /// Opens what [`MasterKey::encrypt_bound`] sealed with the same `bound_to`.
+    pub fn decrypt_bound(&self, ciphertext: &[u8], bound_to: &[u8], what: &str) -> Result<Vec<u8>> {
+        open(&self.aead, ciphertext, bound_to).ok_or_else(|| {
+            Error::corrupt(
+                what,
+                "authentication failed (altered, truncated, or moved from another name)",
+            )
+        })
     }
 }
 
-fn seal(key: &LessSafeKey, plaintext: &[u8]) -> Vec<u8> {
+fn seal(key: &LessSafeKey, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
     let mut nonce = [0u8; NONCE_LEN];
     fill_random(&mut nonce);
     let mut out = Vec::with_capacity(plaintext.len() + OVERHEAD);
     out.extend_from_slice(&nonce);
     out.extend_from_slice(plaintext);
     let mut body = out.split_off(NONCE_LEN);
-    key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut body)
-        .expect("AES-GCM sealing of an in-memory buffer cannot fail");
+    key.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key(nonce),
+        Aad::from(aad),
+        &mut body,
+    )
+    .expect("AES-GCM sealing of an in-memory buffer cannot fail");
     out.extend_from_slice(&body);
     out
 }
 
-fn open(key: &LessSafeKey, ciphertext: &[u8]) -> Option<Vec<u8>> {
+fn open(key: &LessSafeKey, ciphertext: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
     if ciphertext.len() < OVERHEAD {
         return None;
     }
     let nonce = Nonce::try_assume_unique_for_key(&ciphertext[..NONCE_LEN]).ok()?;
     let mut body = ciphertext[NONCE_LEN..].to_vec();
     let plain_len = key
-        .open_in_place(nonce, Aad::empty(), &mut body)
+        .open_in_place(nonce, Aad::from(aad), &mut body)
         .ok()?
         .len();
     body.truncate(plain_len);
@@ -187,7 +206,7 @@ impl KeySlot {
             kdf: "argon2id".into(),
             params,
             salt,
-            wrapped_master_key: seal(&kek, master.raw()),
+            wrapped_master_key: seal(&kek, master.raw(), &[]),
             created: jiff::Timestamp::now(),
             hostname: String::new(),
             username: String::new(),
@@ -224,7 +243,7 @@ impl KeySlot {
         }
         self.params.validate()?;
         let kek = derive_kek(password, &self.salt, self.params)?;
-        Ok(open(&kek, &self.wrapped_master_key).and_then(|raw| {
+        Ok(open(&kek, &self.wrapped_master_key, &[]).and_then(|raw| {
             let raw: [u8; 32] = raw.try_into().ok()?;
             Some(MasterKey::from_bytes(raw))
         }))
@@ -290,6 +309,22 @@ mod tests {
         }
         assert!(key.decrypt(&sealed[..10], "x").is_err());
         assert!(MasterKey::generate().decrypt(&sealed, "x").is_err());
+    }
+
+    #[test]
+    fn a_bound_ciphertext_opens_only_under_its_own_name() {
+        let key = MasterKey::generate();
+        let sealed = key.encrypt_bound(b"snapshot", b"snapshots/aa");
+        assert_eq!(
+            key.decrypt_bound(&sealed, b"snapshots/aa", "x").unwrap(),
+            b"snapshot"
+        );
+        assert!(key.decrypt_bound(&sealed, b"snapshots/bb", "x").is_err());
+        assert!(key.decrypt(&sealed, "x").is_err());
+        assert!(
+            key.decrypt_bound(&key.encrypt(b"old"), b"snapshots/aa", "x")
+                .is_err()
+        );
     }
 
     #[test]

@@ -17,7 +17,12 @@ use crate::lock::LockTiming;
 use crate::snapshot::Snapshot;
 use crate::tree::Tree;
 
-pub const FORMAT_VERSION: u32 = 1;
+/// The format this ferry writes. Version 2 binds each encrypted object to its name (the AEAD's
+/// associated data), so that a snapshot, index or lock copied over another is refused; version 1
+/// repositories (written before) are still read and written as they are.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format this ferry opens.
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 
 /// Settings every writer of a repository must share; stored encrypted as `config`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,13 +174,17 @@ impl Repository {
         let exists = || Error::RepositoryExists {
             location: self.backend.location(),
         };
-        let encoded = self.encode_object(&serde_json::to_vec(&self.config).expect("serializes"));
+        let encoded = self.encode_object(
+            Kind::Config,
+            "config",
+            &serde_json::to_vec(&self.config).expect("serializes"),
+        );
         if !self.backend.put_new(Kind::Config, "config", &encoded)? {
             return Err(exists());
         }
         std::thread::sleep(self.backend.settle_time());
         let stored = self.backend.get(Kind::Config, "config")?;
-        match decode_json_object::<RepoConfig>(&self.key, &stored, "config") {
+        match decode_config(&self.key, &stored) {
             Ok(stored) if stored.id == self.config.id => Ok(()),
             // Encrypted with another writer's master key, or another id: somebody else's.
             Ok(_) | Err(Error::Corrupt { .. }) => Err(exists()),
@@ -229,7 +238,7 @@ impl Repository {
                     continue;
                 }
             };
-            match decode_json_object::<RepoConfig>(&key, &config_bytes, "config") {
+            match decode_config(&key, &config_bytes) {
                 Ok(config) => {
                     opened = Some((key, info.name.clone(), kdf, config));
                     break;
@@ -244,12 +253,6 @@ impl Repository {
         }
         // Slots skipped as unusable were warned about; to the user it is the wrong password.
         let (key, key_id, kdf, config) = opened.ok_or(Error::WrongPassword)?;
-        if config.version != FORMAT_VERSION {
-            return Err(Error::Format(format!(
-                "repository format version {} is not supported by this ferry (it reads version {FORMAT_VERSION}); upgrade ferry",
-                config.version
-            )));
-        }
         config.chunker.validate()?;
         Ok(Repository {
             backend,
@@ -344,9 +347,7 @@ impl Repository {
     }
 
     pub fn load_index_file(&self, name: &str) -> Result<IndexFile> {
-        let bytes = self.backend.get(Kind::Index, name)?;
-        let plain = decode_object(&self.key, &bytes, &format!("index {name}"))?;
-        IndexFile::decode(&plain)
+        IndexFile::decode(&self.get_object(Kind::Index, name)?)
     }
 
     pub fn save_index_file(&self, index: &IndexFile) -> Result<Id> {
@@ -364,14 +365,17 @@ impl Repository {
     }
 
     pub(crate) fn put_object(&self, kind: Kind, name: &str, plaintext: &[u8]) -> Result<()> {
-        self.backend.put(kind, name, &self.encode_object(plaintext))
+        self.backend
+            .put(kind, name, &self.encode_object(kind, name, plaintext))
     }
 
-    /// A JSON object as stored: framed, compressed, encrypted.
-    fn encode_object(&self, plaintext: &[u8]) -> Vec<u8> {
+    /// An object as stored: framed, compressed, encrypted, and (from format version 2) bound to
+    /// its name.
+    fn encode_object(&self, kind: Kind, name: &str, plaintext: &[u8]) -> Vec<u8> {
         let mut framed = vec![OBJECT_JSON_ZSTD];
         framed.extend_from_slice(&zstd::bulk::compress(plaintext, 3).expect("in-memory zstd"));
-        self.key.encrypt(&framed)
+        self.key
+            .encrypt_bound(&framed, &object_binding(self.config.version, kind, name))
     }
 
     pub(crate) fn get_object(&self, kind: Kind, name: &str) -> Result<Vec<u8>> {
@@ -381,7 +385,13 @@ impl Repository {
             Kind::Snapshot => 64 << 20,
             _ => MAX_OBJECT_PLAINTEXT,
         };
-        decode_object_within(&self.key, &bytes, &kind.path_of(name), limit)
+        decode_object_within(
+            &self.key,
+            &bytes,
+            &object_binding(self.config.version, kind, name),
+            &kind.path_of(name),
+            limit,
+        )
     }
 
     // Snapshots.
@@ -586,19 +596,56 @@ fn check_password(password: &[u8]) -> Result<()> {
 /// The plaintext of a stored JSON object (config, index, snapshot, lock): authenticated,
 /// decrypted, and decompressed to at most [`MAX_OBJECT_PLAINTEXT`] bytes. `what` names it in
 /// errors.
-pub fn decode_object(key: &MasterKey, bytes: &[u8], what: &str) -> Result<Vec<u8>> {
-    decode_object_within(key, bytes, what, MAX_OBJECT_PLAINTEXT)
+/// The associated data an object of format `version` is sealed with: its path in the repository
+/// from version 2 on, so that the AEAD refuses it anywhere else; nothing in version 1.
+fn object_binding(version: u32, kind: Kind, name: &str) -> Vec<u8> {
+    if version >= 2 {
+        format!("ferry repository object {}", kind.path_of(name)).into_bytes()
+    } else {
+        Vec::new()
+    }
 }
 
-/// [`decode_object`] with a bound of its own: small objects (locks, snapshots) get small ones, so
-/// that a crafted one cannot make everyone who reads it allocate the larger bound.
+/// Reads the config, whose own format version says how it was sealed: a version 2 config is bound
+/// to its name; a version 1 config is not, and only version 1 may be read that way (a config that
+/// opens unbound but claims a later version was not written by any ferry).
+fn decode_config(key: &MasterKey, bytes: &[u8]) -> Result<RepoConfig> {
+    let current = object_binding(FORMAT_VERSION, Kind::Config, "config");
+    let (config, bound) = match config_sealed_with(key, bytes, &current) {
+        Ok(config) => (config, true),
+        Err(Error::Corrupt { .. }) => (config_sealed_with(key, bytes, &[])?, false),
+        Err(error) => return Err(error),
+    };
+    let expected_unbound = config.version < 2;
+    if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&config.version) {
+        return Err(Error::Format(format!(
+            "repository format version {} is not supported by this ferry (it reads versions {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}); upgrade ferry",
+            config.version
+        )));
+    }
+    if bound == expected_unbound {
+        return Err(Error::corrupt(
+            "config",
+            format!(
+                "format version {} sealed the way another version seals",
+                config.version
+            ),
+        ));
+    }
+    Ok(config)
+}
+
+/// Opens an object sealed with `binding`, inflating it up to `limit` bytes: small objects (locks,
+/// snapshots) get small bounds, so that a crafted one cannot make everyone who reads it allocate
+/// the larger bound.
 fn decode_object_within(
     key: &MasterKey,
     bytes: &[u8],
+    binding: &[u8],
     what: &str,
     limit: usize,
 ) -> Result<Vec<u8>> {
-    let framed = key.decrypt(bytes, what)?;
+    let framed = key.decrypt_bound(bytes, binding, what)?;
     match framed.split_first() {
         Some((&OBJECT_JSON_ZSTD, body)) => crate::util::decompress_bounded(body, limit)
             .map_err(|error| Error::corrupt(what, format!("zstd: {error}"))),
@@ -606,13 +653,9 @@ fn decode_object_within(
     }
 }
 
-fn decode_json_object<T: serde::de::DeserializeOwned>(
-    key: &MasterKey,
-    bytes: &[u8],
-    what: &str,
-) -> Result<T> {
-    let plain = decode_object(key, bytes, what)?;
-    serde_json::from_slice(&plain).map_err(|error| Error::Format(format!("{what}: {error}")))
+fn config_sealed_with(key: &MasterKey, bytes: &[u8], binding: &[u8]) -> Result<RepoConfig> {
+    let plain = decode_object_within(key, bytes, binding, "config", 1 << 20)?;
+    serde_json::from_slice(&plain).map_err(|error| Error::Format(format!("config: {error}")))
 }
 
 #[cfg(test)]

@@ -34,6 +34,7 @@ on_both_backends!(
     a_backup_whose_index_predates_a_prune_stores_what_it_needs,
     racing_creators_on_a_store_ignoring_if_none_match_keep_one_master_key,
     planted_and_oversized_key_slots_are_skipped,
+    a_snapshot_or_index_copied_over_another_is_refused,
 );
 
 /// A backend whose reads of chosen objects fail on demand, and which may ignore `put_new`'s
@@ -239,6 +240,67 @@ fn prune_refuses_to_sweep_when_a_snapshot_cannot_be_read(kind: &str, name: &str)
     let report = ferry_mover::prune(&repo, &PruneOptions::default()).unwrap();
     assert!(report.blobs_removed > 0, "{report:?}");
     check_clean(&repo);
+    restores_exactly(&repo, &ids[0], sources[0].path());
+}
+
+/// Whoever can write to the store but holds no key cannot pass one sealed object off as another:
+/// each is bound to its name (format version 2), so a snapshot copied over another snapshot, or
+/// an index over another index, fails authentication and is named, rather than read as the
+/// other. Before version 2 the copy was read as the snapshot it replaced.
+fn a_snapshot_or_index_copied_over_another_is_refused(kind: &str, name: &str) {
+    let (faulty, repo, sources, ids, _store) = two_snapshots(kind, name);
+    let older = faulty.get(Kind::Snapshot, &ids[0].to_hex()).unwrap();
+    faulty
+        .put(Kind::Snapshot, &ids[1].to_hex(), &older)
+        .unwrap();
+    let listing = repo.list_snapshots().unwrap();
+    assert_eq!(
+        listing
+            .snapshots
+            .iter()
+            .map(|(id, _)| *id)
+            .collect::<Vec<_>>(),
+        vec![ids[0]],
+        "the copy was read as a snapshot"
+    );
+    assert_eq!(listing.damaged.len(), 1);
+    assert_eq!(listing.damaged[0].0, ids[1]);
+    let refused = repo.load_snapshot(&ids[1]).unwrap_err();
+    assert!(
+        matches!(refused, Error::Corrupt { .. })
+            && refused.to_string().contains(&ids[1].to_hex())
+            && refused.to_string().contains("moved from another name"),
+        "{refused}"
+    );
+    let target = tempfile::tempdir().unwrap();
+    assert!(
+        ferry_mover::restore(
+            &repo,
+            &ids[1].to_hex(),
+            target.path(),
+            &RestoreOptions::default()
+        )
+        .is_err(),
+        "the swapped snapshot was restored"
+    );
+    assert_eq!(std::fs::read_dir(target.path()).unwrap().count(), 0);
+
+    let indexes = faulty.list(Kind::Index).unwrap();
+    assert!(indexes.len() >= 2, "{indexes:?}");
+    let first = faulty.get(Kind::Index, &indexes[0].name).unwrap();
+    let second = faulty.get(Kind::Index, &indexes[1].name).unwrap();
+    faulty.put(Kind::Index, &indexes[1].name, &first).unwrap();
+    let refused = repo.load_index_file(&indexes[1].name).unwrap_err();
+    assert!(
+        matches!(refused, Error::Corrupt { .. }) && refused.to_string().contains(&indexes[1].name),
+        "{refused}"
+    );
+    assert!(
+        Repository::open(faulty.clone(), PASSWORD).is_err(),
+        "the index was read with a copy in it"
+    );
+    // Put back, the untouched first snapshot restores.
+    faulty.put(Kind::Index, &indexes[1].name, &second).unwrap();
     restores_exactly(&repo, &ids[0], sources[0].path());
 }
 

@@ -37,6 +37,70 @@ on_both_backends!(
     a_large_file_spanning_many_packs_restores_exactly_with_its_zeros_as_a_hole,
 );
 
+/// A repository written by ferry before format version 2 (`tests/fixtures/repository-v1`, made
+/// with `ferry repo init` and `ferry volume backup --host fixture` of a directory holding
+/// `a.txt`, `dir/numbers.txt` and the symlink `link -> a.txt`) still opens, restores, takes new
+/// backups and passes check; it stays version 1.
+#[test]
+fn a_version_1_repository_is_still_read_and_written() {
+    let work = tempfile::tempdir().unwrap();
+    let copy = work.path().join("repo");
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/repository-v1"),
+        &copy,
+    );
+    let backend: Arc<dyn ferry_mover::Backend> = Arc::new(ferry_mover::LocalBackend::new(&copy));
+    let repo = Arc::new(Repository::open(backend.clone(), b"version-one-fixture").unwrap());
+    assert_eq!(repo.config().version, 1);
+
+    let numbers: String = (1..=2000).map(|n| format!("{n}\n")).collect();
+    let restored = work.path().join("restored");
+    let summary = restore(&repo, "latest", &restored);
+    assert_eq!(summary.errors, 0, "{summary:?}");
+    assert_eq!(
+        std::fs::read_to_string(restored.join("a.txt")).unwrap(),
+        "hello from format version 1\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(restored.join("dir/numbers.txt")).unwrap(),
+        numbers
+    );
+    assert_eq!(
+        std::fs::read_link(restored.join("link")).unwrap(),
+        Path::new("a.txt")
+    );
+
+    std::fs::write(restored.join("added.txt"), b"written by a later ferry").unwrap();
+    backup(&repo, &restored);
+    let repo = Arc::new(Repository::open(backend, b"version-one-fixture").unwrap());
+    assert_eq!(repo.config().version, 1);
+    assert_eq!(repo.snapshots().unwrap().len(), 2);
+    let again = work.path().join("again");
+    restore(&repo, "latest", &again);
+    assert_same_tree(&restored, &again);
+    let report = ferry_mover::check(
+        &repo,
+        &ferry_mover::CheckOptions {
+            read_data: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(report.is_clean(), "{:?}", report.errors);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
 fn backup(repo: &Arc<Repository>, source: &Path) -> ferry_mover::BackupOutcome {
     ferry_mover::backup(
         repo,
