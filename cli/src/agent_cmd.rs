@@ -9,7 +9,6 @@ use anyhow::Context as _;
 use clap::Args;
 use ferry_agent::metrics::AgentMetrics;
 use ferry_agent::{AgentConfig, AgentSettings};
-use ferry_protocol::agent::TlsCredentials;
 
 use crate::cluster::ClusterArgs;
 use crate::probes::{self, Response};
@@ -31,9 +30,6 @@ pub struct AgentArgs {
     /// The address the controller reaches this agent at; default: POD_IP and the listen port.
     #[arg(long, env = "FERRY_AGENT_ADVERTISE")]
     advertise: Option<String>,
-    /// The mounted Secret ferry-agent-tls (ca.crt, tls.crt, tls.key).
-    #[arg(long, env = "FERRY_AGENT_TLS_DIR", default_value = "/etc/ferry/tls")]
-    tls_dir: PathBuf,
     /// Volume backups and restores at once on this node.
     #[arg(long, env = "FERRY_AGENT_MAX_TASKS", default_value_t = 2)]
     max_tasks: usize,
@@ -61,7 +57,6 @@ pub fn run(args: AgentArgs, cluster: &ClusterArgs) -> anyhow::Result<ExitCode> {
             format!("{ip}:{}", args.listen.port())
         }
     };
-    let tls = TlsCredentials::read_dir(&args.tls_dir).map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         let client = cluster.client().await.context(
@@ -89,7 +84,6 @@ pub fn run(args: AgentArgs, cluster: &ClusterArgs) -> anyhow::Result<ExitCode> {
             namespace: args.namespace,
             listen: args.listen,
             advertise,
-            tls,
             metrics,
         };
         let mut terminate =

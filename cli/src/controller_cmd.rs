@@ -69,9 +69,9 @@ pub fn run(args: ControllerArgs, cluster: &ClusterArgs) -> anyhow::Result<ExitCo
                 ),
             }
         }
-        // The agents start once their certificate Secret exists: issue it now, not at the first
-        // pod volume backup.
-        tokio::spawn(issue_agent_credentials(client.clone(), args.namespace.clone()));
+        // The agents' CA now, not at the first pod volume backup: agents ask for their
+        // certificates as they start.
+        tokio::spawn(make_agent_ca(client.clone(), args.namespace.clone()));
         let controller = ferry_controller::run_with(
             client,
             args.namespace,
@@ -88,16 +88,16 @@ pub fn run(args: ControllerArgs, cluster: &ClusterArgs) -> anyhow::Result<ExitCo
     })
 }
 
-/// Issues the agent API's certificates (ferry-agent-tls, ferry-controller-tls) unless they exist,
-/// trying again until the API server takes them.
-async fn issue_agent_credentials(client: kube::Client, namespace: String) {
+/// Makes the agent API's CA (the Secret ferry-agent-ca) unless it exists, trying again until the
+/// API server takes it.
+async fn make_agent_ca(client: kube::Client, namespace: String) {
     let ctx = ferry_controller::Context::new(client, &namespace);
     let mut delay = Duration::from_secs(1);
     loop {
-        match ferry_controller::agents::controller_credentials(&ctx).await {
+        match ferry_controller::certificates::agent_ca(&ctx).await {
             Ok(_) => return,
             Err(error) => {
-                tracing::warn!(message = "issuing the agent API certificates failed; trying again", %error);
+                tracing::warn!(message = "making the agent API's CA failed; trying again", %error);
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(60));
             }

@@ -1,10 +1,9 @@
-//! The node agents, seen from the controller: the mutual-TLS credentials it issues them, the
-//! repository password, finding the agent of a node through its Lease, and the file-level backup
+//! The node agents, seen from the controller: the repository password, finding the agent of a node through its Lease, and the file-level backup
 //! tasks it hands them. A task runs in a tokio task of its own; the Backup reconciler only looks at
 //! how it is doing, so a restart of the controller loses nothing but the running attempt, which it
 //! starts again (the data mover makes a repeated backup cheap).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,19 +11,16 @@ use ferry_protocol::agent::v1::agent_client::AgentClient;
 use ferry_protocol::agent::v1::{
     BackupVolumeRequest, Progress, Repository, RestoreVolumeRequest, TaskResult, task_update,
 };
-use ferry_protocol::agent::{
-    ADDRESS_ANNOTATION, AGENT_TLS_SECRET, CONTROLLER_TLS_SECRET, TlsCredentials, issue_credentials,
-    lease_name,
-};
+use ferry_protocol::agent::{ADDRESS_ANNOTATION, TlsCredentials, lease_name};
 use ferry_protocol::crd::BackupStorageLocation;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, ResourceExt};
 
 use crate::Locations;
-use crate::context::{Context, MANAGER};
+use crate::context::Context;
 use crate::error::{Error, Result};
 
 /// The Secret holding the password of the repositories the agents write; a user may create it
@@ -104,57 +100,6 @@ impl AgentTasks {
     pub fn ended_owners(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<TaskOwner>> {
         self.ended_owners.lock().expect("agent tasks").take()
     }
-}
-
-/// The controller's credentials for the agent API, issuing them (and the agents') on first use.
-pub async fn controller_credentials(ctx: &Context) -> Result<TlsCredentials> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-    if let Some(secret) = secrets.get_opt(CONTROLLER_TLS_SECRET).await?
-        && let Some(credentials) = credentials_of(&secret)
-    {
-        return Ok(credentials);
-    }
-    let issued = issue_credentials().map_err(|error| Error::Certificates(Box::new(error)))?;
-    // The agents' Secret first: a controller Secret without one would never be issued again.
-    for (name, credentials) in [
-        (AGENT_TLS_SECRET, &issued.agent),
-        (CONTROLLER_TLS_SECRET, &issued.controller),
-    ] {
-        let data: BTreeMap<String, String> = credentials
-            .to_files()
-            .into_iter()
-            .map(|(key, value)| (key.to_owned(), value.to_owned()))
-            .collect();
-        let secret = serde_json::json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "ferry"}},
-            "type": "Opaque",
-            "stringData": data,
-        });
-        secrets
-            .patch(
-                name,
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(&secret),
-            )
-            .await?;
-    }
-    tracing::info!(
-        message = "issued the agent API certificates",
-        agents = AGENT_TLS_SECRET,
-        controller = CONTROLLER_TLS_SECRET
-    );
-    Ok(issued.controller)
-}
-
-fn credentials_of(secret: &Secret) -> Option<TlsCredentials> {
-    let data = secret.data.as_ref()?;
-    let text = |key: &str| String::from_utf8(data.get(key)?.0.clone()).ok();
-    Some(TlsCredentials {
-        ca_cert: text(ferry_protocol::agent::CA_CERT_KEY)?,
-        cert: text(ferry_protocol::agent::CERT_KEY)?,
-        key: text(ferry_protocol::agent::KEY_KEY)?,
-    })
 }
 
 /// The installation's key (the Secret `ferry-repository-password`): it opens the node agents'
@@ -401,19 +346,21 @@ pub async fn start_task(
         Ok(address) => address,
         Err(message) => return tasks.set(task_id, failed(message, true)),
     };
-    let tls = match controller_credentials(ctx).await {
+    let tls = match crate::certificates::controller_identity(ctx).await {
         Ok(tls) => tls,
         Err(error) => return tasks.set(task_id, failed(error.to_string(), true)),
     };
     tasks.set(task_id, TaskState::Running(None));
     let task_id = task_id.to_owned();
+    let node = node.to_owned();
     tokio::spawn(async move {
         let report = |progress| tasks.set(&task_id, TaskState::Running(Some(progress)));
-        let state = match run_task(&address, tls, request, report).await {
+        let state = match run_task(&address, &node, tls, request, report).await {
             Ok(result) => TaskState::Done(result),
-            Err(TaskError::Unreachable(error)) => {
-                TaskState::NotReady(format!("agent at {address} unreachable: {error}"))
-            }
+            Err(TaskError::Unreachable(error)) => TaskState::NotReady(format!(
+                "agent of node {node} at {address} unreachable: {}",
+                with_sources(&error)
+            )),
             Err(TaskError::Status(status))
                 if matches!(
                     status.code(),
@@ -444,6 +391,19 @@ pub async fn start_task(
     });
 }
 
+/// An error and its causes, as one line: a transport error says nothing until its sources say a
+/// certificate was refused, or a connection was.
+fn with_sources(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line
+}
+
 /// Why a task's attempt ended without a result.
 enum TaskError {
     /// No connection: the agent is down or restarting. While its Lease is fresh it may be back
@@ -461,13 +421,14 @@ impl From<tonic::Status> for TaskError {
 
 async fn run_task(
     address: &str,
+    node: &str,
     tls: TlsCredentials,
     request: AgentRequest,
     report: impl Fn(Progress),
 ) -> std::result::Result<TaskResult, TaskError> {
     let channel = tonic::transport::Channel::from_shared(format!("https://{address}"))
         .map_err(|error| tonic::Status::invalid_argument(error.to_string()))?
-        .tls_config(tls.client_config())
+        .tls_config(tls.client_config(node))
         .map_err(|error| tonic::Status::internal(error.to_string()))?
         .connect_timeout(Duration::from_secs(10))
         .connect()

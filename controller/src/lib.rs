@@ -11,6 +11,7 @@
 pub mod agents;
 pub mod archive;
 pub mod backup;
+pub mod certificates;
 pub mod clock;
 mod context;
 pub mod ebs;
@@ -146,8 +147,17 @@ pub async fn run_with(client: Client, namespace: String, clock: Clock, metrics: 
     )
     .run(schedule::reconcile, error_policy, ctx.clone())
     .for_each(log_outcome);
+    // The agents' certificates, issued as their Leases ask.
+    let certificates = certificates::run(ctx.clone());
     tracing::info!(message = "controller started", %namespace);
-    tokio::join!(backups, restores, locations, snapshot_locations, schedules);
+    tokio::join!(
+        backups,
+        restores,
+        locations,
+        snapshot_locations,
+        schedules,
+        certificates
+    );
 }
 
 /// The Backups and Restores whose node agent tasks just ended, so that they record the outcome

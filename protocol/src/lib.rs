@@ -8,5 +8,6 @@
 pub mod agent;
 pub mod crd;
 pub mod layout;
+pub mod pki;
 pub mod tls;
 pub mod volume;

@@ -1,21 +1,22 @@
 //! Ferry's node agent as the DaemonSet runs it: one `ferry agent` process per fake node, with its
-//! own kubelet root, its certificates in a directory as the Secret would be mounted, and its log
-//! in a file the test can read. A test kills it as a node failure or an OOM kill would, and
+//! own kubelet root, a certificate issued for its node, and its log in a file the test can read. A test kills it as a node failure or an OOM kill would, and
 //! restarts it as the DaemonSet would.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use ferry_protocol::agent::{AGENT_TLS_SECRET, TlsCredentials};
-use k8s_openapi::api::core::v1::Secret;
+use ferry_protocol::agent::lease_name;
+use ferry_protocol::pki::AgentCa;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use tempfile::TempDir;
 
 use crate::{CONVERGENCE_TIMEOUT, FakeKubelet, RunningController, TestEnv, unique_name};
 
-/// The log line an agent writes once it serves (agent/src/daemon/mod.rs).
-const SERVING: &str = "agent serving";
+/// The log line an agent writes once it serves with a certificate (agent/src/identity.rs).
+const SERVING: &str = "serving with a certificate issued for this node";
 
 /// The `ferry` binary that `cargo test --workspace` builds next to the test executables, or
 /// `FERRY_BIN`.
@@ -91,26 +92,25 @@ pub struct RunningAgent {
     /// Where the agent serves /metrics and /healthz.
     metrics_address: String,
     namespace: String,
-    /// The certificates (`tls/`) and the log (`agent.log`).
+    /// The CA that issues this agent's certificates (certificate and key, in PEM).
+    ca: (String, String),
+    /// The log (`agent.log`).
     files: TempDir,
     child: Option<Child>,
 }
 
 impl RunningAgent {
     /// Starts an agent for a new node, keeping its Lease in `namespace`, and waits until it
-    /// serves.
-    pub async fn start(client: &Client, namespace: &str, tls: &TlsCredentials) -> RunningAgent {
+    /// serves with a certificate of `ca` (the one a controller in `namespace` keeps, when one
+    /// runs there: [`agent_ca`]). The harness issues it as the controller would, so that tests
+    /// of the agent alone need no controller.
+    pub async fn start(client: &Client, namespace: &str, ca: &AgentCa) -> RunningAgent {
         let kubelet = FakeKubelet::start(client, &unique_name("node")).await;
         std::fs::create_dir_all(kubelet.root().join("pods")).expect("the kubelet's pods dir");
         let files = tempfile::Builder::new()
             .prefix("ferry-agent-")
             .tempdir()
             .expect("the agent's directory");
-        let tls_dir = files.path().join("tls");
-        std::fs::create_dir(&tls_dir).expect("the certificate directory");
-        for (name, content) in tls.to_files() {
-            std::fs::write(tls_dir.join(name), content).expect("a certificate file");
-        }
         // Free ports: bound, noted, released for the agent to bind.
         let free_port = || {
             std::net::TcpListener::bind("127.0.0.1:0")
@@ -123,12 +123,52 @@ impl RunningAgent {
             address: format!("127.0.0.1:{}", free_port()),
             metrics_address: format!("127.0.0.1:{}", free_port()),
             namespace: namespace.to_owned(),
+            ca: (ca.cert_pem().to_owned(), ca.key_pem()),
             files,
             child: None,
         };
         agent.spawn();
-        agent.wait_for_log(SERVING, 1).await;
+        agent.issue_until_serving(client, 1).await;
         agent
+    }
+
+    /// Issues the agent's certificate (as the controller's `certificates::run` does) until the
+    /// agent has logged that it serves `count` times.
+    async fn issue_until_serving(&self, client: &Client, count: usize) {
+        let ca = AgentCa::from_pem(&self.ca.0, &self.ca.1).expect("the test's CA");
+        let leases: Api<Lease> = Api::namespaced(client.clone(), &self.namespace);
+        let name = lease_name(self.kubelet.node_name());
+        let deadline = tokio::time::Instant::now() + CONVERGENCE_TIMEOUT;
+        while self.log().matches(SERVING).count() < count {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the agent did not serve with a certificate; its log:\n{}",
+                self.log()
+            );
+            if let Ok(Some(lease)) = leases.get_opt(&name).await
+                && let Some(Ok(annotations)) =
+                    ferry_controller::certificates::certificate_for(&lease, &ca)
+            {
+                let patch = serde_json::json!({
+                    "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": name, "annotations": annotations},
+                });
+                leases
+                    .patch(
+                        &name,
+                        &PatchParams::apply("ferry-controller").force(),
+                        &Patch::Apply(&patch),
+                    )
+                    .await
+                    .expect("writing the agent's certificate");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The node this agent serves.
+    pub fn node(&self) -> &str {
+        self.kubelet.node_name()
     }
 
     /// Creates pod `pod` in `namespace` with an emptyDir volume `volume` that its annotation
@@ -180,12 +220,12 @@ impl RunningAgent {
     }
 
     /// Starts the agent again on the same node and address, as the DaemonSet restarts a pod, and
-    /// waits until it serves.
-    pub async fn restart(&mut self) {
+    /// waits until it serves (with a new key, and a certificate for it).
+    pub async fn restart(&mut self, client: &Client) {
         self.kill();
         let started = self.log().matches(SERVING).count();
         self.spawn();
-        self.wait_for_log(SERVING, started + 1).await;
+        self.issue_until_serving(client, started + 1).await;
     }
 
     /// Everything the agent (and its earlier incarnations) logged.
@@ -225,7 +265,6 @@ impl RunningAgent {
             .env("FERRY_AGENT_LISTEN", &self.address)
             .env("FERRY_AGENT_ADVERTISE", &self.address)
             .env("FERRY_AGENT_METRICS_LISTEN", &self.metrics_address)
-            .env("FERRY_AGENT_TLS_DIR", self.files.path().join("tls"))
             .env("FERRY_AGENT_MAX_TASKS", "2")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -243,20 +282,12 @@ impl Drop for RunningAgent {
     }
 }
 
-/// The agents' credentials as `controller` issues them into the Secret the DaemonSet mounts.
-pub async fn issue_agent_credentials(controller: &RunningController) -> TlsCredentials {
+/// The agent API's CA that `controller` keeps (made now if it has none yet), to start agents
+/// whose certificates it accepts.
+pub async fn agent_ca(controller: &RunningController) -> AgentCa {
     let ctx =
         ferry_controller::Context::new(controller.client.clone(), controller.namespace.name());
-    ferry_controller::agents::controller_credentials(&ctx)
+    ferry_controller::certificates::agent_ca(&ctx)
         .await
-        .expect("issuing the agent API certificates");
-    let secret = Api::<Secret>::namespaced(controller.client.clone(), controller.namespace.name())
-        .get(AGENT_TLS_SECRET)
-        .await
-        .expect("the agents' certificate Secret");
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    for (key, value) in secret.data.unwrap_or_default() {
-        std::fs::write(dir.path().join(key), value.0).expect("a certificate file");
-    }
-    TlsCredentials::read_dir(dir.path()).expect("the issued certificates")
+        .expect("the agent API's CA")
 }

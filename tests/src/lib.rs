@@ -24,7 +24,7 @@ mod namespace;
 pub mod real_cluster;
 mod s3;
 
-pub use agent::{RunningAgent, ferry_binary, issue_agent_credentials};
+pub use agent::{RunningAgent, agent_ca, ferry_binary};
 pub use controller::{
     CREDENTIALS_SECRET, HasPhase, RunningController, create_object, finished, installation_key,
     summary,

@@ -155,13 +155,13 @@ impl Cluster {
         }
         let secrets = Api::<Secret>::namespaced(self.client.clone(), FERRY_NAMESPACE);
         eventually(
-            "the agent API's certificates, issued by the controller",
+            "the agent API's CA, made by the controller",
             crate::CONVERGENCE_TIMEOUT,
             || {
                 let secrets = secrets.clone();
                 async move {
                     secrets
-                        .get_opt(ferry_protocol::agent::AGENT_TLS_SECRET)
+                        .get_opt(ferry_protocol::pki::AGENT_CA_SECRET)
                         .await
                         .ok()?
                 }

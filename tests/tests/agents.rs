@@ -13,14 +13,15 @@ use ferry_protocol::agent::v1::{
     BackupVolumeRequest, GetInfoRequest, PodVolume, Repository, RestoreVolumeRequest, TaskResult,
     task_update,
 };
-use ferry_protocol::agent::{ADDRESS_ANNOTATION, AGENT_SERVER_NAME, issue_credentials, lease_name};
+use ferry_protocol::agent::{ADDRESS_ANNOTATION, lease_name};
 use ferry_protocol::crd::Phase;
 use ferry_protocol::layout::BackupKeys;
+use ferry_protocol::pki::{AgentCa, agent_server_name};
 use ferry_protocol::volume::{VolumeMethod, VolumePhase, VolumeRecords};
 use ferry_tests::{
     BucketPrefix, CONVERGENCE_TIMEOUT, FakeKubelet, HasPhase, RunningAgent, RunningController,
-    TestEnv, TestNamespace, create_object, delete_namespace_and_wait, delete_pv_and_wait,
-    in_repository, issue_agent_credentials, pseudo_random, summary, unique_name, wait_bound,
+    TestEnv, TestNamespace, agent_ca, create_object, delete_namespace_and_wait, delete_pv_and_wait,
+    in_repository, pseudo_random, summary, unique_name, wait_bound,
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
@@ -163,10 +164,11 @@ fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
 async fn the_agent_answers_only_the_controller_and_says_where_it_is() {
     let client = TestEnv::get().kube_client().await;
     let namespace = TestNamespace::create(&client, "agent-tls").await;
-    let credentials = issue_credentials().unwrap();
-    let agent = RunningAgent::start(&client, namespace.name(), &credentials.agent).await;
+    let ca = AgentCa::generate().unwrap();
+    let agent = RunningAgent::start(&client, namespace.name(), &ca).await;
+    let controller_identity = ca.controller_identity().unwrap();
 
-    let mut controller = connect(&agent, credentials.controller.client_config())
+    let mut controller = connect(&agent, controller_identity.client_config(agent.node()))
         .await
         .expect("the controller connects");
     let info = controller
@@ -180,22 +182,22 @@ async fn the_agent_answers_only_the_controller_and_says_where_it_is() {
 
     // No client certificate: the handshake or the first call fails.
     let anonymous = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&credentials.agent.ca_cert))
-        .domain_name(AGENT_SERVER_NAME);
+        .ca_certificate(Certificate::from_pem(ca.cert_pem()))
+        .domain_name(agent_server_name(agent.node()));
     let refused = match connect(&agent, anonymous).await {
         Ok(mut client) => client.get_info(GetInfoRequest {}).await.is_err(),
         Err(_) => true,
     };
     assert!(refused, "a client without a certificate was answered");
     // A certificate from another CA (another cluster's controller, or an impostor's).
-    let stranger = issue_credentials().unwrap();
+    let stranger = AgentCa::generate().unwrap().controller_identity().unwrap();
     let impostor = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&credentials.agent.ca_cert))
+        .ca_certificate(Certificate::from_pem(ca.cert_pem()))
         .identity(tonic::transport::Identity::from_pem(
-            &stranger.controller.cert,
-            &stranger.controller.key,
+            &stranger.cert,
+            &stranger.key,
         ))
-        .domain_name(AGENT_SERVER_NAME);
+        .domain_name(agent_server_name(agent.node()));
     let refused = match connect(&agent, impostor).await {
         Ok(mut client) => client.get_info(GetInfoRequest {}).await.is_err(),
         Err(_) => true,
@@ -233,6 +235,91 @@ async fn the_agent_answers_only_the_controller_and_says_where_it_is() {
     assert!(spec.renew_time.is_some());
 }
 
+/// A compromised node A that answers at node B's address (B's Lease cannot be written by A, but
+/// an address can be taken on the network) cannot serve B's tasks: the controller accepts, at
+/// the address of B's agent, only a certificate issued for B. The CA issued A's for A, whatever A
+/// asked for. Before certificates were per node, every agent presented the same one.
+#[tokio::test]
+async fn a_certificate_issued_for_one_node_cannot_serve_another_nodes_tasks() {
+    let client = TestEnv::get().kube_client().await;
+    let namespace = TestNamespace::create(&client, "agent-impostor").await;
+    let ctx = ferry_controller::Context::new(client.clone(), namespace.name());
+    let ca = ferry_controller::certificates::agent_ca(&ctx)
+        .await
+        .unwrap();
+    let agent_a = RunningAgent::start(&client, namespace.name(), &ca).await;
+    let node_b = unique_name("node-b");
+    create_object(
+        &client,
+        namespace.name(),
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+               "metadata": {"name": lease_name(&node_b),
+                            "annotations": {ADDRESS_ANNOTATION: agent_a.address()}},
+               "spec": {"holderIdentity": node_b, "leaseDurationSeconds": 30,
+                        "renewTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+                            jiff::Timestamp::now())}}),
+    )
+    .await;
+
+    // The controller's own path: a task for node B goes to A's address and is never handed over.
+    let request = || {
+        ferry_controller::agents::AgentRequest::Backup(BackupVolumeRequest {
+            task_id: "impostor".to_owned(),
+            volume: Some(PodVolume {
+                namespace: "default".to_owned(),
+                pod: "db-0".to_owned(),
+                volume: "data".to_owned(),
+            }),
+            repository: None,
+            tags: vec![],
+        })
+    };
+    ferry_controller::agents::start_task(
+        &ctx,
+        "impostor",
+        &node_b,
+        request(),
+        ferry_controller::agents::TaskOwner::Backup("b1".to_owned()),
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + CONVERGENCE_TIMEOUT;
+    let state = loop {
+        match ctx.agent_tasks.state("impostor") {
+            Some(ferry_controller::agents::TaskState::Running(_)) | None => {}
+            Some(state) => break state,
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the task never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let ferry_controller::agents::TaskState::NotReady(message) = &state else {
+        panic!("node A's agent served node B's task: {state:?}");
+    };
+    assert!(
+        message.contains("certificate") && message.contains(agent_a.address()),
+        "{message}"
+    );
+    assert!(!agent_a.log().contains("impostor"), "{}", agent_a.log());
+    assert!(
+        agent_a
+            .log()
+            .contains("refused a connection: TLS handshake failed"),
+        "{}",
+        agent_a.log()
+    );
+
+    // The same identity reaches node A's agent as node A.
+    let identity = ferry_controller::certificates::controller_identity(&ctx)
+        .await
+        .unwrap();
+    let mut as_a = connect(&agent_a, identity.client_config(agent_a.node()))
+        .await
+        .expect("A's agent serves A");
+    assert!(as_a.get_info(GetInfoRequest {}).await.is_ok());
+}
+
 #[tokio::test]
 async fn pod_volumes_are_backed_up_and_restored_through_the_agent() {
     let env = TestEnv::get();
@@ -240,12 +327,17 @@ async fn pod_volumes_are_backed_up_and_restored_through_the_agent() {
     let ferry_namespace = TestNamespace::create(&client, "agent-ferry").await;
     let app = TestNamespace::create(&client, "agent-app").await;
     let ns = app.name();
-    let credentials = issue_credentials().unwrap();
-    let agent = RunningAgent::start(&client, ferry_namespace.name(), &credentials.agent).await;
+    let ca = AgentCa::generate().unwrap();
+    let agent = RunningAgent::start(&client, ferry_namespace.name(), &ca).await;
     let other_node = FakeKubelet::start(&client, &unique_name("node")).await;
-    let mut controller = connect(&agent, credentials.controller.client_config())
-        .await
-        .unwrap();
+    let mut controller = connect(
+        &agent,
+        ca.controller_identity()
+            .unwrap()
+            .client_config(agent.node()),
+    )
+    .await
+    .unwrap();
     ferry_tests::install_ferry_crds(&client).await;
     let store = BucketPrefix::new(env, "agent-repo");
     let repo = repository(
@@ -419,9 +511,9 @@ async fn records(ferry: &RunningController, backup: &str) -> VolumeRecords {
 async fn a_backup_hands_pod_volumes_to_the_agents_of_their_nodes() {
     let ferry = RunningController::start_with_location("agents-backup").await;
     let client = ferry.client.clone();
-    let tls = issue_agent_credentials(&ferry).await;
-    let agent_a = RunningAgent::start(&client, ferry.namespace.name(), &tls).await;
-    let mut agent_b = RunningAgent::start(&client, ferry.namespace.name(), &tls).await;
+    let ca = agent_ca(&ferry).await;
+    let agent_a = RunningAgent::start(&client, ferry.namespace.name(), &ca).await;
+    let mut agent_b = RunningAgent::start(&client, ferry.namespace.name(), &ca).await;
 
     let app = TestNamespace::create(&client, "agents-app").await;
     let ns = app.name();
@@ -680,7 +772,7 @@ async fn a_backup_hands_pod_volumes_to_the_agents_of_their_nodes() {
         "the backup ended before the agent was killed; give it more data:\n{}",
         agent_b.log()
     );
-    agent_b.restart().await;
+    agent_b.restart(&client).await;
     let third = ferry_tests::finished(&ferry.backups(), "b3").await;
     assert_eq!(third.phase(), Some(Phase::Completed), "{}", summary(&third));
     let retried = by_volume(&records(&ferry, "b3").await, "data");
@@ -765,8 +857,8 @@ async fn the_agent_serves_metrics_that_count_its_tasks() {
     let client = env.kube_client().await;
     let ferry_namespace = TestNamespace::create(&client, "agent-metrics").await;
     let app = TestNamespace::create(&client, "agent-metrics-app").await;
-    let credentials = issue_credentials().unwrap();
-    let agent = RunningAgent::start(&client, ferry_namespace.name(), &credentials.agent).await;
+    let ca = AgentCa::generate().unwrap();
+    let agent = RunningAgent::start(&client, ferry_namespace.name(), &ca).await;
     let (status, body) = http_get(&agent, "/healthz").await;
     assert_eq!(
         (status.as_str(), body.as_str()),
@@ -794,9 +886,14 @@ async fn the_agent_serves_metrics_that_count_its_tasks() {
         "metrics",
     )
     .await;
-    let mut controller = connect(&agent, credentials.controller.client_config())
-        .await
-        .unwrap();
+    let mut controller = connect(
+        &agent,
+        ca.controller_identity()
+            .unwrap()
+            .client_config(agent.node()),
+    )
+    .await
+    .unwrap();
     let done = run_task(
         controller
             .backup_volume(BackupVolumeRequest {

@@ -11,8 +11,8 @@ use ferry_controller::Clock;
 use ferry_controller::maintenance::LOCATION_LABEL;
 use ferry_protocol::crd::{Backup, Phase};
 use ferry_tests::{
-    CONVERGENCE_TIMEOUT, HasPhase, RunningAgent, RunningController, TestNamespace, create_object,
-    in_repository, issue_agent_credentials, pseudo_random, run_job, summary,
+    CONVERGENCE_TIMEOUT, HasPhase, RunningAgent, RunningController, TestNamespace, agent_ca,
+    create_object, in_repository, pseudo_random, run_job, summary,
 };
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
@@ -82,8 +82,8 @@ async fn an_expired_backup_is_deleted_everywhere_and_maintenance_gives_its_space
     let clock = Clock::manual(jiff::Timestamp::now());
     let ferry = RunningController::start_with_clock("expiry", true, clock.clone()).await;
     let client = ferry.client.clone();
-    let tls = issue_agent_credentials(&ferry).await;
-    let agent = RunningAgent::start(&client, ferry.namespace.name(), &tls).await;
+    let ca = agent_ca(&ferry).await;
+    let agent = RunningAgent::start(&client, ferry.namespace.name(), &ca).await;
     let app = TestNamespace::create(&client, "expiry-app").await;
     let ns = app.name();
     create_object(
@@ -190,8 +190,8 @@ async fn snapshot_tags(url: &str, password: Vec<u8>) -> Vec<Vec<String>> {
 async fn deleting_a_running_backup_is_queued_until_it_ends() {
     let ferry = RunningController::start_with_location("delete-running").await;
     let client = ferry.client.clone();
-    let tls = issue_agent_credentials(&ferry).await;
-    let agent = RunningAgent::start(&client, ferry.namespace.name(), &tls).await;
+    let ca = agent_ca(&ferry).await;
+    let agent = RunningAgent::start(&client, ferry.namespace.name(), &ca).await;
     let app = TestNamespace::create(&client, "delete-running-app").await;
     let ns = app.name();
     let data = agent.run_pod_with_volume(&client, ns, "db", "data").await;

@@ -243,13 +243,15 @@ async fn validate(backup: &Backup, ctx: &Context) -> Result<Result<Plan, Vec<Str
     }))
 }
 
-/// Ferry's own Secrets: its TLS keys, the repositories' password, and the credentials its
+/// Ferry's own Secrets: the agent API's CA (and the TLS Secrets of older installations), the repositories' password, and the credentials its
 /// storage and snapshot locations name.
 async fn ferry_secrets(ctx: &Context) -> Result<actions::FerrySecrets> {
     use ferry_protocol::crd::{BackupStorageLocation, VolumeSnapshotLocation};
+    let [legacy_agent, legacy_controller] = ferry_protocol::agent::LEGACY_TLS_SECRETS;
     let mut names: BTreeSet<String> = [
-        ferry_protocol::agent::AGENT_TLS_SECRET,
-        ferry_protocol::agent::CONTROLLER_TLS_SECRET,
+        ferry_protocol::pki::AGENT_CA_SECRET,
+        legacy_agent,
+        legacy_controller,
         crate::agents::REPOSITORY_PASSWORD_SECRET,
     ]
     .map(str::to_owned)
