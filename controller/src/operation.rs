@@ -20,7 +20,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 
 use crate::context::Context;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// The longest an ended operation goes without a look at its expiry, so that a clock that jumps is
 /// noticed.
@@ -238,7 +238,16 @@ pub async fn reconcile<O: Operation>(operation: Arc<O>, ctx: Arc<Context>) -> Re
             Step::Wait(Some(after)) => Ok(Action::requeue(after)),
             Step::Delete => operation.delete(&ctx, observed.running_here).await,
             Step::Expire => operation.expire(&ctx).await,
-            Step::FollowVolumes => operation.follow_volumes(&ctx).await,
+            Step::FollowVolumes => match operation.follow_volumes(&ctx).await {
+                // Its volume records in the bucket are not what this installation wrote:
+                // following them would aim node agents and snapshots wherever they say, and no
+                // later poll makes them trustworthy again.
+                Err(error @ Error::Unsealed { .. }) => {
+                    fail(&*operation, &ctx, &error.to_string()).await?;
+                    Ok(Action::await_change())
+                }
+                other => other,
+            },
             Step::FailInterrupted => {
                 let reason = operation.interrupted(&ctx).await;
                 fail(&*operation, &ctx, &reason).await?;

@@ -903,9 +903,10 @@ async fn a_restore_creates_only_what_its_archive_paths_and_filters_allow() {
     ferry.stop().await;
 }
 
-/// A backup of Ferry's own namespace and of an application never takes Ferry's keys (its TLS
-/// Secrets, the repositories' password, the credentials its location names) nor
-/// service-account tokens: not in the archive's bytes, nor in its resource list.
+/// A backup of Ferry's own namespace and of an application never takes Ferry's keys (the agent
+/// API's CA, the TLS Secrets of older installations, the repositories' password, the credentials
+/// its location names) nor service-account tokens: not in the archive's bytes, nor in its
+/// resource list.
 #[tokio::test]
 async fn ferrys_own_secrets_and_service_account_tokens_are_never_backed_up() {
     let ferry = RunningController::start_with_location("controller-own-secrets").await;
@@ -922,6 +923,7 @@ async fn ferrys_own_secrets_and_service_account_tokens_are_never_backed_up() {
         secret("ferry-controller-tls", "Opaque", "controller-key-bytes"),
     )
     .await;
+    let agent_ca = ferry_tests::agent_ca(&ferry).await;
     create(
         &client,
         app.name(),
@@ -965,6 +967,7 @@ async fn ferrys_own_secrets_and_service_account_tokens_are_never_backed_up() {
     for left_out in [
         format!("{ferry_namespace}/ferry-repository-password"),
         format!("{ferry_namespace}/ferry-controller-tls"),
+        format!("{ferry_namespace}/{}", ferry_protocol::pki::AGENT_CA_SECRET),
         format!("{ferry_namespace}/{}", ferry_tests::CREDENTIALS_SECRET.0),
         format!("{}/legacy-token", app.name()),
     ] {
@@ -993,7 +996,8 @@ async fn ferrys_own_secrets_and_service_account_tokens_are_never_backed_up() {
         text.contains(&in_secret_data("app-value")),
         "the opened archive lacks the application's Secret"
     );
-    for secret_bytes in [password.as_str(), "controller-key-bytes"] {
+    let ca_key = agent_ca.key_pem();
+    for secret_bytes in [password.as_str(), "controller-key-bytes", ca_key.as_str()] {
         let encoded = in_secret_data(secret_bytes);
         assert!(
             !text.contains(secret_bytes) && !text.contains(&encoded),
@@ -1005,12 +1009,13 @@ async fn ferrys_own_secrets_and_service_account_tokens_are_never_backed_up() {
 }
 
 /// Whoever may write to the bucket but lacks the installation's key plants or swaps files: a
-/// record written in clear is never synced, a record sealed for another backup neither, and a
+/// record written in clear is never synced, a record sealed for another backup neither, a
 /// backup whose archive was swapped for another backup's fails to restore, naming the file,
-/// before anything is created.
+/// before anything is created, and a running backup whose volume records were swapped ends
+/// Failed, naming them, instead of following them (or waiting on them for ever).
 #[tokio::test]
 async fn files_planted_or_swapped_in_the_bucket_are_refused() {
-    let ferry = RunningController::start_with_location("controller-sealed").await;
+    let mut ferry = RunningController::start_with_location("controller-sealed").await;
     let client = ferry.client.clone();
     let app = TestNamespace::create(&client, "sealed").await;
     create(
@@ -1099,6 +1104,36 @@ async fn files_planted_or_swapped_in_the_bucket_are_refused() {
             "{name} was restored from a swapped archive"
         );
     }
+
+    // A backup waiting for its volumes when the controller stopped; meanwhile its volume records
+    // in the bucket were replaced by another sealed file of this installation.
+    ferry.crash().await;
+    ferry
+        .create(json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "Backup",
+                       "metadata": {"name": "edited-records"}, "spec": {"includedNamespaces": [app.name()]}}))
+        .await;
+    let other_sealed = ferry.read_raw(&keys("sealed-a").record()).await;
+    ferry
+        .put_raw(&keys("edited-records").volumes(), other_sealed)
+        .await;
+    ferry
+        .backups()
+        .patch_status(
+            "edited-records",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "WaitingForVolumes",
+                                            "progress": {"itemsTotal": 1, "itemsDone": 1}}})),
+        )
+        .await
+        .unwrap();
+    ferry.restart();
+    let edited = finished(&ferry.backups(), "edited-records").await;
+    assert_eq!(edited.phase(), Some(Phase::Failed), "{}", summary(&edited));
+    let reason = edited.status.unwrap().failure_reason.unwrap_or_default();
+    assert!(
+        reason.contains(&keys("edited-records").volumes()) && reason.contains("refused"),
+        "{reason}"
+    );
     app.delete_and_wait().await;
     ferry.stop().await;
 }
