@@ -395,7 +395,7 @@ fn open_repository(spec: &RepositorySpec, create: bool) -> Result<Arc<Repository
     if spec.password.is_empty() {
         return Err(Status::invalid_argument("the repository password is empty"));
     }
-    let options = ferry_protocol::agent::s3_options(spec);
+    let options = ferry_protocol::agent::s3_options(spec).map_err(Status::invalid_argument)?;
     let password = spec.password.as_bytes();
     let open = || {
         let backend = open_backend(&spec.url, &options)?;
@@ -650,7 +650,7 @@ mod tests {
                 object_storage: ferry_protocol::crd::ObjectStorage {
                     bucket: bucket.into(),
                     prefix: prefix.map(Into::into),
-                    ca_bundle: None,
+                    ..Default::default()
                 },
                 region: None,
                 endpoint: endpoint.map(Into::into),

@@ -78,6 +78,16 @@ pub struct RepoArgs {
     /// Address buckets as endpoint/bucket rather than bucket.endpoint.
     #[arg(long, env = "FERRY_S3_PATH_STYLE", global = true)]
     s3_path_style: bool,
+    /// A PEM file of the only CAs the S3 endpoint's certificate may chain to (a private store).
+    #[arg(long, env = "FERRY_S3_CA_BUNDLE", global = true)]
+    s3_ca_bundle: Option<PathBuf>,
+    /// Ask the store to encrypt what is written with its own keys too: AES256 (SSE-S3) or
+    /// aws:kms (SSE-KMS, with --s3-kms-key-id or the bucket's default key).
+    #[arg(long, env = "FERRY_S3_SERVER_SIDE_ENCRYPTION", global = true)]
+    s3_server_side_encryption: Option<String>,
+    /// The KMS key for --s3-server-side-encryption aws:kms.
+    #[arg(long, env = "FERRY_S3_KMS_KEY_ID", global = true)]
+    s3_kms_key_id: Option<String>,
     /// A file holding the repository password (else the FERRY_PASSWORD variable is used).
     #[arg(long, env = "FERRY_PASSWORD_FILE", global = true)]
     password_file: Option<PathBuf>,
@@ -121,10 +131,31 @@ impl GlobalArgs {
         let Some(repo) = &args.repo else {
             bail!("no repository given: pass --repo PATH|s3://bucket/prefix or set FERRY_REPO");
         };
+        let ca_bundle = match &args.s3_ca_bundle {
+            Some(path) => {
+                let bundle = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading --s3-ca-bundle {}", path.display()))?;
+                ferry_mover::s3::check_ca_bundle(&bundle).map_err(|error| {
+                    anyhow::anyhow!("--s3-ca-bundle {}: {error}", path.display())
+                })?;
+                Some(bundle)
+            }
+            None => None,
+        };
+        let server_side_encryption = match (&args.s3_server_side_encryption, &args.s3_kms_key_id) {
+            (None, None) => None,
+            (None, Some(_)) => bail!("--s3-kms-key-id needs --s3-server-side-encryption aws:kms"),
+            (Some(algorithm), key) => Some(
+                ferry_mover::s3::ServerSideEncryption::parse(algorithm, key.as_deref())
+                    .map_err(|error| anyhow::anyhow!("--s3-server-side-encryption: {error}"))?,
+            ),
+        };
         let options = S3Options {
             endpoint: args.s3_endpoint.clone(),
             region: args.s3_region.clone(),
             path_style: args.s3_path_style,
+            ca_bundle,
+            server_side_encryption,
             ..S3Options::default()
         };
         Ok(ferry_mover::open_backend(repo, &options)?)

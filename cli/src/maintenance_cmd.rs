@@ -61,8 +61,8 @@ pub fn run(
             let spec = ferry_controller::agents::repository(&locations, &location, &namespace).await?;
             let url = spec.url.clone();
             let outcome = tokio::task::spawn_blocking(move || -> anyhow::Result<PruneReport> {
-                let backend =
-                    ferry_mover::open_backend(&spec.url, &ferry_protocol::agent::s3_options(&spec))?;
+                let options = ferry_protocol::agent::s3_options(&spec).map_err(anyhow::Error::msg)?;
+                let backend = ferry_mover::open_backend(&spec.url, &options)?;
                 let repo = Arc::new(Repository::open(backend, spec.password.as_bytes())?);
                 maintain(&repo, lock_wait)
             })

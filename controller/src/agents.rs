@@ -252,6 +252,13 @@ pub async fn repository(
             .and_then(|c| c.session_token().map(str::to_owned))
             .unwrap_or_default(),
         password: repository_password(locations, location).await?,
+        s3_ca_bundle: spec.object_storage.ca_bundle.clone().unwrap_or_default(),
+        s3_server_side_encryption: spec
+            .object_storage
+            .server_side_encryption
+            .map(|algorithm| algorithm.as_str().to_owned())
+            .unwrap_or_default(),
+        s3_kms_key_id: spec.object_storage.kms_key_id.clone().unwrap_or_default(),
     })
 }
 
@@ -277,8 +284,9 @@ pub async fn forget_backup_snapshots(
         let tag = format!("backup-uid={backup_uid}");
         let url = url.to_owned();
         let removed = tokio::task::spawn_blocking(move || {
-            let backend =
-                ferry_mover::open_backend(&spec.url, &ferry_protocol::agent::s3_options(&spec))?;
+            let options = ferry_protocol::agent::s3_options(&spec)
+                .map_err(ferry_mover::Error::InvalidArgument)?;
+            let backend = ferry_mover::open_backend(&spec.url, &options)?;
             let repository = match ferry_mover::Repository::open_without_index(
                 backend,
                 spec.password.as_bytes(),

@@ -72,15 +72,21 @@ impl Locations {
             None => None,
         };
         let spec = &location.spec;
-        Ok(ObjectStore::connect(StoreConfig {
+        let server_side_encryption = spec
+            .object_storage
+            .encryption()
+            .map_err(|error| Error::Validation(vec![error]))?;
+        ObjectStore::connect(StoreConfig {
             bucket: spec.object_storage.bucket.clone(),
             prefix: spec.object_storage.prefix.clone(),
             region: spec.region.clone(),
             endpoint: spec.endpoint.clone(),
             force_path_style: spec.force_path_style.unwrap_or(false),
             credentials,
+            ca_bundle: spec.object_storage.ca_bundle.clone(),
+            server_side_encryption,
         })
-        .await)
+        .await
     }
 
     /// The VolumeSnapshotLocations named, or every one in Ferry's namespace when `names` is
@@ -232,8 +238,7 @@ mod tests {
                 provider: "aws".to_owned(),
                 object_storage: ObjectStorage {
                     bucket: "b".to_owned(),
-                    prefix: None,
-                    ca_bundle: None,
+                    ..Default::default()
                 },
                 region: None,
                 endpoint: None,

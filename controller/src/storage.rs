@@ -33,6 +33,10 @@ pub struct StoreConfig {
     pub force_path_style: bool,
     /// Explicit credentials; None uses the controller's own (environment, web identity, profile).
     pub credentials: Option<Credentials>,
+    /// PEM of the only CAs the endpoint's certificate may chain to.
+    pub ca_bundle: Option<String>,
+    /// The store's encryption at rest of every object written.
+    pub server_side_encryption: Option<s3::ServerSideEncryption>,
 }
 
 /// A bucket (and prefix) that backups are written to and read from.
@@ -44,17 +48,38 @@ pub struct ObjectStore {
 }
 
 impl ObjectStore {
-    pub async fn connect(config: StoreConfig) -> ObjectStore {
+    /// A client of the store; fails only on a CA bundle that holds no usable certificate.
+    pub async fn connect(config: StoreConfig) -> Result<ObjectStore> {
         let region = config.region.as_deref().unwrap_or("us-east-1");
         let shared = s3::shared_config(region, config.credentials.clone()).await;
-        let builder =
-            s3::client_config(&shared, config.endpoint.as_deref(), config.force_path_style)
-                .retry_config(RetryConfig::standard().with_max_attempts(6));
-        ObjectStore {
+        let builder = s3::client_config(
+            &shared,
+            config.endpoint.as_deref(),
+            config.force_path_style,
+            config.ca_bundle.as_deref(),
+        )
+        .map_err(|error| Error::Validation(vec![format!("objectStorage.caBundle: {error}")]))?
+        .retry_config(RetryConfig::standard().with_max_attempts(6));
+        Ok(ObjectStore {
             client: Client::from_conf(builder.build()),
             config,
             seal: None,
-        }
+        })
+    }
+
+    /// The server-side encryption every write asks for.
+    fn encryption(&self) -> Option<aws_sdk_s3::types::ServerSideEncryption> {
+        self.config
+            .server_side_encryption
+            .as_ref()
+            .map(s3::ServerSideEncryption::algorithm)
+    }
+
+    fn encryption_key(&self) -> Option<String> {
+        self.config
+            .server_side_encryption
+            .as_ref()
+            .and_then(s3::ServerSideEncryption::kms_key_id)
     }
 
     /// This store sealing what it writes and opening what it reads with `key`.
@@ -99,6 +124,8 @@ impl ObjectStore {
             .put_object()
             .bucket(self.bucket())
             .key(key)
+            .set_server_side_encryption(self.encryption())
+            .set_ssekms_key_id(self.encryption_key())
             .body(ByteStream::from(body))
             .send()
             .await
@@ -215,6 +242,8 @@ impl ObjectStore {
             .create_multipart_upload()
             .bucket(self.bucket())
             .key(key)
+            .set_server_side_encryption(self.encryption())
+            .set_ssekms_key_id(self.encryption_key())
             .send()
             .await
             .map_err(|error| self.error(key, error))?;
@@ -247,6 +276,23 @@ impl ObjectStore {
             };
         }
         let (code, status) = (classified.code, classified.status);
+        let context = aws_smithy_types::error::display::DisplayErrorContext(&error).to_string();
+        // A certificate the client refused: no retry makes it trusted.
+        if matches!(error, SdkError::DispatchFailure(_)) && context.contains("certificate") {
+            let endpoint = self.config.endpoint.as_deref().unwrap_or("S3");
+            let remedy = if self.config.ca_bundle.is_some() {
+                "its certificate does not chain to a CA of the location's objectStorage.caBundle"
+            } else {
+                "give the PEM of the CA that signed its certificate in the location's objectStorage.caBundle"
+            };
+            return Error::Storage {
+                message: format!(
+                    "s3://{}/{what}: the TLS certificate of {endpoint} is not trusted ({context}); {remedy}",
+                    self.bucket()
+                ),
+                retryable: false,
+            };
+        }
         let detail = match code.as_deref() {
             Some("NoSuchBucket") => format!("bucket {} does not exist; create it or fix the location's bucket", self.bucket()),
             Some("InvalidAccessKeyId" | "SignatureDoesNotMatch") => {
@@ -262,7 +308,7 @@ impl ObjectStore {
                     "cannot reach {}; check the location's endpoint and the network",
                     self.config.endpoint.as_deref().unwrap_or("S3")
                 ),
-                other => format!("{}", aws_smithy_types::error::display::DisplayErrorContext(other)),
+                _ => context,
             },
         };
         Error::Storage {

@@ -23,13 +23,16 @@ pub async fn shared_config(
     loader.load().await
 }
 
-/// A client configuration for the store at `endpoint` (AWS's own when None). Retries and
-/// timeouts are each caller's to add.
+/// A client configuration for the store at `endpoint` (AWS's own when None). With `ca_bundle`
+/// (PEM), the store's certificate must chain to one of its CAs and to nothing else: a private
+/// store's name is not to be answered by whoever a public CA vouches for. Retries and timeouts
+/// are each caller's to add. Fails, saying why, on a bundle that holds no usable certificate.
 pub fn client_config(
     shared: &aws_config::SdkConfig,
     endpoint: Option<&str>,
     path_style: bool,
-) -> aws_sdk_s3::config::Builder {
+    ca_bundle: Option<&str>,
+) -> Result<aws_sdk_s3::config::Builder, String> {
     let mut config = aws_sdk_s3::config::Builder::from(shared)
         .force_path_style(path_style)
         // S3-compatible stores differ in which checksums they accept; these are the ones every
@@ -39,7 +42,93 @@ pub fn client_config(
     if let Some(endpoint) = endpoint {
         config = config.endpoint_url(endpoint);
     }
-    config
+    if let Some(bundle) = ca_bundle {
+        use aws_smithy_http_client::tls;
+        check_ca_bundle(bundle)?;
+        let trust = tls::TrustStore::empty().with_pem_certificate(bundle.as_bytes());
+        let context = tls::TlsContext::builder()
+            .with_trust_store(trust)
+            .build()
+            .map_err(|error| format!("the CA bundle: {error}"))?;
+        let client = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::AwsLc,
+            ))
+            .tls_context(context)
+            .build_https();
+        config = config.http_client(client);
+    }
+    Ok(config)
+}
+
+/// Whether `bundle` is PEM holding at least one certificate that can be a trust anchor. (The
+/// SDK's client panics on one that is not.)
+pub fn check_ca_bundle(bundle: &str) -> Result<(), String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let certificates = CertificateDer::pem_slice_iter(bundle.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| format!("the CA bundle is not PEM: {error}"))?;
+    if certificates.is_empty() {
+        return Err(
+            "the CA bundle holds no certificate (give the PEM of the CAs, -----BEGIN CERTIFICATE----- ...)"
+                .to_owned(),
+        );
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in certificates {
+        roots.add(certificate).map_err(|error| {
+            format!("the CA bundle holds a certificate that cannot be a CA: {error}")
+        })?;
+    }
+    Ok(())
+}
+
+/// The encryption at rest a store is asked to apply, with its own keys, to every object Ferry
+/// writes. Ferry encrypts what it writes anyway; this is for rules that also ask for the store's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerSideEncryption {
+    /// SSE-S3 (`AES256`): keys the store manages.
+    S3Managed,
+    /// SSE-KMS (`aws:kms`): the KMS key named, else the bucket's default one.
+    Kms { key_id: Option<String> },
+}
+
+impl ServerSideEncryption {
+    /// From a location's `serverSideEncryption` (`AES256` or `aws:kms`) and `kmsKeyId`.
+    pub fn parse(algorithm: &str, kms_key_id: Option<&str>) -> Result<Self, String> {
+        let key_id = kms_key_id.filter(|id| !id.is_empty()).map(str::to_owned);
+        match (algorithm, key_id) {
+            ("AES256", None) => Ok(ServerSideEncryption::S3Managed),
+            ("AES256", Some(_)) => Err(
+                "kmsKeyId is given with serverSideEncryption AES256; use aws:kms for a KMS key"
+                    .to_owned(),
+            ),
+            ("aws:kms", key_id) => Ok(ServerSideEncryption::Kms { key_id }),
+            (other, _) => Err(format!(
+                "serverSideEncryption {other:?} is not AES256 (SSE-S3) nor aws:kms (SSE-KMS)"
+            )),
+        }
+    }
+
+    /// The name S3 gives it (`AES256`, `aws:kms`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            ServerSideEncryption::S3Managed => "AES256",
+            ServerSideEncryption::Kms { .. } => "aws:kms",
+        }
+    }
+
+    pub fn algorithm(&self) -> aws_sdk_s3::types::ServerSideEncryption {
+        aws_sdk_s3::types::ServerSideEncryption::from(self.name())
+    }
+
+    pub fn kms_key_id(&self) -> Option<String> {
+        match self {
+            ServerSideEncryption::Kms { key_id } => key_id.clone(),
+            ServerSideEncryption::S3Managed => None,
+        }
+    }
 }
 
 /// What an error of the store means.
@@ -103,5 +192,52 @@ where
         code,
         status,
         message: error.message().map(str::to_owned),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_side_encryption_is_named_as_s3_names_it() {
+        assert_eq!(
+            ServerSideEncryption::parse("AES256", None),
+            Ok(ServerSideEncryption::S3Managed)
+        );
+        let kms = ServerSideEncryption::parse("aws:kms", Some("alias/ferry")).unwrap();
+        assert_eq!(
+            (kms.name(), kms.kms_key_id().as_deref()),
+            ("aws:kms", Some("alias/ferry"))
+        );
+        assert_eq!(
+            ServerSideEncryption::parse("aws:kms", Some("")),
+            Ok(ServerSideEncryption::Kms { key_id: None })
+        );
+        assert!(
+            ServerSideEncryption::parse("AES256", Some("alias/ferry"))
+                .unwrap_err()
+                .contains("aws:kms")
+        );
+        assert!(
+            ServerSideEncryption::parse("aes256", None)
+                .unwrap_err()
+                .contains("\"aes256\"")
+        );
+    }
+
+    #[test]
+    fn a_ca_bundle_must_hold_a_certificate() {
+        assert!(check_ca_bundle("").unwrap_err().contains("no certificate"));
+        assert!(
+            check_ca_bundle("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+                .is_err()
+        );
+        let ca = rcgen::CertifiedIssuer::self_signed(
+            rcgen::CertificateParams::new(vec!["ca.example".to_owned()]).unwrap(),
+            rcgen::KeyPair::generate().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(check_ca_bundle(&ca.pem()), Ok(()));
     }
 }

@@ -70,9 +70,10 @@ pub const ADDRESS_ANNOTATION: &str = "ferry.dev/agent-address";
 /// How long a Lease holds without renewal; agents renew it three times as often.
 pub const LEASE_DURATION_SECONDS: i32 = 30;
 
-/// How to reach the S3 store of a repository the controller names (its endpoint, region and the
-/// credentials of its storage location).
-pub fn s3_options(spec: &v1::Repository) -> S3Options {
+/// How to reach the S3 store of a repository the controller names (its endpoint, region, CA
+/// bundle, encryption at rest and the credentials of its storage location), or what is wrong
+/// with what it says.
+pub fn s3_options(spec: &v1::Repository) -> Result<S3Options, String> {
     let credentials = (!spec.access_key_id.is_empty()).then(|| {
         aws_credential_types::Credentials::new(
             &spec.access_key_id,
@@ -82,7 +83,19 @@ pub fn s3_options(spec: &v1::Repository) -> S3Options {
             "ferry-controller",
         )
     });
-    S3Options {
+    let server_side_encryption = match spec.s3_server_side_encryption.as_str() {
+        "" if spec.s3_kms_key_id.is_empty() => None,
+        "" => return Err("a KMS key is named without server-side encryption aws:kms".to_owned()),
+        algorithm => Some(ferry_mover::s3::ServerSideEncryption::parse(
+            algorithm,
+            Some(&spec.s3_kms_key_id),
+        )?),
+    };
+    let ca_bundle = (!spec.s3_ca_bundle.is_empty()).then(|| spec.s3_ca_bundle.clone());
+    if let Some(bundle) = &ca_bundle {
+        ferry_mover::s3::check_ca_bundle(bundle)?;
+    }
+    Ok(S3Options {
         endpoint: (!spec.s3_endpoint.is_empty()).then(|| spec.s3_endpoint.clone()),
         region: if spec.s3_region.is_empty() {
             S3Options::default().region
@@ -91,6 +104,70 @@ pub fn s3_options(spec: &v1::Repository) -> S3Options {
         },
         path_style: spec.s3_path_style,
         credentials,
+        ca_bundle,
+        server_side_encryption,
         ..Default::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repository_says_how_its_store_is_reached() {
+        let ca = rcgen::CertifiedIssuer::self_signed(
+            rcgen::CertificateParams::new(vec!["store.example".to_owned()]).unwrap(),
+            rcgen::KeyPair::generate().unwrap(),
+        )
+        .unwrap()
+        .pem();
+        let spec = v1::Repository {
+            url: "s3://bucket/prefix/repositories/app".to_owned(),
+            s3_endpoint: "https://store.example".to_owned(),
+            s3_ca_bundle: ca.clone(),
+            s3_server_side_encryption: "aws:kms".to_owned(),
+            s3_kms_key_id: "alias/ferry".to_owned(),
+            ..Default::default()
+        };
+        let options = s3_options(&spec).unwrap();
+        assert_eq!(options.ca_bundle.as_deref(), Some(ca.as_str()));
+        assert_eq!(
+            options.server_side_encryption,
+            Some(ferry_mover::s3::ServerSideEncryption::Kms {
+                key_id: Some("alias/ferry".to_owned())
+            })
+        );
+        assert_eq!(
+            s3_options(&v1::Repository::default()).unwrap().ca_bundle,
+            None
+        );
+
+        for (bad, expected) in [
+            (
+                v1::Repository {
+                    s3_ca_bundle: "not PEM".to_owned(),
+                    ..spec.clone()
+                },
+                "no certificate",
+            ),
+            (
+                v1::Repository {
+                    s3_server_side_encryption: "rot13".to_owned(),
+                    ..spec.clone()
+                },
+                "rot13",
+            ),
+            (
+                v1::Repository {
+                    s3_server_side_encryption: String::new(),
+                    ..spec.clone()
+                },
+                "KMS key",
+            ),
+        ] {
+            let error = s3_options(&bad).unwrap_err();
+            assert!(error.contains(expected), "{error}");
+        }
     }
 }

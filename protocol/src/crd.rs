@@ -295,9 +295,54 @@ pub struct ObjectStorage {
     /// A prefix under which every object of this location lives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
-    /// PEM bundle of the CAs that sign the endpoint's certificate, for private S3-compatible stores.
+    /// PEM bundle of the CAs that sign the endpoint's certificate, for private S3-compatible
+    /// stores: the endpoint's certificate must chain to one of them (and to no other CA). The
+    /// controller and the node agents both use it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle: Option<String>,
+    /// Server-side encryption the store applies to every object Ferry writes: `AES256` (SSE-S3)
+    /// or `aws:kms` (SSE-KMS). Ferry encrypts and authenticates what it writes in any case; this
+    /// adds the store's own encryption at rest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_side_encryption: Option<ServerSideEncryption>,
+    /// With `aws:kms`: the KMS key (id, ARN or alias); default: the bucket's default KMS key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key_id: Option<String>,
+}
+
+/// The store's encryption at rest, as S3 names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ServerSideEncryption {
+    #[serde(rename = "AES256")]
+    Aes256,
+    #[serde(rename = "aws:kms")]
+    AwsKms,
+}
+
+impl ServerSideEncryption {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerSideEncryption::Aes256 => "AES256",
+            ServerSideEncryption::AwsKms => "aws:kms",
+        }
+    }
+}
+
+impl ObjectStorage {
+    /// The encryption at rest to ask the store for, or why the two fields disagree.
+    pub fn encryption(&self) -> Result<Option<ferry_mover::s3::ServerSideEncryption>, String> {
+        match (self.server_side_encryption, self.kms_key_id.as_deref()) {
+            (None, None) => Ok(None),
+            (None, Some(_)) => Err(
+                "objectStorage.kmsKeyId is set without serverSideEncryption: aws:kms".to_owned(),
+            ),
+            (Some(algorithm), key) => {
+                ferry_mover::s3::ServerSideEncryption::parse(algorithm.as_str(), key)
+                    .map(Some)
+                    .map_err(|error| format!("objectStorage: {error}"))
+            }
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

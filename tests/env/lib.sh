@@ -30,6 +30,8 @@ S3_BUCKET="ferry-test"
 S3_REGION="us-east-1"
 MINIO_USER="ferry-test"
 MINIO_PASSWORD="ferry-test-secret"
+# NAME:base64 of 32 bytes; a test key in clear, for MinIO's built-in KMS.
+MINIO_KMS_KEY="ferry-test-kms:ZmVycnktdGVzdC1rbXMta2V5LTMyLWJ5dGVzLWxvbmc="
 
 # The node's pod network: a bridge that the environment creates, whose gateway address is also the
 # node's InternalIP, so that nothing of the node uses the machine's own (eth0) address. Pods reach

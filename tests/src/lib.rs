@@ -23,6 +23,7 @@ mod kubelet;
 mod namespace;
 pub mod real_cluster;
 mod s3;
+mod tls_front;
 
 pub use agent::{RunningAgent, agent_ca, ferry_binary};
 pub use controller::{
@@ -34,6 +35,7 @@ pub use fault_proxy::{FaultConfig, FaultCounts, FaultKind, FaultProxy, RequestHe
 pub use kubelet::{FakeKubelet, run_job};
 pub use namespace::{TestNamespace, delete_namespace_and_wait, delete_pv_and_wait, wait_bound};
 pub use s3::BucketPrefix;
+pub use tls_front::TlsFront;
 
 /// How long a test waits for the control plane to act (a namespace to finalize, a PVC to bind)
 /// before it fails. Generous, because CI's two cores also compile and run other tests meanwhile.

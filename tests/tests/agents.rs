@@ -98,8 +98,8 @@ async fn repository(
         s3_path_style: true,
         access_key_id: credentials.access_key_id().to_owned(),
         secret_access_key: credentials.secret_access_key().to_owned(),
-        session_token: String::new(),
         password: password.to_owned(),
+        ..Repository::default()
     }
 }
 

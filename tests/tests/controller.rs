@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use ferry_protocol::crd::{Backup, Phase, Restore};
 use ferry_tests::{
-    CONVERGENCE_TIMEOUT, HasPhase, RunningController, TestEnv, TestNamespace,
+    CONVERGENCE_TIMEOUT, HasPhase, RunningController, TestEnv, TestNamespace, TlsFront,
     create_object as create, finished, summary, unique_name,
 };
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -1279,6 +1279,115 @@ async fn a_new_cluster_recovers_from_the_bucket() {
         .delete(app.name(), &DeleteParams::default())
         .await;
     recovery.stop().await;
+    app.delete_and_wait().await;
+    ferry.stop().await;
+}
+
+/// A private store behind TLS is reached through the location's caBundle and refused without it
+/// (a certificate no system CA vouches for), and a location that asks for encryption at rest gets
+/// it for every file a backup writes.
+#[tokio::test]
+async fn a_private_store_is_reached_through_its_ca_bundle_with_encryption_at_rest() {
+    let env = TestEnv::get();
+    let front = TlsFront::start().await;
+    let ferry = RunningController::start("controller-private-store", false).await;
+    let client = ferry.client.clone();
+    let location = |name: &str, ca_bundle: Option<&str>| {
+        json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "BackupStorageLocation",
+            "metadata": {"name": name},
+            "spec": {
+                "provider": "aws",
+                "objectStorage": {"bucket": ferry.store.bucket(), "prefix": ferry.store.prefix(),
+                                  "caBundle": ca_bundle, "serverSideEncryption": "AES256"},
+                "region": env.s3_region(), "endpoint": front.endpoint(), "forcePathStyle": true,
+                "credential": {"name": ferry_tests::CREDENTIALS_SECRET.0,
+                               "key": ferry_tests::CREDENTIALS_SECRET.1},
+                "validationFrequency": "2s", "default": ca_bundle.is_some(),
+            },
+        })
+    };
+    create(
+        &client,
+        ferry.namespace.name(),
+        location("private", Some(front.ca_pem())),
+    )
+    .await;
+    create(&client, ferry.namespace.name(), location("no-ca", None)).await;
+    let locations = ferry.locations();
+    let deadline = tokio::time::Instant::now() + CONVERGENCE_TIMEOUT;
+    let statuses = loop {
+        let statuses: Vec<_> =
+            futures::future::join_all(["private", "no-ca"].map(|name| locations.get(name)))
+                .await
+                .into_iter()
+                .map(|location| location.unwrap().status.unwrap_or_default())
+                .collect();
+        if statuses.iter().all(|status| status.phase.is_some()) {
+            break statuses;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never validated: {statuses:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(
+        statuses[0].phase,
+        Some(ferry_protocol::crd::LocationPhase::Available),
+        "{:?}",
+        statuses[0]
+    );
+    assert_eq!(
+        statuses[1].phase,
+        Some(ferry_protocol::crd::LocationPhase::Unavailable),
+        "{:?}",
+        statuses[1]
+    );
+    let message = statuses[1].message.clone().unwrap_or_default();
+    assert!(message.contains("certificate"), "{message}");
+
+    let app = TestNamespace::create(&client, "private-store").await;
+    create(
+        &client,
+        app.name(),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"},
+               "data": {"a": "b"}}),
+    )
+    .await;
+    let backup = ferry
+        .backup("private", json!({"includedNamespaces": [app.name()]}))
+        .await;
+    assert_eq!(
+        backup.phase(),
+        Some(Phase::Completed),
+        "{}",
+        summary(&backup)
+    );
+    let s3 = env.s3_client();
+    let listed = s3
+        .list_objects_v2()
+        .bucket(ferry.store.bucket())
+        .prefix(ferry.store.key("backups/private/"))
+        .send()
+        .await
+        .unwrap();
+    let keys: Vec<&str> = listed.contents().iter().filter_map(|o| o.key()).collect();
+    assert!(keys.len() >= 3, "{keys:?}");
+    for key in keys {
+        let head = s3
+            .head_object()
+            .bucket(ferry.store.bucket())
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            head.server_side_encryption().map(|sse| sse.as_str()),
+            Some("AES256"),
+            "{key}"
+        );
+    }
     app.delete_and_wait().await;
     ferry.stop().await;
 }

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use ferry_protocol::crd::{BackupStorageLocation, BackupStorageLocationSpec, ObjectStorage};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
@@ -16,33 +16,86 @@ use crate::GlobalArgs;
 #[derive(Debug, Subcommand)]
 pub enum LocationCommand {
     /// Create a BackupStorageLocation (an S3 or S3-compatible bucket).
-    Create {
-        name: String,
-        #[arg(long)]
-        bucket: String,
-        #[arg(long)]
-        prefix: Option<String>,
-        #[arg(long)]
-        region: Option<String>,
-        /// For S3-compatible stores (MinIO, Ceph...).
-        #[arg(long)]
-        endpoint: Option<String>,
-        #[arg(long)]
-        force_path_style: bool,
-        /// The Secret and key holding an AWS credentials file: SECRET:KEY.
-        #[arg(long)]
-        credential: Option<String>,
-        /// Use it when a backup names no location (the one default: any other is unmarked).
-        #[arg(long)]
-        default: bool,
-        /// How often the node agents' repositories there are pruned (e.g. 1h, 24h); default 1h.
-        #[arg(long)]
-        repository_maintenance_frequency: Option<String>,
-    },
+    Create(Box<CreateLocation>),
     /// List storage locations and whether they are available.
     Get { name: Option<String> },
     /// Make a location the one that backups naming none use; any other default is unmarked.
     SetDefault { name: String },
+}
+
+/// The bucket part of a location, its CA bundle read and its encryption checked.
+fn object_storage(
+    bucket: String,
+    prefix: Option<String>,
+    ca_bundle: Option<std::path::PathBuf>,
+    server_side_encryption: Option<String>,
+    kms_key_id: Option<String>,
+) -> anyhow::Result<ObjectStorage> {
+    let ca_bundle = match ca_bundle {
+        Some(path) => {
+            let bundle = std::fs::read_to_string(&path).map_err(|error| {
+                anyhow::anyhow!("reading --ca-bundle {}: {error}", path.display())
+            })?;
+            ferry_mover::s3::check_ca_bundle(&bundle)
+                .map_err(|error| anyhow::anyhow!("--ca-bundle {}: {error}", path.display()))?;
+            Some(bundle)
+        }
+        None => None,
+    };
+    let server_side_encryption = server_side_encryption
+        .map(|algorithm| {
+            serde_json::from_value(serde_json::Value::String(algorithm.clone())).map_err(|_| {
+                anyhow::anyhow!(
+                    "--server-side-encryption {algorithm:?} is not AES256 (SSE-S3) nor aws:kms (SSE-KMS)"
+                )
+            })
+        })
+        .transpose()?;
+    let storage = ObjectStorage {
+        bucket,
+        prefix,
+        ca_bundle,
+        server_side_encryption,
+        kms_key_id,
+    };
+    storage.encryption().map_err(anyhow::Error::msg)?;
+    Ok(storage)
+}
+
+/// `ferry location create`.
+#[derive(Debug, Args)]
+pub struct CreateLocation {
+    pub name: String,
+    #[arg(long)]
+    pub bucket: String,
+    #[arg(long)]
+    pub prefix: Option<String>,
+    #[arg(long)]
+    pub region: Option<String>,
+    /// For S3-compatible stores (MinIO, Ceph...).
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    #[arg(long)]
+    pub force_path_style: bool,
+    /// A PEM file of the only CAs the endpoint's certificate may chain to (a private store).
+    #[arg(long)]
+    pub ca_bundle: Option<std::path::PathBuf>,
+    /// The store's own encryption at rest of every object Ferry writes: AES256 (SSE-S3) or
+    /// aws:kms (SSE-KMS).
+    #[arg(long)]
+    pub server_side_encryption: Option<String>,
+    /// With aws:kms: the KMS key (id, ARN or alias); default the bucket's default key.
+    #[arg(long)]
+    pub kms_key_id: Option<String>,
+    /// The Secret and key holding an AWS credentials file: SECRET:KEY.
+    #[arg(long)]
+    pub credential: Option<String>,
+    /// Use it when a backup names no location (the one default: any other is unmarked).
+    #[arg(long)]
+    pub default: bool,
+    /// How often the node agents' repositories there are pruned (e.g. 1h, 24h); default 1h.
+    #[arg(long)]
+    pub repository_maintenance_frequency: Option<String>,
 }
 
 pub fn run_location(
@@ -55,17 +108,21 @@ pub fn run_location(
         let locations: Api<BackupStorageLocation> =
             Api::namespaced(client.clone(), &cluster.namespace);
         match command {
-            LocationCommand::Create {
-                name,
-                bucket,
-                prefix,
-                region,
-                endpoint,
-                force_path_style,
-                credential,
-                default,
-                repository_maintenance_frequency,
-            } => {
+            LocationCommand::Create(create_location) => {
+                let CreateLocation {
+                    name,
+                    bucket,
+                    prefix,
+                    region,
+                    endpoint,
+                    force_path_style,
+                    ca_bundle,
+                    server_side_encryption,
+                    kms_key_id,
+                    credential,
+                    default,
+                    repository_maintenance_frequency,
+                } = *create_location;
                 let credential = parse_credential(credential)?;
                 if let Some(frequency) = &repository_maintenance_frequency {
                     ferry_controller::parse_duration(frequency).map_err(|error| {
@@ -74,11 +131,13 @@ pub fn run_location(
                 }
                 let spec = BackupStorageLocationSpec {
                     provider: "aws".to_owned(),
-                    object_storage: ObjectStorage {
+                    object_storage: object_storage(
                         bucket,
                         prefix,
-                        ca_bundle: None,
-                    },
+                        ca_bundle,
+                        server_side_encryption,
+                        kms_key_id,
+                    )?,
                     region,
                     endpoint,
                     force_path_style: force_path_style.then_some(true),

@@ -71,6 +71,12 @@ pub struct S3Options {
     /// The limit of a whole operation, every attempt and wait included; an operation that moves
     /// `n` bytes gets `n / min_throughput` more. Default 10 min.
     pub operation_timeout: Duration,
+    /// PEM of the only CAs the store's certificate may chain to (a private store); default: the
+    /// system's roots.
+    pub ca_bundle: Option<String>,
+    /// The store's own encryption at rest of every object written; default: whatever the
+    /// bucket does.
+    pub server_side_encryption: Option<s3::ServerSideEncryption>,
 }
 
 impl Default for S3Options {
@@ -90,6 +96,8 @@ impl Default for S3Options {
             min_throughput: 128 * 1024,
             stall_timeout: Duration::from_secs(20),
             operation_timeout: Duration::from_secs(600),
+            ca_bundle: None,
+            server_side_encryption: None,
         }
     }
 }
@@ -127,23 +135,28 @@ impl S3Backend {
             .map_err(|error| Error::Other(format!("starting the S3 client's runtime: {error}")))?;
         let client = runtime.block_on(async {
             let shared = s3::shared_config(&options.region, options.credentials.clone()).await;
-            let config =
-                s3::client_config(&shared, options.endpoint.as_deref(), options.path_style)
-                    // Our own retry loop tries whole operations again, body included (see the module).
-                    .retry_config(RetryConfig::disabled())
-                    // Attempts are timed by the retry loop, which knows how many bytes each moves.
-                    .timeout_config(
-                        TimeoutConfig::builder()
-                            .connect_timeout(options.connect_timeout)
-                            .build(),
-                    )
-                    .stalled_stream_protection(
-                        StalledStreamProtectionConfig::enabled()
-                            .grace_period(options.stall_timeout)
-                            .build(),
-                    );
-            Client::from_conf(config.build())
-        });
+            let config = s3::client_config(
+                &shared,
+                options.endpoint.as_deref(),
+                options.path_style,
+                options.ca_bundle.as_deref(),
+            )
+            .map_err(Error::InvalidArgument)?
+            // Our own retry loop tries whole operations again, body included (see the module).
+            .retry_config(RetryConfig::disabled())
+            // Attempts are timed by the retry loop, which knows how many bytes each moves.
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(options.connect_timeout)
+                    .build(),
+            )
+            .stalled_stream_protection(
+                StalledStreamProtectionConfig::enabled()
+                    .grace_period(options.stall_timeout)
+                    .build(),
+            );
+            Ok::<_, Error>(Client::from_conf(config.build()))
+        })?;
         Ok(S3Backend {
             runtime,
             client,
@@ -151,6 +164,21 @@ impl S3Backend {
             prefix: prefix.to_owned(),
             options: options.clone(),
         })
+    }
+
+    /// The server-side encryption every write asks for.
+    fn encryption(&self) -> Option<aws_sdk_s3::types::ServerSideEncryption> {
+        self.options
+            .server_side_encryption
+            .as_ref()
+            .map(s3::ServerSideEncryption::algorithm)
+    }
+
+    fn encryption_key(&self) -> Option<String> {
+        self.options
+            .server_side_encryption
+            .as_ref()
+            .and_then(s3::ServerSideEncryption::kms_key_id)
     }
 
     fn key(&self, kind: Kind, name: &str) -> String {
@@ -332,6 +360,8 @@ impl S3Backend {
                     .put_object()
                     .bucket(&self.bucket)
                     .key(key)
+                    .set_server_side_encryption(self.encryption())
+                    .set_ssekms_key_id(self.encryption_key())
                     .body(ByteStream::from(body))
                     .send();
                 self.send(limit, "PUT", key, request).await.map(|_| ())
@@ -350,6 +380,8 @@ impl S3Backend {
                     .create_multipart_upload()
                     .bucket(&self.bucket)
                     .key(key)
+                    .set_server_side_encryption(self.encryption())
+                    .set_ssekms_key_id(self.encryption_key())
                     .send();
                 let created = self
                     .send(
@@ -663,6 +695,8 @@ impl Backend for S3Backend {
                         .put_object()
                         .bucket(&self.bucket)
                         .key(key)
+                        .set_server_side_encryption(self.encryption())
+                        .set_ssekms_key_id(self.encryption_key())
                         // S3's conditional write: refused with 412 when the key exists (409 while
                         // another conditional write of it is under way, which then wins).
                         .if_none_match("*")
@@ -720,6 +754,8 @@ impl Backend for S3Backend {
                         .put_object()
                         .bucket(&self.bucket)
                         .key(key)
+                        .set_server_side_encryption(self.encryption())
+                        .set_ssekms_key_id(self.encryption_key())
                         .body(body)
                         .send();
                     self.send(self.attempt_limit(attempt, size), "PUT", key, request)
