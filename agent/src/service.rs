@@ -661,6 +661,7 @@ mod tests {
                 validation_frequency: None,
                 backup_sync_period: None,
                 repository_maintenance_frequency: None,
+                agent_credentials: None,
             },
         )
     }

@@ -230,10 +230,7 @@ pub async fn repository(
     namespace: &str,
 ) -> Result<Repository> {
     let spec = &location.spec;
-    let credentials = match &spec.credential {
-        Some(reference) => Some(locations.aws_credentials(reference).await?),
-        None => None,
-    };
+    let credentials = locations.agent_credentials(location, namespace).await?;
     Ok(Repository {
         url: repository_url(location, namespace),
         s3_endpoint: spec.endpoint.clone().unwrap_or_default(),

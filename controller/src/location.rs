@@ -114,6 +114,10 @@ async fn check(location: &BackupStorageLocation, ctx: &Context) -> Result<(), St
             return Err(format!("{field}: {error}"));
         }
     }
+    location.spec.object_storage.encryption()?;
+    if let Some(scoped) = &location.spec.agent_credentials {
+        crate::locations::agent_credentials_duration(scoped)?;
+    }
     let store = ctx
         .locations
         .object_store(location)

@@ -172,6 +172,136 @@ impl Locations {
     }
 }
 
+/// How long the node agents' scoped credentials last unless the location says.
+pub const AGENT_CREDENTIALS_DURATION: std::time::Duration =
+    std::time::Duration::from_secs(12 * 3600);
+
+impl Locations {
+    /// The credentials the node agents get for the repository of `namespace`'s volumes in
+    /// `location`: with `agentCredentials`, short-lived ones from the store's STS that allow only
+    /// that repository's objects ([`repository_policy`]); else the location's own.
+    pub async fn agent_credentials(
+        &self,
+        location: &BackupStorageLocation,
+        namespace: &str,
+    ) -> Result<Option<aws_credential_types::Credentials>> {
+        let spec = &location.spec;
+        let own = match &spec.credential {
+            Some(reference) => Some(self.aws_credentials(reference).await?),
+            None => None,
+        };
+        let Some(scoped) = &spec.agent_credentials else {
+            return Ok(own);
+        };
+        let duration =
+            agent_credentials_duration(scoped).map_err(|error| Error::Validation(vec![error]))?;
+        let region = spec.region.as_deref().unwrap_or("us-east-1");
+        let shared = ferry_mover::s3::shared_config(region, own).await;
+        let mut config = aws_sdk_sts::config::Builder::from(&shared);
+        if let Some(endpoint) = &spec.endpoint {
+            config = config.endpoint_url(endpoint);
+        }
+        if let Some(bundle) = &spec.object_storage.ca_bundle {
+            config =
+                config.http_client(ferry_mover::s3::trusting_only(bundle).map_err(|error| {
+                    Error::Validation(vec![format!("objectStorage.caBundle: {error}")])
+                })?);
+        }
+        let key_prefix = format!(
+            "{}{namespace}",
+            ferry_protocol::layout::repositories_prefix(spec.object_storage.prefix.as_deref())
+        );
+        let policy = repository_policy(&spec.object_storage.bucket, &key_prefix);
+        let session: String = format!("ferry-agent-{namespace}")
+            .chars()
+            .take(64)
+            .collect();
+        let assumed = aws_sdk_sts::Client::from_conf(config.build())
+            .assume_role()
+            // MinIO ignores the role; AWS requires one, and the location names it.
+            .role_arn(
+                scoped
+                    .role_arn
+                    .clone()
+                    .unwrap_or_else(|| "arn:aws:iam::000000000000:role/ferry-agent".to_owned()),
+            )
+            .role_session_name(session)
+            .policy(policy)
+            .duration_seconds(i32::try_from(duration.as_secs()).unwrap_or(i32::MAX))
+            .send()
+            .await
+            .map_err(|error| Error::Storage {
+                message: format!(
+                    "scoped credentials for the node agents (agentCredentials of location {}): AssumeRole failed: {}",
+                    location.name_any(),
+                    aws_smithy_types::error::display::DisplayErrorContext(&error)
+                ),
+                retryable: matches!(
+                    error,
+                    aws_sdk_sts::error::SdkError::DispatchFailure(_)
+                        | aws_sdk_sts::error::SdkError::TimeoutError(_)
+                ),
+            })?;
+        let credentials = assumed.credentials().ok_or_else(|| Error::Storage {
+            message: "AssumeRole answered without credentials".to_owned(),
+            retryable: true,
+        })?;
+        Ok(Some(aws_credential_types::Credentials::new(
+            credentials.access_key_id(),
+            credentials.secret_access_key(),
+            Some(credentials.session_token().to_owned()),
+            std::time::SystemTime::try_from(*credentials.expiration()).ok(),
+            "ferry-agent-assume-role",
+        )))
+    }
+}
+
+/// The duration of a location's agent credentials: 15 minutes to 12 hours, as STS allows.
+pub fn agent_credentials_duration(
+    scoped: &ferry_protocol::crd::AgentCredentials,
+) -> std::result::Result<std::time::Duration, String> {
+    let Some(text) = &scoped.duration else {
+        return Ok(AGENT_CREDENTIALS_DURATION);
+    };
+    let duration = crate::parse_duration(text)
+        .map_err(|error| format!("agentCredentials.duration: {error}"))?;
+    if !(std::time::Duration::from_secs(900)..=AGENT_CREDENTIALS_DURATION).contains(&duration) {
+        return Err(format!(
+            "agentCredentials.duration {text} is not within 15m and 12h, which STS allows"
+        ));
+    }
+    Ok(duration)
+}
+
+/// The session policy of a node agent's credentials: the objects under `key_prefix/` of `bucket`
+/// (read, write, delete, multipart uploads), listing only under it, and nothing else.
+pub fn repository_policy(bucket: &str, key_prefix: &str) -> String {
+    let key_prefix = key_prefix.trim_end_matches('/');
+    serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject",
+                           "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
+                "Resource": [format!("arn:aws:s3:::{bucket}/{key_prefix}/*")],
+            },
+            {
+                "Effect": "Allow",
+                "Action": ["s3:ListBucket"],
+                "Resource": [format!("arn:aws:s3:::{bucket}")],
+                "Condition": {"StringLike": {"s3:prefix": [format!("{key_prefix}/*")]}},
+            },
+            {
+                "Effect": "Allow",
+                "Action": ["s3:ListBucketMultipartUploads"],
+                "Resource": [format!("arn:aws:s3:::{bucket}")],
+            },
+        ],
+    })
+    .to_string()
+}
+
 /// Reads the `[default]` profile of an AWS credentials file.
 fn parse_credentials_file(text: &str) -> Option<aws_credential_types::Credentials> {
     let mut in_default = false;
@@ -228,6 +358,57 @@ pub fn default_location(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_agents_session_policy_allows_only_its_repository() {
+        let policy: serde_json::Value =
+            serde_json::from_str(&repository_policy("backups", "site/repositories/shop/")).unwrap();
+        let statements = policy["Statement"].as_array().unwrap();
+        assert_eq!(
+            statements[0]["Resource"],
+            serde_json::json!(["arn:aws:s3:::backups/site/repositories/shop/*"])
+        );
+        assert_eq!(
+            statements[1]["Condition"]["StringLike"]["s3:prefix"],
+            serde_json::json!(["site/repositories/shop/*"])
+        );
+        // Nothing allows a bucket-wide object action or a listing outside the prefix.
+        for statement in statements {
+            for resource in statement["Resource"].as_array().unwrap() {
+                let resource = resource.as_str().unwrap();
+                assert!(
+                    resource == "arn:aws:s3:::backups"
+                        || resource.starts_with("arn:aws:s3:::backups/site/repositories/shop/"),
+                    "{resource}"
+                );
+            }
+            let actions = statement["Action"].as_array().unwrap();
+            assert!(
+                !actions
+                    .iter()
+                    .any(|a| a == "s3:*" || a == "s3:PutBucketPolicy")
+            );
+        }
+    }
+
+    #[test]
+    fn agent_credentials_last_between_15_minutes_and_12_hours() {
+        let with = |duration: Option<&str>| {
+            agent_credentials_duration(&ferry_protocol::crd::AgentCredentials {
+                role_arn: None,
+                duration: duration.map(str::to_owned),
+            })
+        };
+        assert_eq!(with(None), Ok(AGENT_CREDENTIALS_DURATION));
+        assert_eq!(with(Some("2h")), Ok(std::time::Duration::from_secs(7200)));
+        assert!(with(Some("5m")).unwrap_err().contains("15m and 12h"));
+        assert!(with(Some("24h")).unwrap_err().contains("15m and 12h"));
+        assert!(
+            with(Some("soon"))
+                .unwrap_err()
+                .contains("agentCredentials.duration")
+        );
+    }
+
     use super::*;
     use ferry_protocol::crd::{BackupStorageLocationSpec, ObjectStorage};
 
@@ -249,6 +430,7 @@ mod tests {
                 validation_frequency: None,
                 backup_sync_period: None,
                 repository_maintenance_frequency: None,
+                agent_credentials: None,
             },
         )
     }

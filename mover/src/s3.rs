@@ -43,22 +43,27 @@ pub fn client_config(
         config = config.endpoint_url(endpoint);
     }
     if let Some(bundle) = ca_bundle {
-        use aws_smithy_http_client::tls;
-        check_ca_bundle(bundle)?;
-        let trust = tls::TrustStore::empty().with_pem_certificate(bundle.as_bytes());
-        let context = tls::TlsContext::builder()
-            .with_trust_store(trust)
-            .build()
-            .map_err(|error| format!("the CA bundle: {error}"))?;
-        let client = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(
-                tls::rustls_provider::CryptoMode::AwsLc,
-            ))
-            .tls_context(context)
-            .build_https();
-        config = config.http_client(client);
+        config = config.http_client(trusting_only(bundle)?);
     }
     Ok(config)
+}
+
+/// An HTTPS client that trusts only the CAs of `bundle` (PEM): for every client of a private
+/// store (S3, and its STS).
+pub fn trusting_only(bundle: &str) -> Result<aws_sdk_s3::config::SharedHttpClient, String> {
+    use aws_smithy_http_client::tls;
+    check_ca_bundle(bundle)?;
+    let trust = tls::TrustStore::empty().with_pem_certificate(bundle.as_bytes());
+    let context = tls::TlsContext::builder()
+        .with_trust_store(trust)
+        .build()
+        .map_err(|error| format!("the CA bundle: {error}"))?;
+    Ok(aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::AwsLc,
+        ))
+        .tls_context(context)
+        .build_https())
 }
 
 /// Whether `bundle` is PEM holding at least one certificate that can be a trust anchor. (The

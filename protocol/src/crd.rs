@@ -401,6 +401,26 @@ pub struct BackupStorageLocationSpec {
     /// as a duration; default one hour, so that space comes back soon after backups are deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository_maintenance_frequency: Option<String>,
+    /// Short-lived credentials for the node agents, each limited to the one repository its task
+    /// works on, from the store's STS (AWS STS, MinIO's AssumeRole). Without it the agents get
+    /// the location's own credentials with each task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_credentials: Option<AgentCredentials>,
+}
+
+/// How the node agents' scoped credentials are made: AssumeRole with the location's credentials
+/// and a session policy that allows only one repository's objects.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentCredentials {
+    /// The role to assume. AWS requires one that trusts the location's credentials and allows
+    /// sessions of `duration`; MinIO ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
+    /// How long the credentials last, as a duration (15m to 12h); the longest volume backup or
+    /// restore must fit in it. Default 12h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

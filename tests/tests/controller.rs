@@ -1392,6 +1392,137 @@ async fn a_private_store_is_reached_through_its_ca_bundle_with_encryption_at_res
     ferry.stop().await;
 }
 
+/// With `agentCredentials`, what a node agent is handed for a task is a short-lived session from
+/// the store's STS (MinIO's AssumeRole here) that reaches its one repository and nothing else:
+/// not another namespace's repository, not the backups' archives and records. The data mover
+/// works with it (a repository made, backed up, restored and pruned). Without it, the agents
+/// received the location's own keys.
+#[tokio::test]
+async fn node_agents_get_credentials_for_their_repository_only() {
+    let env = TestEnv::get();
+    let ferry = RunningController::start_with_location("controller-scoped").await;
+    let app = TestNamespace::create(&ferry.client, "scoped").await;
+    let backup = ferry
+        .backup("scoped", json!({"includedNamespaces": [app.name()]}))
+        .await;
+    assert_eq!(
+        backup.phase(),
+        Some(Phase::Completed),
+        "{}",
+        summary(&backup)
+    );
+    ferry
+        .locations()
+        .patch(
+            "default",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"agentCredentials": {"duration": "1h"}}})),
+        )
+        .await
+        .unwrap();
+    let location = ferry.locations().get("default").await.unwrap();
+    let locations = ferry_controller::Locations::new(ferry.client.clone(), ferry.namespace.name());
+    let spec = ferry_controller::agents::repository(&locations, &location, "shop")
+        .await
+        .unwrap();
+    assert_ne!(spec.access_key_id, env.s3_credentials().access_key_id());
+    assert!(!spec.session_token.is_empty(), "no session token: {spec:?}");
+
+    let session = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::Config::builder()
+            .behavior_version_latest()
+            .endpoint_url(env.s3_endpoint())
+            .region(aws_sdk_s3::config::Region::new(env.s3_region().to_owned()))
+            .credentials_provider(aws_credential_types::Credentials::new(
+                &spec.access_key_id,
+                &spec.secret_access_key,
+                Some(spec.session_token.clone()),
+                None,
+                "test",
+            ))
+            .force_path_style(true)
+            .build(),
+    );
+    let bucket = ferry.store.bucket();
+    let put = |key: String| {
+        session
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(aws_sdk_s3::primitives::ByteStream::from_static(b"probe"))
+            .send()
+    };
+    put(ferry.store.key("repositories/shop/probe"))
+        .await
+        .expect("its own repository is writable");
+    for key in ["repositories/other/probe", "backups/scoped/probe"] {
+        assert!(
+            put(ferry.store.key(key)).await.is_err(),
+            "{key} was writable with a repository's credentials"
+        );
+    }
+    let keys = ferry_protocol::layout::BackupKeys::new(None, "scoped");
+    assert!(
+        session
+            .get_object()
+            .bucket(bucket)
+            .key(ferry.store.key(&keys.record()))
+            .send()
+            .await
+            .is_err(),
+        "a backup's record was readable with a repository's credentials"
+    );
+    assert!(
+        session
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(ferry.store.key("backups/"))
+            .send()
+            .await
+            .is_err(),
+        "the backups were listable with a repository's credentials"
+    );
+
+    // The data mover does all it does with them.
+    tokio::task::spawn_blocking(move || {
+        let options = ferry_protocol::agent::s3_options(&spec).unwrap();
+        let backend = ferry_mover::open_backend(&spec.url, &options).unwrap();
+        let repo = std::sync::Arc::new(
+            ferry_mover::Repository::init(
+                backend,
+                spec.password.as_bytes(),
+                &ferry_mover::InitOptions::default(),
+            )
+            .unwrap(),
+        );
+        let source = tempfile::tempdir().unwrap();
+        std::fs::write(source.path().join("table"), vec![7u8; 3 << 20]).unwrap();
+        let snapshot =
+            ferry_mover::backup(&repo, source.path(), &ferry_mover::BackupOptions::default())
+                .unwrap()
+                .snapshot_id;
+        let target = tempfile::tempdir().unwrap();
+        ferry_mover::restore(
+            &repo,
+            "latest",
+            target.path(),
+            &ferry_mover::RestoreOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::read(target.path().join("table")).unwrap(),
+            vec![7u8; 3 << 20]
+        );
+        ferry_mover::forget_snapshots(&repo, &[snapshot.to_hex()]).unwrap();
+        let pruned = ferry_mover::prune(&repo, &ferry_mover::PruneOptions::default()).unwrap();
+        assert!(pruned.blobs_removed > 0, "{pruned:?}");
+    })
+    .await
+    .unwrap();
+    app.delete_and_wait().await;
+    ferry.stop().await;
+}
+
 /// A location that cannot be used says why in its status: no such bucket, wrong credentials,
 /// nothing listening at the endpoint.
 #[tokio::test]

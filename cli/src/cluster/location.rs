@@ -147,6 +147,7 @@ pub fn run_location(
                     validation_frequency: None,
                     backup_sync_period: None,
                     repository_maintenance_frequency,
+                    agent_credentials: None,
                 };
                 create(&locations, &BackupStorageLocation::new(&name, spec)).await?;
                 eprintln!(
