@@ -123,8 +123,19 @@ pub async fn run(ctx: Arc<Context>) {
 
 async fn sign(ctx: &Context, leases: &Api<Lease>, lease: &Lease) -> Result<()> {
     let ca = agent_ca(ctx).await?;
-    let Some(annotations) = certificate_for(lease, &ca).transpose()? else {
-        return Ok(());
+    if issue(leases, lease, &ca).await? {
+        tracing::info!(
+            message = "issued a certificate to a node's agent",
+            node = lease_node(&lease.name_any()).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// Writes into `lease` the certificate [`certificate_for`] says it needs, if any; whether it did.
+pub async fn issue(leases: &Api<Lease>, lease: &Lease, ca: &AgentCa) -> Result<bool> {
+    let Some(annotations) = certificate_for(lease, ca).transpose()? else {
+        return Ok(false);
     };
     let name = lease.name_any();
     let patch = serde_json::json!({
@@ -138,11 +149,7 @@ async fn sign(ctx: &Context, leases: &Api<Lease>, lease: &Lease) -> Result<()> {
             &Patch::Apply(&patch),
         )
         .await?;
-    tracing::info!(
-        message = "issued a certificate to a node's agent",
-        node = lease_node(&name).unwrap_or_default()
-    );
-    Ok(())
+    Ok(true)
 }
 
 #[cfg(test)]

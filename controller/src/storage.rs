@@ -67,19 +67,14 @@ impl ObjectStore {
         })
     }
 
-    /// The server-side encryption every write asks for.
-    fn encryption(&self) -> Option<aws_sdk_s3::types::ServerSideEncryption> {
-        self.config
-            .server_side_encryption
-            .as_ref()
-            .map(s3::ServerSideEncryption::algorithm)
-    }
-
-    fn encryption_key(&self) -> Option<String> {
-        self.config
-            .server_side_encryption
-            .as_ref()
-            .and_then(s3::ServerSideEncryption::kms_key_id)
+    /// The server-side encryption headers of every write.
+    fn encryption(
+        &self,
+    ) -> (
+        Option<aws_sdk_s3::types::ServerSideEncryption>,
+        Option<String>,
+    ) {
+        s3::ServerSideEncryption::request_headers(self.config.server_side_encryption.as_ref())
     }
 
     /// This store sealing what it writes and opening what it reads with `key`.
@@ -124,8 +119,8 @@ impl ObjectStore {
             .put_object()
             .bucket(self.bucket())
             .key(key)
-            .set_server_side_encryption(self.encryption())
-            .set_ssekms_key_id(self.encryption_key())
+            .set_server_side_encryption(self.encryption().0)
+            .set_ssekms_key_id(self.encryption().1)
             .body(ByteStream::from(body))
             .send()
             .await
@@ -242,8 +237,8 @@ impl ObjectStore {
             .create_multipart_upload()
             .bucket(self.bucket())
             .key(key)
-            .set_server_side_encryption(self.encryption())
-            .set_ssekms_key_id(self.encryption_key())
+            .set_server_side_encryption(self.encryption().0)
+            .set_ssekms_key_id(self.encryption().1)
             .send()
             .await
             .map_err(|error| self.error(key, error))?;

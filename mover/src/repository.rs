@@ -380,18 +380,7 @@ impl Repository {
 
     pub(crate) fn get_object(&self, kind: Kind, name: &str) -> Result<Vec<u8>> {
         let bytes = self.backend.get(kind, name)?;
-        let limit = match kind {
-            Kind::Config | Kind::Lock => 1 << 20,
-            Kind::Snapshot => 64 << 20,
-            _ => MAX_OBJECT_PLAINTEXT,
-        };
-        decode_object_within(
-            &self.key,
-            &bytes,
-            &object_binding(self.config.version, kind, name),
-            &kind.path_of(name),
-            limit,
-        )
+        decode_object(&self.key, &bytes, self.config.version, kind, name)
     }
 
     // Snapshots.
@@ -596,9 +585,33 @@ fn check_password(password: &[u8]) -> Result<()> {
 /// The plaintext of a stored JSON object (config, index, snapshot, lock): authenticated,
 /// decrypted, and decompressed to at most [`MAX_OBJECT_PLAINTEXT`] bytes. `what` names it in
 /// errors.
+/// Opens the stored bytes of the object `name` of `kind` in a repository of format `version`:
+/// authenticated (bound to its path from version 2 on), then inflated within the bound of its
+/// kind. What every reader of a JSON object does, and the fuzz target's entry.
+pub fn decode_object(
+    key: &MasterKey,
+    bytes: &[u8],
+    version: u32,
+    kind: Kind,
+    name: &str,
+) -> Result<Vec<u8>> {
+    let limit = match kind {
+        Kind::Config | Kind::Lock => 1 << 20,
+        Kind::Snapshot => 64 << 20,
+        _ => MAX_OBJECT_PLAINTEXT,
+    };
+    decode_object_within(
+        key,
+        bytes,
+        &object_binding(version, kind, name),
+        &kind.path_of(name),
+        limit,
+    )
+}
+
 /// The associated data an object of format `version` is sealed with: its path in the repository
 /// from version 2 on, so that the AEAD refuses it anywhere else; nothing in version 1.
-fn object_binding(version: u32, kind: Kind, name: &str) -> Vec<u8> {
+pub fn object_binding(version: u32, kind: Kind, name: &str) -> Vec<u8> {
     if version >= 2 {
         format!("ferry repository object {}", kind.path_of(name)).into_bytes()
     } else {

@@ -134,6 +134,20 @@ impl ServerSideEncryption {
             ServerSideEncryption::S3Managed => None,
         }
     }
+
+    /// What a PutObject or CreateMultipartUpload request sets (`set_server_side_encryption`,
+    /// `set_ssekms_key_id`) to ask for `encryption`, or for nothing.
+    pub fn request_headers(
+        encryption: Option<&ServerSideEncryption>,
+    ) -> (
+        Option<aws_sdk_s3::types::ServerSideEncryption>,
+        Option<String>,
+    ) {
+        (
+            encryption.map(ServerSideEncryption::algorithm),
+            encryption.and_then(ServerSideEncryption::kms_key_id),
+        )
+    }
 }
 
 /// What an error of the store means.

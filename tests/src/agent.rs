@@ -9,7 +9,6 @@ use std::time::Duration;
 use ferry_protocol::agent::lease_name;
 use ferry_protocol::pki::AgentCa;
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use tempfile::TempDir;
 
@@ -145,20 +144,8 @@ impl RunningAgent {
                 "the agent did not serve with a certificate; its log:\n{}",
                 self.log()
             );
-            if let Ok(Some(lease)) = leases.get_opt(&name).await
-                && let Some(Ok(annotations)) =
-                    ferry_controller::certificates::certificate_for(&lease, &ca)
-            {
-                let patch = serde_json::json!({
-                    "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                    "metadata": {"name": name, "annotations": annotations},
-                });
-                leases
-                    .patch(
-                        &name,
-                        &PatchParams::apply("ferry-controller").force(),
-                        &Patch::Apply(&patch),
-                    )
+            if let Ok(Some(lease)) = leases.get_opt(&name).await {
+                ferry_controller::certificates::issue(&leases, &lease, &ca)
                     .await
                     .expect("writing the agent's certificate");
             }

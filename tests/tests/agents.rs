@@ -51,6 +51,14 @@ async fn connect(
     }
 }
 
+/// Connects to `agent` as the controller of `ca` does.
+async fn connect_as_controller(agent: &RunningAgent, ca: &AgentCa) -> AgentClient<Channel> {
+    let identity = ca.controller_identity().unwrap();
+    connect(agent, identity.client_config(agent.node()))
+        .await
+        .expect("the controller connects")
+}
+
 /// A pod with an emptyDir volume `data` and a ConfigMap volume, bound to the agent's node; returns
 /// its UID.
 async fn pod_on(client: &Client, namespace: &str, name: &str, kubelet: &FakeKubelet) -> String {
@@ -330,14 +338,7 @@ async fn pod_volumes_are_backed_up_and_restored_through_the_agent() {
     let ca = AgentCa::generate().unwrap();
     let agent = RunningAgent::start(&client, ferry_namespace.name(), &ca).await;
     let other_node = FakeKubelet::start(&client, &unique_name("node")).await;
-    let mut controller = connect(
-        &agent,
-        ca.controller_identity()
-            .unwrap()
-            .client_config(agent.node()),
-    )
-    .await
-    .unwrap();
+    let mut controller = connect_as_controller(&agent, &ca).await;
     ferry_tests::install_ferry_crds(&client).await;
     let store = BucketPrefix::new(env, "agent-repo");
     let repo = repository(
@@ -886,14 +887,7 @@ async fn the_agent_serves_metrics_that_count_its_tasks() {
         "metrics",
     )
     .await;
-    let mut controller = connect(
-        &agent,
-        ca.controller_identity()
-            .unwrap()
-            .client_config(agent.node()),
-    )
-    .await
-    .unwrap();
+    let mut controller = connect_as_controller(&agent, &ca).await;
     let done = run_task(
         controller
             .backup_volume(BackupVolumeRequest {

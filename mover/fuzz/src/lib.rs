@@ -13,6 +13,10 @@ use ferry_mover::crypto::MasterKey;
 /// real objects with it, so the seeds authenticate.
 pub const TEST_KEY: [u8; 32] = [7; 32];
 
+/// The index name the `object` target reads every input as: a sealed input must be bound to it
+/// (format version 2) to authenticate.
+pub const OBJECT_TARGET_NAME: &str = "00aa";
+
 /// The password of the repository the seeds come from; the key-slot target tries it.
 pub const TEST_PASSWORD: &[u8] = b"password";
 

@@ -166,19 +166,14 @@ impl S3Backend {
         })
     }
 
-    /// The server-side encryption every write asks for.
-    fn encryption(&self) -> Option<aws_sdk_s3::types::ServerSideEncryption> {
-        self.options
-            .server_side_encryption
-            .as_ref()
-            .map(s3::ServerSideEncryption::algorithm)
-    }
-
-    fn encryption_key(&self) -> Option<String> {
-        self.options
-            .server_side_encryption
-            .as_ref()
-            .and_then(s3::ServerSideEncryption::kms_key_id)
+    /// The server-side encryption headers of every write.
+    fn encryption(
+        &self,
+    ) -> (
+        Option<aws_sdk_s3::types::ServerSideEncryption>,
+        Option<String>,
+    ) {
+        s3::ServerSideEncryption::request_headers(self.options.server_side_encryption.as_ref())
     }
 
     fn key(&self, kind: Kind, name: &str) -> String {
@@ -360,8 +355,8 @@ impl S3Backend {
                     .put_object()
                     .bucket(&self.bucket)
                     .key(key)
-                    .set_server_side_encryption(self.encryption())
-                    .set_ssekms_key_id(self.encryption_key())
+                    .set_server_side_encryption(self.encryption().0)
+                    .set_ssekms_key_id(self.encryption().1)
                     .body(ByteStream::from(body))
                     .send();
                 self.send(limit, "PUT", key, request).await.map(|_| ())
@@ -380,8 +375,8 @@ impl S3Backend {
                     .create_multipart_upload()
                     .bucket(&self.bucket)
                     .key(key)
-                    .set_server_side_encryption(self.encryption())
-                    .set_ssekms_key_id(self.encryption_key())
+                    .set_server_side_encryption(self.encryption().0)
+                    .set_ssekms_key_id(self.encryption().1)
                     .send();
                 let created = self
                     .send(
@@ -695,8 +690,8 @@ impl Backend for S3Backend {
                         .put_object()
                         .bucket(&self.bucket)
                         .key(key)
-                        .set_server_side_encryption(self.encryption())
-                        .set_ssekms_key_id(self.encryption_key())
+                        .set_server_side_encryption(self.encryption().0)
+                        .set_ssekms_key_id(self.encryption().1)
                         // S3's conditional write: refused with 412 when the key exists (409 while
                         // another conditional write of it is under way, which then wins).
                         .if_none_match("*")
@@ -754,8 +749,8 @@ impl Backend for S3Backend {
                         .put_object()
                         .bucket(&self.bucket)
                         .key(key)
-                        .set_server_side_encryption(self.encryption())
-                        .set_ssekms_key_id(self.encryption_key())
+                        .set_server_side_encryption(self.encryption().0)
+                        .set_ssekms_key_id(self.encryption().1)
                         .body(body)
                         .send();
                     self.send(self.attempt_limit(attempt, size), "PUT", key, request)

@@ -31,9 +31,9 @@ use ferry_mover::blob::BlobKind;
 use ferry_mover::crypto::{KdfParams, MasterKey};
 use ferry_mover::lock::RepoLock;
 use ferry_mover::pack::{PackEntry, encode_header, parse_pack};
-use ferry_mover::repository::decode_object;
+use ferry_mover::repository::{FORMAT_VERSION, decode_object, object_binding};
 use ferry_mover::{Backend, BackupOptions, InitOptions, LocalBackend, Repository};
-use ferry_mover_fuzz::{TEST_PASSWORD, test_key};
+use ferry_mover_fuzz::{OBJECT_TARGET_NAME, TEST_PASSWORD, test_key};
 
 /// Packs and blobs larger than this are left out of the seeds: the fuzzer mutates small inputs
 /// far faster, and large ones add no code paths.
@@ -125,7 +125,13 @@ fn main() {
         let lock = RepoLock::acquire(&repo, exclusive, Duration::from_secs(10)).unwrap();
         for info in backend.list(Kind::Lock).unwrap() {
             let stored = backend.get(Kind::Lock, &info.name).unwrap();
-            add_object(&mut seeds, key, &stored, Some("lock"));
+            add_object(
+                &mut seeds,
+                &repo,
+                (Kind::Lock, &info.name),
+                &stored,
+                Some("lock"),
+            );
         }
         lock.release();
     }
@@ -135,7 +141,8 @@ fn main() {
     }
     add_object(
         &mut seeds,
-        key,
+        &repo,
+        (Kind::Config, "config"),
         &backend.get(Kind::Config, "config").unwrap(),
         None,
     );
@@ -143,7 +150,8 @@ fn main() {
         for info in backend.list(kind).unwrap() {
             add_object(
                 &mut seeds,
-                key,
+                &repo,
+                (kind, &info.name),
                 &backend.get(kind, &info.name).unwrap(),
                 Some(target),
             );
@@ -172,18 +180,33 @@ fn backup(repo: &Arc<Repository>, source: &Path, tag: &str) {
     ferry_mover::backup(repo, source, &options).unwrap();
 }
 
-/// A stored JSON object: its plaintext for `json_target`, and for `object` re-sealed (mode 0)
-/// and framed (mode 1).
-fn add_object(seeds: &mut Seeds, key: &MasterKey, stored: &[u8], json_target: Option<&str>) {
-    let framed = key.decrypt(stored, "object").unwrap();
+/// A stored JSON object (`kind`, `name`): its plaintext for `json_target`, and for `object`
+/// re-sealed with the test key under the path the fuzz target reads it as (mode 0) and framed
+/// (mode 1).
+fn add_object(
+    seeds: &mut Seeds,
+    repo: &Repository,
+    (kind, name): (Kind, &str),
+    stored: &[u8],
+    json_target: Option<&str>,
+) {
+    let key = repo.key();
+    let version = repo.config().version;
+    let framed = key
+        .decrypt_bound(stored, &object_binding(version, kind, name), "object")
+        .unwrap();
     let mut sealed = vec![0u8];
-    sealed.extend_from_slice(&test_key().encrypt(&framed));
+    let target_binding = object_binding(FORMAT_VERSION, Kind::Index, OBJECT_TARGET_NAME);
+    sealed.extend_from_slice(&test_key().encrypt_bound(&framed, &target_binding));
     seeds.add("object", &sealed);
     let mut plain = vec![1u8];
     plain.extend_from_slice(&framed);
     seeds.add("object", &plain);
     if let Some(target) = json_target {
-        seeds.add(target, &decode_object(key, stored, "object").unwrap());
+        seeds.add(
+            target,
+            &decode_object(key, stored, version, kind, name).unwrap(),
+        );
     }
 }
 
