@@ -131,25 +131,18 @@ impl GlobalArgs {
         let Some(repo) = &args.repo else {
             bail!("no repository given: pass --repo PATH|s3://bucket/prefix or set FERRY_REPO");
         };
-        let ca_bundle = match &args.s3_ca_bundle {
-            Some(path) => {
-                let bundle = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading --s3-ca-bundle {}", path.display()))?;
-                ferry_mover::s3::check_ca_bundle(&bundle).map_err(|error| {
-                    anyhow::anyhow!("--s3-ca-bundle {}: {error}", path.display())
-                })?;
-                Some(bundle)
-            }
-            None => None,
-        };
-        let server_side_encryption = match (&args.s3_server_side_encryption, &args.s3_kms_key_id) {
-            (None, None) => None,
-            (None, Some(_)) => bail!("--s3-kms-key-id needs --s3-server-side-encryption aws:kms"),
-            (Some(algorithm), key) => Some(
-                ferry_mover::s3::ServerSideEncryption::parse(algorithm, key.as_deref())
-                    .map_err(|error| anyhow::anyhow!("--s3-server-side-encryption: {error}"))?,
-            ),
-        };
+        let ca_bundle = args
+            .s3_ca_bundle
+            .as_deref()
+            .map(|path| read_ca_bundle("--s3-ca-bundle", path))
+            .transpose()?;
+        let server_side_encryption = ferry_mover::s3::ServerSideEncryption::from_settings(
+            args.s3_server_side_encryption.as_deref(),
+            args.s3_kms_key_id.as_deref(),
+        )
+        .map_err(|error| {
+            anyhow::anyhow!("--s3-server-side-encryption, --s3-kms-key-id: {error}")
+        })?;
         let options = S3Options {
             endpoint: args.s3_endpoint.clone(),
             region: args.s3_region.clone(),
@@ -178,6 +171,15 @@ impl GlobalArgs {
     pub fn show_progress(&self) -> bool {
         self.output == OutputFormat::Text && std::io::stderr().is_terminal()
     }
+}
+
+/// The PEM CA bundle in the file `path` given to `flag`, checked to hold a usable certificate.
+pub fn read_ca_bundle(flag: &str, path: &std::path::Path) -> anyhow::Result<String> {
+    let bundle = std::fs::read_to_string(path)
+        .with_context(|| format!("reading {flag} {}", path.display()))?;
+    ferry_mover::s3::check_ca_bundle(&bundle)
+        .map_err(|error| anyhow::anyhow!("{flag} {}: {error}", path.display()))?;
+    Ok(bundle)
 }
 
 pub fn read_password(

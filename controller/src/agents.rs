@@ -364,7 +364,7 @@ pub async fn start_task(
             Ok(result) => TaskState::Done(result),
             Err(TaskError::Unreachable(error)) => TaskState::NotReady(format!(
                 "agent of node {node} at {address} unreachable: {}",
-                with_sources(&error)
+                ferry_mover::DisplayChain(&error)
             )),
             Err(TaskError::Status(status))
                 if matches!(
@@ -394,19 +394,6 @@ pub async fn start_task(
         // Nobody listens when no controller runs in this process (the CLI).
         let _ = tasks.ended.send(owner);
     });
-}
-
-/// An error and its causes, as one line: a transport error says nothing until its sources say a
-/// certificate was refused, or a connection was.
-fn with_sources(error: &dyn std::error::Error) -> String {
-    let mut line = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        line.push_str(": ");
-        line.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    line
 }
 
 /// Why a task's attempt ended without a result.

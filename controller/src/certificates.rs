@@ -100,12 +100,18 @@ pub fn certificate_for(lease: &Lease, ca: &AgentCa) -> Option<Result<BTreeMap<St
     )
 }
 
+/// How long the signing loop uses the CA it read before reading its Secret again: every agent
+/// renews its Lease every 10 s, and the Secret is read at this pace whatever the number of nodes,
+/// yet a CA replaced by deleting the Secret is taken up within seconds.
+const CA_REREAD_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Issues a certificate for every agent Lease whose request has none, as the Leases change,
 /// until the process ends.
 pub async fn run(ctx: Arc<Context>) {
     let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
     let selector = format!("{}={}", LEASE_COMPONENT_LABEL.0, LEASE_COMPONENT_LABEL.1);
     let mut events = watcher(leases.clone(), watcher::Config::default().labels(&selector)).boxed();
+    let mut ca: Option<(AgentCa, std::time::Instant)> = None;
     while let Some(event) = events.next().await {
         let lease = match event {
             Ok(watcher::Event::Apply(lease) | watcher::Event::InitApply(lease)) => lease,
@@ -115,21 +121,30 @@ pub async fn run(ctx: Arc<Context>) {
                 continue;
             }
         };
-        if let Err(error) = sign(&ctx, &leases, &lease).await {
-            tracing::warn!(message = "issuing an agent's certificate failed; trying again at its next renewal", lease = %lease.name_any(), %error);
+        if ca
+            .as_ref()
+            .is_none_or(|(_, read)| read.elapsed() >= CA_REREAD_AFTER)
+        {
+            ca = match agent_ca(&ctx).await {
+                Ok(current) => Some((current, std::time::Instant::now())),
+                Err(error) => {
+                    tracing::warn!(message = "reading the agent API's CA failed; trying again at the next renewal", %error);
+                    None
+                }
+            };
+        }
+        let Some((ca, _)) = &ca else { continue };
+        match issue(&leases, &lease, ca).await {
+            Ok(true) => tracing::info!(
+                message = "issued a certificate to a node's agent",
+                node = lease_node(&lease.name_any()).unwrap_or_default()
+            ),
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(message = "issuing an agent's certificate failed; trying again at its next renewal", lease = %lease.name_any(), %error)
+            }
         }
     }
-}
-
-async fn sign(ctx: &Context, leases: &Api<Lease>, lease: &Lease) -> Result<()> {
-    let ca = agent_ca(ctx).await?;
-    if issue(leases, lease, &ca).await? {
-        tracing::info!(
-            message = "issued a certificate to a node's agent",
-            node = lease_node(&lease.name_any()).unwrap_or_default()
-        );
-    }
-    Ok(())
 }
 
 /// Writes into `lease` the certificate [`certificate_for`] says it needs, if any; whether it did.

@@ -67,10 +67,9 @@ impl Locations {
     /// Connects to a storage location's bucket with the credentials its Secret names, moving
     /// bytes as they are: for listing, deleting and validating.
     pub async fn bucket(&self, location: &BackupStorageLocation) -> Result<ObjectStore> {
-        let credentials = match &location.spec.credential {
-            Some(reference) => Some(self.aws_credentials(reference).await?),
-            None => None,
-        };
+        let credentials = self
+            .credentials_of(location.spec.credential.as_ref())
+            .await?;
         let spec = &location.spec;
         let server_side_encryption = spec
             .object_storage
@@ -130,10 +129,7 @@ impl Locations {
                     location.name_any()
                 )])
             })?;
-        let credentials = match &spec.credential {
-            Some(reference) => Some(self.aws_credentials(reference).await?),
-            None => None,
-        };
+        let credentials = self.credentials_of(spec.credential.as_ref()).await?;
         Ok(Ebs::connect(EbsConfig {
             location: location.name_any(),
             region,
@@ -141,6 +137,17 @@ impl Locations {
             credentials,
         })
         .await)
+    }
+
+    /// The credentials a location names, if it names any (else the controller's own are used).
+    async fn credentials_of(
+        &self,
+        reference: Option<&SecretKeyRef>,
+    ) -> Result<Option<aws_credential_types::Credentials>> {
+        match reference {
+            Some(reference) => Ok(Some(self.aws_credentials(reference).await?)),
+            None => Ok(None),
+        }
     }
 
     /// Reads an AWS credentials file (`[default]` profile) from a Secret key, as Velero's
@@ -186,10 +193,7 @@ impl Locations {
         namespace: &str,
     ) -> Result<Option<aws_credential_types::Credentials>> {
         let spec = &location.spec;
-        let own = match &spec.credential {
-            Some(reference) => Some(self.aws_credentials(reference).await?),
-            None => None,
-        };
+        let own = self.credentials_of(spec.credential.as_ref()).await?;
         let Some(scoped) = &spec.agent_credentials else {
             return Ok(own);
         };

@@ -29,7 +29,7 @@ pub use backend::{Backend, LocalBackend, MemoryBackend, S3Backend, S3Options, op
 pub use backup::{BackupOptions, BackupOutcome, ParentChoice, backup};
 pub use chunker::ChunkerParams;
 pub use crypto::KdfParams;
-pub use error::{Error, Result};
+pub use error::{DisplayChain, Error, Result};
 pub use id::Id;
 pub use maintenance::{
     CheckOptions, CheckReport, PruneOptions, PruneReport, check, forget, forget_snapshots,

@@ -116,6 +116,22 @@ impl ServerSideEncryption {
         }
     }
 
+    /// From the two settings as a location, a task or the command line give them (empty counts
+    /// as absent): none, or an algorithm with its KMS key; a key without an algorithm is refused.
+    pub fn from_settings(
+        algorithm: Option<&str>,
+        kms_key_id: Option<&str>,
+    ) -> Result<Option<Self>, String> {
+        let kms_key_id = kms_key_id.filter(|id| !id.is_empty());
+        match algorithm.filter(|algorithm| !algorithm.is_empty()) {
+            None if kms_key_id.is_some() => {
+                Err("a KMS key is named without server-side encryption aws:kms".to_owned())
+            }
+            None => Ok(None),
+            Some(algorithm) => Self::parse(algorithm, kms_key_id).map(Some),
+        }
+    }
+
     /// The name S3 gives it (`AES256`, `aws:kms`).
     pub fn name(&self) -> &'static str {
         match self {
@@ -242,6 +258,19 @@ mod tests {
             ServerSideEncryption::parse("aes256", None)
                 .unwrap_err()
                 .contains("\"aes256\"")
+        );
+        assert_eq!(
+            ServerSideEncryption::from_settings(None, Some("")),
+            Ok(None)
+        );
+        assert_eq!(
+            ServerSideEncryption::from_settings(Some("AES256"), Some("")),
+            Ok(Some(ServerSideEncryption::S3Managed))
+        );
+        assert!(
+            ServerSideEncryption::from_settings(Some(""), Some("alias/ferry"))
+                .unwrap_err()
+                .contains("without server-side encryption")
         );
     }
 

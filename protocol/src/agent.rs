@@ -83,14 +83,10 @@ pub fn s3_options(spec: &v1::Repository) -> Result<S3Options, String> {
             "ferry-controller",
         )
     });
-    let server_side_encryption = match spec.s3_server_side_encryption.as_str() {
-        "" if spec.s3_kms_key_id.is_empty() => None,
-        "" => return Err("a KMS key is named without server-side encryption aws:kms".to_owned()),
-        algorithm => Some(ferry_mover::s3::ServerSideEncryption::parse(
-            algorithm,
-            Some(&spec.s3_kms_key_id),
-        )?),
-    };
+    let server_side_encryption = ferry_mover::s3::ServerSideEncryption::from_settings(
+        Some(&spec.s3_server_side_encryption),
+        Some(&spec.s3_kms_key_id),
+    )?;
     let ca_bundle = (!spec.s3_ca_bundle.is_empty()).then(|| spec.s3_ca_bundle.clone());
     if let Some(bundle) = &ca_bundle {
         ferry_mover::s3::check_ca_bundle(bundle)?;

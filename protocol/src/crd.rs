@@ -331,17 +331,12 @@ impl ServerSideEncryption {
 impl ObjectStorage {
     /// The encryption at rest to ask the store for, or why the two fields disagree.
     pub fn encryption(&self) -> Result<Option<ferry_mover::s3::ServerSideEncryption>, String> {
-        match (self.server_side_encryption, self.kms_key_id.as_deref()) {
-            (None, None) => Ok(None),
-            (None, Some(_)) => Err(
-                "objectStorage.kmsKeyId is set without serverSideEncryption: aws:kms".to_owned(),
-            ),
-            (Some(algorithm), key) => {
-                ferry_mover::s3::ServerSideEncryption::parse(algorithm.as_str(), key)
-                    .map(Some)
-                    .map_err(|error| format!("objectStorage: {error}"))
-            }
-        }
+        ferry_mover::s3::ServerSideEncryption::from_settings(
+            self.server_side_encryption
+                .map(ServerSideEncryption::as_str),
+            self.kms_key_id.as_deref(),
+        )
+        .map_err(|error| format!("objectStorage (serverSideEncryption, kmsKeyId): {error}"))
     }
 }
 

@@ -60,6 +60,27 @@ impl BucketPrefix {
         }
         objects
     }
+
+    /// Every object under `under` (as [`BucketPrefix::objects`]) with the server-side encryption
+    /// the store reports for it (`AES256`, `aws:kms`), if any.
+    pub async fn encryption(&self, under: &str) -> Vec<(String, Option<String>)> {
+        let client = TestEnv::get().s3_client();
+        let mut encryption = Vec::new();
+        for (key, _) in self.objects(under).await {
+            let head = client
+                .head_object()
+                .bucket(&self.bucket)
+                .key(self.key(&key))
+                .send()
+                .await
+                .unwrap_or_else(|error| panic!("HEAD {}: {error}", self.key(&key)));
+            let sse = head
+                .server_side_encryption()
+                .map(|sse| sse.as_str().to_owned());
+            encryption.push((key, sse));
+        }
+        encryption
+    }
 }
 
 impl Drop for BucketPrefix {

@@ -1364,29 +1364,10 @@ async fn a_private_store_is_reached_through_its_ca_bundle_with_encryption_at_res
         "{}",
         summary(&backup)
     );
-    let s3 = env.s3_client();
-    let listed = s3
-        .list_objects_v2()
-        .bucket(ferry.store.bucket())
-        .prefix(ferry.store.key("backups/private/"))
-        .send()
-        .await
-        .unwrap();
-    let keys: Vec<&str> = listed.contents().iter().filter_map(|o| o.key()).collect();
-    assert!(keys.len() >= 3, "{keys:?}");
-    for key in keys {
-        let head = s3
-            .head_object()
-            .bucket(ferry.store.bucket())
-            .key(key)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            head.server_side_encryption().map(|sse| sse.as_str()),
-            Some("AES256"),
-            "{key}"
-        );
+    let objects = ferry.store.encryption("backups/private/").await;
+    assert!(objects.len() >= 3, "{objects:?}");
+    for (key, sse) in objects {
+        assert_eq!(sse.as_deref(), Some("AES256"), "{key}");
     }
     app.delete_and_wait().await;
     ferry.stop().await;

@@ -31,17 +31,10 @@ fn object_storage(
     server_side_encryption: Option<String>,
     kms_key_id: Option<String>,
 ) -> anyhow::Result<ObjectStorage> {
-    let ca_bundle = match ca_bundle {
-        Some(path) => {
-            let bundle = std::fs::read_to_string(&path).map_err(|error| {
-                anyhow::anyhow!("reading --ca-bundle {}: {error}", path.display())
-            })?;
-            ferry_mover::s3::check_ca_bundle(&bundle)
-                .map_err(|error| anyhow::anyhow!("--ca-bundle {}: {error}", path.display()))?;
-            Some(bundle)
-        }
-        None => None,
-    };
+    let ca_bundle = ca_bundle
+        .as_deref()
+        .map(|path| crate::read_ca_bundle("--ca-bundle", path))
+        .transpose()?;
     let server_side_encryption = server_side_encryption
         .map(|algorithm| {
             serde_json::from_value(serde_json::Value::String(algorithm.clone())).map_err(|_| {

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::{Backend, Kind, ObjectInfo};
-use crate::error::{Error, Result};
+use crate::error::{DisplayChain, Error, Result};
 use crate::s3;
 
 /// How to reach an S3-compatible store, and how patient to be with it. Credentials come from the
@@ -646,20 +646,6 @@ impl Intercept for StoreClock {
     ) -> std::result::Result<(), BoxError> {
         if let Some(date) = context.response().headers().get("date") {
             *self.0.lock().expect("store clock") = Some(date.to_owned());
-        }
-        Ok(())
-    }
-}
-
-struct DisplayChain<'a>(&'a dyn std::error::Error);
-
-impl std::fmt::Display for DisplayChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(error) = source {
-            write!(f, ": {error}")?;
-            source = error.source();
         }
         Ok(())
     }
