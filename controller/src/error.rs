@@ -84,6 +84,13 @@ pub enum Error {
     )]
     Unsealed { what: String, reason: &'static str },
 
+    /// A running operation's volume state in the cluster (see `volumes::state`) is gone or not
+    /// its own: nothing else may say which volumes it follows, so it cannot go on.
+    #[error(
+        "the volume state of {operation} is lost: {reason}. Its volumes cannot be followed; run it again"
+    )]
+    VolumeStateLost { operation: String, reason: String },
+
     /// The node agents' repositories exist but their password does not: the user must bring it.
     #[error("{0}")]
     MissingRepositoryPassword(String),
@@ -109,6 +116,7 @@ impl Error {
             Error::Json(_) => "json",
             Error::MissingRepositoryPassword(_) => "missing_repository_password",
             Error::Unsealed { .. } => "unsealed",
+            Error::VolumeStateLost { .. } => "volume_state",
         }
     }
 
@@ -124,6 +132,7 @@ impl Error {
             Error::NotFound { .. }
             | Error::MalformedArchive(_)
             | Error::Unsealed { .. }
+            | Error::VolumeStateLost { .. }
             | Error::ArchiveVersion { .. }
             | Error::InvalidJson { .. }
             | Error::Io { .. }

@@ -239,10 +239,9 @@ pub async fn reconcile<O: Operation>(operation: Arc<O>, ctx: Arc<Context>) -> Re
             Step::Delete => operation.delete(&ctx, observed.running_here).await,
             Step::Expire => operation.expire(&ctx).await,
             Step::FollowVolumes => match operation.follow_volumes(&ctx).await {
-                // Its volume records in the bucket are not what this installation wrote:
-                // following them would aim node agents and snapshots wherever they say, and no
-                // later poll makes them trustworthy again.
-                Err(error @ Error::Unsealed { .. }) => {
+                // Its volume state is gone, or a file it reads back from the bucket is not what
+                // this installation wrote: no later poll makes either trustworthy again.
+                Err(error @ (Error::Unsealed { .. } | Error::VolumeStateLost { .. })) => {
                     fail(&*operation, &ctx, &error.to_string()).await?;
                     Ok(Action::await_change())
                 }

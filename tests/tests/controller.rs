@@ -10,6 +10,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ferry_protocol::crd::{Backup, Phase, Restore};
+use ferry_protocol::layout::BackupKeys;
+use ferry_protocol::volume::{
+    FileSystemBackup, PodVolumeRef, VolumeMethod, VolumePhase, VolumeRecord, VolumeRecords,
+};
 use ferry_tests::{
     CONVERGENCE_TIMEOUT, HasPhase, RunningController, TestEnv, TestNamespace, TlsFront,
     create_object as create, finished, summary, unique_name,
@@ -273,7 +277,7 @@ async fn an_application_is_backed_up_deleted_and_restored() {
     assert!(progress.items_total >= 13, "{progress:?}");
     assert_eq!(progress.items_done, progress.items_total);
     // The archive and what lies beside it are in the bucket.
-    let keys = ferry_protocol::layout::BackupKeys::new(Some(ferry.store.prefix()), "shop-1");
+    let keys = BackupKeys::new(Some(ferry.store.prefix()), "shop-1");
     let s3 = TestEnv::get().s3_client();
     for key in [
         keys.archive(),
@@ -635,7 +639,7 @@ async fn crafted_and_malformed_archives_fail_before_anything_is_restored() {
         .await;
     assert_eq!(good.phase(), Some(Phase::Completed), "{}", summary(&good));
 
-    let good_keys = ferry_protocol::layout::BackupKeys::new(None, "good");
+    let good_keys = BackupKeys::new(None, "good");
     let record = ferry.read_bytes(&good_keys.record()).await;
     let planted = serde_json::to_vec(&json!({
         "apiVersion": "v1", "kind": "ConfigMap",
@@ -674,7 +678,7 @@ async fn crafted_and_malformed_archives_fail_before_anything_is_restored() {
     // Sealed with the installation's key: what only a holder of the key could plant. The
     // archive's own checks still refuse them.
     for (name, archive, _) in &archives {
-        let keys = ferry_protocol::layout::BackupKeys::new(None, name);
+        let keys = BackupKeys::new(None, name);
         let mut record: Backup = serde_json::from_slice(&record).unwrap();
         record.metadata.name = Some((*name).to_owned());
         ferry
@@ -716,7 +720,7 @@ async fn crafted_and_malformed_archives_fail_before_anything_is_restored() {
 /// that the location's sync brings it in as a Backup), both sealed with the installation's key,
 /// and waits for the sync.
 async fn plant_backup(ferry: &RunningController, record: &[u8], name: &str, archive: Vec<u8>) {
-    let keys = ferry_protocol::layout::BackupKeys::new(None, name);
+    let keys = BackupKeys::new(None, name);
     ferry.put_sealed(&keys.record(), record).await;
     ferry.put_sealed(&keys.archive(), &archive).await;
     wait_synced(&ferry.backups(), name).await;
@@ -752,7 +756,7 @@ async fn a_restore_creates_only_what_its_archive_paths_and_filters_allow() {
         .await;
     assert_eq!(good.phase(), Some(Phase::Completed), "{}", summary(&good));
     let record = ferry
-        .read_bytes(&ferry_protocol::layout::BackupKeys::new(None, "lane").record())
+        .read_bytes(&BackupKeys::new(None, "lane").record())
         .await;
 
     let binding = |name: &str, role: &str| {
@@ -954,7 +958,7 @@ async fn ferrys_own_secrets_and_service_account_tokens_are_never_backed_up() {
     // The installation's key, which the controller made when the location was first used.
     let password =
         String::from_utf8(ferry_tests::installation_key(&client, &ferry_namespace).await).unwrap();
-    let keys = ferry_protocol::layout::BackupKeys::new(None, "own-secrets");
+    let keys = BackupKeys::new(None, "own-secrets");
     let listed = ferry.read_json(&keys.resource_list()).await.unwrap();
     let secrets: Vec<&str> = listed["secrets"]
         .as_array()
@@ -1011,11 +1015,10 @@ async fn ferrys_own_secrets_and_service_account_tokens_are_never_backed_up() {
 /// Whoever may write to the bucket but lacks the installation's key plants or swaps files: a
 /// record written in clear is never synced, a record sealed for another backup neither, a
 /// backup whose archive was swapped for another backup's fails to restore, naming the file,
-/// before anything is created, and a running backup whose volume records were swapped ends
-/// Failed, naming them, instead of following them (or waiting on them for ever).
+/// before anything is created.
 #[tokio::test]
 async fn files_planted_or_swapped_in_the_bucket_are_refused() {
-    let mut ferry = RunningController::start_with_location("controller-sealed").await;
+    let ferry = RunningController::start_with_location("controller-sealed").await;
     let client = ferry.client.clone();
     let app = TestNamespace::create(&client, "sealed").await;
     create(
@@ -1034,7 +1037,7 @@ async fn files_planted_or_swapped_in_the_bucket_are_refused() {
             summary(&backup)
         );
     }
-    let keys = |name| ferry_protocol::layout::BackupKeys::new(None, name);
+    let keys = |name| BackupKeys::new(None, name);
     let record = ferry.read_bytes(&keys("sealed-a").record()).await;
 
     // A record in clear, and sealed-a's sealed record under another backup's name.
@@ -1105,35 +1108,139 @@ async fn files_planted_or_swapped_in_the_bucket_are_refused() {
         );
     }
 
-    // A backup waiting for its volumes when the controller stopped; meanwhile its volume records
-    // in the bucket were replaced by another sealed file of this installation.
+    app.delete_and_wait().await;
+    ferry.stop().await;
+}
+
+/// A running backup's volume records live in the cluster, in a ConfigMap the backup owns. What the
+/// bucket holds under their name is never read back while the backup runs, not even a file sealed
+/// with this installation's key (as an earlier version of the same records, rolled back, would
+/// be): it could aim a node agent at any pod. The bucket receives the records the backup followed
+/// once every volume has ended, and the ConfigMap goes with the backup.
+#[tokio::test]
+async fn a_running_backup_follows_its_volume_records_in_the_cluster_not_the_bucket() {
+    let mut ferry = RunningController::start_with_location("controller-volume-state").await;
+    let client = ferry.client.clone();
+    let app = TestNamespace::create(&client, "volume-state").await;
+    let keys = BackupKeys::new(None, "waiting");
+    // The first backup makes the installation's key.
+    let first = ferry
+        .backup("first", json!({"includedNamespaces": [app.name()]}))
+        .await;
+    assert_eq!(first.phase(), Some(Phase::Completed), "{}", summary(&first));
+
+    // A backup waiting for its volumes when the controller stopped: one pod volume, done.
     ferry.crash().await;
     ferry
         .create(json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "Backup",
-                       "metadata": {"name": "edited-records"}, "spec": {"includedNamespaces": [app.name()]}}))
+                       "metadata": {"name": "waiting"}, "spec": {"includedNamespaces": [app.name()]}}))
         .await;
-    let other_sealed = ferry.read_raw(&keys("sealed-a").record()).await;
+    let backup = ferry.backups().get("waiting").await.unwrap();
+    let pod_volume = |namespace: &str, pod: &str, phase: VolumePhase, attempts: u32| VolumeRecord {
+        persistent_volume: format!("pv-{pod}"),
+        claim: None,
+        method: VolumeMethod::FileSystem,
+        phase,
+        message: None,
+        snapshot: None,
+        pod_volume: Some(PodVolumeRef {
+            namespace: namespace.to_owned(),
+            pod: pod.to_owned(),
+            volume: "data".to_owned(),
+            node: "node-a".to_owned(),
+        }),
+        file_system: Some(FileSystemBackup {
+            repository: format!("s3://bucket/repositories/{namespace}"),
+            task_id: format!("task-{pod}"),
+            attempts,
+            ..FileSystemBackup::default()
+        }),
+    };
+    let followed = VolumeRecords::new(vec![pod_volume(
+        app.name(),
+        "db-0",
+        VolumePhase::Completed,
+        1,
+    )]);
+    let states = Api::<ConfigMap>::namespaced(client.clone(), ferry.namespace.name());
+    let state = ferry_controller::volumes::state::config_map_of(&backup, &followed).unwrap();
+    states.create(&PostParams::default(), &state).await.unwrap();
+    // Its results and log so far, and under its records' name a sealed file that aims an agent
+    // at a pod of kube-system.
     ferry
-        .put_raw(&keys("edited-records").volumes(), other_sealed)
+        .put_sealed(
+            &keys.results(),
+            &ferry_controller::gzip_json(&ferry_controller::backup::Results::default()).unwrap(),
+        )
+        .await;
+    ferry
+        .put_sealed(
+            &keys.logs(),
+            &ferry_controller::gzip(b"waiting for 1 volumes").unwrap(),
+        )
+        .await;
+    let planted = VolumeRecords::new(vec![pod_volume(
+        "kube-system",
+        "victim",
+        VolumePhase::InProgress,
+        3,
+    )]);
+    ferry
+        .put_sealed(
+            &keys.volumes(),
+            &ferry_controller::gzip_json(&planted).unwrap(),
+        )
         .await;
     ferry
         .backups()
         .patch_status(
-            "edited-records",
+            "waiting",
             &PatchParams::default(),
             &Patch::Merge(json!({"status": {"phase": "WaitingForVolumes",
                                             "progress": {"itemsTotal": 1, "itemsDone": 1}}})),
         )
         .await
         .unwrap();
+
     ferry.restart();
-    let edited = finished(&ferry.backups(), "edited-records").await;
-    assert_eq!(edited.phase(), Some(Phase::Failed), "{}", summary(&edited));
-    let reason = edited.status.unwrap().failure_reason.unwrap_or_default();
-    assert!(
-        reason.contains(&keys("edited-records").volumes()) && reason.contains("refused"),
-        "{reason}"
+    let waiting = finished(&ferry.backups(), "waiting").await;
+    assert_eq!(
+        waiting.phase(),
+        Some(Phase::Completed),
+        "{}",
+        summary(&waiting)
     );
+    let recorded: VolumeRecords =
+        serde_json::from_value(ferry.read_json(&keys.volumes()).await.unwrap()).unwrap();
+    assert_eq!(
+        recorded, followed,
+        "the bucket holds the records the backup followed"
+    );
+
+    // The state goes with the backup: the cluster's garbage collector follows its owner.
+    let uid = backup.uid().unwrap();
+    let state_name = ferry_controller::volumes::state::config_map_name(&uid);
+    let state_uid = states
+        .get_opt(&state_name)
+        .await
+        .unwrap()
+        .and_then(|state| state.uid())
+        .expect("the backup's volume state is in the cluster");
+    ferry
+        .backups()
+        .delete("waiting", &DeleteParams::default())
+        .await
+        .unwrap();
+    let gone = tokio::time::timeout(
+        CONVERGENCE_TIMEOUT,
+        await_condition(
+            states.clone(),
+            &state_name,
+            conditions::is_deleted(&state_uid),
+        ),
+    )
+    .await;
+    assert!(gone.is_ok(), "ConfigMap {state_name} outlived its backup");
     app.delete_and_wait().await;
     ferry.stop().await;
 }
@@ -1442,7 +1549,7 @@ async fn node_agents_get_credentials_for_their_repository_only() {
             "{key} was writable with a repository's credentials"
         );
     }
-    let keys = ferry_protocol::layout::BackupKeys::new(None, "scoped");
+    let keys = BackupKeys::new(None, "scoped");
     assert!(
         session
             .get_object()

@@ -17,7 +17,7 @@ use ferry_tests::{
     CONVERGENCE_TIMEOUT, CREDENTIALS_SECRET, HasPhase, RunningController, TestEnv, TestNamespace,
     create_object, delete_namespace_and_wait, delete_pv_and_wait, summary, unique_name, wait_bound,
 };
-use k8s_openapi::api::core::v1::PersistentVolume;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client, ResourceExt};
@@ -618,12 +618,16 @@ async fn a_controller_restart_neither_strands_nor_orphans_snapshots() {
     vanished.persistent_volume = "pv-vanished".to_owned();
     vanished.snapshot.as_mut().unwrap().snapshot_id = "snap-0000000000000dead".to_owned();
     records.volumes.push(vanished);
-    ferry
-        .put_sealed(
-            &BackupKeys::new(None, "waiting").volumes(),
-            &ferry_controller::gzip_json(&records).unwrap(),
-        )
-        .await;
+    // A waiting backup keeps its volume records in the cluster, beside it.
+    let state = ferry_controller::volumes::state::config_map_of(
+        &backups.get("waiting").await.unwrap(),
+        &records,
+    )
+    .unwrap();
+    Api::<ConfigMap>::namespaced(client.clone(), ferry.namespace.name())
+        .create(&Default::default(), &state)
+        .await
+        .unwrap();
     set_status(
         "waiting",
         json!({"phase": "WaitingForVolumes", "progress": {"itemsTotal": 5, "itemsDone": 5},
@@ -686,6 +690,19 @@ async fn a_controller_restart_neither_strands_nor_orphans_snapshots() {
         .send()
         .await
         .expect("the finished backup has its record");
+    let recorded = volume_records(&ferry, "waiting").await;
+    assert_eq!(
+        recorded
+            .volumes
+            .iter()
+            .map(|r| (r.persistent_volume.as_str(), r.phase))
+            .collect::<Vec<_>>(),
+        [
+            (pv.as_str(), VolumePhase::Completed),
+            ("pv-vanished", VolumePhase::Failed)
+        ],
+        "the records in the bucket are the ones the backup followed"
+    );
 
     let interrupted = ferry_tests::finished(&backups, "interrupted").await;
     assert_eq!(

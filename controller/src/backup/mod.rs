@@ -488,6 +488,7 @@ fn volume_tracker<'a>(
 ) -> volumes::VolumeTracker<'a> {
     volumes::VolumeTracker::new(
         ctx,
+        backup,
         location,
         store,
         keys.volumes(),
@@ -496,8 +497,8 @@ fn volume_tracker<'a>(
 }
 
 /// A backup in WaitingForVolumes: asks how its native snapshots and its node agents' tasks are
-/// doing, and finishes it once every volume has ended. Everything it needs is in the bucket, so a
-/// restarted controller carries on.
+/// doing, and finishes it once every volume has ended. Everything it needs is in its volume state
+/// in the cluster and its own files in the bucket, so a restarted controller carries on.
 async fn follow_volumes(backup: &Backup, ctx: &Context) -> Result<Action> {
     ctx.metrics.backup_in_progress(backup);
     let (location, store, keys) = backup_store(backup, ctx).await?;

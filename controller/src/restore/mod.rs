@@ -143,6 +143,7 @@ fn volume_tracker<'a>(
     let keys = RestoreKeys::new(store.prefix(), &restore.name_any());
     volumes::VolumeTracker::new(
         ctx,
+        restore,
         location,
         store,
         keys.volumes(),

@@ -2,13 +2,16 @@
 //!
 //! A backup keeps each PersistentVolume's data by a native snapshot ([`snapshots`], EBS) or by
 //! file through the node agents ([`pod_volumes`]); a restore fills restored pods' volumes through
-//! the agents again. Either way every volume has one [`VolumeRecord`] in the bucket, and the
-//! [`VolumeTracker`] is the one place that follows them to their end for both kinds: it reads the
-//! records, asks EC2 and the agents how they are doing, fails those that waited too long, and
-//! writes them back, so that a restarted controller carries on where this one stopped.
+//! the agents again. Either way every volume has one [`VolumeRecord`], and the [`VolumeTracker`]
+//! is the one place that follows them to their end for both kinds: it reads the records from the
+//! operation's [`VolumeState`] in the cluster, asks EC2 and the agents how they are doing, fails
+//! those that waited too long, and writes them back, so that a restarted controller carries on
+//! where this one stopped. Once every volume has ended it writes them to the bucket, where the
+//! restores of a backup read them.
 
 mod pod_volumes;
 mod snapshots;
+pub mod state;
 
 use std::time::Duration;
 
@@ -19,6 +22,7 @@ use jiff::Timestamp;
 use crate::context::Context;
 use crate::error::Result;
 use crate::storage::ObjectStore;
+pub use state::VolumeState;
 
 pub use pod_volumes::{
     FS_BACKUP_EXCLUDES_ANNOTATION, FS_BACKUP_VOLUMES_ANNOTATION, PodVolumeChoice, Transfer,
@@ -42,13 +46,15 @@ pub struct WaitLimit {
     pub message: String,
 }
 
-/// Follows the volumes of one Backup or Restore, whose records are at `key` in `store`.
+/// Follows the volumes of one Backup or Restore, whose records go to `key` in `store` once they
+/// have ended.
 pub struct VolumeTracker<'a> {
     ctx: &'a Context,
     location: &'a BackupStorageLocation,
     store: &'a ObjectStore,
     key: String,
     transfer: Transfer,
+    state: VolumeState,
 }
 
 /// The volumes after one look.
@@ -76,8 +82,10 @@ pub fn failures(volumes: &[VolumeRecord]) -> Vec<String> {
 }
 
 impl<'a> VolumeTracker<'a> {
-    pub fn new(
+    /// The tracker of `operation`'s volumes.
+    pub fn new<K: kube::Resource<DynamicType = ()>>(
         ctx: &'a Context,
+        operation: &K,
         location: &'a BackupStorageLocation,
         store: &'a ObjectStore,
         key: String,
@@ -89,20 +97,28 @@ impl<'a> VolumeTracker<'a> {
             store,
             key,
             transfer,
+            state: VolumeState::of(ctx.client.clone(), operation),
         }
     }
 
-    /// Starts following `records`: starts their node agent tasks, then writes them.
+    /// Starts following `records`: starts their node agent tasks, then keeps them in the cluster,
+    /// or in the bucket if every volume has ended already.
     pub async fn begin(&self, records: &mut VolumeRecords) -> Result<()> {
         pod_volumes::follow_pod_volumes(self.ctx, self.location, &self.transfer, records).await?;
-        self.store.put(&self.key, crate::gzip_json(records)?).await
+        if all_ended(records) {
+            self.store.put(&self.key, crate::gzip_json(records)?).await
+        } else {
+            self.state.save(records).await
+        }
     }
 
-    /// One more look: reads the records, asks EC2 about native snapshots in progress and the
-    /// agents about their tasks (starting those that are not running), fails what waited past
-    /// `wait_limit`, and writes the records back.
+    /// One more look: reads the records from the cluster, asks EC2 about native snapshots in
+    /// progress and the agents about their tasks (starting those that are not running), fails
+    /// what waited past `wait_limit`, and keeps the records: in the cluster while some volume is
+    /// in progress, in the bucket once none is.
     pub async fn follow(&self, wait_limit: Option<&WaitLimit>) -> Result<Followed> {
-        let mut records: VolumeRecords = crate::gunzip_json(&self.store.get(&self.key).await?)?;
+        let mut records = self.state.load().await?;
+        let looked_at = records.clone();
         let snapshots_done = snapshots::follow_snapshots(self.ctx, &mut records).await?;
         let pod_volumes_done =
             pod_volumes::follow_pod_volumes(self.ctx, self.location, &self.transfer, &mut records)
@@ -111,11 +127,24 @@ impl<'a> VolumeTracker<'a> {
         if !done && let Some(limit) = wait_limit {
             done = give_up_waiting(&mut records, limit, self.ctx.now());
         }
-        self.store
-            .put(&self.key, crate::gzip_json(&records)?)
-            .await?;
+        if records != looked_at {
+            self.state.save(&records).await?;
+        }
+        if done {
+            self.store
+                .put(&self.key, crate::gzip_json(&records)?)
+                .await?;
+        }
         Ok(Followed { records, done })
     }
+}
+
+/// Whether no volume of `records` is still in progress.
+fn all_ended(records: &VolumeRecords) -> bool {
+    records
+        .volumes
+        .iter()
+        .all(|r| r.phase != VolumePhase::InProgress)
 }
 
 /// Fails every volume still in progress once `limit` has passed: a pod that is never scheduled,
