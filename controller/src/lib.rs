@@ -16,6 +16,7 @@ pub mod clock;
 mod context;
 pub mod ebs;
 mod error;
+pub mod hooks;
 pub mod image;
 pub mod leader;
 pub mod location;

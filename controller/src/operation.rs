@@ -75,6 +75,12 @@ pub trait Operation:
     /// Why a run cut short by a controller restart failed, after cleaning up what it can.
     fn interrupted(&self, ctx: &Context) -> impl Future<Output = String> + Send;
 
+    /// Does what it owes before it ends as Failed, whatever ended it (a backup's post hooks, which
+    /// undo what its pre hooks did); says how that went, for the failure reason.
+    fn settle(&self, _ctx: &Context) -> impl Future<Output = Option<String>> + Send {
+        async { None }
+    }
+
     /// Deletes it; `running_here` when this process still runs it (the deletion is queued).
     fn delete(
         &self,
@@ -248,8 +254,10 @@ pub async fn reconcile<O: Operation>(operation: Arc<O>, ctx: Arc<Context>) -> Re
                 other => other,
             },
             Step::FailInterrupted => {
+                // What it owes first (an application may be frozen), then the cleaning up.
+                let settled = operation.settle(&ctx).await;
                 let reason = operation.interrupted(&ctx).await;
-                fail(&*operation, &ctx, &reason).await?;
+                end_failed(&*operation, &ctx, &with_note(reason, settled)).await?;
                 Ok(Action::await_change())
             }
             Step::Run => {
@@ -333,8 +341,21 @@ pub async fn reject<O: Operation>(
     end(operation, ctx, &status, &[], note).await
 }
 
-/// Ends `operation` as Failed with `reason`.
+/// Ends `operation` as Failed with `reason`, once it has done what it owes ([`Operation::settle`]).
 pub async fn fail<O: Operation>(operation: &O, ctx: &Context, reason: &str) -> Result<()> {
+    let settled = operation.settle(ctx).await;
+    end_failed(operation, ctx, &with_note(reason.to_owned(), settled)).await
+}
+
+fn with_note(reason: String, note: Option<String>) -> String {
+    match note {
+        Some(note) => format!("{reason}; {note}"),
+        None => reason,
+    }
+}
+
+/// Ends `operation` as Failed with `reason`, as it is.
+async fn end_failed<O: Operation>(operation: &O, ctx: &Context, reason: &str) -> Result<()> {
     let status = operation.failed_status(reason, ctx.now());
     end(operation, ctx, &status, &[], reason.to_owned()).await
 }

@@ -89,6 +89,78 @@ pub struct BackupSpec {
     /// Whether every pod volume is backed up by the node agents, not native snapshots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_volumes_to_fs_backup: Option<bool>,
+    /// Commands run in the backup's pods just before their volumes are captured and right after
+    /// (Velero's `hooks`). A pod annotated with hooks (`pre.hook.backup.ferry.dev/command`, or
+    /// Velero's names) runs those instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<BackupHooks>,
+}
+
+/// The hooks of a Backup.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupHooks {
+    /// Each applies to the pods it selects, in this order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<BackupResourceHook>,
+}
+
+/// Hooks for the pods of some namespaces that match a label selector.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupResourceHook {
+    /// Names the hooks in the backup's log.
+    pub name: String,
+    /// Namespaces whose pods run the hooks; empty or `*` means all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub included_namespaces: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded_namespaces: Vec<String>,
+    /// As in Velero; hooks run in pods, so a list that leaves out `pods` selects nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub included_resources: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded_resources: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_selector: Option<LabelSelector>,
+    /// Run in order just before the pod's volumes are captured.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pre: Vec<BackupHook>,
+    /// Run in order once the pod's volumes are captured, or failed to be.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub post: Vec<BackupHook>,
+}
+
+/// One hook.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupHook {
+    pub exec: ExecHook,
+}
+
+/// A command run in a container of the pod, through the API server's pod exec.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecHook {
+    /// The container; default the pod's first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// The command and its arguments (no shell unless you run one).
+    pub command: Vec<String>,
+    /// What a failure does: `Fail` (the default) makes the backup PartiallyFailed and skips the
+    /// pod's later pre hooks, `Continue` is a warning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_error: Option<HookErrorMode>,
+    /// How long the command may run, such as `30s` (the default) or `2m`; longer is a failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+/// What a failed hook does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum HookErrorMode {
+    Continue,
+    Fail,
 }
 
 /// Where a Backup or Restore is in its life.
@@ -163,6 +235,16 @@ pub struct BackupStatus {
     pub volume_snapshots_attempted: u32,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub volume_snapshots_completed: u32,
+    /// Hooks run in the backup's pods, and how many of them failed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub hooks_attempted: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub hooks_failed: u32,
+    /// Pods (`namespace/name`) whose pre hooks may have run and whose post hooks have not yet:
+    /// written before the first pre hook runs, so that a restarted controller runs the post
+    /// hooks (which unfreeze what the pre hooks froze) before anything else.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub post_hooks_pending: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_timestamp: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

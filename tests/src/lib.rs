@@ -22,6 +22,7 @@ mod fault_proxy;
 mod kubelet;
 mod namespace;
 pub mod real_cluster;
+pub mod real_node;
 mod s3;
 mod tls_front;
 

@@ -15,12 +15,18 @@
 //!    original's, and has the same rows; the original is untouched.
 //! 6. The agent pod is deleted in the middle of a backup: the DaemonSet brings it back, the volume
 //!    is tried again and the backup completes; the repository checks clean.
-//! 7. A brand-new cluster (the recovery control plane, with the node taken over from the main
+//! 7. Hooks (README, "Hooks"): PostgreSQL on an ext4 filesystem of its own (a loop device under a
+//!    `local` volume), a writer moving money between accounts without pause. With the documented
+//!    hooks (CHECKPOINT, then `fsfreeze` from a privileged sidecar; thawed after), five backups
+//!    taken while the writer runs each restore into a new namespace where PostgreSQL starts
+//!    without repair and the sum of the balances is what it was. A pre hook that fails with
+//!    `Fail` leaves the backup PartiallyFailed and the database thawed.
+//! 8. A brand-new cluster (the recovery control plane, with the node taken over from the main
 //!    one): Ferry installed there and pointed at the same bucket sees the backup; without the
 //!    repository password Secret kept from the original installation the restore fails naming
 //!    it (and no new password is made), with it the restore brings the rows back.
 //!
-//! One test, in order, because each step builds on the last and step 7 takes the node away from
+//! One test, in order, because each step builds on the last and step 8 takes the node away from
 //! every other test: this binary holds nothing else. On failure, what the test made is left for
 //! inspection (the next run removes it first); the node always goes back to the main cluster.
 
@@ -392,7 +398,10 @@ async fn postgresql_survives_deletion_cloning_a_lost_agent_and_a_new_cluster() {
     step("ferry repo check --read-data on the namespace's repository");
     check_repository(&store, password_file.path());
 
-    // 7. A brand-new cluster. The user kept the repository password (README, "Disaster recovery").
+    // 7. Application-consistent backups of a database under write load.
+    hooks_keep_a_database_consistent_under_write_load(&main, &disks, &step).await;
+
+    // 8. A brand-new cluster. The user kept the repository password (README, "Disaster recovery").
     step("the disaster: the main cluster's application is gone; the node joins a new cluster");
     main.kubectl_ok(&["delete", "namespace", PRODUCTION, STAGING, "--timeout=120s"]);
     main.kubectl_ok(&[
@@ -506,12 +515,380 @@ async fn postgresql_survives_deletion_cloning_a_lost_agent_and_a_new_cluster() {
     step("done");
 }
 
+const BANK: &str = "bank";
+const ACCOUNTS: u64 = 100;
+const OPENING_BALANCE: u64 = 1000;
+const CONSISTENCY_RUNS: usize = 5;
+
+/// Step 7: see the module's documentation.
+async fn hooks_keep_a_database_consistent_under_write_load(
+    main: &Cluster,
+    disks: &Path,
+    step: &dyn Fn(&str),
+) {
+    step("hooks: PostgreSQL on an ext4 filesystem of its own, a writer moving money without pause");
+    let filesystem = LoopFilesystem::create(&disks.join("bank.img"), &disk(disks, "bank"));
+    let bank_pv = unique_name("bank-db");
+    main.kubectl_with_input(
+        &["apply", "-f", "-"],
+        &local_volume(
+            &bank_pv,
+            &filesystem.mount_point,
+            Some((BANK, "data-postgres-0")),
+        ),
+    );
+    main.kubectl_with_input(&["apply", "-f", "-"], &bank_application(BANK));
+    wait_for_postgres(main, BANK).await;
+    psql(
+        main,
+        BANK,
+        &[
+            "create table accounts (id int primary key, balance bigint not null)",
+            &format!(
+                "insert into accounts select i, {OPENING_BALANCE} from generate_series(1, {ACCOUNTS}) i"
+            ),
+            "create table transfers (n bigint not null)",
+            "insert into transfers values (0)",
+            // One transfer a transaction: the sum of the balances never changes.
+            &format!(
+                "create procedure move_money() language plpgsql as $$ \
+                 declare a int; b int; begin loop \
+                   a := 1 + floor(random() * {ACCOUNTS})::int; \
+                   b := 1 + floor(random() * {ACCOUNTS})::int; \
+                   update accounts set balance = balance - 1 where id = a; \
+                   update accounts set balance = balance + 1 where id = b; \
+                   update transfers set n = n + 1; \
+                   commit; perform pg_sleep(0.002); \
+                 end loop; end $$"
+            ),
+        ],
+    );
+    main.kubectl_with_input(&["apply", "-f", "-"], &bank_writer(BANK));
+    let writing = |after: u64| async move {
+        eventually(
+            "the writer moving money",
+            OPERATION_TIMEOUT,
+            move || async move { (transfers(main, BANK) > after).then_some(()) },
+        )
+        .await;
+    };
+    writing(0).await;
+
+    for run in 1..=CONSISTENCY_RUNS {
+        let name = format!("bank-{run}");
+        step(&format!(
+            "hooks {run}/{CONSISTENCY_RUNS}: ferry backup create {name} while the writer runs"
+        ));
+        let before = transfers(main, BANK);
+        let output = main.ferry_ok(&[
+            "backup",
+            "create",
+            &name,
+            "--include-namespaces",
+            BANK,
+            "--wait",
+        ]);
+        assert!(output.contains("Completed"), "{output}");
+        let status = &ferry_json(main, &["backup", "get", &name])[0]["status"];
+        assert_eq!(
+            (
+                status["hooksAttempted"].as_u64(),
+                status["hooksFailed"].as_u64()
+            ),
+            (Some(2), None),
+            "{status}"
+        );
+        assert_eq!(status["podVolumes"]["completed"], 1, "{status}");
+        // The writer went on during the backup, and goes on after it: thawed.
+        let during = transfers(main, BANK);
+        assert!(during > before, "no transfer since the backup started");
+        writing(during).await;
+
+        let copy = format!("bank-copy-{run}");
+        let copy_pv = unique_name("bank-copy");
+        main.kubectl_with_input(
+            &["apply", "-f", "-"],
+            &local_volume(
+                &copy_pv,
+                &disk(disks, &copy),
+                Some((copy.as_str(), "data-postgres-0")),
+            ),
+        );
+        let output = main.ferry_ok(&[
+            "restore",
+            "create",
+            &format!("{name}-restore"),
+            "--from-backup",
+            &name,
+            "--namespace-mappings",
+            &format!("{BANK}:{copy}"),
+            // The copy is for reading: no writer there.
+            "--exclude-resources",
+            "deployments.apps",
+            "--wait",
+        ]);
+        assert!(output.contains("Completed"), "{output}");
+        // PostgreSQL starts on the restored files without anyone repairing them...
+        wait_for_postgres(main, &copy).await;
+        // ... and no transfer is half there.
+        let totals = psql(
+            main,
+            &copy,
+            &[
+                "select count(*), sum(balance) from accounts",
+                "select n from transfers",
+            ],
+        );
+        let mut lines = totals.lines();
+        assert_eq!(
+            lines.next(),
+            Some(format!("{ACCOUNTS}|{}", ACCOUNTS * OPENING_BALANCE).as_str()),
+            "run {run}: the restored balances do not add up"
+        );
+        let restored_transfers: u64 = lines.next().unwrap_or_default().parse().expect("a count");
+        assert!(
+            restored_transfers >= before,
+            "run {run}: the copy holds {restored_transfers} transfers, fewer than the {before} done before the backup"
+        );
+        main.kubectl_ok(&["delete", "namespace", &copy, "--timeout=120s"]);
+        main.kubectl_ok(&["delete", "persistentvolume", &copy_pv, "--timeout=60s"]);
+    }
+
+    step("hooks: a pre hook that fails with Fail, from the Backup's spec");
+    // The pod's own annotations would win over the spec's hooks (as in Velero): taken off the
+    // running pod (its StatefulSet keeps them).
+    main.kubectl_ok(&[
+        "-n",
+        BANK,
+        "annotate",
+        "pod",
+        "postgres-0",
+        "pre.hook.backup.velero.io/container-",
+        "pre.hook.backup.velero.io/command-",
+        "post.hook.backup.velero.io/container-",
+        "post.hook.backup.velero.io/command-",
+    ]);
+    let before = transfers(main, BANK);
+    main.kubectl_with_input(
+        &["apply", "-f", "-"],
+        &format!(
+            r#"apiVersion: ferry.dev/v1alpha1
+kind: Backup
+metadata: {{name: bank-refused, namespace: {FERRY_NAMESPACE}}}
+spec:
+  includedNamespaces: [{BANK}]
+  hooks:
+    resources:
+      - name: quiesce
+        includedNamespaces: [{BANK}]
+        labelSelector: {{matchLabels: {{app: postgres}}}}
+        pre:
+          - exec: {{container: postgres, command: [psql, -U, postgres, -c, CHECKPOINT]}}
+          - exec: {{container: fsfreeze, command: [fsfreeze, --freeze, /var/lib/postgresql/data]}}
+          - exec: {{container: fsfreeze, command: [sh, -c, "echo the replica is behind >&2; exit 3"], onError: Fail}}
+        post:
+          - exec: {{container: fsfreeze, command: [fsfreeze, --unfreeze, /var/lib/postgresql/data]}}
+"#
+        ),
+    );
+    let backups =
+        Api::<ferry_protocol::crd::Backup>::namespaced(main.client.clone(), FERRY_NAMESPACE);
+    let refused = eventually("backup bank-refused to finish", OPERATION_TIMEOUT, || {
+        let backups = backups.clone();
+        async move {
+            let backup = backups.get_opt("bank-refused").await.ok()??;
+            let status = backup.status?;
+            status.phase?.is_terminal().then_some(status)
+        }
+    })
+    .await;
+    assert_eq!(
+        (refused.phase, refused.hooks_attempted, refused.hooks_failed),
+        (Some(ferry_protocol::crd::Phase::PartiallyFailed), 4, 1),
+        "{refused:?}"
+    );
+    // Thawed: the writer goes on.
+    writing(before).await;
+    let described = main.ferry_ok(&["backup", "describe", "bank-refused", "--details"]);
+    assert!(
+        described.contains("Hooks:")
+            && described.contains("exited with code 3")
+            && described.contains("the replica is behind")
+            && described.contains("hook post"),
+        "{described}"
+    );
+
+    main.kubectl_ok(&["delete", "namespace", BANK, "--timeout=120s"]);
+    main.kubectl_ok(&["delete", "persistentvolume", &bank_pv, "--timeout=60s"]);
+    drop(filesystem);
+}
+
+/// The count of transfers the writer made in `namespace`.
+fn transfers(cluster: &Cluster, namespace: &str) -> u64 {
+    psql(cluster, namespace, &["select n from transfers"])
+        .trim()
+        .parse()
+        .expect("a count of transfers")
+}
+
+/// An ext4 filesystem in a file, mounted through a loop device: a volume `fsfreeze` can freeze
+/// without freezing the machine. Thawed and unmounted when dropped.
+struct LoopFilesystem {
+    mount_point: PathBuf,
+}
+
+impl LoopFilesystem {
+    fn create(image: &Path, mount_point: &Path) -> LoopFilesystem {
+        let run = |program: &str, args: &[&std::ffi::OsStr]| {
+            let output = std::process::Command::new(program)
+                .args(args)
+                .output()
+                .unwrap_or_else(|error| panic!("running {program}: {error}"));
+            assert!(
+                output.status.success(),
+                "{program} {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        std::fs::File::create(image)
+            .and_then(|file| file.set_len(1 << 30))
+            .unwrap_or_else(|error| panic!("creating {}: {error}", image.display()));
+        run(
+            "mkfs.ext4",
+            &["-q".as_ref(), "-F".as_ref(), image.as_os_str()],
+        );
+        run(
+            "mount",
+            &[
+                "-o".as_ref(),
+                "loop".as_ref(),
+                image.as_os_str(),
+                mount_point.as_os_str(),
+            ],
+        );
+        LoopFilesystem {
+            mount_point: mount_point.to_owned(),
+        }
+    }
+}
+
+impl Drop for LoopFilesystem {
+    fn drop(&mut self) {
+        unmount(&self.mount_point);
+    }
+}
+
+/// Thaws (in case a hook left it frozen) and unmounts the filesystem at `mount_point`.
+fn unmount(mount_point: &Path) {
+    let _ = std::process::Command::new("fsfreeze")
+        .arg("--unfreeze")
+        .arg(mount_point)
+        .output();
+    let _ = std::process::Command::new("umount")
+        .arg(mount_point)
+        .output();
+}
+
+/// The bank: PostgreSQL as in [`application`], with a privileged sidecar that can freeze its
+/// filesystem, and the hooks of README's recipe as the pod template's annotations (Velero's
+/// names: an application annotated for Velero needs no change).
+fn bank_application(namespace: &str) -> String {
+    let postgres = TestEnv::get().var("FERRY_TEST_POSTGRES_IMAGE");
+    format!(
+        r#"apiVersion: v1
+kind: Namespace
+metadata:
+  name: {namespace}
+  labels: {{ferry.dev/real-node: "true"}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: postgres, namespace: {namespace}}}
+spec:
+  selector: {{app: postgres}}
+  ports: [{{port: 5432}}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{name: postgres, namespace: {namespace}}}
+spec:
+  serviceName: postgres
+  replicas: 1
+  selector: {{matchLabels: {{app: postgres}}}}
+  template:
+    metadata:
+      labels: {{app: postgres}}
+      annotations:
+        pre.hook.backup.velero.io/container: fsfreeze
+        pre.hook.backup.velero.io/command: '["/bin/sh", "-c", "psql -h 127.0.0.1 -U postgres -c CHECKPOINT && fsfreeze --freeze /var/lib/postgresql/data"]'
+        post.hook.backup.velero.io/container: fsfreeze
+        post.hook.backup.velero.io/command: '["fsfreeze", "--unfreeze", "/var/lib/postgresql/data"]'
+    spec:
+      terminationGracePeriodSeconds: 10
+      containers:
+        - name: postgres
+          image: {postgres}
+          imagePullPolicy: IfNotPresent
+          args: [postgres, -c, max_wal_size=128MB]
+          env: [{{name: PGDATA, value: /var/lib/postgresql/data/pgdata}}]
+          ports: [{{containerPort: 5432}}]
+          readinessProbe:
+            exec: {{command: [pg_isready, -U, postgres, -h, 127.0.0.1]}}
+            periodSeconds: 2
+          volumeMounts: [{{name: data, mountPath: /var/lib/postgresql/data}}]
+        - name: fsfreeze
+          image: {postgres}
+          imagePullPolicy: IfNotPresent
+          command: [sleep, infinity]
+          securityContext: {{privileged: true}}
+          volumeMounts: [{{name: data, mountPath: /var/lib/postgresql/data}}]
+  volumeClaimTemplates:
+    - metadata: {{name: data}}
+      spec:
+        accessModes: [ReadWriteOnce]
+        storageClassName: {STORAGE_CLASS}
+        resources: {{requests: {{storage: 2Gi}}}}
+"#
+    )
+}
+
+/// The writer: calls `move_money()` through the Service, again whenever its connection drops.
+fn bank_writer(namespace: &str) -> String {
+    let postgres = TestEnv::get().var("FERRY_TEST_POSTGRES_IMAGE");
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: writer, namespace: {namespace}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: writer}}}}
+  template:
+    metadata: {{labels: {{app: writer}}}}
+    spec:
+      terminationGracePeriodSeconds: 0
+      containers:
+        - name: writer
+          image: {postgres}
+          imagePullPolicy: IfNotPresent
+          command:
+            - sh
+            - -c
+            - 'while :; do psql -h "$POSTGRES_SERVICE_HOST" -U postgres -c "call move_money()"; sleep 1; done'
+"#
+    )
+}
+
 /// Removes what this test makes in `cluster`: the application's namespaces, Ferry's installation
 /// (its namespace: the cluster-wide objects stay, as other tests share the CRDs), the test's
 /// PersistentVolumes and their disks' contents.
 async fn remove_leftovers(cluster: &Cluster) {
-    for namespace in [PRODUCTION, STAGING, FERRY_NAMESPACE] {
-        cluster.remove_namespace(namespace).await;
+    let copies = (1..=CONSISTENCY_RUNS).map(|run| format!("bank-copy-{run}"));
+    for namespace in [PRODUCTION, STAGING, BANK, FERRY_NAMESPACE]
+        .map(str::to_owned)
+        .into_iter()
+        .chain(copies)
+    {
+        cluster.remove_namespace(&namespace).await;
     }
     let pvs = Api::<PersistentVolume>::all(cluster.client.clone());
     let labelled = pvs
@@ -523,8 +900,15 @@ async fn remove_leftovers(cluster: &Cluster) {
     }
 }
 
-/// Removes the disks earlier runs left (their volumes are gone by now).
+/// Removes the disks earlier runs left (their volumes are gone by now), unmounting the
+/// filesystems of step 7 first.
 fn remove_old_disks(dir: &Path) {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    for mount_point in mounts.lines().filter_map(|l| l.split(' ').nth(1)) {
+        if Path::new(mount_point).starts_with(dir) {
+            unmount(Path::new(mount_point));
+        }
+    }
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         if entry
             .file_name()

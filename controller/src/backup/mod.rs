@@ -26,6 +26,7 @@ use kube::{Api, ResourceExt};
 use serde::{Deserialize, Serialize};
 
 mod actions;
+mod hooks;
 
 use actions::{Needed, VolumeSources};
 
@@ -108,6 +109,28 @@ impl Operation for Backup {
         }
     }
 
+    /// Runs the post hooks it owes, as the server's copy of its status records them.
+    async fn settle(&self, ctx: &Context) -> Option<String> {
+        let api: Api<Backup> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+        let fresh = match api.get(&self.name_any()).await {
+            Ok(fresh) => fresh,
+            Err(error) => {
+                return Some(format!(
+                    "reading the backup for its owed post hooks failed ({error}); run them by hand for the pods in status.postHooksPending"
+                ));
+            }
+        };
+        hooks::run_owed_post_hooks(ctx, &fresh).await
+    }
+
+    /// Its owed post hooks ran in [`Operation::settle`], just before.
+    fn failed_status(&self, reason: &str, now: jiff::Timestamp) -> BackupStatus {
+        let mut status = self.status.clone().unwrap_or_default();
+        status.end(Phase::Failed, Some(reason.to_owned()), now);
+        status.post_hooks_pending.clear();
+        status
+    }
+
     async fn delete(&self, ctx: &Context, running_here: bool) -> Result<Action> {
         delete(self, ctx, running_here).await
     }
@@ -159,6 +182,8 @@ struct Plan {
     ttl: Duration,
     /// Never backed up, whatever the filters say.
     ferry_secrets: actions::FerrySecrets,
+    /// Which pods run which hooks, unless their annotations say.
+    hooks: crate::hooks::BackupHookRules,
 }
 
 async fn validate(backup: &Backup, ctx: &Context) -> Result<Result<Plan, Vec<String>>> {
@@ -182,6 +207,12 @@ async fn validate(backup: &Backup, ctx: &Context) -> Result<Result<Plan, Vec<Str
             DEFAULT_TTL
         }
     };
+    let hooks = crate::hooks::BackupHookRules::resolve(spec.hooks.as_ref()).unwrap_or_else(
+        |hook_problems| {
+            problems.extend(hook_problems);
+            Default::default()
+        },
+    );
     let location = match ctx
         .locations
         .storage_location(spec.storage_location.as_deref())
@@ -240,6 +271,7 @@ async fn validate(backup: &Backup, ctx: &Context) -> Result<Result<Plan, Vec<Str
         selectors,
         ttl,
         ferry_secrets: ferry_secrets(ctx).await?,
+        hooks,
     }))
 }
 
@@ -314,6 +346,11 @@ async fn run(backup: &Backup, ctx: &Context) -> Result<Phase> {
     };
     finished?;
 
+    // The pods' pre hooks, just before their volumes are captured.
+    let mut hook_report = hooks::HookReport::default();
+    let hooked = hooks::chosen(&plan.hooks, &run.volume_sources.pods, &mut hook_report);
+    hooks::run_pre_hooks(ctx, backup, &hooked, &mut status, &mut hook_report).await?;
+
     let by_agents = volumes::choose_pod_volumes(
         backup,
         &run.volume_sources.pods,
@@ -341,6 +378,9 @@ async fn run(backup: &Backup, ctx: &Context) -> Result<Phase> {
     volume_tracker(backup, ctx, &plan.location, &plan.store, &plan.keys)
         .begin(&mut records)
         .await?;
+    // Pods with no file-level backup still running are captured: their post hooks run now.
+    hooks::run_post_hooks(ctx, backup, Some(&records), &mut status, &mut hook_report).await;
+    hook_report.into(&mut run.results, &mut run.log);
     count_volumes(ctx, &mut status, &records);
     run.log.push(format!(
         "backed up {} items, {} warnings, {} errors",
@@ -508,7 +548,10 @@ async fn follow_volumes(backup: &Backup, ctx: &Context) -> Result<Action> {
     let records = followed.records;
     let mut status = backup.status.clone().unwrap_or_default();
     count_volumes(ctx, &mut status, &records);
-    if !followed.done {
+    // The post hooks of pods whose file-level backups have ended.
+    let mut hook_report = hooks::HookReport::default();
+    hooks::run_post_hooks(ctx, backup, Some(&records), &mut status, &mut hook_report).await;
+    if !followed.done && hook_report.is_empty() {
         ctx.apply_status(backup, &status).await?;
         return Ok(Action::requeue(volumes::POLL_INTERVAL));
     }
@@ -517,6 +560,17 @@ async fn follow_volumes(backup: &Backup, ctx: &Context) -> Result<Action> {
         .lines()
         .map(str::to_owned)
         .collect();
+    hook_report.into(&mut results, &mut log);
+    if !followed.done {
+        // Kept with the backup's files before the status says the hooks ran: after a crash
+        // between the two they run again rather than vanish from the log.
+        store.put(&keys.results(), gzip_json(&results)?).await?;
+        store
+            .put(&keys.logs(), crate::gzip(log.join("\n").as_bytes())?)
+            .await?;
+        ctx.apply_status(backup, &status).await?;
+        return Ok(Action::requeue(volumes::POLL_INTERVAL));
+    }
     // Volumes that failed while the backup waited; those that failed at once are there already.
     for line in volumes::failures(&records.volumes) {
         if !results.errors.contains(&line) {

@@ -1,0 +1,160 @@
+//! Hooks: commands run in an application's containers around the capture of its volumes, so that
+//! a database can flush and freeze its files first and thaw them after (Velero's hooks, with
+//! Velero's annotations honoured).
+//!
+//! - [`choose`] decides which hooks a pod runs: those of its annotations
+//!   (`pre.hook.backup.ferry.dev/command`, or Velero's `pre.hook.backup.velero.io/command`), else
+//!   those of the Backup spec's `hooks.resources` that select it. Pure, no cluster.
+//! - [`exec`] runs one hook through the API server's pod exec, with its timeout, keeping the tail
+//!   of its output.
+//! - [`run_hooks`] runs a pod's pre or post hooks in order and reports each in one
+//!   [`HookOutcome`], whose [`HookOutcome::log_line`] is what the backup's log says of it.
+
+mod choose;
+mod exec;
+
+use std::time::Duration;
+
+use ferry_protocol::crd::HookErrorMode;
+
+use crate::context::Context;
+
+pub use choose::{BackupHookRules, PodHooks, pod_key};
+
+/// How long a hook may run when it does not say.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// When a hook runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookPhase {
+    Pre,
+    Post,
+}
+
+impl std::fmt::Display for HookPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HookPhase::Pre => "pre",
+            HookPhase::Post => "post",
+        })
+    }
+}
+
+/// One command to run in a pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hook {
+    /// Where it comes from: `annotations`, or the name of the spec's hook rule.
+    pub source: String,
+    /// The container; `None` for the pod's first.
+    pub container: Option<String>,
+    pub command: Vec<String>,
+    pub on_error: HookErrorMode,
+    pub timeout: Duration,
+}
+
+/// What happened when a hook ran (or could not).
+#[derive(Clone, Debug)]
+pub struct HookOutcome {
+    pub namespace: String,
+    pub pod: String,
+    pub phase: HookPhase,
+    pub hook: Hook,
+    /// The container it ran in.
+    pub container: String,
+    pub duration: Duration,
+    /// The command's exit code, when it ran to its end.
+    pub exit_code: Option<i32>,
+    /// Why it failed, if it did.
+    pub failure: Option<String>,
+    /// Its pod or container was not running, so it did not run: a warning, never an error (a
+    /// hook cannot quiesce what does not run).
+    pub not_running: bool,
+    /// The last bytes of its standard output and error.
+    pub output_tail: String,
+}
+
+impl HookOutcome {
+    pub fn failed(&self) -> bool {
+        self.failure.is_some()
+    }
+
+    /// Whether the failure makes the backup PartiallyFailed (else it is a warning).
+    pub fn is_error(&self) -> bool {
+        self.failed() && !self.not_running && self.hook.on_error == HookErrorMode::Fail
+    }
+
+    /// The line a backup's results have for it: an error, a warning, or nothing when it
+    /// succeeded.
+    pub fn problem(&self) -> Option<Problem> {
+        let failure = self.failure.as_ref()?;
+        let line = format!(
+            "{} hook {} of pod {}/{} (container {}): {failure}",
+            self.phase, self.hook.source, self.namespace, self.pod, self.container
+        );
+        Some(if self.is_error() {
+            Problem::Error(line)
+        } else {
+            Problem::Warning(line)
+        })
+    }
+
+    /// The line the backup's log has for it: pod, hook, container, command, exit, duration and
+    /// the tail of the output.
+    pub fn log_line(&self) -> String {
+        let result = match (&self.failure, self.exit_code) {
+            (Some(failure), _) => format!("FAILED ({failure})"),
+            (None, Some(code)) => format!("exit {code}"),
+            (None, None) => "done".to_owned(),
+        };
+        let mut line = format!(
+            "hook {} {} ({}) in {}/{} container {}: {:?}: {result} in {:.1} s",
+            self.phase,
+            self.hook.source,
+            match self.hook.on_error {
+                HookErrorMode::Fail => "on error Fail",
+                HookErrorMode::Continue => "on error Continue",
+            },
+            self.namespace,
+            self.pod,
+            self.container,
+            self.hook.command,
+            self.duration.as_secs_f64()
+        );
+        let output = self.output_tail.trim();
+        if !output.is_empty() {
+            line.push_str(&format!("; output: {}", output.replace('\n', "\\n")));
+        }
+        line
+    }
+}
+
+/// A failed hook, as a backup's results record it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Problem {
+    Error(String),
+    Warning(String),
+}
+
+/// Runs `hooks` of the `phase` in pod `namespace/pod`, in order. A failed pre hook whose
+/// `onError` is Fail ends the pod's pre hooks there (its later ones would run on an application
+/// in an unknown state); post hooks all run whatever happened, since they undo what the pre
+/// hooks did.
+pub async fn run_hooks(
+    ctx: &Context,
+    namespace: &str,
+    pod: &str,
+    phase: HookPhase,
+    hooks: &[Hook],
+) -> Vec<HookOutcome> {
+    let mut outcomes = Vec::new();
+    for hook in hooks {
+        let outcome = exec::run(ctx, namespace, pod, phase, hook).await;
+        tracing::info!(message = "ran a hook", line = %outcome.log_line());
+        let stop = phase == HookPhase::Pre && outcome.is_error();
+        outcomes.push(outcome);
+        if stop {
+            break;
+        }
+    }
+    outcomes
+}
