@@ -343,6 +343,104 @@ pub struct RestoreSpec {
     /// LimitRanges, Pods, ReplicaSets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resource_priorities: Vec<String>,
+    /// Init containers added to restored pods, and commands run in them once they are up
+    /// (Velero's restore `hooks`). A pod annotated with restore hooks
+    /// (`post.hook.restore.ferry.dev/command`, `init.hook.restore.ferry.dev/container-image`, or
+    /// Velero's names) runs those instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<RestoreHooks>,
+}
+
+/// The hooks of a Restore.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreHooks {
+    /// Each applies to the restored pods it selects, in this order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<RestoreResourceHook>,
+}
+
+/// Hooks for the restored pods of some namespaces that match a label selector.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreResourceHook {
+    /// Names the hooks in the restore's log.
+    pub name: String,
+    /// Namespaces (as backed up, before any mapping) whose pods run the hooks; empty or `*`
+    /// means all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub included_namespaces: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded_namespaces: Vec<String>,
+    /// As in Velero; hooks run in pods, so a list that leaves out `pods` selects nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub included_resources: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded_resources: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_selector: Option<LabelSelector>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub post_hooks: Vec<RestoreHook>,
+}
+
+/// One restore hook: init containers, or a command once the pod runs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreHook {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<InitRestoreHook>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecRestoreHook>,
+}
+
+/// Containers added to the restored pod's init containers: after Ferry's `ferry-restore-wait`
+/// (so they see the restored volumes), before the pod's own.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InitRestoreHook {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub init_containers: Vec<k8s_openapi::api::core::v1::Container>,
+}
+
+/// A command run in a restored pod's container once that container runs, through the API
+/// server's pod exec; the restore waits for it before it ends.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecRestoreHook {
+    /// The container; default the pod's first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    pub command: Vec<String>,
+    /// `Fail` (the default) makes the restore PartiallyFailed; `Continue` is a warning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_error: Option<HookErrorMode>,
+    /// How long the command may run, such as `30s` (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec_timeout: Option<String>,
+    /// How long to wait for the container to run (or be Ready, with `waitForReady`), counted
+    /// from when the pod's volumes are restored; default `10m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_timeout: Option<String>,
+    /// Wait for the container to be Ready, not only running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_for_ready: Option<bool>,
+}
+
+/// A restored pod whose exec hooks have not run yet.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingExecHooks {
+    /// `namespace/name`, as restored.
+    pub pod: String,
+    /// The namespace it was backed up in, which the spec's hook rules select by.
+    pub source_namespace: String,
+    /// How many of its exec hooks have run.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub done: u32,
+    /// When the pod's volumes were all restored (or the pod created, when it has none): its
+    /// hooks' wait timeouts count from then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -359,6 +457,14 @@ pub struct RestoreStatus {
     pub warnings: u32,
     #[serde(default)]
     pub errors: u32,
+    /// Exec hooks run in restored pods, and how many of them failed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub hooks_attempted: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub hooks_failed: u32,
+    /// Restored pods whose exec hooks have not run yet; the restore ends once there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exec_hooks_pending: Vec<PendingExecHooks>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_timestamp: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

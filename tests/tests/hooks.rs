@@ -262,3 +262,124 @@ async fn a_restarted_controller_runs_the_post_hooks_a_backup_owes_before_ending_
     let _ = kubectl(&["-n", ns, "delete", "pod", "--all", "--wait=false"]);
     ferry.stop().await;
 }
+
+#[tokio::test]
+async fn restore_hooks_prepare_restored_pods_and_the_restore_waits_for_them() {
+    let (env, client) = env_with_node().await;
+    let ferry = RunningController::start_with_location("restore-hooks").await;
+    let app = real_node_namespace(&client, "restore-hooks").await;
+    let ns = app.name();
+    let image = env.var("FERRY_TEST_BASE_IMAGE");
+    // Velero's init hook prepares the pod's emptyDir; Ferry's exec hook reads what it prepared.
+    run_pod(
+        &client,
+        ns,
+        pod(
+            "annotated",
+            json!({}),
+            json!({
+                "init.hook.restore.velero.io/container-image": image,
+                "init.hook.restore.velero.io/container-name": "prepare",
+                "init.hook.restore.velero.io/command": r#"["sh", "-c", "echo prepared >/data/init"]"#,
+                "post.hook.restore.ferry.dev/command": r#"["sh", "-c", "test \"$(cat /data/init)\" = prepared && echo ran >/data/exec"]"#,
+                "post.hook.restore.ferry.dev/wait-for-ready": "true",
+            }),
+        ),
+    )
+    .await;
+    run_pod(
+        &client,
+        ns,
+        pod("selected", json!({"app": "db"}), json!({})),
+    )
+    .await;
+    // Never Ready: its hook waits 5 s, then fails.
+    let mut unready = pod("unready", json!({"app": "unready"}), json!({}));
+    unready["spec"]["containers"][0]["readinessProbe"] =
+        json!({"exec": {"command": ["false"]}, "periodSeconds": 1});
+    run_pod(&client, ns, unready).await;
+    let backup = ferry
+        .backup("restore-hooks", json!({"includedNamespaces": [ns]}))
+        .await;
+    assert_eq!(
+        backup.status.as_ref().and_then(|s| s.phase),
+        Some(Phase::Completed),
+        "{}",
+        summary(&backup)
+    );
+
+    let target = format!("{ns}-restored");
+    let exec_hook = |command: &str, on_error: &str| {
+        json!({"exec": {"container": "main", "command": ["sh", "-c", command], "onError": on_error,
+                        "execTimeout": "20s"}})
+    };
+    let restore = ferry
+        .restore(
+            "with-hooks",
+            json!({
+                "backupName": "restore-hooks",
+                "namespaceMapping": {ns: &target},
+                "hooks": {"resources": [
+                    {"name": "seed", "includedNamespaces": [ns],
+                     "labelSelector": {"matchLabels": {"app": "db"}},
+                     "postHooks": [
+                        {"init": {"initContainers": [{"name": "seed", "image": image,
+                            "command": ["sh", "-c", "echo seeded >/data/seed"],
+                            "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}},
+                        exec_hook("cat /data/seed >/data/exec", "Fail"),
+                        exec_hook("echo broken >&2; exit 4", "Fail"),
+                        exec_hook("touch /data/after-failure", "Fail"),
+                     ]},
+                    {"name": "ready-first", "labelSelector": {"matchLabels": {"app": "unready"}},
+                     "postHooks": [{"exec": {"container": "main", "command": ["true"],
+                        "waitForReady": true, "waitTimeout": "5s", "onError": "Continue"}}]},
+                ]}
+            }),
+        )
+        .await;
+    let status = restore.status.clone().unwrap();
+    assert_eq!(
+        status.phase,
+        Some(Phase::PartiallyFailed),
+        "{}",
+        summary(&restore)
+    );
+    // annotated 1, selected 2 (its last hook skipped after one that failed with Fail), unready 1.
+    assert_eq!(
+        (status.hooks_attempted, status.hooks_failed),
+        (4, 2),
+        "{}",
+        summary(&restore)
+    );
+    assert!(status.exec_hooks_pending.is_empty());
+
+    let pods = Api::<Pod>::namespaced(client.clone(), &target);
+    let restored = pods.get("annotated").await.unwrap();
+    let init: Vec<String> = restored
+        .spec
+        .unwrap()
+        .init_containers
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(init, ["prepare"]);
+    assert_eq!(exec(&target, "annotated", &["cat", "/data/exec"]), "ran\n");
+    assert_eq!(
+        exec(&target, "selected", &["cat", "/data/exec"]),
+        "seeded\n"
+    );
+    assert!(!exists(&target, "selected", "/data/after-failure"));
+
+    let log = ferry
+        .read_bytes(&ferry_protocol::layout::RestoreKeys::new(None, "with-hooks").logs())
+        .await;
+    let log = String::from_utf8(ferry_controller::gunzip(&log).unwrap()).unwrap();
+    assert!(
+        log.contains("exited with code 4") && log.contains("output: broken"),
+        "{log}"
+    );
+    assert!(log.contains("was not Ready within 5 s"), "{log}");
+    let _ = kubectl(&["delete", "namespace", &target, "--wait=false"]);
+    ferry.stop().await;
+}

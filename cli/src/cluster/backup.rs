@@ -102,8 +102,11 @@ pub fn run_backup(
                         let records: VolumeRecords = ferry_controller::gunzip_json(&data)?;
                         print_volumes(&records);
                     }
+                    // The hooks it ran, as its log has them (one line each, `hook pre|post ...`).
                     if let Ok(data) = store.get(&keys.logs()).await {
-                        print_hooks(&ferry_controller::gunzip(&data)?);
+                        let log = ferry_controller::gunzip(&data)?;
+                        let log = String::from_utf8_lossy(&log);
+                        super::print_hooks(log.lines().filter(|l| l.starts_with("hook ")));
                     }
                 }
                 Ok(ExitCode::SUCCESS)
@@ -194,19 +197,6 @@ async fn wait_for_deletion(backups: &Api<Backup>, name: &str) -> anyhow::Result<
 
 /// How long `ferry backup delete` waits for the controller.
 const DELETION_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// The hooks the backup ran, as its log has them (one line each, `hook pre|post ...`).
-fn print_hooks(log: &[u8]) {
-    let log = String::from_utf8_lossy(log);
-    let hooks: Vec<&str> = log.lines().filter(|l| l.starts_with("hook ")).collect();
-    if hooks.is_empty() {
-        return;
-    }
-    println!("\nHooks:");
-    for line in hooks {
-        println!("  - {line}");
-    }
-}
 
 fn print_volumes(records: &VolumeRecords) {
     if records.volumes.is_empty() {

@@ -418,6 +418,18 @@ fn time(time: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>) -> 
         .unwrap_or_default()
 }
 
+/// The lines of a backup's or restore's log that tell of its hooks, if there are any.
+fn print_hooks<'a>(lines: impl Iterator<Item = &'a str>) {
+    let lines: Vec<&str> = lines.collect();
+    if lines.is_empty() {
+        return;
+    }
+    println!("\nHooks:");
+    for line in lines {
+        println!("  - {line}");
+    }
+}
+
 fn describe<K: Serialize + ResourceExt>(global: &GlobalArgs, object: &K) -> anyhow::Result<()> {
     let mut value = serde_json::to_value(object)?;
     if let Some(metadata) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {

@@ -216,5 +216,10 @@ async fn print_restore_results(
             reason => println!("{:<16} {object}: {reason}", field("outcome")),
         }
     }
+    // Its log holds only what its hooks did.
+    if let Ok(data) = store.get(&keys.logs()).await {
+        let log = ferry_controller::gunzip(&data)?;
+        super::print_hooks(String::from_utf8_lossy(&log).lines());
+    }
     Ok(())
 }

@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use super::Results;
 use crate::context::Context;
-use crate::hooks::{self, BackupHookRules, HookOutcome, HookPhase, PodHooks, Problem, pod_key};
+use crate::hooks::{self, BackupHookRules, HookPhase, HookReport, PodHooks, pod_key};
 
 /// A pod of the backup that has hooks.
 pub struct HookedPod {
@@ -34,40 +34,18 @@ impl HookedPod {
     }
 }
 
-/// What hooks reported: lines for the backup's log, and its results' errors and warnings.
-#[derive(Debug, Default)]
-pub struct HookReport {
-    pub log: Vec<String>,
-    pub results: Results,
-}
-
-impl HookReport {
-    pub fn is_empty(&self) -> bool {
-        self.log.is_empty() && self.results.errors.is_empty() && self.results.warnings.is_empty()
-    }
-
-    /// Adds `outcomes` to the report and their counts to `status`.
-    fn add(&mut self, status: &mut BackupStatus, outcomes: Vec<HookOutcome>) {
-        for outcome in outcomes {
-            if !outcome.not_running {
-                status.hooks_attempted += 1;
-                status.hooks_failed += u32::from(outcome.failed());
-            }
-            self.log.push(outcome.log_line());
-            match outcome.problem() {
-                Some(Problem::Error(line)) => self.results.errors.push(line),
-                Some(Problem::Warning(line)) => self.results.warnings.push(line),
-                None => {}
-            }
-        }
-    }
-
-    /// Moves the report into a backup's results and log.
-    pub fn into(self, results: &mut Results, log: &mut Vec<String>) {
-        log.extend(self.log);
-        results.errors.extend(self.results.errors);
-        results.warnings.extend(self.results.warnings);
-    }
+/// Moves `report` into a backup's status counts, results and log.
+pub fn record(
+    report: HookReport,
+    status: &mut BackupStatus,
+    results: &mut Results,
+    log: &mut Vec<String>,
+) {
+    status.hooks_attempted += report.attempted;
+    status.hooks_failed += report.failed;
+    log.extend(report.log);
+    results.errors.extend(report.errors);
+    results.warnings.extend(report.warnings);
 }
 
 /// The backed-up pods that run hooks (`pods` as listed); a pod whose annotations cannot be read
@@ -86,7 +64,7 @@ pub fn chosen(rules: &BackupHookRules, pods: &[Value], report: &mut HookReport) 
                 name,
                 hooks,
             }),
-            Err(problem) => report.results.errors.push(format!(
+            Err(problem) => report.errors.push(format!(
                 "hooks of pod {namespace}/{name} not run: {problem}"
             )),
         }
@@ -95,7 +73,7 @@ pub fn chosen(rules: &BackupHookRules, pods: &[Value], report: &mut HookReport) 
 }
 
 /// Runs the pre hooks of every pod in `hooked`, having first recorded in the status (applied)
-/// that their post hooks are owed.
+/// that their post hooks are owed. Their counts reach the status with [`record`].
 pub async fn run_pre_hooks(
     ctx: &Context,
     backup: &Backup,
@@ -120,7 +98,7 @@ pub async fn run_pre_hooks(
             &pod.hooks.pre,
         )
         .await;
-        report.add(status, outcomes);
+        report.add(outcomes);
     }
     Ok(())
 }
@@ -171,10 +149,9 @@ pub async fn run_post_hooks(
             Ok(hooks) => {
                 let outcomes =
                     hooks::run_hooks(ctx, namespace, name, HookPhase::Post, &hooks.post).await;
-                report.add(status, outcomes);
+                report.add(outcomes);
             }
             Err(problem) => report
-                .results
                 .warnings
                 .push(format!("post hooks of pod {key} not run: {problem}")),
         }
@@ -193,10 +170,9 @@ pub async fn run_owed_post_hooks(ctx: &Context, backup: &Backup) -> Option<Strin
     let mut report = HookReport::default();
     run_post_hooks(ctx, backup, None, &mut status, &mut report).await;
     let problems: Vec<String> = report
-        .results
         .errors
         .iter()
-        .chain(&report.results.warnings)
+        .chain(&report.warnings)
         .cloned()
         .collect();
     Some(if problems.is_empty() {

@@ -347,7 +347,7 @@ async fn run(backup: &Backup, ctx: &Context) -> Result<Phase> {
     finished?;
 
     // The pods' pre hooks, just before their volumes are captured.
-    let mut hook_report = hooks::HookReport::default();
+    let mut hook_report = crate::hooks::HookReport::default();
     let hooked = hooks::chosen(&plan.hooks, &run.volume_sources.pods, &mut hook_report);
     hooks::run_pre_hooks(ctx, backup, &hooked, &mut status, &mut hook_report).await?;
 
@@ -380,7 +380,7 @@ async fn run(backup: &Backup, ctx: &Context) -> Result<Phase> {
         .await?;
     // Pods with no file-level backup still running are captured: their post hooks run now.
     hooks::run_post_hooks(ctx, backup, Some(&records), &mut status, &mut hook_report).await;
-    hook_report.into(&mut run.results, &mut run.log);
+    hooks::record(hook_report, &mut status, &mut run.results, &mut run.log);
     count_volumes(ctx, &mut status, &records);
     run.log.push(format!(
         "backed up {} items, {} warnings, {} errors",
@@ -549,7 +549,7 @@ async fn follow_volumes(backup: &Backup, ctx: &Context) -> Result<Action> {
     let mut status = backup.status.clone().unwrap_or_default();
     count_volumes(ctx, &mut status, &records);
     // The post hooks of pods whose file-level backups have ended.
-    let mut hook_report = hooks::HookReport::default();
+    let mut hook_report = crate::hooks::HookReport::default();
     hooks::run_post_hooks(ctx, backup, Some(&records), &mut status, &mut hook_report).await;
     if !followed.done && hook_report.is_empty() {
         ctx.apply_status(backup, &status).await?;
@@ -560,7 +560,7 @@ async fn follow_volumes(backup: &Backup, ctx: &Context) -> Result<Action> {
         .lines()
         .map(str::to_owned)
         .collect();
-    hook_report.into(&mut results, &mut log);
+    hooks::record(hook_report, &mut status, &mut results, &mut log);
     if !followed.done {
         // Kept with the backup's files before the status says the hooks ran: after a crash
         // between the two they run again rather than vanish from the log.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use ferry_protocol::crd::{BackupHook, BackupHooks, HookErrorMode};
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 use kube::core::{Selector, SelectorExt};
 
@@ -49,11 +50,59 @@ pub struct BackupHookRules {
 
 #[derive(Clone, Debug)]
 struct Rule {
+    selection: PodSelection,
+    pre: Vec<Hook>,
+    post: Vec<Hook>,
+}
+
+/// Which pods a rule of a spec's hooks selects: by namespace, resource names and labels.
+#[derive(Clone, Debug)]
+pub(super) struct PodSelection {
     namespaces: IncludesExcludes,
     selects_pods: bool,
     selector: Option<Selector>,
-    pre: Vec<Hook>,
-    post: Vec<Hook>,
+}
+
+impl PodSelection {
+    /// The selection of a rule's fields; a bad label selector is a problem named with `at`.
+    pub(super) fn resolve(
+        at: &str,
+        namespaces: (&[String], &[String]),
+        resources: (&[String], &[String]),
+        label_selector: Option<&LabelSelector>,
+        problems: &mut Vec<String>,
+    ) -> PodSelection {
+        let selector = match label_selector.map(parse_selector) {
+            None => None,
+            Some(Ok(selector)) => Some(selector),
+            Some(Err(problem)) => {
+                problems.push(format!("{at}: {problem}"));
+                None
+            }
+        };
+        PodSelection {
+            namespaces: IncludesExcludes::new(namespaces.0, namespaces.1),
+            selects_pods: names_pods(resources.0, true) && !names_pods(resources.1, false),
+            selector,
+        }
+    }
+
+    /// Whether it selects a pod of `namespace` with `labels`.
+    pub(super) fn selects(&self, namespace: &str, labels: &BTreeMap<String, String>) -> bool {
+        self.selects_pods
+            && self.namespaces.matches(namespace)
+            && self.selector.as_ref().is_none_or(|s| s.matches(labels))
+    }
+}
+
+/// An `on-error` annotation: `Fail` (the default) or `Continue`, in any case.
+pub(super) fn parse_on_error(name: &str, value: Option<&String>) -> Result<HookErrorMode, String> {
+    match value.map(String::as_str) {
+        None => Ok(HookErrorMode::Fail),
+        Some(v) if v.eq_ignore_ascii_case("fail") => Ok(HookErrorMode::Fail),
+        Some(v) if v.eq_ignore_ascii_case("continue") => Ok(HookErrorMode::Continue),
+        Some(other) => Err(format!("{name}: {other:?} is neither Fail nor Continue")),
+    }
 }
 
 impl BackupHookRules {
@@ -63,14 +112,13 @@ impl BackupHookRules {
         let mut rules = Vec::new();
         for (i, resource) in hooks.map_or(&[][..], |h| &h.resources).iter().enumerate() {
             let at = format!("hooks.resources[{i}] ({:?})", resource.name);
-            let selector = match resource.label_selector.as_ref().map(parse_selector) {
-                None => None,
-                Some(Ok(selector)) => Some(selector),
-                Some(Err(problem)) => {
-                    problems.push(format!("{at}: {problem}"));
-                    None
-                }
-            };
+            let selection = PodSelection::resolve(
+                &at,
+                (&resource.included_namespaces, &resource.excluded_namespaces),
+                (&resource.included_resources, &resource.excluded_resources),
+                resource.label_selector.as_ref(),
+                &mut problems,
+            );
             let mut hooks = |list: &[BackupHook], phase: &str| -> Vec<Hook> {
                 list.iter()
                     .enumerate()
@@ -86,13 +134,7 @@ impl BackupHookRules {
             let pre = hooks(&resource.pre, "pre");
             let post = hooks(&resource.post, "post");
             rules.push(Rule {
-                namespaces: IncludesExcludes::new(
-                    &resource.included_namespaces,
-                    &resource.excluded_namespaces,
-                ),
-                selects_pods: names_pods(&resource.included_resources, true)
-                    && !names_pods(&resource.excluded_resources, false),
-                selector,
+                selection,
                 pre,
                 post,
             });
@@ -115,13 +157,7 @@ impl BackupHookRules {
         let namespace = pod.namespace().unwrap_or_default();
         let mut hooks = PodHooks::default();
         for rule in &self.rules {
-            let selected = rule.selects_pods
-                && rule.namespaces.matches(&namespace)
-                && rule
-                    .selector
-                    .as_ref()
-                    .is_none_or(|s| s.matches(pod.labels()));
-            if selected {
+            if rule.selection.selects(&namespace, pod.labels()) {
                 hooks.pre.extend(rule.pre.iter().cloned());
                 hooks.post.extend(rule.post.iter().cloned());
             }
@@ -158,7 +194,7 @@ fn spec_hook(rule: &str, hook: &BackupHook) -> Result<Hook, String> {
     })
 }
 
-fn positive_duration(text: &str) -> Result<Duration, String> {
+pub(super) fn positive_duration(text: &str) -> Result<Duration, String> {
     match crate::parse_duration(text)? {
         Duration::ZERO => Err(format!("{text:?} is zero; give a time such as 30s or 2m")),
         duration => Ok(duration),
@@ -188,17 +224,7 @@ fn annotation_hook(
             continue;
         };
         let command = parse_command(command).map_err(|e| format!("{}: {e}", name("command")))?;
-        let on_error = match annotations.get(&name("on-error")).map(String::as_str) {
-            None => HookErrorMode::Fail,
-            Some(v) if v.eq_ignore_ascii_case("fail") => HookErrorMode::Fail,
-            Some(v) if v.eq_ignore_ascii_case("continue") => HookErrorMode::Continue,
-            Some(other) => {
-                return Err(format!(
-                    "{}: {other:?} is neither Fail nor Continue",
-                    name("on-error")
-                ));
-            }
-        };
+        let on_error = parse_on_error(&name("on-error"), annotations.get(&name("on-error")))?;
         let timeout = match annotations.get(&name("timeout")) {
             None => DEFAULT_TIMEOUT,
             Some(text) => {
@@ -221,7 +247,7 @@ fn annotation_hook(
 
 /// A command annotation: a JSON array of strings, or a command line split as a POSIX shell
 /// would split its words (no expansion, no shell run).
-fn parse_command(text: &str) -> Result<Vec<String>, String> {
+pub(super) fn parse_command(text: &str) -> Result<Vec<String>, String> {
     let text = text.trim();
     let words = if text.starts_with('[') {
         serde_json::from_str::<Vec<String>>(text)

@@ -113,42 +113,78 @@ async fn running_container(
         .await
         .map_err(|error| NotRunnable::Error(format!("reading the pod: {error}")))?
         .ok_or_else(|| NotRunnable::NotRunning("the pod is gone".to_owned()))?;
-    let spec = found.spec.unwrap_or_default();
+    let state = container_state(&found, container).map_err(NotRunnable::Error)?;
+    if state.pod_phase != "Running" {
+        return Err(NotRunnable::NotRunning(format!(
+            "the pod is {}, not Running",
+            state.pod_phase
+        )));
+    }
+    if !state.running {
+        return Err(NotRunnable::NotRunning(format!(
+            "container {} is not running",
+            state.name
+        )));
+    }
+    Ok(state.name)
+}
+
+/// Whether the container of `namespace/pod` a hook runs in (`container`, or the first) is
+/// running, and Ready too when `ready`; an error when the pod is gone or has no such container.
+pub async fn container_is_up(
+    ctx: &Context,
+    namespace: &str,
+    pod: &str,
+    container: Option<&str>,
+    ready: bool,
+) -> Result<bool, String> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let found = pods
+        .get_opt(pod)
+        .await
+        .map_err(|error| format!("reading the pod: {error}"))?
+        .ok_or_else(|| "the pod is gone".to_owned())?;
+    let state = container_state(&found, container)?;
+    Ok(state.running && (!ready || state.ready))
+}
+
+struct ContainerState {
+    name: String,
+    pod_phase: String,
+    running: bool,
+    ready: bool,
+}
+
+fn container_state(pod: &Pod, container: Option<&str>) -> Result<ContainerState, String> {
+    let containers = pod.spec.as_ref().map_or(&[][..], |s| &s.containers[..]);
     let name = match container {
         Some(name) => {
-            if !spec.containers.iter().any(|c| c.name == name) {
-                let names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
-                return Err(NotRunnable::Error(format!(
+            if !containers.iter().any(|c| c.name == name) {
+                let names: Vec<&str> = containers.iter().map(|c| c.name.as_str()).collect();
+                return Err(format!(
                     "the pod has no container {name:?} (it has {})",
                     names.join(", ")
-                )));
+                ));
             }
             name.to_owned()
         }
-        None => spec
-            .containers
+        None => containers
             .first()
             .map(|c| c.name.clone())
-            .ok_or_else(|| NotRunnable::Error("the pod has no containers".to_owned()))?,
+            .ok_or_else(|| "the pod has no containers".to_owned())?,
     };
-    let status = found.status.unwrap_or_default();
-    let phase = status.phase.unwrap_or_default();
-    if phase != "Running" {
-        return Err(NotRunnable::NotRunning(format!(
-            "the pod is {phase}, not Running"
-        )));
-    }
-    let running = status
+    let status = pod.status.clone().unwrap_or_default();
+    let this = status
         .container_statuses
         .iter()
         .flatten()
-        .any(|c| c.name == name && c.state.as_ref().is_some_and(|s| s.running.is_some()));
-    if !running {
-        return Err(NotRunnable::NotRunning(format!(
-            "container {name} is not running"
-        )));
-    }
-    Ok(name)
+        .find(|c| c.name == name);
+    Ok(ContainerState {
+        pod_phase: status.phase.unwrap_or_default(),
+        running: this.is_some_and(|c| c.state.as_ref().is_some_and(|s| s.running.is_some())),
+        ready: this.is_some_and(|c| c.ready),
+        name,
+    })
 }
 
 /// Reads `stream` to its end, keeping its last [`OUTPUT_TAIL`] bytes.

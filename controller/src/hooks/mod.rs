@@ -7,11 +7,14 @@
 //!   those of the Backup spec's `hooks.resources` that select it. Pure, no cluster.
 //! - [`exec`] runs one hook through the API server's pod exec, with its timeout, keeping the tail
 //!   of its output.
+//! - [`RestoreHookRules`] does the same for a restored pod: init containers, and exec hooks run
+//!   once their container is up ([`container_is_up`]).
 //! - [`run_hooks`] runs a pod's pre or post hooks in order and reports each in one
 //!   [`HookOutcome`], whose [`HookOutcome::log_line`] is what the backup's log says of it.
 
 mod choose;
 mod exec;
+mod restore;
 
 use std::time::Duration;
 
@@ -20,6 +23,8 @@ use ferry_protocol::crd::HookErrorMode;
 use crate::context::Context;
 
 pub use choose::{BackupHookRules, PodHooks, pod_key};
+pub use exec::container_is_up;
+pub use restore::{ExecHook, RestoreHookRules, RestorePodHooks};
 
 /// How long a hook may run when it does not say.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -125,6 +130,40 @@ impl HookOutcome {
             line.push_str(&format!("; output: {}", output.replace('\n', "\\n")));
         }
         line
+    }
+}
+
+/// What hooks reported: lines for the operation's log, its errors and warnings, and counts for
+/// its status.
+#[derive(Debug, Default)]
+pub struct HookReport {
+    pub log: Vec<String>,
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+    /// Hooks that ran (not those whose pod or container was not running).
+    pub attempted: u32,
+    pub failed: u32,
+}
+
+impl HookReport {
+    pub fn is_empty(&self) -> bool {
+        self.log.is_empty() && self.errors.is_empty() && self.warnings.is_empty()
+    }
+
+    /// Adds `outcomes`.
+    pub fn add(&mut self, outcomes: impl IntoIterator<Item = HookOutcome>) {
+        for outcome in outcomes {
+            if !outcome.not_running {
+                self.attempted += 1;
+                self.failed += u32::from(outcome.failed());
+            }
+            self.log.push(outcome.log_line());
+            match outcome.problem() {
+                Some(Problem::Error(line)) => self.errors.push(line),
+                Some(Problem::Warning(line)) => self.warnings.push(line),
+                None => {}
+            }
+        }
     }
 }
 

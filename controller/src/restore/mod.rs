@@ -43,6 +43,7 @@ use crate::storage::ObjectStore;
 use crate::volumes;
 
 pub(crate) mod actions;
+mod hooks;
 
 #[cfg(test)]
 use actions::skip_reason;
@@ -174,26 +175,49 @@ async fn follow_volumes(restore: &Restore, ctx: &Context) -> Result<Action> {
             VOLUME_WAIT_LIMIT.as_secs() / 3600
         ),
     };
-    let followed = volume_tracker(restore, ctx, &location, &store)
-        .follow(Some(&wait_limit))
-        .await?;
     let mut status = restore.status.clone().unwrap_or_default();
-    status.pod_volumes = volumes::pod_volume_progress(ctx, &followed.records);
-    if !followed.done {
+    // A restore with no pod volumes waits for its exec hooks only.
+    let (records, volumes_done) = if status.pod_volumes.is_some() {
+        let followed = volume_tracker(restore, ctx, &location, &store)
+            .follow(Some(&wait_limit))
+            .await?;
+        status.pod_volumes = volumes::pod_volume_progress(ctx, &followed.records);
+        (followed.records, followed.done)
+    } else {
+        (VolumeRecords::default(), true)
+    };
+    let mut report = crate::hooks::HookReport::default();
+    hooks::run_exec_hooks(ctx, restore, &records, &mut status, &mut report).await;
+    if !report.is_empty() {
+        // In the log before the status counts them: after a crash between the two, a hook runs
+        // again rather than vanish.
+        let keys = RestoreKeys::new(store.prefix(), &restore.name_any());
+        let mut lines = report.log;
+        lines.extend(report.errors.iter().map(|e| format!("error: {e}")));
+        lines.extend(report.warnings.iter().map(|w| format!("warning: {w}")));
+        hooks::append_log(&store, &keys.logs(), &lines).await?;
+        status.hooks_attempted += report.attempted;
+        status.hooks_failed += report.failed;
+        status.errors += u32::try_from(report.errors.len()).unwrap_or(u32::MAX);
+        status.warnings += u32::try_from(report.warnings.len()).unwrap_or(u32::MAX);
+    }
+    if !volumes_done || !status.exec_hooks_pending.is_empty() {
         ctx.apply_status(restore, &status).await?;
         return Ok(Action::requeue(volumes::POLL_INTERVAL));
     }
-    let failed = followed.failures();
+    let failed = volumes::failures(&records.volumes);
     status.errors += u32::try_from(failed.len()).unwrap_or(u32::MAX);
     status.failure_reason =
         (!failed.is_empty()).then(|| format!("volumes not restored: {}", failed.join("; ")));
     status.conclude(ctx.now());
     let note = format!(
-        "{} pod volumes restored by the node agents, {} failed",
-        followed.records.volumes.len() - failed.len(),
-        failed.len()
+        "{} pod volumes restored by the node agents, {} failed; {} exec hooks run, {} failed",
+        records.volumes.len() - failed.len(),
+        failed.len(),
+        status.hooks_attempted,
+        status.hooks_failed
     );
-    operation::end(restore, ctx, &status, &followed.records.volumes, note).await?;
+    operation::end(restore, ctx, &status, &records.volumes, note).await?;
     Ok(Action::await_change())
 }
 
@@ -239,6 +263,8 @@ struct Plan {
     restore_volumes: bool,
     in_place_volumes: bool,
     zone_mapping: BTreeMap<String, String>,
+    /// Which restored pods get which hooks, unless their annotations say.
+    hooks: crate::hooks::RestoreHookRules,
 }
 
 /// What the plan says of a PersistentVolume's disk before anything is created.
@@ -315,6 +341,12 @@ async fn validate(restore: &Restore, ctx: &Context) -> Result<Result<Plan, Vec<S
             ));
         }
     }
+    let hooks = crate::hooks::RestoreHookRules::resolve(spec.hooks.as_ref()).unwrap_or_else(
+        |hook_problems| {
+            problems.extend(hook_problems);
+            Default::default()
+        },
+    );
     let location = match &backup {
         Some(backup) => match ctx
             .locations
@@ -357,6 +389,7 @@ async fn validate(restore: &Restore, ctx: &Context) -> Result<Result<Plan, Vec<S
         restore_volumes: spec.restore_pvs != Some(false),
         in_place_volumes: spec.in_place_volumes,
         zone_mapping: spec.availability_zone_mapping.clone(),
+        hooks,
     }))
 }
 
@@ -418,6 +451,9 @@ async fn run(restore: &Restore, ctx: &Context) -> Result<()> {
         volume_plans: BTreeMap::new(),
         pod_volumes: Vec::new(),
         running_pods: BTreeSet::new(),
+        exec_hook_candidates: BTreeSet::new(),
+        exec_hook_pods: BTreeMap::new(),
+        hook_problems: Vec::new(),
     };
     let selected = run.select()?;
     status.progress = Some(Progress {
@@ -442,14 +478,23 @@ async fn run(restore: &Restore, ctx: &Context) -> Result<()> {
     plan.store
         .put(&keys.results(), crate::gzip_json(&results)?)
         .await?;
+    if !run.hook_problems.is_empty() {
+        status.warnings += u32::try_from(run.hook_problems.len()).unwrap_or(u32::MAX);
+        hooks::append_log(&plan.store, &keys.logs(), &run.hook_problems).await?;
+    }
+    let pending_hooks = hooks::pending(&run.exec_hook_pods);
     let pod_volumes = std::mem::take(&mut run.pod_volumes);
-    if !pod_volumes.is_empty() {
-        // The objects are there; the agents fill the pods' volumes once the pods are scheduled.
-        let mut records = VolumeRecords::new(pod_volumes);
-        volume_tracker(restore, ctx, &plan.location, &plan.store)
-            .begin(&mut records)
-            .await?;
-        status.pod_volumes = volumes::pod_volume_progress(ctx, &records);
+    if !pod_volumes.is_empty() || !pending_hooks.is_empty() {
+        // The objects are there; the agents fill the pods' volumes once the pods are scheduled,
+        // and the exec hooks run once their containers are up.
+        if !pod_volumes.is_empty() {
+            let mut records = VolumeRecords::new(pod_volumes);
+            volume_tracker(restore, ctx, &plan.location, &plan.store)
+                .begin(&mut records)
+                .await?;
+            status.pod_volumes = volumes::pod_volume_progress(ctx, &records);
+        }
+        status.exec_hooks_pending = pending_hooks;
         status.phase = Some(Phase::WaitingForVolumes);
         ctx.apply_status(restore, &status).await?;
         return Ok(());
@@ -480,6 +525,12 @@ struct Run<'a> {
     /// With inPlaceVolumes: the archived pods (namespace in the backup, name) that run in the
     /// cluster now, on a node.
     running_pods: BTreeSet<(String, String)>,
+    /// Archived pods (namespace in the backup, name) that have exec hooks.
+    exec_hook_candidates: BTreeSet<(String, String)>,
+    /// Those of them this restore created, to `namespace/name` as restored.
+    exec_hook_pods: BTreeMap<(String, String), String>,
+    /// Pods whose hooks could not be read, one line each.
+    hook_problems: Vec<String>,
 }
 
 impl Run<'_> {
@@ -568,6 +619,14 @@ impl Run<'_> {
                 .collect()
                 .await;
             for (item, outcome) in restored {
+                let key = (
+                    item.namespace.clone().unwrap_or_default(),
+                    item.name.clone(),
+                );
+                if outcome == Outcome::Created && self.exec_hook_candidates.contains(&key) {
+                    let restored_as = format!("{}/{}", self.target_namespace(&key.0), item.name);
+                    self.exec_hook_pods.insert(key, restored_as);
+                }
                 self.record(&item, outcome);
             }
             if crd_tier {
@@ -693,6 +752,7 @@ impl Run<'_> {
             named_resources: &self.plan.included_resources,
             named_namespaces: &self.plan.named_namespaces,
             ferry_namespace: &self.ctx.namespace,
+            hooks: &self.plan.hooks,
         };
         let (verdict, effects) = actions::plan(item, &mut object, &scope);
         match verdict {
@@ -700,8 +760,19 @@ impl Run<'_> {
                 for effect in effects {
                     match effect {
                         Effect::FillPodVolume { record, in_place } => {
-                            self.add_pod_volume_task(item, record, in_place);
+                            self.add_pod_volume_task(item, *record, in_place);
                         }
+                        Effect::ExecHooks => {
+                            self.exec_hook_candidates.insert((
+                                item.namespace.clone().unwrap_or_default(),
+                                item.name.clone(),
+                            ));
+                        }
+                        Effect::HookProblem(problem) => self.hook_problems.push(format!(
+                            "pod {}/{}: {problem}",
+                            item.namespace.as_deref().unwrap_or_default(),
+                            item.name
+                        )),
                     }
                 }
                 Ok(Some(object))

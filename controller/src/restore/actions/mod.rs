@@ -19,6 +19,7 @@ use super::VolumePlan;
 
 mod archive_path;
 mod cluster_issued;
+mod hooks;
 mod job;
 mod labels;
 mod metadata;
@@ -45,6 +46,7 @@ pub static ACTIONS: &[&dyn ItemAction] = &[
     &persistent_volume_claim::PersistentVolumeClaim,
     &rbac::BindingSubjects,
     &pod::Pod,
+    &hooks::RestoreHooks,
     &labels::RestoreLabels,
 ];
 
@@ -98,6 +100,8 @@ pub struct Scope<'a> {
     pub named_namespaces: &'a [String],
     /// Ferry's own namespace, which a restore leaves alone unless it is named.
     pub ferry_namespace: &'a str,
+    /// The Restore's hook rules, for pods without hook annotations.
+    pub hooks: &'a crate::hooks::RestoreHookRules,
 }
 
 impl Scope<'_> {
@@ -124,9 +128,13 @@ pub enum Effect {
     /// The agent of the pod's node fills a volume of the pod from the backup: a new pod that
     /// waits for it, or (`in_place`) one that runs now.
     FillPodVolume {
-        record: VolumeRecord,
+        record: Box<VolumeRecord>,
         in_place: bool,
     },
+    /// The restored pod has exec hooks, to run once it is up.
+    ExecHooks,
+    /// The pod's hooks could not be read: the restore reports it.
+    HookProblem(String),
 }
 
 /// Runs [`ACTIONS`] on one object: the first skip any of them finds, else each change in turn.
@@ -182,6 +190,7 @@ pub(crate) mod testing {
     ) -> R {
         let volume_plans = BTreeMap::new();
         let labels = BTreeMap::new();
+        let hooks = crate::hooks::RestoreHookRules::default();
         run(&Scope {
             namespace_mapping,
             keep_status,
@@ -195,6 +204,7 @@ pub(crate) mod testing {
             named_resources: &[],
             named_namespaces: &[],
             ferry_namespace: "ferry-system",
+            hooks: &hooks,
         })
     }
 }

@@ -46,7 +46,7 @@ impl ItemAction for Pod {
             planning
                 .effects
                 .extend(backed_up.map(|record| Effect::FillPodVolume {
-                    record: record.clone(),
+                    record: Box::new(record.clone()),
                     in_place: true,
                 }));
         } else if scope.restore_volumes {
@@ -95,7 +95,7 @@ fn wait_for_volumes<'a>(
         mounts.push(serde_json::json!({"name": pod_volume.volume, "mountPath": mount}));
         args.push(mount);
         effects.push(Effect::FillPodVolume {
-            record: record.clone(),
+            record: Box::new(record.clone()),
             in_place: false,
         });
     }
@@ -197,6 +197,7 @@ mod tests {
         let mapping = BTreeMap::new();
         let plans = BTreeMap::new();
         let labels = BTreeMap::new();
+        let hooks = crate::hooks::RestoreHookRules::default();
         let scope = Scope {
             namespace_mapping: &mapping,
             keep_status: false,
@@ -210,6 +211,7 @@ mod tests {
             named_resources: &[],
             named_namespaces: &[],
             ferry_namespace: "ferry-system",
+            hooks: &hooks,
         };
         let (verdict, effects) = plan(&item, &mut pod, &scope);
         assert_eq!(verdict, Verdict::Restore);
@@ -233,7 +235,7 @@ mod tests {
         assert_eq!(
             effects,
             vec![Effect::FillPodVolume {
-                record: record("postgres-0", "data"),
+                record: Box::new(record("postgres-0", "data")),
                 in_place: false
             }]
         );
@@ -247,7 +249,7 @@ mod tests {
         assert_eq!(
             effects,
             vec![Effect::FillPodVolume {
-                record: record("postgres-0", "data"),
+                record: Box::new(record("postgres-0", "data")),
                 in_place: true
             }]
         );
