@@ -70,6 +70,8 @@ pub async fn resolve(
                 volume.namespace, volume.pod, volume.volume
             ))
         })?;
+    // The plugin's directory, its name, and whether the volume is mounted at `mount` below it.
+    // Every kind but emptyDir is a mount the kubelet makes; see `Mounted`.
     let (plugin, dir_name, mount) = if let Some(claim) = &source.persistent_volume_claim {
         let pv = bound_volume(client, &volume.namespace, &claim.claim_name).await?;
         let pv_name = pv.metadata.name.clone().unwrap_or_default();
@@ -110,10 +112,26 @@ pub async fn resolve(
     if mount {
         rel.push("mount");
     }
-    Ok(VolumeDir {
-        root: open_volume(pods_dir, &rel)?,
-        pod_uid,
-    })
+    let root = open_volume(pods_dir, &rel)?;
+    if plugin != "kubernetes.io~empty-dir" && is_mount_root(&root) == Some(false) {
+        // The kubelet makes the directory, then mounts the volume on it: data written in between
+        // would go under the mount, hidden from the pod.
+        return Err(Status::failed_precondition(format!(
+            "{}: the kubelet has not mounted the volume there yet",
+            pods_dir.join(&rel).display()
+        )));
+    }
+    Ok(VolumeDir { root, pod_uid })
+}
+
+/// Whether the opened directory is the root of a mount (a bind mount included); `None` when
+/// the kernel cannot say (before Linux 5.8).
+fn is_mount_root(dir: &RootDir) -> Option<bool> {
+    use rustix::fs::{AtFlags, StatxAttributes, StatxFlags, statx};
+    let stat = statx(dir, "", AtFlags::EMPTY_PATH, StatxFlags::empty()).ok()?;
+    stat.stx_attributes_mask
+        .contains(StatxAttributes::MOUNT_ROOT)
+        .then(|| stat.stx_attributes.contains(StatxAttributes::MOUNT_ROOT))
 }
 
 /// Opens the volume directory `rel` below the kubelet's pods directory: no component may be a

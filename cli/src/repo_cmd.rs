@@ -234,9 +234,9 @@ pub fn run(
             };
             let repo = global.open()?;
             let removed = if args.snapshots.is_empty() {
-                ferry_mover::forget(&repo, &policy)?
+                ferry_mover::forget(&repo, &policy, global.lock_wait())?
             } else {
-                ferry_mover::forget_snapshots(&repo, &args.snapshots)?
+                ferry_mover::forget_snapshots(&repo, &args.snapshots, global.lock_wait())?
             };
             let pruned = if args.prune {
                 Some(prune(global, &repo)?)

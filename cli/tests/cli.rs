@@ -388,17 +388,20 @@ fn commands_wait_for_an_exclusive_lock_as_long_as_retry_lock_allows() {
     let source = fx.path("source");
     fill(&source, 3, 1000, 7);
     let source = source.to_str().unwrap().to_owned();
-    fx.ok(&["-o", "json", "volume", "backup", &source]);
+    let first = fx.ok(&["-o", "json", "volume", "backup", &source]);
+    let first = first["snapshot_id"].as_str().unwrap().to_owned();
     let target = fx.path("target");
     let target = target.to_str().unwrap().to_owned();
     let backend = ferry_mover::open_backend(&fx.repo_url(), &Default::default()).unwrap();
     let repo = std::sync::Arc::new(
         ferry_mover::Repository::open_without_index(backend, PASSWORD.as_bytes()).unwrap(),
     );
-    let commands: [&[&str]; 3] = [
+    let commands: [&[&str]; 5] = [
         &["repo", "check"],
         &["volume", "backup", &source],
         &["volume", "restore", "latest", &target],
+        &["repo", "forget", "--keep-last", "5"],
+        &["repo", "forget", &first],
     ];
     for command in commands {
         let lock = ferry_mover::lock::RepoLock::acquire(&repo, true, Duration::ZERO).unwrap();

@@ -293,7 +293,8 @@ pub async fn forget_backup_snapshots(
                 Err(ferry_mover::Error::NoRepository { .. }) => return Ok(Vec::new()),
                 Err(error) => return Err(error),
             };
-            ferry_mover::forget_tagged(&repository, &tag)
+            // A prune holding the repository makes this step fail now; the deletion is retried.
+            ferry_mover::forget_tagged(&repository, &tag, Duration::ZERO)
         })
         .await
         .map_err(|source| Error::Task {

@@ -191,13 +191,18 @@ fn verify_pack(repo: &Repository, pack: &Id) -> Result<(), String> {
 }
 
 /// Removes the snapshots `policy` does not keep, per host and source path; returns their ids.
-pub fn forget(repo: &Arc<Repository>, policy: &RetentionPolicy) -> Result<Vec<Id>> {
+/// Waits up to `lock_wait` for an exclusive lock (a prune's) to go.
+pub fn forget(
+    repo: &Arc<Repository>,
+    policy: &RetentionPolicy,
+    lock_wait: Duration,
+) -> Result<Vec<Id>> {
     if policy.is_empty() {
         return Err(Error::InvalidArgument(
             "no retention rule given; pass at least one of --keep-last, --keep-hourly, --keep-daily, --keep-weekly, --keep-monthly".into(),
         ));
     }
-    let _lock = RepoLock::acquire(repo, false, Duration::ZERO)?;
+    let _lock = RepoLock::acquire(repo, false, lock_wait)?;
     let mut groups: HashMap<(String, String), Vec<(Id, jiff::Timestamp)>> = HashMap::new();
     for (id, snapshot) in repo.snapshots()? {
         groups
@@ -220,9 +225,14 @@ pub fn forget(repo: &Arc<Repository>, policy: &RetentionPolicy) -> Result<Vec<Id
 }
 
 /// Removes the snapshots named by `specs` (full ids or unique prefixes), readable or not: the way
-/// out for a snapshot so damaged that it stops prune. Returns their ids.
-pub fn forget_snapshots(repo: &Arc<Repository>, specs: &[String]) -> Result<Vec<Id>> {
-    let _lock = RepoLock::acquire(repo, false, Duration::ZERO)?;
+/// out for a snapshot so damaged that it stops prune. Returns their ids. Waits up to `lock_wait`
+/// for an exclusive lock to go.
+pub fn forget_snapshots(
+    repo: &Arc<Repository>,
+    specs: &[String],
+    lock_wait: Duration,
+) -> Result<Vec<Id>> {
+    let _lock = RepoLock::acquire(repo, false, lock_wait)?;
     let names: Vec<Id> = repo
         .backend()
         .list(Kind::Snapshot)?
@@ -257,9 +267,9 @@ pub fn forget_snapshots(repo: &Arc<Repository>, specs: &[String]) -> Result<Vec<
 }
 
 /// Removes every snapshot carrying `tag` (a deleted Backup's `backup-uid=<uid>`); returns their
-/// ids. Their data goes at the next prune.
-pub fn forget_tagged(repo: &Arc<Repository>, tag: &str) -> Result<Vec<Id>> {
-    let _lock = RepoLock::acquire(repo, false, Duration::ZERO)?;
+/// ids. Their data goes at the next prune. Waits up to `lock_wait` for an exclusive lock to go.
+pub fn forget_tagged(repo: &Arc<Repository>, tag: &str, lock_wait: Duration) -> Result<Vec<Id>> {
+    let _lock = RepoLock::acquire(repo, false, lock_wait)?;
     let mut removed = Vec::new();
     for (id, snapshot) in repo.snapshots()? {
         if snapshot.tags.iter().any(|t| t == tag) {

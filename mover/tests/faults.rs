@@ -296,6 +296,7 @@ fn forget_under_faults_removes_exactly_what_the_policy_says() {
                 keep_last: 1,
                 ..Default::default()
             },
+            Duration::ZERO,
         )
     });
     rig.proxy.clear();

@@ -235,7 +235,7 @@ fn prune_refuses_to_sweep_when_a_snapshot_cannot_be_read(kind: &str, name: &str)
         "check did not report the damaged snapshot: {:?}",
         report.errors
     );
-    let removed = ferry_mover::forget_snapshots(&repo, &[ids[1].short()]).unwrap();
+    let removed = ferry_mover::forget_snapshots(&repo, &[ids[1].short()], Duration::ZERO).unwrap();
     assert_eq!(removed, vec![ids[1]]);
     let report = ferry_mover::prune(&repo, &PruneOptions::default()).unwrap();
     assert!(report.blobs_removed > 0, "{report:?}");
@@ -312,8 +312,8 @@ fn forget_refuses_to_decide_without_every_snapshot(kind: &str, name: &str) {
         keep_last: 1,
         ..Default::default()
     };
-    assert!(ferry_mover::forget(&repo, &policy).is_err());
-    assert!(ferry_mover::forget_tagged(&repo, "second").is_err());
+    assert!(ferry_mover::forget(&repo, &policy, Duration::ZERO).is_err());
+    assert!(ferry_mover::forget_tagged(&repo, "second", Duration::ZERO).is_err());
     faulty.heal();
     let snapshots: Vec<Id> = repo
         .snapshots()
@@ -339,7 +339,7 @@ fn a_backup_whose_index_predates_a_prune_stores_what_it_needs(kind: &str, name: 
     assert!(stale.index().blob_count() > 0);
     // ...meanwhile another process forgets everything and prunes...
     let other = reopen(backend.clone());
-    ferry_mover::forget_tagged(&other, "old").unwrap();
+    ferry_mover::forget_tagged(&other, "old", Duration::ZERO).unwrap();
     let pruned = ferry_mover::prune(&other, &PruneOptions::default()).unwrap();
     assert!(pruned.blobs_removed > 0);
     // ...then the agent's backup runs, of the same data.

@@ -683,6 +683,7 @@ fn forget_and_prune_keep_what_snapshots_need(backend_kind: &str, name: &str) {
             keep_last: 1,
             ..Default::default()
         },
+        std::time::Duration::ZERO,
     )
     .unwrap();
     assert_eq!(removed.len(), 2);
@@ -756,6 +757,7 @@ fn backup_and_prune_at_once_leave_a_consistent_repository(backend_kind: &str, na
                 keep_last: 2,
                 ..Default::default()
             },
+            std::time::Duration::ZERO,
         )
         .unwrap();
         let options = ferry_mover::PruneOptions {

@@ -15,6 +15,24 @@ use tempfile::TempDir;
 pub struct FakeKubelet {
     node_name: String,
     root: TempDir,
+    /// The volume mounts it made, undone when it is dropped.
+    mounts: std::sync::Mutex<Vec<PathBuf>>,
+}
+
+impl Drop for FakeKubelet {
+    fn drop(&mut self) {
+        for mount in self
+            .mounts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            let _ = std::process::Command::new("umount")
+                .arg("--lazy")
+                .arg(&mount)
+                .output();
+        }
+    }
 }
 
 impl FakeKubelet {
@@ -43,6 +61,7 @@ impl FakeKubelet {
         FakeKubelet {
             node_name: node_name.to_owned(),
             root,
+            mounts: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -69,14 +88,45 @@ impl FakeKubelet {
         dir
     }
 
-    /// Creates and returns the mount directory of a CSI volume: CSI volumes are mounted one level
-    /// deeper, under `.../kubernetes.io~csi/<pv name>/mount`.
+    /// Creates, mounts and returns the mount directory of a CSI volume: CSI volumes are mounted
+    /// one level deeper, under `.../kubernetes.io~csi/<pv name>/mount`.
     pub fn csi_volume_dir(&self, pod_uid: &str, pv_name: &str) -> PathBuf {
+        let dir = self.csi_volume_dir_unmounted(pod_uid, pv_name);
+        self.mount(&dir);
+        dir
+    }
+
+    /// The mount directory of a CSI volume as the kubelet makes it before it mounts the volume
+    /// there ([`FakeKubelet::mount`]).
+    pub fn csi_volume_dir_unmounted(&self, pod_uid: &str, pv_name: &str) -> PathBuf {
         let dir = self
             .volume_dir(pod_uid, "kubernetes.io~csi", pv_name)
             .join("mount");
         std::fs::create_dir_all(&dir).expect("creating a CSI mount directory");
         dir
+    }
+
+    /// Mounts a volume on `dir`, as the kubelet does: here a bind mount of a directory of its own.
+    pub fn mount(&self, dir: &Path) {
+        let volume = tempfile::Builder::new()
+            .prefix("volume-")
+            .tempdir_in(self.root())
+            .expect("a volume's directory")
+            .keep();
+        let output = std::process::Command::new("mount")
+            .arg("--bind")
+            .arg(&volume)
+            .arg(dir)
+            .output()
+            .expect("running mount");
+        assert!(
+            output.status.success(),
+            "mount --bind {} {}: {} (the tests run as root)",
+            volume.display(),
+            dir.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        self.mounts.lock().unwrap().push(dir.to_owned());
     }
 
     /// Binds a pod to this node, as the scheduler would, and marks it Running, as the kubelet

@@ -679,7 +679,16 @@ async fn a_backup_hands_pod_volumes_to_the_agents_of_their_nodes() {
         .metadata
         .uid
         .unwrap();
-    let restored_data = agent_b.kubelet.csi_volume_dir(&db_uid, &pv_name);
+    // The kubelet makes the volume's directory before it mounts the volume there: what the agent
+    // wrote in between would lie under the mount, hidden from the pod. It waits for the mount.
+    let restored_data = agent_b.kubelet.csi_volume_dir_unmounted(&db_uid, &pv_name);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(
+        std::fs::read_dir(&restored_data).unwrap().count(),
+        0,
+        "the agent wrote into the volume's directory before the volume was mounted there"
+    );
+    agent_b.kubelet.mount(&restored_data);
     let restore = ferry_tests::finished(&ferry.restores(), "r1").await;
     assert_eq!(
         restore.phase(),

@@ -1601,7 +1601,7 @@ async fn node_agents_get_credentials_for_their_repository_only() {
             std::fs::read(target.path().join("table")).unwrap(),
             vec![7u8; 3 << 20]
         );
-        ferry_mover::forget_snapshots(&repo, &[snapshot.to_hex()]).unwrap();
+        ferry_mover::forget_snapshots(&repo, &[snapshot.to_hex()], Duration::ZERO).unwrap();
         let pruned = ferry_mover::prune(&repo, &ferry_mover::PruneOptions::default()).unwrap();
         assert!(pruned.blobs_removed > 0, "{pruned:?}");
     })

@@ -622,9 +622,9 @@ async fn hooks_keep_a_database_consistent_under_write_load(
             &name,
             "--namespace-mappings",
             &format!("{BANK}:{copy}"),
-            // The copy is for reading: no writer there.
-            "--exclude-resources",
-            "deployments.apps",
+            // The copy is for reading: no writer there (its Deployment, ReplicaSet and pod).
+            "--selector",
+            "app!=writer",
             "--wait",
         ]);
         assert!(output.contains("Completed"), "{output}");

@@ -185,9 +185,25 @@ pub async fn run_hooks(
     phase: HookPhase,
     hooks: &[Hook],
 ) -> Vec<HookOutcome> {
+    run_in_order(phase, hooks, |hook| {
+        exec::run(ctx, namespace, pod, phase, hook)
+    })
+    .await
+}
+
+/// [`run_hooks`]'s order and stopping rule, with `run` running one hook.
+async fn run_in_order<'h, Run, Ran>(
+    phase: HookPhase,
+    hooks: &'h [Hook],
+    mut run: Run,
+) -> Vec<HookOutcome>
+where
+    Run: FnMut(&'h Hook) -> Ran,
+    Ran: Future<Output = HookOutcome>,
+{
     let mut outcomes = Vec::new();
     for hook in hooks {
-        let outcome = exec::run(ctx, namespace, pod, phase, hook).await;
+        let outcome = run(hook).await;
         tracing::info!(message = "ran a hook", line = %outcome.log_line());
         let stop = phase == HookPhase::Pre && outcome.is_error();
         outcomes.push(outcome);
@@ -196,4 +212,69 @@ pub async fn run_hooks(
         }
     }
     outcomes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hook(command: &str, on_error: HookErrorMode) -> Hook {
+        Hook {
+            source: "\"rule\"".into(),
+            container: None,
+            command: vec![command.into()],
+            on_error,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// Runs `hooks` where the command `fail` fails and every other succeeds; the commands run.
+    fn run(phase: HookPhase, hooks: &[Hook]) -> (Vec<String>, HookReport) {
+        let outcomes = futures::executor::block_on(run_in_order(phase, hooks, |hook| {
+            let failed = hook.command[0].starts_with("fail");
+            std::future::ready(HookOutcome {
+                namespace: "shop".into(),
+                pod: "db-0".into(),
+                phase,
+                hook: hook.clone(),
+                container: "db".into(),
+                duration: Duration::from_millis(1500),
+                exit_code: Some(i32::from(failed)),
+                failure: failed.then(|| "exited with code 1".to_owned()),
+                not_running: false,
+                output_tail: "said\nthis".into(),
+            })
+        }));
+        let ran = outcomes.iter().map(|o| o.hook.command[0].clone()).collect();
+        let mut report = HookReport::default();
+        report.add(outcomes);
+        (ran, report)
+    }
+
+    #[test]
+    fn a_pre_hook_failing_with_fail_stops_the_pods_pre_hooks_and_post_hooks_all_run() {
+        use HookErrorMode::{Continue, Fail};
+        let hooks = [
+            hook("checkpoint", Fail),
+            hook("fail-soft", Continue),
+            hook("freeze", Fail),
+            hook("fail-hard", Fail),
+            hook("never", Fail),
+        ];
+        let (ran, report) = run(HookPhase::Pre, &hooks);
+        assert_eq!(ran, ["checkpoint", "fail-soft", "freeze", "fail-hard"]);
+        assert_eq!((report.attempted, report.failed), (4, 2));
+        assert_eq!(report.warnings.len(), 1, "{report:?}");
+        assert!(report.warnings[0].contains("pre hook \"rule\" of pod shop/db-0 (container db)"));
+        assert_eq!(report.errors.len(), 1, "{report:?}");
+        assert!(report.errors[0].contains("exited with code 1"));
+        assert_eq!(
+            report.log[3],
+            "hook pre \"rule\" (on error Fail) in shop/db-0 container db: [\"fail-hard\"]: FAILED (exited with code 1) in 1.5 s; output: said\\nthis"
+        );
+
+        let (ran, report) = run(HookPhase::Post, &hooks);
+        assert_eq!(ran.len(), 5, "post hooks all run: {ran:?}");
+        assert_eq!((report.errors.len(), report.warnings.len()), (1, 1));
+    }
 }
