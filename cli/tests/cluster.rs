@@ -232,9 +232,42 @@ async fn location_backup_and_restore_commands_drive_the_controller() {
         String::from_utf8_lossy(&listing.stdout)
     );
 
-    // Lose the namespace, then restore it.
+    // Lose the namespace, see the plan of its restore, then restore it.
     let app_name = app.name().to_owned();
     app.delete_and_wait().await;
+    let plan = ferry(
+        &controller,
+        &[
+            "restore",
+            "create",
+            "plan",
+            "--from-backup",
+            "b1",
+            "--dry-run",
+        ],
+    )
+    .await;
+    assert_ok(&plan, "restore create --dry-run");
+    let planned = stdout(&plan);
+    assert!(planned.contains("Plan (nothing was created)"), "{planned}");
+    assert!(
+        planned
+            .lines()
+            .any(|line| line.starts_with("would-create") && line.contains("settings")),
+        "{planned}"
+    );
+    assert!(
+        planned.contains(&format!("namespace {app_name} does not exist yet")),
+        "{planned}"
+    );
+    assert!(
+        Api::<ConfigMap>::namespaced(client.clone(), &app_name)
+            .get_opt("settings")
+            .await
+            .unwrap()
+            .is_none(),
+        "the dry run created the ConfigMap"
+    );
     let restore = ferry(
         &controller,
         &["restore", "create", "r1", "--from-backup", "b1", "--wait"],
@@ -353,6 +386,36 @@ async fn schedule_commands_create_pause_unpause_and_delete() {
         Some(ferry_protocol::crd::Phase::Completed)
     );
     assert_eq!(first.spec.ttl.as_deref(), Some("72h"));
+    // Its latest completed backup is what --from-schedule restores (here, a plan of it).
+    let plan = ferry(
+        &controller,
+        &[
+            "restore",
+            "create",
+            "from-nightly",
+            "--from-schedule",
+            "nightly",
+            "--dry-run",
+        ],
+    )
+    .await;
+    assert_ok(&plan, "restore create --from-schedule --dry-run");
+    assert!(
+        stderr(&plan).contains("restoring backup nightly-20261126100030, the latest completed backup of schedule nightly"),
+        "{}",
+        stderr(&plan)
+    );
+    let none = ferry(
+        &controller,
+        &["restore", "create", "--from-schedule", "weekly"],
+    )
+    .await;
+    assert!(!none.status.success());
+    assert!(
+        stderr(&none).contains("schedule weekly has no completed backup"),
+        "{}",
+        stderr(&none)
+    );
 
     // 01:00 in Paris is 00:00 UTC in November.
     let deadline = tokio::time::Instant::now() + CONVERGENCE_TIMEOUT;

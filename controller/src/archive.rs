@@ -81,12 +81,18 @@ impl ArchiveWriter {
         }
     }
 
-    /// Adds one object.
+    /// Adds one object, at its group's preferred version.
     pub async fn add(&self, item: &ArchiveItem, body: Vec<u8>) -> Result<()> {
-        let entry = Entry {
-            path: item.path(),
-            body,
-        };
+        self.add_entry(item.path(), body).await
+    }
+
+    /// Adds an object's copy at another version its group serves.
+    pub async fn add_at(&self, item: &ArchiveItem, version: &str, body: Vec<u8>) -> Result<()> {
+        self.add_entry(item.path_at(version), body).await
+    }
+
+    async fn add_entry(&self, path: String, body: Vec<u8>) -> Result<()> {
+        let entry = Entry { path, body };
         if self.entries.send(entry).await.is_err() {
             // The tar task ended early; its error is what `finish` reports.
             return Err(Error::PipelineStopped("the archive writer"));
@@ -208,6 +214,8 @@ pub struct Archive {
     spool: File,
     format_version: String,
     items: BTreeMap<GroupResource, Vec<(ArchiveItem, Span)>>,
+    /// Copies at the other versions the source served, by item.
+    other_versions: BTreeMap<ArchiveItem, Vec<(String, Span)>>,
 }
 
 impl Archive {
@@ -234,6 +242,7 @@ impl Archive {
         })?;
         let mut archive = tar::Archive::new(gunzipped);
         let mut items: BTreeMap<GroupResource, Vec<(ArchiveItem, Span)>> = BTreeMap::new();
+        let mut other_versions: BTreeMap<ArchiveItem, Vec<(String, Span)>> = BTreeMap::new();
         let mut format_version = None;
         let mut offset = 0u64;
         let mut count = 0usize;
@@ -257,7 +266,8 @@ impl Archive {
                 format_version = Some(version.trim().to_owned());
                 continue;
             }
-            let item = ArchiveItem::parse(&path).map_err(|e| bad(e.to_string()))?;
+            let (item, version) =
+                ArchiveItem::parse_entry(&path).map_err(|e| bad(e.to_string()))?;
             // The header's size is the archive's word; the bytes read are what counts.
             let room = limits
                 .object_bytes
@@ -283,10 +293,17 @@ impl Archive {
                     limits.objects
                 )));
             }
-            items
-                .entry(item.resource.clone())
-                .or_default()
-                .push((item, Span { offset, len }));
+            let span = Span { offset, len };
+            match version {
+                None => items
+                    .entry(item.resource.clone())
+                    .or_default()
+                    .push((item, span)),
+                Some(version) => other_versions
+                    .entry(item)
+                    .or_default()
+                    .push((version, span)),
+            }
             offset += len;
         }
         let format_version =
@@ -302,6 +319,7 @@ impl Archive {
             spool,
             format_version,
             items,
+            other_versions,
         })
     }
 
@@ -331,16 +349,44 @@ impl Archive {
         self.len() == 0
     }
 
-    /// Reads one object back as JSON.
+    /// The other versions the archive holds an item at, besides its preferred one.
+    pub fn other_versions(&self, item: &ArchiveItem) -> impl Iterator<Item = &str> {
+        self.other_versions
+            .get(item)
+            .into_iter()
+            .flatten()
+            .map(|(version, _)| version.as_str())
+    }
+
+    /// Reads one object back as JSON, at its preferred version.
     pub fn object(&self, item: &ArchiveItem) -> Result<serde_json::Value> {
-        let span = self
-            .items
-            .get(&item.resource)
-            .and_then(|items| items.iter().find(|(candidate, _)| candidate == item))
-            .map(|(_, span)| *span)
-            .ok_or_else(|| Error::NotFound {
-                what: format!("{} in the archive", item.path()),
-            })?;
+        self.object_at(item, None)
+    }
+
+    /// Reads one object back as JSON, at its preferred version (None) or another it holds.
+    pub fn object_at(
+        &self,
+        item: &ArchiveItem,
+        version: Option<&str>,
+    ) -> Result<serde_json::Value> {
+        let span = match version {
+            None => self
+                .items
+                .get(&item.resource)
+                .and_then(|items| items.iter().find(|(candidate, _)| candidate == item))
+                .map(|(_, span)| *span),
+            Some(version) => self
+                .other_versions
+                .get(item)
+                .and_then(|copies| copies.iter().find(|(v, _)| v == version))
+                .map(|(_, span)| *span),
+        };
+        let span = span.ok_or_else(|| Error::NotFound {
+            what: format!(
+                "{} in the archive",
+                version.map_or_else(|| item.path(), |v| item.path_at(v))
+            ),
+        })?;
         let mut body = vec![0; usize::try_from(span.len).expect("an object fits in memory")];
         let mut spool = &self.spool;
         spool

@@ -23,6 +23,7 @@ pub mod location;
 pub mod locations;
 pub mod maintenance;
 pub mod metrics;
+pub mod modifiers;
 pub mod operation;
 pub mod resources;
 pub mod restore;

@@ -12,6 +12,8 @@ use crate::error::Result;
 pub struct ResourceType {
     pub api: ApiResource,
     pub capabilities: ApiCapabilities,
+    /// The same resource at the other versions its group serves.
+    pub other_versions: Vec<ApiResource>,
 }
 
 impl ResourceType {
@@ -58,12 +60,24 @@ pub async fn discover(client: &Client) -> Result<Vec<ResourceType>> {
     };
     let mut types = Vec::new();
     for group in discovery.groups() {
+        let preferred = group.preferred_version_or_latest();
         for (api, capabilities) in group.recommended_resources() {
             let listable = capabilities.supports_operation(verbs::LIST)
                 && capabilities.supports_operation(verbs::GET)
                 && capabilities.supports_operation(verbs::CREATE);
             if listable && !api.plural.contains('/') {
-                types.push(ResourceType { api, capabilities });
+                let other_versions = group
+                    .versions()
+                    .filter(|version| *version != preferred)
+                    .flat_map(|version| group.versioned_resources(version))
+                    .filter(|(other, _)| other.plural == api.plural)
+                    .map(|(other, _)| other)
+                    .collect();
+                types.push(ResourceType {
+                    api,
+                    capabilities,
+                    other_versions,
+                });
             }
         }
     }
@@ -147,6 +161,19 @@ impl ResourceFilter {
         excluded: &[String],
         types: &[ResourceType],
     ) -> Result<ResourceFilter, Vec<String>> {
+        Self::resolve_fields(
+            (included, "includedResources"),
+            (excluded, "excludedResources"),
+            types,
+        )
+    }
+
+    /// As [`ResourceFilter::resolve`], naming the spec's fields in the problems.
+    pub fn resolve_fields(
+        (included, included_field): (&[String], &str),
+        (excluded, excluded_field): (&[String], &str),
+        types: &[ResourceType],
+    ) -> Result<ResourceFilter, Vec<String>> {
         let mut problems = Vec::new();
         let mut resolve = |names: &[String], field: &str| -> Vec<GroupResource> {
             let mut resolved = Vec::new();
@@ -158,7 +185,7 @@ impl ResourceFilter {
                     .collect();
                 if matched.is_empty() {
                     problems.push(format!(
-                        "{field}: unknown resource {name:?}; `kubectl api-resources` lists the names the cluster serves"
+                        "{field}: unknown resource {name:?}; `kubectl api-resources` lists the names the cluster serves (at this scope)"
                     ));
                 }
                 resolved.extend(matched);
@@ -166,8 +193,8 @@ impl ResourceFilter {
             resolved
         };
         let everything = included.is_empty() || included.iter().any(|n| n == "*");
-        let included = resolve(included, "includedResources");
-        let excluded = resolve(excluded, "excludedResources");
+        let included = resolve(included, included_field);
+        let excluded = resolve(excluded, excluded_field);
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -263,6 +290,7 @@ mod tests {
                 subresources: vec![],
                 operations: vec![],
             },
+            other_versions: vec![],
         }
     }
 

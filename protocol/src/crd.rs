@@ -68,6 +68,20 @@ pub struct BackupSpec {
     /// only those the included namespaces need (their Namespace, bound PVs, CRDs, RBAC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub include_cluster_resources: Option<bool>,
+    /// Namespaced resources to back up (default all); with the three lists below, replaces
+    /// `includedResources`, `excludedResources` and `includeClusterResources` (Velero's newer
+    /// fields).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub included_namespace_scoped_resources: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded_namespace_scoped_resources: Vec<String>,
+    /// Cluster-scoped resources to back up: `*` all; unset, those the namespaces need and the
+    /// types named here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub included_cluster_scoped_resources: Vec<String>,
+    /// `*` excludes every cluster-scoped resource.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded_cluster_scoped_resources: Vec<String>,
     /// Only objects matching this selector are backed up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label_selector: Option<LabelSelector>,
@@ -349,6 +363,44 @@ pub struct RestoreSpec {
     /// Velero's names) runs those instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hooks: Option<RestoreHooks>,
+    /// Objects matching any one of these selectors are restored; exclusive with
+    /// `labelSelector`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub or_label_selectors: Vec<LabelSelector>,
+    /// Rules that change objects as they are restored, in a ConfigMap of Ferry's namespace whose
+    /// one data key holds them in Velero's format (`version: v1`, `resourceModifierRules`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_modifier: Option<ResourceModifierRef>,
+    /// Restores volumes of StorageClass `key` with StorageClass `value`: PersistentVolumes,
+    /// PersistentVolumeClaims and StatefulSets' volume claim templates.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub storage_class_mapping: BTreeMap<String, String>,
+    /// Whether Services keep every node port they had; default false: only the node ports written
+    /// in their last applied configuration are kept, the others are assigned anew.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preserve_node_ports: Option<bool>,
+    /// Plan the restore and create nothing: the results say what would happen to every object
+    /// (validated by the API server's dry run) and where every volume's data would come from.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+}
+
+/// Where a Restore's resource modifier rules are: a ConfigMap in Ferry's namespace (Velero's
+/// `resourceModifier`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceModifierRef {
+    /// `ConfigMap` (any case), the one kind there is.
+    #[serde(default = "config_map_kind")]
+    pub kind: String,
+    pub name: String,
+    /// Velero writes it; Ferry ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_group: Option<String>,
+}
+
+fn config_map_kind() -> String {
+    "ConfigMap".to_owned()
 }
 
 /// The hooks of a Restore.

@@ -18,17 +18,21 @@
 //!
 //! ```text
 //! metadata/version                                        the archive format version
-//! resources/<resource>[.<group>]/namespaces/<ns>/<name>.json
+//! resources/<resource>[.<group>]/namespaces/<ns>/<name>.json             at the preferred version
 //! resources/<resource>[.<group>]/cluster/<name>.json
+//! resources/<resource>[.<group>]/<version>/namespaces/<ns>/<name>.json   at each other version
+//! resources/<resource>[.<group>]/<version>/cluster/<name>.json            the group serves it
 //! ```
 //!
 //! The group is left out for the core group (`pods`, `deployments.apps`), as Velero does, so
-//! tools that read Velero archives read Ferry's.
+//! tools that read Velero archives read Ferry's. Each object is there at the version its group
+//! prefers, and again at every other version the source cluster served it (format 1.1), so that
+//! a cluster that no longer serves the preferred one can still take it.
 
 use std::fmt;
 
 /// The archive layout version this build writes, in `metadata/version`.
-pub const ARCHIVE_FORMAT_VERSION: &str = "1.0.0";
+pub const ARCHIVE_FORMAT_VERSION: &str = "1.1.0";
 
 /// The path of the version file inside the archive.
 pub const ARCHIVE_VERSION_PATH: &str = "metadata/version";
@@ -168,7 +172,7 @@ impl fmt::Display for GroupResource {
 }
 
 /// One object's place in the archive.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ArchiveItem {
     pub resource: GroupResource,
     /// None for cluster-scoped objects.
@@ -203,8 +207,35 @@ impl ArchiveItem {
         }
     }
 
-    /// Parses an archive path back into an item. Every component must be a plain name: an
-    /// archive is input from storage, and a crafted one must not steer a restore anywhere.
+    /// The path of its copy at `version`, one its group serves besides the preferred one.
+    pub fn path_at(&self, version: &str) -> String {
+        let preferred = self.path();
+        let rest = &preferred["resources/".len() + self.resource.to_string().len()..];
+        format!("resources/{}/{version}{rest}", self.resource)
+    }
+
+    /// Parses an archive path back into an item, at the preferred version (None) or another.
+    /// Every component must be a plain name: an archive is input from storage, and a crafted one
+    /// must not steer a restore anywhere.
+    pub fn parse_entry(path: &str) -> Result<(ArchiveItem, Option<String>), BadArchivePath> {
+        let parts: Vec<&str> = path.split('/').collect();
+        match parts.as_slice() {
+            ["resources", resource, version, rest @ ..]
+                if is_api_version(version)
+                    && matches!(rest.first(), Some(&"namespaces" | &"cluster")) =>
+            {
+                let preferred = format!("resources/{resource}/{}", rest.join("/"));
+                let item = ArchiveItem::parse(&preferred).map_err(|bad| BadArchivePath {
+                    path: path.to_owned(),
+                    reason: bad.reason,
+                })?;
+                Ok((item, Some((*version).to_owned())))
+            }
+            _ => Ok((ArchiveItem::parse(path)?, None)),
+        }
+    }
+
+    /// Parses the path of an item at its preferred version.
     pub fn parse(path: &str) -> Result<ArchiveItem, BadArchivePath> {
         let bad = |reason| {
             Err(BadArchivePath {
@@ -251,9 +282,82 @@ impl ArchiveItem {
     }
 }
 
+/// Whether `text` is a Kubernetes API version: `v1`, `v2beta1`, `v1alpha3`.
+pub fn is_api_version(text: &str) -> bool {
+    let Some(rest) = text.strip_prefix('v') else {
+        return false;
+    };
+    let digits =
+        |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && !s.starts_with('0');
+    let (major, level) = match rest.find(|c: char| !c.is_ascii_digit()) {
+        None => return digits(rest),
+        Some(at) => rest.split_at(at),
+    };
+    let minor = level
+        .strip_prefix("alpha")
+        .or_else(|| level.strip_prefix("beta"));
+    digits(major) && minor.is_some_and(digits)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn other_versions_have_paths_of_their_own() {
+        let item = ArchiveItem {
+            resource: GroupResource::new("widgets", "example.com"),
+            namespace: Some("shop".into()),
+            name: "w".into(),
+        };
+        assert_eq!(
+            item.path_at("v1beta1"),
+            "resources/widgets.example.com/v1beta1/namespaces/shop/w.json"
+        );
+        assert_eq!(
+            ArchiveItem::parse_entry(&item.path_at("v1beta1")).unwrap(),
+            (item.clone(), Some("v1beta1".to_owned()))
+        );
+        assert_eq!(
+            ArchiveItem::parse_entry(&item.path()).unwrap(),
+            (item, None)
+        );
+        let cluster = ArchiveItem {
+            resource: GroupResource::new("gadgets", "example.com"),
+            namespace: None,
+            name: "g".into(),
+        };
+        assert_eq!(
+            ArchiveItem::parse_entry("resources/gadgets.example.com/v2/cluster/g.json").unwrap(),
+            (cluster, Some("v2".to_owned()))
+        );
+        // A namespace named like a version is still a namespace.
+        assert_eq!(
+            ArchiveItem::parse_entry("resources/pods/namespaces/v1/p.json")
+                .unwrap()
+                .1,
+            None
+        );
+        for bad in [
+            "resources/pods/v1/namespaces/../p.json",
+            "resources/pods/v1/elsewhere/p.json",
+            "resources/pods/vx/cluster/p.json",
+        ] {
+            assert!(ArchiveItem::parse_entry(bad).is_err(), "{bad}");
+        }
+        for (text, is) in [
+            ("v1", true),
+            ("v2beta1", true),
+            ("v1alpha3", true),
+            ("v0", false),
+            ("v1gamma1", false),
+            ("1", false),
+            ("v", false),
+            ("v1beta", false),
+        ] {
+            assert_eq!(is_api_version(text), is, "{text}");
+        }
+    }
 
     #[test]
     fn backup_keys_sit_under_the_location_prefix() {

@@ -24,8 +24,16 @@ pub enum RestoreCommand {
     Create {
         /// The restore's name (default: BACKUP-TIMESTAMP).
         name: Option<String>,
+        /// The backup to restore.
+        #[arg(
+            long,
+            required_unless_present = "from_schedule",
+            conflicts_with = "from_schedule"
+        )]
+        from_backup: Option<String>,
+        /// Restore the latest completed backup of this schedule.
         #[arg(long)]
-        from_backup: String,
+        from_schedule: Option<String>,
         /// Restore namespace A into B: A:B, comma-separated or repeated.
         #[arg(long, value_delimiter = ',')]
         namespace_mappings: Vec<String>,
@@ -44,6 +52,24 @@ pub enum RestoreCommand {
         /// place, fetching only what differs.
         #[arg(long)]
         in_place_volumes: bool,
+        /// Restore volumes of StorageClass A with StorageClass B: A:B, comma-separated or
+        /// repeated (PVs, PVCs and StatefulSets' volume claim templates).
+        #[arg(long, value_delimiter = ',')]
+        storage_class_mappings: Vec<String>,
+        /// Keep every node port of NodePort and LoadBalancer Services (default: only those in
+        /// their last applied configuration).
+        #[arg(long)]
+        preserve_node_ports: bool,
+        /// Restore objects matching any one of these selectors (repeat the flag); exclusive
+        /// with --selector.
+        #[arg(long, conflicts_with = "selector")]
+        or_selector: Vec<String>,
+        /// A ConfigMap in Ferry's namespace holding resource modifier rules (Velero's format).
+        #[arg(long)]
+        resource_modifier_configmap: Option<String>,
+        /// Plan only: print what would happen to every object and volume, and create nothing.
+        #[arg(long)]
+        dry_run: bool,
         #[arg(long)]
         wait: bool,
     },
@@ -71,14 +97,41 @@ pub fn run_restore(
             RestoreCommand::Create {
                 name,
                 from_backup,
+                from_schedule,
                 namespace_mappings,
                 existing_resource_policy,
                 scope,
                 restore_volumes,
                 availability_zone_mappings,
                 in_place_volumes,
+                storage_class_mappings,
+                preserve_node_ports,
+                or_selector,
+                resource_modifier_configmap,
+                dry_run,
                 wait,
             } => {
+                let from_backup = match (from_backup, from_schedule) {
+                    (Some(backup), _) => backup,
+                    (None, Some(schedule)) => {
+                        latest_backup_of(&client, &cluster.namespace, &schedule).await?
+                    }
+                    (None, None) => {
+                        bail!("name the backup (--from-backup) or the schedule (--from-schedule)")
+                    }
+                };
+                let storage_class_mapping = parse_mappings(
+                    "--storage-class-mappings",
+                    &storage_class_mappings,
+                    "gp2:gp3",
+                )?;
+                let or_label_selectors = or_selector
+                    .iter()
+                    .map(|text| {
+                        super::parse_label_selector(text)
+                            .map_err(|problem| anyhow::anyhow!("--or-selector {text:?}: {problem}"))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
                 let mapping =
                     parse_mappings("--namespace-mappings", &namespace_mappings, "prod:staging")?;
                 let zone_mapping = parse_mappings(
@@ -103,6 +156,17 @@ pub fn run_restore(
                     restore_pvs: restore_volumes,
                     availability_zone_mapping: zone_mapping,
                     in_place_volumes,
+                    storage_class_mapping,
+                    preserve_node_ports: preserve_node_ports.then_some(true),
+                    or_label_selectors,
+                    resource_modifier: resource_modifier_configmap.map(|name| {
+                        ferry_protocol::crd::ResourceModifierRef {
+                            kind: "ConfigMap".to_owned(),
+                            name,
+                            api_group: None,
+                        }
+                    }),
+                    dry_run,
                     ..Default::default()
                 };
                 let name = name.unwrap_or_else(|| {
@@ -111,7 +175,22 @@ pub fn run_restore(
                         jiff::Timestamp::now().strftime("%Y%m%d%H%M%S")
                     )
                 });
-                create_and_follow(global, &restores, &Restore::new(&name, spec), wait).await
+                if !dry_run {
+                    return create_and_follow(global, &restores, &Restore::new(&name, spec), wait)
+                        .await;
+                }
+                // A cluster whose Restore CRD predates dry runs would drop the field and
+                // restore for real.
+                ensure_dry_run_is_known(&client).await?;
+                // A plan is read, not followed: wait for it and print it.
+                let code =
+                    create_and_follow(global, &restores, &Restore::new(&name, spec), true).await?;
+                let restore = get(&restores, &name).await?;
+                if global.format() == OutputFormat::Text {
+                    println!("\nPlan (nothing was created):");
+                    print_restore_results(&client, cluster, &restore).await?;
+                }
+                Ok(code)
             }
             RestoreCommand::Get { name } => show(global, &restores, name.as_deref()).await,
             RestoreCommand::Describe { name, details } => {
@@ -130,6 +209,69 @@ pub fn run_restore(
             }
         }
     })
+}
+
+/// Fails unless the cluster's Restore CRD has `spec.dryRun`: the API server drops the fields its
+/// schema lacks, and a Restore that lost it would create everything.
+async fn ensure_dry_run_is_known(client: &Client) -> anyhow::Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let name = "restores.ferry.dev";
+    let crd = crds
+        .get_opt(name)
+        .await?
+        .with_context(|| format!("the cluster has no CRD {name}: install Ferry's CRDs with `kubectl apply -f deploy/crds.yaml`"))?;
+    let knows = crd.spec.versions.iter().all(|version| {
+        version
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .and_then(|s| s.properties.as_ref()?.get("spec")?.properties.as_ref())
+            .is_some_and(|spec| spec.contains_key("dryRun"))
+    });
+    if !knows {
+        bail!(
+            "the cluster's CRD {name} is older than this ferry and knows no dryRun: the restore would run for real. Update Ferry's CRDs with `kubectl apply -f deploy/crds.yaml` first"
+        );
+    }
+    Ok(())
+}
+
+/// The newest Completed backup a schedule made.
+async fn latest_backup_of(
+    client: &Client,
+    namespace: &str,
+    schedule: &str,
+) -> anyhow::Result<String> {
+    let backups: Api<Backup> = Api::namespaced(client.clone(), namespace);
+    let params = kube::api::ListParams::default().labels(&format!(
+        "{}={schedule}",
+        ferry_protocol::crd::SCHEDULE_LABEL
+    ));
+    let latest = backups
+        .list(&params)
+        .await?
+        .items
+        .into_iter()
+        .filter(|b| b.status.as_ref().and_then(|s| s.phase) == Some(Phase::Completed))
+        .max_by_key(|b| {
+            b.status
+                .as_ref()
+                .and_then(|s| s.start_timestamp.clone())
+                .map(|t| t.0)
+        });
+    match latest {
+        Some(backup) => {
+            eprintln!(
+                "restoring backup {}, the latest completed backup of schedule {schedule}",
+                backup.name_any()
+            );
+            Ok(backup.name_any())
+        }
+        None => bail!(
+            "schedule {schedule} has no completed backup; `ferry backup get` lists the backups and `ferry schedule get {schedule}` the schedule"
+        ),
+    }
 }
 
 /// Parses `A:B` pairs into a map, naming the flag and an example when one is malformed.
@@ -214,6 +356,14 @@ async fn print_restore_results(
         match field("reason") {
             "" => println!("{:<16} {object}", field("outcome")),
             reason => println!("{:<16} {object}: {reason}", field("outcome")),
+        }
+        for note in result
+            .get("notes")
+            .and_then(|n| n.as_array())
+            .into_iter()
+            .flatten()
+        {
+            println!("{:<16}   {}", "", note.as_str().unwrap_or_default());
         }
     }
     // Its log holds only what its hooks did.

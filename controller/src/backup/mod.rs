@@ -15,7 +15,7 @@ use std::time::Duration;
 use ferry_protocol::crd::{
     AccessMode, Backup, BackupStatus, DELETE_REQUESTED_ANNOTATION, Phase, Progress,
 };
-use ferry_protocol::layout::{ARCHIVE_FORMAT_VERSION, ArchiveItem, BackupKeys};
+use ferry_protocol::layout::{ARCHIVE_FORMAT_VERSION, ArchiveItem, BackupKeys, GroupResource};
 use ferry_protocol::volume::{VolumePhase, VolumeRecord, VolumeRecords};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, DynamicObject, ListParams};
@@ -175,7 +175,11 @@ struct Plan {
     keys: BackupKeys,
     types: Vec<ResourceType>,
     namespaces: IncludesExcludes,
-    resources: ResourceFilter,
+    /// Which namespaced resource types are backed up.
+    namespaced_resources: ResourceFilter,
+    /// Which cluster-scoped types are, and (`include_cluster_resources`) how many of their
+    /// objects: all, none, or (unset) those the namespaces need and the types named.
+    cluster_resources: ResourceFilter,
     include_cluster_resources: Option<bool>,
     /// Objects must match one of these; empty means every object.
     selectors: Vec<Selector>,
@@ -245,15 +249,18 @@ async fn validate(backup: &Backup, ctx: &Context) -> Result<Result<Plan, Vec<Str
         Err(error) => return Err(error),
     }
     let types = discover(&ctx.client).await?;
-    let resources =
-        match ResourceFilter::resolve(&spec.included_resources, &spec.excluded_resources, &types) {
-            Ok(filter) => Some(filter),
-            Err(unknown) => {
-                problems.extend(unknown);
-                None
-            }
-        };
-    let (Some(location), Some(resources)) = (location, resources) else {
+    let resources = match resource_filters(spec, &types) {
+        Ok(filters) => Some(filters),
+        Err(filter_problems) => {
+            problems.extend(filter_problems);
+            None
+        }
+    };
+    let (
+        Some(location),
+        Some((namespaced_resources, cluster_resources, include_cluster_resources)),
+    ) = (location, resources)
+    else {
         return Ok(Err(problems));
     };
     if !problems.is_empty() {
@@ -266,13 +273,83 @@ async fn validate(backup: &Backup, ctx: &Context) -> Result<Result<Plan, Vec<Str
         store,
         types,
         namespaces: IncludesExcludes::new(&spec.included_namespaces, &spec.excluded_namespaces),
-        resources,
-        include_cluster_resources: spec.include_cluster_resources,
+        namespaced_resources,
+        cluster_resources,
+        include_cluster_resources,
         selectors,
         ttl,
         ferry_secrets: ferry_secrets(ctx).await?,
         hooks,
     }))
+}
+
+/// The namespaced and cluster-scoped resource filters of a spec, and how many cluster-scoped
+/// objects it takes: from `includedResources`, `excludedResources` and `includeClusterResources`,
+/// or from the four scoped lists (Velero's newer fields), which exclude the former.
+fn resource_filters(
+    spec: &ferry_protocol::crd::BackupSpec,
+    types: &[ResourceType],
+) -> std::result::Result<(ResourceFilter, ResourceFilter, Option<bool>), Vec<String>> {
+    let scoped = [
+        &spec.included_namespace_scoped_resources,
+        &spec.excluded_namespace_scoped_resources,
+        &spec.included_cluster_scoped_resources,
+        &spec.excluded_cluster_scoped_resources,
+    ];
+    if scoped.iter().all(|list| list.is_empty()) {
+        let filter =
+            ResourceFilter::resolve(&spec.included_resources, &spec.excluded_resources, types)?;
+        return Ok((filter.clone(), filter, spec.include_cluster_resources));
+    }
+    if !spec.included_resources.is_empty()
+        || !spec.excluded_resources.is_empty()
+        || spec.include_cluster_resources.is_some()
+    {
+        return Err(vec![
+            "the scoped resource lists (included/excluded NamespaceScoped/ClusterScopedResources) replace includedResources, excludedResources and includeClusterResources; use one kind".to_owned(),
+        ]);
+    }
+    let (namespaced, cluster): (Vec<ResourceType>, Vec<ResourceType>) =
+        types.iter().cloned().partition(ResourceType::namespaced);
+    let mut problems = Vec::new();
+    let namespaced = ResourceFilter::resolve_fields(
+        (
+            &spec.included_namespace_scoped_resources,
+            "includedNamespaceScopedResources",
+        ),
+        (
+            &spec.excluded_namespace_scoped_resources,
+            "excludedNamespaceScopedResources",
+        ),
+        &namespaced,
+    )
+    .map_err(|p| problems.extend(p))
+    .ok();
+    let star = |list: &[String]| list.iter().any(|n| n == "*");
+    let cluster_scoped = ResourceFilter::resolve_fields(
+        (
+            &spec.included_cluster_scoped_resources,
+            "includedClusterScopedResources",
+        ),
+        (
+            &spec.excluded_cluster_scoped_resources,
+            "excludedClusterScopedResources",
+        ),
+        &cluster,
+    )
+    .map_err(|p| problems.extend(p))
+    .ok();
+    let how_many = if star(&spec.excluded_cluster_scoped_resources) {
+        Some(false)
+    } else if star(&spec.included_cluster_scoped_resources) {
+        Some(true)
+    } else {
+        None
+    };
+    match (namespaced, cluster_scoped) {
+        (Some(namespaced), Some(cluster)) => Ok((namespaced, cluster, how_many)),
+        _ => Err(problems),
+    }
 }
 
 /// Ferry's own Secrets: the agent API's CA (and the TLS Secrets of older installations), the repositories' password, and the credentials its
@@ -730,6 +807,32 @@ struct Run<'a> {
     volume_sources: VolumeSources,
 }
 
+/// Makes a listed `object` of `resource` at `api`'s version what the archive keeps, and says where:
+/// its item, and its line in the resource list (`namespace/name` or `name`).
+fn as_archived(
+    resource: &GroupResource,
+    object: &mut DynamicObject,
+    api: &kube::discovery::ApiResource,
+) -> (ArchiveItem, String) {
+    // Managed fields are the API server's bookkeeping and can be most of an object's size.
+    object.metadata.managed_fields = None;
+    // Items of a list carry no apiVersion and kind; an object restored (or applied) needs them.
+    object.types = Some(kube::core::TypeMeta {
+        api_version: api.api_version.clone(),
+        kind: api.kind.clone(),
+    });
+    let item = ArchiveItem {
+        resource: resource.clone(),
+        namespace: object.namespace(),
+        name: object.name_any(),
+    };
+    let listed = match &item.namespace {
+        Some(ns) => format!("{ns}/{}", item.name),
+        None => item.name.clone(),
+    };
+    (item, listed)
+}
+
 /// Whether a listing applies the spec's label selectors.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Selection {
@@ -759,7 +862,12 @@ impl<'a> Run<'a> {
         let plan = self.plan;
         let in_scope = |t: &&ResourceType| {
             let resource = t.group_resource();
-            !is_never_backed_up(&resource) && plan.resources.matches(&resource)
+            let filter = if t.namespaced() {
+                &plan.namespaced_resources
+            } else {
+                &plan.cluster_resources
+            };
+            !is_never_backed_up(&resource) && filter.matches(&resource)
         };
         for resource_type in plan
             .types
@@ -768,6 +876,7 @@ impl<'a> Run<'a> {
             .filter(in_scope)
         {
             self.collect_namespaced(resource_type, writer).await?;
+            self.collect_other_versions(resource_type, writer).await?;
         }
         if let Some(names) = plan.namespaces.exact_includes() {
             self.needed.namespaces.extend(names.iter().cloned());
@@ -779,6 +888,7 @@ impl<'a> Run<'a> {
             .filter(in_scope)
         {
             self.collect_cluster_scoped(resource_type, writer).await?;
+            self.collect_other_versions(resource_type, writer).await?;
         }
         Ok(())
     }
@@ -830,7 +940,7 @@ impl<'a> Run<'a> {
             // takes only what they need, unless the user named the type.
             None => {
                 self.plan.namespaces.includes_everything()
-                    || self.plan.resources.explicitly_includes(&resource)
+                    || self.plan.cluster_resources.explicitly_includes(&resource)
             }
         };
         let api: Api<DynamicObject> = Api::all_with(self.ctx.client.clone(), &resource_type.api);
@@ -847,6 +957,54 @@ impl<'a> Run<'a> {
             |run, object| actions::is_needed(&resource, object, &mut run.needed),
         )
         .await
+    }
+
+    /// Writes every object of `resource_type` written so far again at each other version its
+    /// group serves, so that a cluster that does not serve the preferred one can take it.
+    async fn collect_other_versions(
+        &mut self,
+        resource_type: &ResourceType,
+        writer: &ArchiveWriter,
+    ) -> Result<()> {
+        let resource = resource_type.group_resource();
+        let written: BTreeSet<String> = match self.resource_list.get(&resource.to_string()) {
+            Some(listed) if !resource_type.other_versions.is_empty() => {
+                listed.iter().cloned().collect()
+            }
+            _ => return Ok(()),
+        };
+        for version in &resource_type.other_versions {
+            let api: Api<DynamicObject> = Api::all_with(self.ctx.client.clone(), version);
+            let mut params = ListParams::default().limit(PAGE_SIZE);
+            loop {
+                let page = match api.list(&params).await {
+                    Ok(page) => page,
+                    Err(kube::Error::Api(status)) if [403, 404, 405].contains(&status.code) => {
+                        self.results.warnings.push(format!(
+                            "listing {resource} at {}: {}",
+                            version.version, status.message
+                        ));
+                        break;
+                    }
+                    Err(error) => return Err(error.into()),
+                };
+                let next = page.metadata.continue_.clone().filter(|c| !c.is_empty());
+                for mut object in page.items {
+                    let (item, listed) = as_archived(&resource, &mut object, version);
+                    if !written.contains(&listed) {
+                        continue;
+                    }
+                    writer
+                        .add_at(&item, &version.version, serde_json::to_vec(&object)?)
+                        .await?;
+                }
+                match next {
+                    Some(token) => params.continue_token = Some(token),
+                    None => break,
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Lists every object of `api` page by page and writes those that pass the selection and `keep`.
@@ -918,22 +1076,7 @@ impl<'a> Run<'a> {
         writer: &ArchiveWriter,
     ) -> Result<()> {
         let resource = &resource_type.group_resource();
-        // Managed fields are the API server's bookkeeping and can be most of an object's size.
-        object.metadata.managed_fields = None;
-        // Items of a list carry no apiVersion and kind; an object restored (or applied) needs them.
-        object.types = Some(kube::core::TypeMeta {
-            api_version: resource_type.api.api_version.clone(),
-            kind: resource_type.api.kind.clone(),
-        });
-        let item = ArchiveItem {
-            resource: resource.clone(),
-            namespace: object.namespace(),
-            name: object.name_any(),
-        };
-        let listed = match &item.namespace {
-            Some(ns) => format!("{ns}/{}", item.name),
-            None => item.name.clone(),
-        };
+        let (item, listed) = as_archived(resource, &mut object, &resource_type.api);
         let json = serde_json::to_vec(&object)?;
         actions::note_written(resource, &object, &mut self.volume_sources)?;
         writer.add(&item, json).await?;

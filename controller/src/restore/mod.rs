@@ -19,7 +19,7 @@ use ferry_protocol::volume::{
     FileSystemBackup, PodVolumeRef, VolumeMethod, VolumePhase, VolumeRecord, VolumeRecords,
 };
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, PersistentVolume};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolume};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
@@ -35,6 +35,7 @@ use crate::archive::Archive;
 use crate::context::Context;
 use crate::ebs;
 use crate::error::{Error, Result};
+use crate::modifiers::ResourceModifiers;
 use crate::operation::{self, Operation, Status as _};
 use crate::resources::{
     IncludesExcludes, ResourceType, discover, is_never_backed_up, names_resource, parse_selector,
@@ -226,10 +227,16 @@ async fn follow_volumes(restore: &Restore, ctx: &Context) -> Result<Action> {
 #[serde(rename_all = "kebab-case", tag = "outcome", content = "reason")]
 pub enum Outcome {
     Created,
+    /// A dry run's: it does not exist, and the API server accepts it (or could not be asked yet:
+    /// the notes say why).
+    WouldCreate,
     ExistsUnchanged,
     /// It existed, differed, and the policy (`none`) left it; the reason names the difference.
     ExistsDifferent(String),
     Updated,
+    /// A dry run's: it exists, differs, and the policy (`update`) would patch it; the reason
+    /// lists the differences.
+    WouldUpdate(String),
     Skipped(String),
     Failed(String),
 }
@@ -242,6 +249,9 @@ pub struct ItemResult {
     pub name: String,
     #[serde(flatten)]
     pub outcome: Outcome,
+    /// Where its volumes' data comes from, and what a dry run could not check.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// What a valid spec resolves to.
@@ -256,7 +266,8 @@ struct Plan {
     excluded_resources: Vec<String>,
     include_cluster_resources: Option<bool>,
     mapping: BTreeMap<String, String>,
-    selector: Option<Selector>,
+    /// An object is restored when it matches one of these (none: every object).
+    selectors: Vec<Selector>,
     policy: ExistingResourcePolicy,
     restore_status: Option<(Vec<String>, Vec<String>)>,
     priorities: Vec<String>,
@@ -265,6 +276,11 @@ struct Plan {
     zone_mapping: BTreeMap<String, String>,
     /// Which restored pods get which hooks, unless their annotations say.
     hooks: crate::hooks::RestoreHookRules,
+    modifiers: ResourceModifiers,
+    storage_class_mapping: BTreeMap<String, String>,
+    preserve_node_ports: bool,
+    /// Plan only: create nothing, and say what would happen.
+    dry_run: bool,
 }
 
 /// What the plan says of a PersistentVolume's disk before anything is created.
@@ -278,6 +294,13 @@ enum DiskPlan {
     },
     Decided(VolumePlan),
 }
+
+/// The volume id a dry run's PersistentVolumes point at: the API server checks the object, and
+/// no disk is made.
+const DRY_RUN_VOLUME_ID: &str = "vol-ferry-dry-run";
+
+/// How many differences a dry run's "would update" lists.
+const DIFFERENCES_SHOWN: usize = 5;
 
 /// Annotates a restored PersistentVolume that had to be renamed with the name it had.
 pub const ORIGINAL_PV_NAME_ANNOTATION: &str = "ferry.dev/original-pv-name";
@@ -326,13 +349,32 @@ async fn validate(restore: &Restore, ctx: &Context) -> Result<Result<Plan, Vec<S
             }
         }
     };
-    let selector = match spec.label_selector.as_ref().map(parse_selector) {
-        None => None,
-        Some(Ok(selector)) => Some(selector),
-        Some(Err(problem)) => {
-            problems.push(problem);
-            None
+    if spec.label_selector.is_some() && !spec.or_label_selectors.is_empty() {
+        problems.push("labelSelector and orLabelSelectors exclude each other; use one".to_owned());
+    }
+    let mut selectors = Vec::new();
+    for selector in spec.label_selector.iter().chain(&spec.or_label_selectors) {
+        match parse_selector(selector) {
+            Ok(selector) => selectors.push(selector),
+            Err(problem) => problems.push(problem),
         }
+    }
+    for (from, to) in &spec.storage_class_mapping {
+        if from.is_empty() || to.is_empty() {
+            problems.push(format!(
+                "storageClassMapping {from:?}: {to:?}: both StorageClass names are needed"
+            ));
+        }
+    }
+    let modifiers = match &spec.resource_modifier {
+        None => ResourceModifiers::default(),
+        Some(reference) => match resource_modifiers(ctx, reference).await? {
+            Ok(modifiers) => modifiers,
+            Err(modifier_problems) => {
+                problems.extend(modifier_problems);
+                ResourceModifiers::default()
+            }
+        },
     };
     for (from, to) in &spec.namespace_mapping {
         if !is_dns_label(to) {
@@ -375,7 +417,7 @@ async fn validate(restore: &Restore, ctx: &Context) -> Result<Result<Plan, Vec<S
         excluded_resources: spec.excluded_resources.clone(),
         include_cluster_resources: spec.include_cluster_resources,
         mapping: spec.namespace_mapping.clone(),
-        selector,
+        selectors,
         policy: spec.existing_resource_policy.unwrap_or_default(),
         restore_status: spec
             .restore_status
@@ -390,7 +432,32 @@ async fn validate(restore: &Restore, ctx: &Context) -> Result<Result<Plan, Vec<S
         in_place_volumes: spec.in_place_volumes,
         zone_mapping: spec.availability_zone_mapping.clone(),
         hooks,
+        modifiers,
+        storage_class_mapping: spec.storage_class_mapping.clone(),
+        preserve_node_ports: spec.preserve_node_ports == Some(true),
+        dry_run: spec.dry_run,
     }))
+}
+
+/// The rules of the ConfigMap a Restore names, or what is wrong with them.
+async fn resource_modifiers(
+    ctx: &Context,
+    reference: &ferry_protocol::crd::ResourceModifierRef,
+) -> Result<Result<ResourceModifiers, Vec<String>>> {
+    if !reference.kind.eq_ignore_ascii_case("configmap") {
+        return Ok(Err(vec![format!(
+            "resourceModifier: kind {:?} is not supported; the rules live in a ConfigMap",
+            reference.kind
+        )]));
+    }
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    Ok(match config_maps.get_opt(&reference.name).await? {
+        None => Err(vec![format!(
+            "resourceModifier: ConfigMap {} not found in namespace {}; create it with `kubectl create configmap {} --from-file=rules.yaml -n {}`",
+            reference.name, ctx.namespace, reference.name, ctx.namespace
+        )]),
+        Some(config_map) => ResourceModifiers::from_config_map(&config_map),
+    })
 }
 
 fn is_dns_label(name: &str) -> bool {
@@ -454,6 +521,8 @@ async fn run(restore: &Restore, ctx: &Context) -> Result<()> {
         exec_hook_candidates: BTreeSet::new(),
         exec_hook_pods: BTreeMap::new(),
         hook_problems: Vec::new(),
+        notes: BTreeMap::new(),
+        not_yet: NotYet::default(),
     };
     let selected = run.select()?;
     status.progress = Some(Progress {
@@ -481,6 +550,21 @@ async fn run(restore: &Restore, ctx: &Context) -> Result<()> {
     if !run.hook_problems.is_empty() {
         status.warnings += u32::try_from(run.hook_problems.len()).unwrap_or(u32::MAX);
         hooks::append_log(&plan.store, &keys.logs(), &run.hook_problems).await?;
+    }
+    if plan.dry_run {
+        status.conclude(ctx.now());
+        let count = |f: fn(&Outcome) -> bool| results.iter().filter(|r| f(&r.outcome)).count();
+        let note = format!(
+            "dry run of backup {}: {} objects would be created, {} updated, {} exist unchanged, {} differ, {} skipped, {} fail",
+            plan.backup_name,
+            count(|o| *o == Outcome::WouldCreate),
+            count(|o| matches!(o, Outcome::WouldUpdate(_))),
+            count(|o| *o == Outcome::ExistsUnchanged),
+            count(|o| matches!(o, Outcome::ExistsDifferent(_))),
+            count(|o| matches!(o, Outcome::Skipped(_))),
+            errors,
+        );
+        return operation::end(restore, ctx, &status, &[], note).await;
     }
     let pending_hooks = hooks::pending(&run.exec_hook_pods);
     let pod_volumes = std::mem::take(&mut run.pod_volumes);
@@ -531,6 +615,18 @@ struct Run<'a> {
     exec_hook_pods: BTreeMap<(String, String), String>,
     /// Pods whose hooks could not be read, one line each.
     hook_problems: Vec<String>,
+    /// What the results will say of an object besides its outcome, by archive path.
+    notes: BTreeMap<String, Vec<String>>,
+    /// A dry run's: the target namespaces that do not exist (objects in them cannot be checked
+    /// by the API server) and the resources of CRDs it would create.
+    not_yet: NotYet,
+}
+
+/// What a dry run cannot ask the API server about, because the restore would create it first.
+#[derive(Default)]
+struct NotYet {
+    namespaces: BTreeSet<String>,
+    resources: BTreeSet<GroupResource>,
 }
 
 impl Run<'_> {
@@ -591,34 +687,65 @@ impl Run<'_> {
             self.provision_volumes(disks).await;
             let mut prepared = Vec::with_capacity(items.len());
             for item in items {
-                match self.prepare(&item) {
+                match self.prepare(&item, types.get(&item.resource)) {
                     Ok(Some(object)) => prepared.push((item, object)),
                     Ok(None) => {}
                     Err(reason) => self.record(&item, Outcome::Failed(reason)),
                 }
             }
+            // A dry run creates no CRD, so the objects of those it would create are planned
+            // from the CRD as archived.
+            let planned_crds: Vec<(String, CustomResourceDefinition)> = if self.plan.dry_run {
+                prepared
+                    .iter()
+                    .filter(|(item, _)| item.resource.resource == "customresourcedefinitions")
+                    .filter_map(|(item, object)| {
+                        Some((item.path(), serde_json::from_value(object.clone()).ok()?))
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let this = &*self;
-            let restored: Vec<(ArchiveItem, Outcome)> = futures::stream::iter(prepared)
-                .map(|(item, object)| {
-                    let served = types.get(&item.resource).cloned();
-                    async move {
-                        let outcome = match served {
-                            Some(served) => match scope_mismatch(&item, served.namespaced) {
-                                Some(reason) => Outcome::Failed(reason),
-                                None => this.create(&item, object, &served.api).await,
-                            },
-                            None => Outcome::Failed(format!(
+            let restored: Vec<(ArchiveItem, Outcome, Vec<String>)> = futures::stream::iter(
+                prepared,
+            )
+            .map(|(item, object)| {
+                let served = types.get(&item.resource).cloned();
+                async move {
+                    let (outcome, notes) = match served {
+                        Some(served) => match scope_mismatch(&item, served.namespaced) {
+                            Some(reason) => (Outcome::Failed(reason), Vec::new()),
+                            None => {
+                                let api = served.at(&api_version_of(&object)).clone();
+                                this.create(&item, object, &api).await
+                            }
+                        },
+                        None => (
+                            Outcome::Failed(format!(
                                 "this cluster does not serve {}; restore its CRD or API first",
                                 item.resource
                             )),
-                        };
-                        (item, outcome)
-                    }
-                })
-                .buffer_unordered(CONCURRENCY)
-                .collect()
-                .await;
-            for (item, outcome) in restored {
+                            Vec::new(),
+                        ),
+                    };
+                    (item, outcome, notes)
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+            for (path, crd) in planned_crds {
+                let created = restored.iter().any(|(item, outcome, _)| {
+                    item.path() == path && *outcome == Outcome::WouldCreate
+                });
+                if let (true, Some((group_resource, served))) = (created, crd_api_resource(&crd)) {
+                    types.entry(group_resource.clone()).or_insert(served);
+                    self.not_yet.resources.insert(group_resource);
+                }
+            }
+            for (item, outcome, notes) in restored {
+                self.notes.entry(item.path()).or_default().extend(notes);
                 let key = (
                     item.namespace.clone().unwrap_or_default(),
                     item.name.clone(),
@@ -629,7 +756,7 @@ impl Run<'_> {
                 }
                 self.record(&item, outcome);
             }
-            if crd_tier {
+            if crd_tier && !self.plan.dry_run {
                 let established = self.await_crds_established().await;
                 types = api_resources(&discover(&self.ctx.client).await?);
                 // Discovery lags behind the Established condition by a moment; the CRD itself
@@ -657,11 +784,18 @@ impl Run<'_> {
         if let Outcome::Failed(reason) = &outcome {
             tracing::warn!(message = "restoring an object failed", item = %item.path(), %reason);
         }
+        // A Namespace is reported under the name it is restored as, like every namespaced object.
+        let name = if item.resource == GroupResource::new("namespaces", "") {
+            self.target_namespace(&item.name)
+        } else {
+            item.name.clone()
+        };
         self.results.push(ItemResult {
             resource: item.resource.to_string(),
             namespace: item.namespace.as_ref().map(|ns| self.target_namespace(ns)),
-            name: item.name.clone(),
+            name,
             outcome,
+            notes: self.notes.remove(&item.path()).unwrap_or_default(),
         });
     }
 
@@ -675,7 +809,7 @@ impl Run<'_> {
 
     /// Creates every target namespace the archive does not carry a Namespace object for, so that
     /// a restore filtered to some resources still lands.
-    async fn ensure_namespaces(&self, tiers: &[(usize, Vec<ArchiveItem>)]) {
+    async fn ensure_namespaces(&mut self, tiers: &[(usize, Vec<ArchiveItem>)]) {
         let items = || tiers.iter().flat_map(|(_, items)| items);
         // Those restored from the archive keep their labels and annotations (Pod Security's
         // among them): creating them bare first would leave the archived ones "exists-different".
@@ -689,6 +823,15 @@ impl Run<'_> {
             .filter(|ns| !archived.contains(ns))
             .collect();
         let namespaces: Api<Namespace> = Api::all(self.ctx.client.clone());
+        if self.plan.dry_run {
+            let all = targets.iter().chain(&archived);
+            for name in all {
+                if !matches!(namespaces.get_opt(name).await, Ok(Some(_))) {
+                    self.not_yet.namespaces.insert(name.clone());
+                }
+            }
+            return;
+        }
         for name in targets {
             let namespace = Namespace {
                 metadata: ObjectMeta {
@@ -713,14 +856,35 @@ impl Run<'_> {
     /// The object as it will be created, or None when the label selector leaves it out or an
     /// action skips it (recorded as skipped). The actions plan; the tasks they ask for are
     /// recorded here.
-    fn prepare(&mut self, item: &ArchiveItem) -> Result<Option<Value>, String> {
+    fn prepare(
+        &mut self,
+        item: &ArchiveItem,
+        served: Option<&Served>,
+    ) -> Result<Option<Value>, String> {
         let mut object = self.archive.object(item).map_err(|e| e.to_string())?;
-        if let Some(label_selector) = &self.plan.selector {
+        if let Some(served) = served {
+            let archived = api_version_of(&object);
+            let held: Vec<&str> = self.archive.other_versions(item).collect();
+            if let Some(version) = choose_version(&archived, &held, served).map_err(|held_at| {
+                format!(
+                    "this cluster serves {} at {}, and the backup holds it at {}: restore it into a cluster that serves one of those",
+                    item.resource,
+                    served.versions.iter().map(|v| v.version.as_str()).collect::<Vec<_>>().join(", "),
+                    held_at.join(", ")
+                )
+            })? {
+                object = self
+                    .archive
+                    .object_at(item, Some(&version))
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        if !self.plan.selectors.is_empty() {
             let labels: BTreeMap<String, String> = object
                 .pointer("/metadata/labels")
                 .and_then(|l| serde_json::from_value(l.clone()).ok())
                 .unwrap_or_default();
-            if !label_selector.matches(&labels) {
+            if !self.plan.selectors.iter().any(|s| s.matches(&labels)) {
                 return Ok(None);
             }
         }
@@ -753,6 +917,9 @@ impl Run<'_> {
             named_namespaces: &self.plan.named_namespaces,
             ferry_namespace: &self.ctx.namespace,
             hooks: &self.plan.hooks,
+            modifiers: &self.plan.modifiers,
+            storage_class_mapping: &self.plan.storage_class_mapping,
+            preserve_node_ports: self.plan.preserve_node_ports,
         };
         let (verdict, effects) = actions::plan(item, &mut object, &scope);
         match verdict {
@@ -785,28 +952,58 @@ impl Run<'_> {
         }
     }
 
+    /// Creates the object (a dry run asks the API server to check it and keep nothing), or meets
+    /// the existing-resource policy when it exists. The notes say what a dry run could not check.
     async fn create(
         &self,
         item: &ArchiveItem,
         object: Value,
         api_resource: &ApiResource,
-    ) -> Outcome {
+    ) -> (Outcome, Vec<String>) {
         let object: DynamicObject = match serde_json::from_value(object) {
             Ok(object) => object,
-            Err(error) => return Outcome::Failed(format!("not a Kubernetes object: {error}")),
+            Err(error) => {
+                let reason = format!("not a Kubernetes object: {error}");
+                return (Outcome::Failed(reason), Vec::new());
+            }
         };
         let api: Api<DynamicObject> = match &object.metadata.namespace {
             Some(ns) => Api::namespaced_with(self.ctx.client.clone(), ns, api_resource),
             None => Api::all_with(self.ctx.client.clone(), api_resource),
         };
-        match api.create(&PostParams::default(), &object).await {
+        let dry_run = self.plan.dry_run;
+        let new_namespace = object
+            .metadata
+            .namespace
+            .as_ref()
+            .filter(|ns| self.not_yet.namespaces.contains(*ns));
+        let not_checked = match (dry_run, new_namespace) {
+            (true, Some(namespace)) => Some(format!(
+                "not checked by the API server: namespace {namespace} does not exist yet (this restore creates it)"
+            )),
+            _ if dry_run && self.not_yet.resources.contains(&item.resource) => Some(format!(
+                "not checked by the API server: this restore creates the CRD of {} first",
+                item.resource
+            )),
+            _ => None,
+        };
+        if let Some(note) = not_checked {
+            return (Outcome::WouldCreate, vec![note]);
+        }
+        let params = PostParams {
+            dry_run,
+            ..Default::default()
+        };
+        let outcome = match api.create(&params, &object).await {
+            Ok(_) if dry_run => Outcome::WouldCreate,
             Ok(_) => Outcome::Created,
             Err(kube::Error::Api(status)) if status.code == 409 => {
                 self.resolve_existing(&api, item, &object).await
             }
             Err(kube::Error::Api(status)) => Outcome::Failed(status.message),
             Err(error) => Outcome::Failed(error.to_string()),
-        }
+        };
+        (outcome, Vec::new())
     }
 
     async fn resolve_existing(
@@ -832,8 +1029,18 @@ impl Run<'_> {
                 Outcome::ExistsDifferent(format!("differs from the backup at {difference}"))
             }
             ExistingResourcePolicy::Update => {
-                let params = PatchParams::apply("ferry-restore").force();
+                let mut params = PatchParams::apply("ferry-restore").force();
+                params.dry_run = self.plan.dry_run;
                 match api.patch(&item.name, &params, &Patch::Apply(object)).await {
+                    Ok(_) if self.plan.dry_run => Outcome::WouldUpdate(format!(
+                        "differs from the backup: {}",
+                        differences(
+                            &without_restore_labels(&wanted),
+                            &current,
+                            DIFFERENCES_SHOWN
+                        )
+                        .join("; ")
+                    )),
                     Ok(_) => Outcome::Updated,
                     Err(error) => {
                         Outcome::Failed(format!("exists and differs; updating it failed: {error}"))
@@ -850,6 +1057,17 @@ impl Run<'_> {
         };
         let task = self.pod_volumes.len();
         let namespace = item.namespace.as_deref().unwrap_or_default();
+        self.notes.entry(item.path()).or_default().push(format!(
+            "volume {}: {} by its node's agent from snapshot {} of repository {}",
+            pod_volume.volume,
+            if in_place {
+                "brought back in place"
+            } else {
+                "filled"
+            },
+            backup.snapshot_id.as_deref().unwrap_or("(none)"),
+            backup.repository
+        ));
         self.pod_volumes.push(VolumeRecord {
             persistent_volume: backed_up.persistent_volume,
             claim: backed_up.claim,
@@ -979,16 +1197,57 @@ impl Run<'_> {
     /// and records what each PersistentVolume will point at.
     async fn provision_volumes(&mut self, disks: Vec<(String, DiskPlan)>) {
         for (name, disk) in disks {
-            let plan = match disk {
-                DiskPlan::Decided(plan) => plan,
-                DiskPlan::FromSnapshot {
-                    snapshot,
-                    zone,
-                    rename,
-                } => self.volume_from_snapshot(&snapshot, zone, rename).await,
-            };
+            let plan =
+                match disk {
+                    DiskPlan::Decided(plan) => plan,
+                    DiskPlan::FromSnapshot {
+                        snapshot,
+                        zone,
+                        rename,
+                    } if self.plan.dry_run => {
+                        self.note_pv(
+                            &name,
+                            format!(
+                                "its disk: a new volume from snapshot {} in zone {zone}",
+                                snapshot.snapshot_id
+                            ),
+                        );
+                        VolumePlan::FromSnapshot {
+                            volume_id: DRY_RUN_VOLUME_ID.to_owned(),
+                            from_zone: snapshot.availability_zone.clone(),
+                            zone,
+                            rename,
+                        }
+                    }
+                    DiskPlan::FromSnapshot {
+                        snapshot,
+                        zone,
+                        rename,
+                    } => {
+                        let plan = self.volume_from_snapshot(&snapshot, zone, rename).await;
+                        if let VolumePlan::FromSnapshot {
+                            volume_id, zone, ..
+                        } = &plan
+                        {
+                            self.note_pv(&name, format!(
+                            "its disk: volume {volume_id}, new from snapshot {} in zone {zone}",
+                            snapshot.snapshot_id
+                        ));
+                        }
+                        plan
+                    }
+                };
             self.volume_plans.insert(name, plan);
         }
+    }
+
+    fn note_pv(&mut self, name: &str, note: String) {
+        let item = ArchiveItem {
+            resource: GroupResource::new("persistentvolumes", ""),
+            namespace: None,
+            name: name.to_owned(),
+        };
+        self.notes.entry(item.path()).or_default().push(note);
     }
 
     /// Creates a disk from `snapshot` in `zone`.
@@ -1105,18 +1364,77 @@ fn crd_api_resource(crd: &CustomResourceDefinition) -> Option<(GroupResource, Se
         kind: spec.names.kind.clone(),
         plural: spec.names.plural.clone(),
     };
+    let versions = spec
+        .versions
+        .iter()
+        .filter(|v| v.served)
+        .map(|v| ApiResource {
+            version: v.name.clone(),
+            api_version: format!("{}/{}", spec.group, v.name),
+            ..api_resource.clone()
+        })
+        .collect();
     let served = Served {
         api: api_resource,
+        versions,
         namespaced: spec.scope == "Namespaced",
     };
     Some((GroupResource::new(&spec.names.plural, &spec.group), served))
 }
 
-/// A resource type the cluster serves: how to reach it, and its scope.
+/// A resource type the cluster serves: how to reach it, at which versions, and its scope.
 #[derive(Debug, Clone)]
 struct Served {
+    /// At the version the cluster prefers.
     api: ApiResource,
+    /// At every version it serves, the preferred one first.
+    versions: Vec<ApiResource>,
     namespaced: bool,
+}
+
+impl Served {
+    /// The resource at `api_version` (`group/version`), if served, else at the preferred one.
+    fn at(&self, api_version: &str) -> &ApiResource {
+        self.versions
+            .iter()
+            .find(|v| v.api_version == api_version)
+            .unwrap_or(&self.api)
+    }
+}
+
+/// An object's `apiVersion`.
+fn api_version_of(object: &Value) -> String {
+    object
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Which copy of an object to restore: None for the archived preferred one, when the cluster
+/// serves its `api_version`; else the other version held (`held`) that the cluster prefers. Err
+/// lists the versions the archive holds when the cluster serves none of them.
+fn choose_version(
+    api_version: &str,
+    held: &[&str],
+    served: &Served,
+) -> std::result::Result<Option<String>, Vec<String>> {
+    let version = api_version.rsplit('/').next().unwrap_or_default();
+    let serves = |version: &str| served.versions.iter().any(|v| v.version == version);
+    if serves(version) || served.versions.is_empty() {
+        return Ok(None);
+    }
+    served
+        .versions
+        .iter()
+        .find(|v| held.contains(&v.version.as_str()))
+        .map(|v| Some(v.version.clone()))
+        .ok_or_else(|| {
+            std::iter::once(version)
+                .chain(held.iter().copied())
+                .map(str::to_owned)
+                .collect()
+        })
 }
 
 /// Which resource types of the archive the cluster serves, by group and plural name. The
@@ -1127,6 +1445,10 @@ fn api_resources(types: &[ResourceType]) -> BTreeMap<GroupResource, Served> {
         .map(|t| {
             let served = Served {
                 api: t.api.clone(),
+                versions: std::iter::once(&t.api)
+                    .chain(&t.other_versions)
+                    .cloned()
+                    .collect(),
                 namespaced: t.namespaced(),
             };
             (t.group_resource(), served)
@@ -1188,6 +1510,56 @@ fn first_difference(wanted: &Value, current: &Value, path: &str) -> Option<Strin
             path.to_owned()
         }),
     }
+}
+
+/// Where `wanted` has a value that `current` lacks or differs in, as `pointer: current -> wanted`,
+/// at most `limit` of them and a count of the rest.
+fn differences(wanted: &Value, current: &Value, limit: usize) -> Vec<String> {
+    fn walk(wanted: &Value, current: Option<&Value>, path: String, out: &mut Vec<String>) {
+        match (wanted, current) {
+            (Value::Object(wanted), Some(Value::Object(current))) => {
+                for (key, value) in wanted {
+                    walk(value, current.get(key), format!("{path}/{key}"), out);
+                }
+            }
+            (Value::Object(_), None) if wanted.as_object().is_some_and(|m| m.is_empty()) => {}
+            (Value::Null, None) => {}
+            (Value::Array(w), Some(Value::Array(c))) if w.len() == c.len() => {
+                for (i, (w, c)) in w.iter().zip(c).enumerate() {
+                    walk(w, Some(c), format!("{path}/{i}"), out);
+                }
+            }
+            (wanted, Some(current)) if wanted == current => {}
+            (wanted, current) => {
+                let shown = |v: &Value| {
+                    let text = v.to_string();
+                    if text.chars().count() > 60 {
+                        format!("{}...", text.chars().take(57).collect::<String>())
+                    } else {
+                        text
+                    }
+                };
+                let path = if path.is_empty() {
+                    "/".to_owned()
+                } else {
+                    path
+                };
+                out.push(format!(
+                    "{path}: {} -> {}",
+                    current.map_or_else(|| "(none)".to_owned(), shown),
+                    shown(wanted)
+                ));
+            }
+        }
+    }
+    let mut all = Vec::new();
+    walk(wanted, Some(current), String::new(), &mut all);
+    if all.len() > limit {
+        let more = all.len() - limit;
+        all.truncate(limit);
+        all.push(format!("and {more} more"));
+    }
+    all
 }
 
 /// The actions' changes to one object with no volumes, labels or tasks: what the unit tests
@@ -1409,6 +1781,57 @@ mod tests {
             first_difference(&wanted, &missing, "").as_deref(),
             Some("/data")
         );
+    }
+
+    #[test]
+    fn each_object_comes_back_at_a_version_the_cluster_serves() {
+        let at = |version: &str| ApiResource {
+            group: "example.com".into(),
+            version: version.into(),
+            api_version: format!("example.com/{version}"),
+            kind: "Widget".into(),
+            plural: "widgets".into(),
+        };
+        let served = Served {
+            api: at("v1"),
+            versions: vec![at("v1"), at("v1beta1")],
+            namespaced: true,
+        };
+        assert_eq!(
+            choose_version("example.com/v1", &["v1beta1"], &served),
+            Ok(None)
+        );
+        assert_eq!(
+            choose_version("example.com/v1beta1", &[], &served),
+            Ok(None)
+        );
+        // The source preferred v2, which this cluster does not serve: the v1 copy.
+        assert_eq!(
+            choose_version("example.com/v2", &["v1beta1", "v1"], &served),
+            Ok(Some("v1".to_owned()))
+        );
+        assert_eq!(
+            choose_version("example.com/v3", &["v2"], &served),
+            Err(vec!["v3".to_owned(), "v2".to_owned()])
+        );
+        assert_eq!(served.at("example.com/v1beta1").version, "v1beta1");
+        assert_eq!(served.at("example.com/v9").version, "v1");
+    }
+
+    #[test]
+    fn a_dry_run_lists_what_an_update_would_change() {
+        let wanted = json!({"metadata": {"name": "a"}, "spec": {"replicas": 3, "x": {"y": "z"}}, "data": {"k": "v"}});
+        let current = json!({"metadata": {"name": "a", "uid": "u"}, "spec": {"replicas": 1}, "data": {"k": "v"}});
+        assert_eq!(
+            differences(&wanted, &current, 5),
+            vec!["/spec/replicas: 1 -> 3", "/spec/x: (none) -> {\"y\":\"z\"}"]
+        );
+        let many = json!({"a": 1, "b": 2, "c": 3});
+        assert_eq!(
+            differences(&many, &json!({}), 2),
+            vec!["/a: (none) -> 1", "/b: (none) -> 2", "and 1 more"]
+        );
+        assert!(differences(&wanted, &wanted, 5).is_empty());
     }
 
     #[test]

@@ -19,6 +19,7 @@ use kube::api::DynamicObject;
 use serde_json::Value;
 
 mod custom_resources;
+mod excluded;
 mod namespace;
 mod pod;
 mod rbac;
@@ -29,6 +30,7 @@ pub use secrets::FerrySecrets;
 
 /// Every action; each object meets those that apply to its resource.
 pub static ACTIONS: &[&dyn ItemAction] = &[
+    &excluded::ExcludedByLabel,
     &namespace::Namespace,
     &volumes::PersistentVolumeClaim,
     &volumes::PersistentVolume,
@@ -171,7 +173,8 @@ pub(crate) mod tests {
                 .iter()
                 .filter(|a| a.applies_to(&GroupResource::new(resource, group)))
                 .count();
-            assert_eq!(applying, 1, "{resource}.{group}");
+            // Its own, and the exclusion label, which every object meets.
+            assert_eq!(applying, 2, "{resource}.{group}");
         }
         for (resource, group) in [
             ("configmaps", ""),
@@ -180,12 +183,11 @@ pub(crate) mod tests {
             ("rolebindings", "rbac.authorization.k8s.io"),
             ("ingresses", "networking.k8s.io"),
         ] {
-            assert!(
-                !ACTIONS
-                    .iter()
-                    .any(|a| a.applies_to(&GroupResource::new(resource, group))),
-                "{resource}.{group}"
-            );
+            let applying = ACTIONS
+                .iter()
+                .filter(|a| a.applies_to(&GroupResource::new(resource, group)))
+                .count();
+            assert_eq!(applying, 1, "{resource}.{group}");
         }
     }
 }

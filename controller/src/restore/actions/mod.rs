@@ -23,6 +23,7 @@ mod hooks;
 mod job;
 mod labels;
 mod metadata;
+mod modifiers;
 mod namespace;
 mod persistent_volume;
 mod persistent_volume_claim;
@@ -30,6 +31,7 @@ mod pod;
 mod protected;
 mod rbac;
 mod service;
+mod storage_class;
 
 /// Every action, in the order they run on each object. Skips are asked of all of them first,
 /// on the object as it was archived; then each changes the object in turn.
@@ -37,16 +39,18 @@ pub static ACTIONS: &[&dyn ItemAction] = &[
     &archive_path::ArchivePath,
     &cluster_issued::ServiceAccountTokens,
     &cluster_issued::RootCaConfigMap,
-    &job::FinishedJob,
+    &job::Job,
     &metadata::ServerFields,
     &namespace::Namespace,
     &protected::Protected,
     &service::Service,
     &persistent_volume::PersistentVolume,
     &persistent_volume_claim::PersistentVolumeClaim,
+    &storage_class::StorageClass,
     &rbac::BindingSubjects,
     &pod::Pod,
     &hooks::RestoreHooks,
+    &modifiers::ResourceModifiers,
     &labels::RestoreLabels,
 ];
 
@@ -102,6 +106,12 @@ pub struct Scope<'a> {
     pub ferry_namespace: &'a str,
     /// The Restore's hook rules, for pods without hook annotations.
     pub hooks: &'a crate::hooks::RestoreHookRules,
+    /// The Restore's resource modifier rules.
+    pub modifiers: &'a crate::modifiers::ResourceModifiers,
+    /// StorageClass in the backup to StorageClass restored (`storageClassMapping`).
+    pub storage_class_mapping: &'a BTreeMap<String, String>,
+    /// Whether Services keep all their node ports (`preserveNodePorts`).
+    pub preserve_node_ports: bool,
 }
 
 impl Scope<'_> {
@@ -191,6 +201,8 @@ pub(crate) mod testing {
         let volume_plans = BTreeMap::new();
         let labels = BTreeMap::new();
         let hooks = crate::hooks::RestoreHookRules::default();
+        let modifiers = crate::modifiers::ResourceModifiers::default();
+        let storage_class_mapping = BTreeMap::new();
         run(&Scope {
             namespace_mapping,
             keep_status,
@@ -205,6 +217,9 @@ pub(crate) mod testing {
             named_namespaces: &[],
             ferry_namespace: "ferry-system",
             hooks: &hooks,
+            modifiers: &modifiers,
+            storage_class_mapping: &storage_class_mapping,
+            preserve_node_ports: false,
         })
     }
 }

@@ -149,7 +149,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::restore::actions::{Scope, plan};
+    use crate::restore::actions::{Scope, plan, testing};
 
     fn record(pod: &str, volume: &str) -> VolumeRecord {
         VolumeRecord {
@@ -194,26 +194,15 @@ mod tests {
                 ..record("postgres-0", "logs")
             },
         ];
-        let mapping = BTreeMap::new();
-        let plans = BTreeMap::new();
-        let labels = BTreeMap::new();
-        let hooks = crate::hooks::RestoreHookRules::default();
-        let scope = Scope {
-            namespace_mapping: &mapping,
-            keep_status: false,
-            in_archive: &|_, _| false,
-            volume_plans: &plans,
-            backup_volumes: &volumes,
-            restore_volumes,
-            running_pods: running,
-            marker: "uid.done",
-            labels: &labels,
-            named_resources: &[],
-            named_namespaces: &[],
-            ferry_namespace: "ferry-system",
-            hooks: &hooks,
-        };
-        let (verdict, effects) = plan(&item, &mut pod, &scope);
+        let (verdict, effects) = testing::with(false, &BTreeMap::new(), &|_, _| false, |scope| {
+            let scope = Scope {
+                backup_volumes: &volumes,
+                restore_volumes,
+                running_pods: running,
+                ..*scope
+            };
+            plan(&item, &mut pod, &scope)
+        });
         assert_eq!(verdict, Verdict::Restore);
         (pod, effects)
     }

@@ -1,5 +1,5 @@
 //! Services: ClusterIPs are assigned by the cluster, and so are node ports the user did not ask
-//! for (those not in the last applied configuration).
+//! for (those not in the last applied configuration), unless the Restore preserves node ports.
 
 use std::collections::BTreeSet;
 
@@ -15,7 +15,8 @@ impl ItemAction for Service {
         resource.is("services", "")
     }
 
-    fn act(&self, object: &mut Value, _: &mut Planning) -> Verdict {
+    fn act(&self, object: &mut Value, planning: &mut Planning) -> Verdict {
+        let preserve = planning.scope.preserve_node_ports;
         let asked: BTreeSet<i64> = object
             .pointer("/metadata/annotations/kubectl.kubernetes.io~1last-applied-configuration")
             .and_then(Value::as_str)
@@ -37,11 +38,50 @@ impl ItemAction for Service {
         if let Some(Value::Array(ports)) = spec.get_mut("ports") {
             for port in ports.iter_mut().filter_map(Value::as_object_mut) {
                 let node_port = port.get("nodePort").and_then(Value::as_i64);
-                if node_port.is_some_and(|p| !asked.contains(&p)) {
+                if !preserve && node_port.is_some_and(|p| !asked.contains(&p)) {
                     port.remove("nodePort");
                 }
             }
         }
         Verdict::Restore
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use ferry_protocol::layout::ArchiveItem;
+    use serde_json::json;
+
+    use super::*;
+    use crate::restore::actions::{Scope, testing};
+
+    #[test]
+    fn preserve_node_ports_keeps_every_node_port() {
+        let item = ArchiveItem {
+            resource: GroupResource::new("services", ""),
+            namespace: Some("shop".into()),
+            name: "web".into(),
+        };
+        let ports = |preserve: bool| {
+            let mut service = json!({"metadata": {"name": "web"},
+                "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 31234}]}});
+            testing::with(false, &BTreeMap::new(), &|_, _| false, |scope| {
+                let scope = Scope {
+                    preserve_node_ports: preserve,
+                    ..*scope
+                };
+                let mut planning = Planning {
+                    item: &item,
+                    scope: &scope,
+                    effects: Vec::new(),
+                };
+                assert_eq!(Service.act(&mut service, &mut planning), Verdict::Restore);
+            });
+            service["spec"]["ports"].clone()
+        };
+        assert_eq!(ports(true), json!([{"port": 80, "nodePort": 31234}]));
+        assert_eq!(ports(false), json!([{"port": 80}]));
     }
 }
