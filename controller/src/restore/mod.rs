@@ -20,6 +20,7 @@ use ferry_protocol::volume::{
 };
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolume};
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
@@ -1174,23 +1175,43 @@ impl Run<'_> {
                         .volumes
                         .iter()
                         .any(|r| r.persistent_volume == item.name && r.file_system.is_some());
-                    if exists && remapped && by_agents {
-                        // The original claim's disk, in use: the claim restored beside it must
-                        // never bind it.
-                        VolumePlan::Skip(format!(
-                            "{} is the disk of the original claim; the claim restored beside it gets a new volume from its StorageClass, which the node agent fills from the backup",
-                            item.name
-                        ))
-                    } else if recorded && reclaim == Some("Delete") && !exists {
-                        VolumePlan::Skip("its disk has no snapshot in the backup and was deleted with the volume (reclaimPolicy Delete); its claim gets a new volume from its StorageClass".to_owned())
-                    } else {
-                        continue;
+                    let class = object
+                        .pointer("/spec/storageClassName")
+                        .and_then(Value::as_str)
+                        .map(|class| {
+                            self.plan
+                                .storage_class_mapping
+                                .get(class)
+                                .map_or(class, String::as_str)
+                        });
+                    let provisioner = match class {
+                        Some(class) if by_agents && !exists => self.provisioner_of(class).await?,
+                        _ => None,
+                    };
+                    let facts = VolumeFacts {
+                        exists,
+                        remapped,
+                        recorded,
+                        by_agents,
+                        reclaim,
+                        class,
+                        provisioner: provisioner.as_deref(),
+                    };
+                    match plan_without_snapshot(&item.name, &facts) {
+                        Some(plan) => plan,
+                        None => continue,
                     }
                 }
             };
             disks.push((item.name.clone(), DiskPlan::Decided(plan)));
         }
         Ok(disks)
+    }
+
+    /// The provisioner of StorageClass `class` in this cluster, if it has that class.
+    async fn provisioner_of(&self, class: &str) -> Result<Option<String>> {
+        let classes: Api<StorageClass> = Api::all(self.ctx.client.clone());
+        Ok(classes.get_opt(class).await?.map(|c| c.provisioner))
     }
 
     /// Carries out the plans of [`Run::plan_volumes`]: creates the disks that come from snapshots,
@@ -1332,6 +1353,49 @@ impl Run<'_> {
         }
         established
     }
+}
+
+/// What a restore knows of a PersistentVolume whose backup holds no snapshot of its disk.
+struct VolumeFacts<'a> {
+    /// A PersistentVolume of its name is in the cluster.
+    exists: bool,
+    /// Its claim is restored into another namespace.
+    remapped: bool,
+    /// The backup has a record of it.
+    recorded: bool,
+    /// The node agents backed its data up file by file.
+    by_agents: bool,
+    reclaim: Option<&'a str>,
+    /// Its StorageClass in this cluster (after `storageClassMapping`), and that class's
+    /// provisioner if the cluster has it.
+    class: Option<&'a str>,
+    provisioner: Option<&'a str>,
+}
+
+/// The provisioner of StorageClasses whose volumes an administrator makes by hand.
+const NO_PROVISIONER: &str = "kubernetes.io/no-provisioner";
+
+/// What becomes of such a volume's disk; None: the PersistentVolume is restored as it was,
+/// pointing at its disk.
+fn plan_without_snapshot(name: &str, facts: &VolumeFacts) -> Option<VolumePlan> {
+    if facts.exists && facts.remapped && facts.by_agents {
+        // The original claim's disk, in use: the claim restored beside it must never bind it.
+        return Some(VolumePlan::Skip(format!(
+            "{name} is the disk of the original claim; the claim restored beside it gets a new volume from its StorageClass, which the node agent fills from the backup"
+        )));
+    }
+    if facts.by_agents && !facts.exists && facts.provisioner.is_some_and(|p| p != NO_PROVISIONER) {
+        // Its data comes back through the agent, and the old disk may still be in use by the
+        // cluster it came from (reclaimPolicy Retain): a new one is provisioned instead.
+        return Some(VolumePlan::Skip(format!(
+            "its data was backed up file by file; its claim gets a new volume from StorageClass {}, which the node agent fills, and the old disk is left alone",
+            facts.class.unwrap_or_default()
+        )));
+    }
+    if facts.recorded && facts.reclaim == Some("Delete") && !facts.exists {
+        return Some(VolumePlan::Skip("its disk has no snapshot in the backup and was deleted with the volume (reclaimPolicy Delete); its claim gets a new volume from its StorageClass".to_owned()));
+    }
+    None
 }
 
 /// The name of a PersistentVolume restored beside the one it was backed up from: its name and
@@ -1816,6 +1880,50 @@ mod tests {
         );
         assert_eq!(served.at("example.com/v1beta1").version, "v1beta1");
         assert_eq!(served.at("example.com/v9").version, "v1");
+    }
+
+    #[test]
+    fn a_file_level_volume_gets_a_new_disk_where_its_class_provisions_one() {
+        let facts = |exists, remapped, provisioner, reclaim| VolumeFacts {
+            exists,
+            remapped,
+            recorded: true,
+            by_agents: true,
+            reclaim: Some(reclaim),
+            class: Some("gp3"),
+            provisioner,
+        };
+        let skipped = |plan: Option<VolumePlan>| matches!(plan, Some(VolumePlan::Skip(_)));
+        // A new cluster whose class provisions: a Retain volume does not point at the old disk.
+        assert!(skipped(plan_without_snapshot(
+            "pv",
+            &facts(false, false, Some("ebs.csi.aws.com"), "Retain")
+        )));
+        // Volumes made by hand (no provisioner, or no such class) keep their PersistentVolume:
+        // nothing else would give the claim a disk.
+        assert_eq!(
+            plan_without_snapshot("pv", &facts(false, false, Some(NO_PROVISIONER), "Retain")),
+            None
+        );
+        assert_eq!(
+            plan_without_snapshot("pv", &facts(false, false, None, "Retain")),
+            None
+        );
+        // The PersistentVolume is there: it stays, unless a clone beside it would bind it.
+        assert_eq!(
+            plan_without_snapshot("pv", &facts(true, false, Some("ebs.csi.aws.com"), "Retain")),
+            None
+        );
+        assert!(skipped(plan_without_snapshot(
+            "pv",
+            &facts(true, true, None, "Retain")
+        )));
+        // Without file-level data, a deleted disk is not pointed at either.
+        let mut snapshotless = facts(false, false, None, "Delete");
+        snapshotless.by_agents = false;
+        assert!(skipped(plan_without_snapshot("pv", &snapshotless)));
+        snapshotless.reclaim = Some("Retain");
+        assert_eq!(plan_without_snapshot("pv", &snapshotless), None);
     }
 
     #[test]
