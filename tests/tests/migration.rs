@@ -630,3 +630,65 @@ async fn objects_come_back_at_a_version_the_cluster_still_serves() {
         .unwrap();
     ferry.stop().await;
 }
+
+#[tokio::test]
+async fn scoped_resource_lists_choose_what_a_backup_takes() {
+    let ferry = RunningController::start_with_location("migration-scoped").await;
+    let app = TestNamespace::create(&ferry.client, "scoped").await;
+    for object in [
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}}),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "key"}, "stringData": {"k": "v"}}),
+    ] {
+        create(&ferry.client, app.name(), object).await;
+    }
+    let backup = ferry
+        .backup(
+            "configmaps-only",
+            json!({"includedNamespaces": [app.name()],
+                   "includedNamespaceScopedResources": ["configmaps"],
+                   "excludedClusterScopedResources": ["*"]}),
+        )
+        .await;
+    assert_eq!(
+        backup.phase(),
+        Some(Phase::Completed),
+        "{}",
+        summary(&backup)
+    );
+    let listed = ferry
+        .read_json(
+            &ferry_protocol::layout::BackupKeys::new(None, "configmaps-only").resource_list(),
+        )
+        .await
+        .unwrap();
+    let resources: Vec<&String> = listed.as_object().unwrap().keys().collect();
+    assert_eq!(resources, ["configmaps"], "{listed}");
+
+    let mixed = ferry
+        .backup(
+            "mixed",
+            json!({"includedResources": ["secrets"], "includedNamespaceScopedResources": ["configmaps"]}),
+        )
+        .await;
+    assert_eq!(
+        mixed.phase(),
+        Some(Phase::FailedValidation),
+        "{}",
+        summary(&mixed)
+    );
+    let errors = mixed.status.unwrap().validation_errors.join("; ");
+    assert!(errors.contains("use one kind"), "{errors}");
+    let typo = ferry
+        .backup(
+            "typo",
+            json!({"includedClusterScopedResources": ["configmaps"]}),
+        )
+        .await;
+    let errors = typo.status.unwrap().validation_errors.join("; ");
+    assert!(
+        errors.contains("includedClusterScopedResources: unknown resource \"configmaps\""),
+        "{errors}"
+    );
+    app.delete_and_wait().await;
+    ferry.stop().await;
+}
