@@ -219,6 +219,14 @@ impl ResourceFilter {
     }
 }
 
+/// An object's labels, as a label selector reads them (none when it has none).
+pub fn labels_of(object: &serde_json::Value) -> std::collections::BTreeMap<String, String> {
+    object
+        .pointer("/metadata/labels")
+        .and_then(|labels| serde_json::from_value(labels.clone()).ok())
+        .unwrap_or_default()
+}
+
 /// A label selector as the API server would read it, or a problem that names the bad part.
 pub fn parse_selector(
     selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,

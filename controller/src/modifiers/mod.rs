@@ -18,7 +18,7 @@ use regex::Regex;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::resources::{IncludesExcludes, parse_selector};
+use crate::resources::{IncludesExcludes, labels_of, parse_selector};
 
 mod strategic;
 
@@ -290,10 +290,6 @@ impl Rule {
             (Some(namespaces), Some(namespace)) => namespaces.matches(namespace),
             _ => true,
         };
-        let labels = object
-            .pointer("/metadata/labels")
-            .and_then(|l| serde_json::from_value(l.clone()).ok())
-            .unwrap_or_default();
         in_namespaces
             && self.group_resource.is_match(resource)
             && self
@@ -303,7 +299,7 @@ impl Rule {
             && self
                 .selector
                 .as_ref()
-                .is_none_or(|selector| selector.matches(&labels))
+                .is_none_or(|selector| selector.matches(&labels_of(object)))
             && (self.matches.is_empty()
                 || json_patch::patch(&mut object.clone(), &self.matches).is_ok())
     }

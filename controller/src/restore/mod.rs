@@ -39,7 +39,8 @@ use crate::error::{Error, Result};
 use crate::modifiers::ResourceModifiers;
 use crate::operation::{self, Operation, Status as _};
 use crate::resources::{
-    IncludesExcludes, ResourceType, discover, is_never_backed_up, names_resource, parse_selector,
+    IncludesExcludes, ResourceType, discover, is_never_backed_up, labels_of, names_resource,
+    parse_selector,
 };
 use crate::storage::ObjectStore;
 use crate::volumes;
@@ -554,7 +555,6 @@ async fn run(restore: &Restore, ctx: &Context) -> Result<()> {
     }
     if plan.dry_run {
         status.conclude(ctx.now());
-        let count = |f: fn(&Outcome) -> bool| results.iter().filter(|r| f(&r.outcome)).count();
         let note = format!(
             "dry run of backup {}: {} objects would be created, {} updated, {} exist unchanged, {} differ, {} skipped, {} fail",
             plan.backup_name,
@@ -881,10 +881,7 @@ impl Run<'_> {
             }
         }
         if !self.plan.selectors.is_empty() {
-            let labels: BTreeMap<String, String> = object
-                .pointer("/metadata/labels")
-                .and_then(|l| serde_json::from_value(l.clone()).ok())
-                .unwrap_or_default();
+            let labels = labels_of(&object);
             if !self.plan.selectors.iter().any(|s| s.matches(&labels)) {
                 return Ok(None);
             }

@@ -44,7 +44,6 @@ impl ItemAction for Job {
 mod tests {
     use std::collections::BTreeMap;
 
-    use ferry_protocol::layout::ArchiveItem;
     use serde_json::json;
 
     use super::*;
@@ -62,20 +61,11 @@ mod tests {
             },
             "status": {"active": 1}
         });
-        let item = ArchiveItem {
-            resource: GroupResource::new("jobs", "batch"),
-            namespace: Some("shop".into()),
-            name: "migrate".into(),
-        };
         assert_eq!(Job.skip(&job), None);
-        testing::with(false, &BTreeMap::new(), &|_, _| false, |scope| {
-            let mut planning = Planning {
-                item: &item,
-                scope,
-                effects: Vec::new(),
-            };
-            assert_eq!(Job.act(&mut job, &mut planning), Verdict::Restore);
+        let verdict = testing::with(false, &BTreeMap::new(), &|_, _| false, |scope| {
+            testing::act(&Job, GroupResource::new("jobs", "batch"), &mut job, scope)
         });
+        assert_eq!(verdict, Verdict::Restore);
         assert_eq!(job["spec"].get("selector"), None);
         assert_eq!(
             job["spec"]["template"]["metadata"]["labels"],

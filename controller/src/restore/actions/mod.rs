@@ -191,6 +191,27 @@ fn text<'a>(object: &'a Value, pointer: &str) -> Option<&'a str> {
 pub(crate) mod testing {
     use super::*;
 
+    /// Runs one action on `object` in `scope`, as an object archived in namespace `shop` under
+    /// the name `x`.
+    pub fn act(
+        action: &dyn ItemAction,
+        resource: GroupResource,
+        object: &mut Value,
+        scope: &Scope,
+    ) -> Verdict {
+        let item = ArchiveItem {
+            resource,
+            namespace: Some("shop".into()),
+            name: "x".into(),
+        };
+        let mut planning = Planning {
+            item: &item,
+            scope,
+            effects: Vec::new(),
+        };
+        action.act(object, &mut planning)
+    }
+
     /// A scope with nothing to map, no volumes and no labels.
     pub fn with<R>(
         keep_status: bool,

@@ -51,7 +51,6 @@ impl ItemAction for Service {
 mod tests {
     use std::collections::BTreeMap;
 
-    use ferry_protocol::layout::ArchiveItem;
     use serde_json::json;
 
     use super::*;
@@ -59,26 +58,22 @@ mod tests {
 
     #[test]
     fn preserve_node_ports_keeps_every_node_port() {
-        let item = ArchiveItem {
-            resource: GroupResource::new("services", ""),
-            namespace: Some("shop".into()),
-            name: "web".into(),
-        };
         let ports = |preserve: bool| {
             let mut service = json!({"metadata": {"name": "web"},
                 "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 31234}]}});
-            testing::with(false, &BTreeMap::new(), &|_, _| false, |scope| {
+            let verdict = testing::with(false, &BTreeMap::new(), &|_, _| false, |scope| {
                 let scope = Scope {
                     preserve_node_ports: preserve,
                     ..*scope
                 };
-                let mut planning = Planning {
-                    item: &item,
-                    scope: &scope,
-                    effects: Vec::new(),
-                };
-                assert_eq!(Service.act(&mut service, &mut planning), Verdict::Restore);
+                testing::act(
+                    &Service,
+                    GroupResource::new("services", ""),
+                    &mut service,
+                    &scope,
+                )
             });
+            assert_eq!(verdict, Verdict::Restore);
             service["spec"]["ports"].clone()
         };
         assert_eq!(ports(true), json!([{"port": 80, "nodePort": 31234}]));

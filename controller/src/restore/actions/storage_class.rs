@@ -56,7 +56,6 @@ impl ItemAction for StorageClass {
 mod tests {
     use std::collections::BTreeMap;
 
-    use ferry_protocol::layout::ArchiveItem;
     use serde_json::json;
 
     use super::*;
@@ -64,26 +63,14 @@ mod tests {
 
     fn mapped(resource: GroupResource, mut object: Value) -> Value {
         let mapping = BTreeMap::from([("fast".to_owned(), "cheap".to_owned())]);
-        let item = ArchiveItem {
-            resource,
-            namespace: Some("shop".into()),
-            name: "x".into(),
-        };
-        testing::with(false, &BTreeMap::new(), &|_, _| false, |scope| {
+        let verdict = testing::with(false, &BTreeMap::new(), &|_, _| false, |scope| {
             let scope = Scope {
                 storage_class_mapping: &mapping,
                 ..*scope
             };
-            let mut planning = Planning {
-                item: &item,
-                scope: &scope,
-                effects: Vec::new(),
-            };
-            assert_eq!(
-                StorageClass.act(&mut object, &mut planning),
-                Verdict::Restore
-            );
+            testing::act(&StorageClass, resource, &mut object, &scope)
         });
+        assert_eq!(verdict, Verdict::Restore);
         object
     }
 
