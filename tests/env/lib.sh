@@ -119,6 +119,24 @@ ETCD_BIN_DIR="$SERVERS_DIR/$(go_build_key etcd "$ETCD_VERSION")"
 MINIO_BIN_DIR="$SERVERS_DIR/$(go_build_key minio "$MINIO_VERSION")"
 MOTO_VENV="$SERVERS_DIR/moto-$MOTO_VERSION-$(sha256sum "$ENV_SRC_DIR/moto/requirements.txt" | cut -c1-12)"
 
+# The node's CSI storage: the environment's own host-path driver (tests/env/csi: the Go module proxy
+# serves neither kubernetes-csi/csi-driver-host-path nor node-driver-registrar, so the driver is
+# written here and registers itself with the kubelet), and the sidecars from their published modules
+# (tests/env/csi-sidecars). The driver is built from the sources in this clone: their hash is part of
+# its cache key.
+CSI_DRIVER_NAME="hostpath.csi.ferry.dev"
+CSI_CLASS="ferry-csi" # the StorageClass and the VolumeSnapshotClass
+CSI_PROVISIONER_VERSION="$(module_version csi-sidecars github.com/kubernetes-csi/external-provisioner/v6)"
+CSI_SNAPSHOTTER_VERSION="$(module_version csi-sidecars github.com/kubernetes-csi/external-snapshotter/v8)"
+CSI_SIDECARS_BIN_DIR="$SERVERS_DIR/$(go_build_key csi-sidecars "$CSI_PROVISIONER_VERSION-$CSI_SNAPSHOTTER_VERSION")"
+CSI_DRIVER_BIN_DIR="$SERVERS_DIR/$(go_build_key csi src "$(cat "$ENV_SRC_DIR"/csi/*.go)")"
+# The CSI endpoint, where the kubelet and the sidecars reach the driver, and its registration socket
+# (what node-driver-registrar would serve), both under the kubelet's root.
+CSI_SOCKET="$KUBELET_ROOT/plugins/$CSI_DRIVER_NAME/csi.sock"
+# Volumes and snapshots: beside etcd's data, so that tests/env/down drops them with the objects
+# that name them, and moving the node between clusters (node-down, node-up) keeps them.
+CSI_DATA_DIR="$RUN_DIR/data/csi"
+
 # ensure_debian_packages: installs the Debian packages the node and the image builds need, when a
 # command of theirs is missing (as .ci/run does for curl and openssl).
 NODE_PACKAGES=(
@@ -259,6 +277,8 @@ CONTROL_PLANE_SERVERS=(etcd kube-apiserver kube-apiserver-recovery kube-controll
 # The host's servers that pods reach on the pod network's gateway address ($NODE_IP), same port.
 POD_GATEWAY_PORTS=("kube-apiserver:$APISERVER_PORT" "kube-apiserver-recovery:$RECOVERY_APISERVER_PORT" "minio:$MINIO_PORT" "moto:$MOTO_PORT")
 NODE_SERVERS=(containerd kube-scheduler kubelet kube-proxy)
+CSI_SERVERS=(csi-driver csi-provisioner csi-snapshotter snapshot-controller)
+NODE_SERVERS+=("${CSI_SERVERS[@]}")
 for entry in "${POD_GATEWAY_PORTS[@]}"; do NODE_SERVERS+=("gateway-${entry%%:*}"); done
 # Bumped whenever tests/env/up starts the control plane differently, so that an environment started
 # by an older up is restarted instead of being taken as up.
