@@ -421,8 +421,9 @@ func (d *driver) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRe
 }
 
 // checkTarget accepts only a target path under the kubelet's root, also once the symbolic links of
-// its parent are resolved.
-func (d *driver) checkTarget(target string) (string, error) {
+// its parent are resolved. A target whose parent is gone is accepted for unpublishing (there is
+// nothing left to unpublish), never for publishing.
+func (d *driver) checkTarget(target string, publishing bool) (string, error) {
 	if target == "" || !filepath.IsAbs(target) {
 		return "", status.Errorf(codes.InvalidArgument, "target path %q is not absolute", target)
 	}
@@ -432,6 +433,9 @@ func (d *driver) checkTarget(target string) (string, error) {
 		return "", status.Errorf(codes.InvalidArgument, "target path %s is outside the kubelet's root %s", target, d.kubeletRoot)
 	}
 	parent, err := filepath.EvalSymlinks(filepath.Dir(clean))
+	if err != nil && os.IsNotExist(err) && !publishing {
+		return clean, nil
+	}
 	if err != nil {
 		return "", status.Errorf(codes.InvalidArgument, "target path %s: %v", target, err)
 	}
@@ -442,7 +446,7 @@ func (d *driver) checkTarget(target string) (string, error) {
 }
 
 func (d *driver) NodePublishVolume(_ context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
-	target, err := d.checkTarget(req.GetTargetPath())
+	target, err := d.checkTarget(req.GetTargetPath(), true)
 	if err != nil {
 		return nil, err
 	}
@@ -502,7 +506,7 @@ func contains(list []string, s string) bool {
 }
 
 func (d *driver) NodeUnpublishVolume(_ context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
-	target, err := d.checkTarget(req.GetTargetPath())
+	target, err := d.checkTarget(req.GetTargetPath(), false)
 	if err != nil {
 		return nil, err
 	}
