@@ -327,6 +327,7 @@ impl Metrics {
 fn volume_method(method: VolumeMethod) -> &'static str {
     match method {
         VolumeMethod::NativeSnapshot => "snapshot",
+        VolumeMethod::CsiSnapshot => "csi-snapshot",
         VolumeMethod::FileSystem => "filesystem",
         VolumeMethod::None => "none",
     }

@@ -103,11 +103,68 @@ pub struct BackupSpec {
     /// Whether every pod volume is backed up by the node agents, not native snapshots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_volumes_to_fs_backup: Option<bool>,
+    /// How a volume's data is kept, per volume: the first policy whose conditions it meets decides;
+    /// a volume none matches gets the default (an EBS volume a native snapshot, a CSI volume whose
+    /// driver has a VolumeSnapshotClass a CSI snapshot, a volume a running pod mounts file-level
+    /// backup). A pod volume named by `backup.ferry.dev/volumes`, or any with
+    /// `defaultVolumesToFsBackup`, is backed up by file whatever the policies say.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_policies: Vec<VolumePolicy>,
+    /// The VolumeSnapshotClass of each CSI driver (`driver: class`). A driver not named here uses
+    /// its class labelled `ferry.dev/csi-volumesnapshot-class: "true"` (or Velero's
+    /// `velero.io/csi-volumesnapshot-class`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub volume_snapshot_classes: BTreeMap<String, String>,
+    /// How long a CSI snapshot may take to become ready to use, such as `10m` (the default); one
+    /// not ready by then fails its volume, with the reason the snapshot controller gives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csi_snapshot_timeout: Option<String>,
     /// Commands run in the backup's pods just before their volumes are captured and right after
     /// (Velero's `hooks`). A pod annotated with hooks (`pre.hook.backup.ferry.dev/command`, or
     /// Velero's names) runs those instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hooks: Option<BackupHooks>,
+}
+
+/// One choice of how volumes are backed up: the volumes that meet every condition get `action`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumePolicy {
+    #[serde(default)]
+    pub conditions: VolumeConditions,
+    pub action: VolumeAction,
+}
+
+/// What a volume must be for a policy to apply; an empty list or map asks nothing.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeConditions {
+    /// The volume's StorageClass is one of these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub storage_classes: Vec<String>,
+    /// The volume is a CSI volume of one of these drivers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub csi_drivers: Vec<String>,
+    /// The volume's capacity is within `min,max`, quantities such as `0,100Gi` or `10Gi,`
+    /// (either end may be left out; both ends included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<String>,
+    /// The volume's claim carries every one of these annotations with these values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub claim_annotations: BTreeMap<String, String>,
+}
+
+/// How a volume's data is kept.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum VolumeAction {
+    /// A native snapshot through a VolumeSnapshotLocation (EBS volumes).
+    NativeSnapshot,
+    /// A CSI VolumeSnapshot, by the volume's driver.
+    CsiSnapshot,
+    /// File by file, by the node agent of a running pod that mounts it.
+    FileSystem,
+    /// Not backed up: the backup keeps the objects only.
+    Skip,
 }
 
 /// The hooks of a Backup.
@@ -249,6 +306,11 @@ pub struct BackupStatus {
     pub volume_snapshots_attempted: u32,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub volume_snapshots_completed: u32,
+    /// CSI VolumeSnapshots started.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub csi_volume_snapshots_attempted: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub csi_volume_snapshots_completed: u32,
     /// Hooks run in the backup's pods, and how many of them failed.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub hooks_attempted: u32,

@@ -24,6 +24,10 @@
 //!   }]
 //! }
 //! ```
+//!
+//! A CSI snapshot is recorded as `"method": "CsiSnapshot"` with a `csiSnapshot`
+//! ([`CsiSnapshot`]): the driver, the VolumeSnapshotClass, the VolumeSnapshot the backup took, its
+//! VolumeSnapshotContent and the storage system's `snapshotHandle`.
 
 use std::collections::BTreeMap;
 
@@ -55,6 +59,14 @@ impl VolumeRecords {
             .find(|v| v.persistent_volume == persistent_volume && v.phase == VolumePhase::Completed)
             .and_then(|v| v.snapshot.as_ref())
     }
+
+    /// The CSI snapshot taken of PersistentVolume `name`, when one completed.
+    pub fn completed_csi_snapshot(&self, persistent_volume: &str) -> Option<&CsiSnapshot> {
+        self.volumes
+            .iter()
+            .find(|v| v.persistent_volume == persistent_volume && v.phase == VolumePhase::Completed)
+            .and_then(|v| v.csi_snapshot.as_ref())
+    }
 }
 
 /// What happened to the data of one PersistentVolume.
@@ -78,6 +90,38 @@ pub struct VolumeRecord {
     /// For file-level backups: where the data went and how the agent's task went.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file_system: Option<FileSystemBackup>,
+    /// For CSI snapshots: the VolumeSnapshot taken and the storage system's snapshot behind it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csi_snapshot: Option<CsiSnapshot>,
+}
+
+/// A CSI VolumeSnapshot of a claim, taken through the cluster's snapshot controller.
+///
+/// While it is taken, the backup's VolumeSnapshot lives beside the claim. Once it is ready, its
+/// VolumeSnapshotContent is set to `Retain` and labelled with the backup, and the VolumeSnapshot
+/// is deleted: the storage system's snapshot (`snapshotHandle`) then outlives the claim, its
+/// namespace and the VolumeSnapshot, and is deleted only with the backup.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CsiSnapshot {
+    /// The CSI driver of the volume, which made the snapshot.
+    pub driver: String,
+    pub volume_snapshot_class: String,
+    /// The VolumeSnapshot the backup created, in the claim's namespace.
+    pub volume_snapshot: String,
+    /// When it must be ready to use by (Unix seconds): its creation plus the backup's
+    /// `csiSnapshotTimeout`. One that is not fails.
+    pub ready_by: i64,
+    /// Its VolumeSnapshotContent, once bound: cluster-scoped, kept with the backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    /// The storage system's id of the snapshot, once ready; a restore makes a
+    /// VolumeSnapshotContent that points at it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_handle: Option<String>,
+    /// The smallest volume the snapshot can be restored into, in bytes, when the driver says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_size: Option<i64>,
 }
 
 /// A volume of a pod, on a node.
@@ -161,6 +205,8 @@ pub struct ClaimRef {
 pub enum VolumeMethod {
     /// A cloud provider's snapshot of the disk (EBS).
     NativeSnapshot,
+    /// A CSI VolumeSnapshot, taken by the volume's CSI driver.
+    CsiSnapshot,
     /// File by file, by the node agent of the pod's node, into a Ferry repository.
     FileSystem,
     /// Not backed up; `message` says why.
@@ -237,6 +283,7 @@ mod tests {
             }),
             pod_volume: None,
             file_system: None,
+            csi_snapshot: None,
         }]);
         let json = serde_json::to_value(&records).unwrap();
         assert_eq!(json["formatVersion"], "1");

@@ -1143,6 +1143,7 @@ async fn a_running_backup_follows_its_volume_records_in_the_cluster_not_the_buck
         phase,
         message: None,
         snapshot: None,
+        csi_snapshot: None,
         pod_volume: Some(PodVolumeRef {
             namespace: namespace.to_owned(),
             pod: pod.to_owned(),

@@ -10,7 +10,7 @@ use anyhow::{Context as _, bail};
 use clap::Subcommand;
 use ferry_protocol::crd::{Backup, DELETE_REQUESTED_ANNOTATION, Phase, Progress};
 use ferry_protocol::layout::BackupKeys;
-use ferry_protocol::volume::VolumeRecords;
+use ferry_protocol::volume::{VolumeRecord, VolumeRecords};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 
@@ -26,7 +26,7 @@ pub enum BackupCommand {
     Create {
         name: String,
         #[command(flatten)]
-        template: BackupTemplate,
+        template: Box<BackupTemplate>,
         /// Wait until it finishes, showing progress.
         #[arg(long)]
         wait: bool,
@@ -223,15 +223,26 @@ fn print_volumes(records: &VolumeRecords) {
                 .unwrap_or_default(),
             enum_name(&record.method),
             enum_name(&record.phase),
-            record
-                .snapshot
-                .as_ref()
-                .map(|s| format!("{} ({})", s.snapshot_id, s.availability_zone))
-                .unwrap_or_default(),
+            snapshot_of(record),
             record.message.clone().unwrap_or_default(),
         ]);
     }
     println!("{table}");
+}
+
+/// The snapshot a volume's record names: an EBS snapshot and its zone, or a CSI snapshot (its
+/// handle, or the VolumeSnapshot while it is taken).
+fn snapshot_of(record: &VolumeRecord) -> String {
+    if let Some(ebs) = &record.snapshot {
+        return format!("{} ({})", ebs.snapshot_id, ebs.availability_zone);
+    }
+    match &record.csi_snapshot {
+        Some(csi) => match &csi.snapshot_handle {
+            Some(handle) => format!("{handle} ({})", csi.driver),
+            None => format!("VolumeSnapshot {}", csi.volume_snapshot),
+        },
+        None => String::new(),
+    }
 }
 
 impl Operated for Backup {

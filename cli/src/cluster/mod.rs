@@ -98,6 +98,28 @@ pub struct BackupTemplate {
     /// The VolumeSnapshotLocations to snapshot through (default: every one), comma-separated.
     #[arg(long, value_delimiter = ',')]
     volume_snapshot_locations: Vec<String>,
+    /// The VolumeSnapshotClass of a CSI driver, as driver=class, comma-separated (default: the
+    /// driver's class labelled ferry.dev/csi-volumesnapshot-class=true).
+    #[arg(long, value_delimiter = ',', value_parser = driver_and_class)]
+    volume_snapshot_classes: Vec<(String, String)>,
+    /// How long a CSI snapshot may take to be ready to use (e.g. 10m, the default).
+    #[arg(long)]
+    csi_snapshot_timeout: Option<String>,
+    /// Back up every pod volume by file through the node agents, not by snapshots.
+    #[arg(long)]
+    default_volumes_to_fs_backup: Option<bool>,
+}
+
+/// `driver=class`.
+fn driver_and_class(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((driver, class)) if !driver.is_empty() && !class.is_empty() => {
+            Ok((driver.to_owned(), class.to_owned()))
+        }
+        _ => Err(format!(
+            "{text:?} is not driver=class, e.g. ebs.csi.aws.com=csi-aws-vsc"
+        )),
+    }
 }
 
 impl BackupTemplate {
@@ -114,6 +136,9 @@ impl BackupTemplate {
             storage_location: self.storage_location,
             snapshot_volumes: self.snapshot_volumes,
             volume_snapshot_locations: self.volume_snapshot_locations,
+            volume_snapshot_classes: self.volume_snapshot_classes.into_iter().collect(),
+            csi_snapshot_timeout: self.csi_snapshot_timeout,
+            default_volumes_to_fs_backup: self.default_volumes_to_fs_backup,
             ..Default::default()
         })
     }

@@ -211,6 +211,14 @@ async fn validate(backup: &Backup, ctx: &Context) -> Result<Result<Plan, Vec<Str
             DEFAULT_TTL
         }
     };
+    if let Some(Err(error)) = spec.csi_snapshot_timeout.as_deref().map(parse_duration) {
+        problems.push(format!("csiSnapshotTimeout: {error}"));
+    }
+    problems.extend(volumes::policy::problems(spec));
+    if !spec.volume_snapshot_classes.is_empty() {
+        let classes = volumes::csi::cluster_classes(ctx).await?;
+        problems.extend(volumes::policy::class_problems(spec, &classes));
+    }
     let hooks = crate::hooks::BackupHookRules::resolve(spec.hooks.as_ref()).unwrap_or_else(
         |hook_problems| {
             problems.extend(hook_problems);
@@ -428,22 +436,26 @@ async fn run(backup: &Backup, ctx: &Context) -> Result<Phase> {
     let hooked = hooks::chosen(&plan.hooks, &run.volume_sources.pods, &mut hook_report);
     hooks::run_pre_hooks(ctx, backup, &hooked, &mut status, &mut hook_report).await?;
 
-    let by_agents = volumes::choose_pod_volumes(
-        backup,
-        &run.volume_sources.pods,
-        &run.volume_sources.persistent_volumes,
+    let sources = &run.volume_sources;
+    let classes = volumes::policy::SnapshotClasses::new(
+        &backup.spec,
+        &volumes::csi::cluster_classes(ctx).await?,
     );
+    let choices = volumes::policy::choose_all(
+        &backup.spec,
+        &sources.persistent_volumes,
+        &sources.claims,
+        &classes,
+    );
+    let by_agents =
+        volumes::choose_pod_volumes(backup, &sources.pods, &sources.persistent_volumes, &choices);
     let covered: BTreeSet<String> = by_agents
         .iter()
         .filter_map(|choice| choice.persistent_volume.clone())
         .collect();
-    let volumes = volumes::snapshot_volumes(
-        ctx,
-        backup,
-        &run.volume_sources.persistent_volumes,
-        &covered,
-    )
-    .await?;
+    let volumes =
+        volumes::snapshot_volumes(ctx, backup, &sources.persistent_volumes, &covered, &choices)
+            .await?;
     run.results.warnings.extend(volumes.warnings);
     run.results.errors.extend(volumes.errors);
     let mut records = VolumeRecords::new(volumes.records);
@@ -513,6 +525,8 @@ fn count_volumes(ctx: &Context, status: &mut BackupStatus, records: &VolumeRecor
     status.pod_volumes = counts.pod_volumes;
     status.volume_snapshots_attempted = counts.snapshots_attempted;
     status.volume_snapshots_completed = counts.snapshots_completed;
+    status.csi_volume_snapshots_attempted = counts.csi_snapshots_attempted;
+    status.csi_volume_snapshots_completed = counts.csi_snapshots_completed;
 }
 
 /// Ends a backup: its phase from its errors, the results and log, then the record (last: a
@@ -556,6 +570,12 @@ async fn finish(
         note.push_str(&format!(
             "; {} of {} volume snapshots completed",
             status.volume_snapshots_completed, status.volume_snapshots_attempted
+        ));
+    }
+    if status.csi_volume_snapshots_attempted > 0 {
+        note.push_str(&format!(
+            "; {} of {} CSI snapshots completed",
+            status.csi_volume_snapshots_completed, status.csi_volume_snapshots_attempted
         ));
     }
     if let Some(reason) = &status.failure_reason {
@@ -656,9 +676,11 @@ async fn follow_volumes(backup: &Backup, ctx: &Context) -> Result<Action> {
     }
     let by_agents = records.volumes.iter().filter(|r| r.file_system.is_some());
     log.push(format!(
-        "{} of {} volume snapshots and {} of {} pod volumes completed",
+        "{} of {} volume snapshots, {} of {} CSI snapshots and {} of {} pod volumes completed",
         status.volume_snapshots_completed,
         status.volume_snapshots_attempted,
+        status.csi_volume_snapshots_completed,
+        status.csi_volume_snapshots_attempted,
         by_agents
             .clone()
             .filter(|r| r.phase == VolumePhase::Completed)
@@ -773,7 +795,8 @@ async fn delete_data(backup: &Backup, ctx: &Context) -> Result<(usize, usize)> {
     }
     .or_else(|| backup.uid())
     .unwrap_or_default();
-    let snapshots = volumes::delete_snapshots(ctx, &records, &uid).await?;
+    let snapshots = volumes::delete_snapshots(ctx, &records, &uid).await?
+        + volumes::csi::delete(ctx, &records, &uid).await?;
     let repository_snapshots =
         crate::agents::forget_backup_snapshots(&ctx.locations, &location, &records, &uid).await?;
     store.delete(&keys.record()).await?;

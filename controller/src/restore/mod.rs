@@ -294,6 +294,11 @@ enum DiskPlan {
         zone: String,
         rename: Option<String>,
     },
+    /// A new volume from a CSI snapshot, for the claim in `namespace` (the target namespace).
+    FromCsiSnapshot {
+        snapshot: ferry_protocol::volume::CsiSnapshot,
+        namespace: String,
+    },
     Decided(VolumePlan),
 }
 
@@ -317,6 +322,12 @@ pub(crate) enum VolumePlan {
         from_zone: String,
         zone: String,
         rename: Option<String>,
+    },
+    /// The PV is not restored; its claim is provisioned from the VolumeSnapshot `volume_snapshot`
+    /// (beside it), which the restore made from the backup's CSI snapshot.
+    FromCsiSnapshot {
+        volume_snapshot: String,
+        restore_size: Option<i64>,
     },
     /// The PV is not restored; its claim gets a new volume from its StorageClass.
     Skip(String),
@@ -1073,6 +1084,7 @@ impl Run<'_> {
             phase: VolumePhase::InProgress,
             message: None,
             snapshot: None,
+            csi_snapshot: None,
             pod_volume: Some(PodVolumeRef {
                 namespace: self.target_namespace(namespace),
                 pod: item.name.clone(),
@@ -1134,6 +1146,30 @@ impl Run<'_> {
             let remapped = claim_namespace.is_some_and(|ns| self.plan.mapping.contains_key(ns));
             let exists = pvs.get_opt(&item.name).await?.is_some();
             if exists && !remapped {
+                continue;
+            }
+            if let Some(snapshot) = self.volumes.completed_csi_snapshot(&item.name) {
+                let plan = match claim_namespace {
+                    _ if !self.plan.restore_volumes => VolumePlan::Skip(
+                        "restorePVs is false; its claim gets a new, empty volume from its StorageClass"
+                            .to_owned(),
+                    ),
+                    Some(namespace) => {
+                        disks.push((
+                            item.name.clone(),
+                            DiskPlan::FromCsiSnapshot {
+                                snapshot: snapshot.clone(),
+                                namespace: self.target_namespace(namespace),
+                            },
+                        ));
+                        continue;
+                    }
+                    None => VolumePlan::Fail(
+                        "its CSI snapshot is restored through a claim, and the volume was bound to none"
+                            .to_owned(),
+                    ),
+                };
+                disks.push((item.name.clone(), DiskPlan::Decided(plan)));
                 continue;
             }
             let plan = match self.volumes.completed_snapshot(&item.name) {
@@ -1218,6 +1254,13 @@ impl Run<'_> {
             let plan =
                 match disk {
                     DiskPlan::Decided(plan) => plan,
+                    DiskPlan::FromCsiSnapshot {
+                        snapshot,
+                        namespace,
+                    } => {
+                        self.volume_from_csi_snapshot(&name, &snapshot, &namespace)
+                            .await
+                    }
                     DiskPlan::FromSnapshot {
                         snapshot,
                         zone,
@@ -1266,6 +1309,39 @@ impl Run<'_> {
             name: name.to_owned(),
         };
         self.notes.entry(item.path()).or_default().push(note);
+    }
+
+    /// Makes the VolumeSnapshot that PersistentVolume `name`'s claim, in `namespace`, is
+    /// provisioned from: the CSI driver creates the new volume from the backup's snapshot.
+    async fn volume_from_csi_snapshot(
+        &mut self,
+        name: &str,
+        snapshot: &ferry_protocol::volume::CsiSnapshot,
+        namespace: &str,
+    ) -> VolumePlan {
+        let uid = self.restore.uid().unwrap_or_default();
+        let made = if self.plan.dry_run {
+            Ok(volumes::csi::restore_snapshot_name(&uid, name))
+        } else {
+            volumes::csi::provision_source(self.ctx, snapshot, namespace, &uid, name).await
+        };
+        match made {
+            Ok(volume_snapshot) => {
+                self.note_pv(
+                    name,
+                    format!(
+                        "not restored: its claim gets a new volume from CSI snapshot {} (driver {}), through VolumeSnapshot {namespace}/{volume_snapshot}",
+                        snapshot.snapshot_handle.as_deref().unwrap_or_default(),
+                        snapshot.driver
+                    ),
+                );
+                VolumePlan::FromCsiSnapshot {
+                    volume_snapshot,
+                    restore_size: snapshot.restore_size,
+                }
+            }
+            Err(why) => VolumePlan::Fail(why),
+        }
     }
 
     /// Creates a disk from `snapshot` in `zone`.

@@ -1,7 +1,8 @@
 //! The data in an operation's volumes, beside its objects.
 //!
-//! A backup keeps each PersistentVolume's data by a native snapshot ([`snapshots`], EBS) or by
-//! file through the node agents ([`pod_volumes`]); a restore fills restored pods' volumes through
+//! A backup keeps each PersistentVolume's data as its volume [`policy`] chooses: by a native
+//! snapshot ([`snapshots`], EBS), a CSI snapshot ([`csi`]), or by file through the node agents
+//! ([`pod_volumes`]); a restore fills restored pods' volumes through
 //! the agents again. Either way every volume has one [`VolumeRecord`], and the [`VolumeTracker`]
 //! is the one place that follows them to their end for both kinds: it reads the records from the
 //! operation's [`VolumeState`] in the cluster, asks EC2 and the agents how they are doing, fails
@@ -9,7 +10,9 @@
 //! where this one stopped. Once every volume has ended it writes them to the bucket, where the
 //! restores of a backup read them.
 
+pub mod csi;
 mod pod_volumes;
+pub mod policy;
 mod snapshots;
 pub mod state;
 
@@ -112,14 +115,16 @@ impl<'a> VolumeTracker<'a> {
         }
     }
 
-    /// One more look: reads the records from the cluster, asks EC2 about native snapshots in
-    /// progress and the agents about their tasks (starting those that are not running), fails
+    /// One more look: reads the records from the cluster, asks EC2 about native snapshots and the
+    /// cluster about CSI snapshots in progress, asks the agents about their tasks (starting those that are not running), fails
     /// what waited past `wait_limit`, and keeps the records: in the cluster while some volume is
     /// in progress, in the bucket once none is.
     pub async fn follow(&self, wait_limit: Option<&WaitLimit>) -> Result<Followed> {
         let mut records = self.state.load().await?;
         let looked_at = records.clone();
-        let snapshots_done = snapshots::follow_snapshots(self.ctx, &mut records).await?;
+        let native_done = snapshots::follow_snapshots(self.ctx, &mut records).await?;
+        let csi_done = csi::follow(self.ctx, &mut records).await?;
+        let snapshots_done = native_done && csi_done;
         let pod_volumes_done =
             pod_volumes::follow_pod_volumes(self.ctx, self.location, &self.transfer, &mut records)
                 .await?;
@@ -165,26 +170,36 @@ fn give_up_waiting(records: &mut VolumeRecords, limit: &WaitLimit, now: Timestam
     true
 }
 
-/// The status's count of the agents' pod volumes, and of native snapshots attempted and
+/// The status's count of the agents' pod volumes, and of native and CSI snapshots attempted and
 /// completed.
 pub struct Counts {
     pub pod_volumes: Option<PodVolumeProgress>,
     pub snapshots_attempted: u32,
     pub snapshots_completed: u32,
+    pub csi_snapshots_attempted: u32,
+    pub csi_snapshots_completed: u32,
 }
 
 /// Counts `records` for a status.
 pub fn count(ctx: &Context, records: &VolumeRecords) -> Counts {
-    let snapshotted = records.volumes.iter().filter(|r| r.snapshot.is_some());
     let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    let attempted_and_completed = |kind: fn(&VolumeRecord) -> bool| {
+        let taken = records.volumes.iter().filter(|r| kind(r));
+        (
+            count(taken.clone().count()),
+            count(taken.filter(|r| r.phase == VolumePhase::Completed).count()),
+        )
+    };
+    let (snapshots_attempted, snapshots_completed) =
+        attempted_and_completed(|r| r.snapshot.is_some());
+    let (csi_snapshots_attempted, csi_snapshots_completed) =
+        attempted_and_completed(|r| r.csi_snapshot.is_some());
     Counts {
         pod_volumes: pod_volume_progress(ctx, records),
-        snapshots_attempted: count(snapshotted.clone().count()),
-        snapshots_completed: count(
-            snapshotted
-                .filter(|r| r.phase == VolumePhase::Completed)
-                .count(),
-        ),
+        snapshots_attempted,
+        snapshots_completed,
+        csi_snapshots_attempted,
+        csi_snapshots_completed,
     }
 }
 
@@ -206,6 +221,7 @@ mod tests {
             snapshot: None,
             pod_volume: None,
             file_system: None,
+            csi_snapshot: None,
         }
     }
 

@@ -15,8 +15,8 @@ use serde_json::Value;
 
 use crate::agents::{AgentRequest, TaskOwner, TaskState};
 use crate::context::Context;
-use crate::ebs;
 use crate::error::Result;
+use crate::volumes::policy::Choice;
 use crate::volumes::snapshots::claim_of;
 
 /// Names pod volumes to back up by file: `backup.ferry.dev/volumes: data,logs` on a pod (as
@@ -37,12 +37,13 @@ pub struct PodVolumeChoice {
 }
 
 /// The pod volumes the node agents back up: those a pod's annotation names; with
-/// `defaultVolumesToFsBackup`, every data volume not excluded; and claims whose volume no native
-/// snapshotter covers. Only pods running on a node can be read.
+/// `defaultVolumesToFsBackup`, every data volume not excluded; and claims whose volume `choices`
+/// (the volume policy) has backed up by file. Only pods running on a node can be read.
 pub fn choose_pod_volumes(
     backup: &Backup,
     pods: &[Value],
     persistent_volumes: &[Value],
+    choices: &BTreeMap<String, Choice>,
 ) -> Vec<PodVolumeChoice> {
     let by_claim: BTreeMap<(String, String), &Value> = persistent_volumes
         .iter()
@@ -110,9 +111,12 @@ pub fn choose_pod_volumes(
                     .get(&(namespace.clone(), claim.to_owned()))
                     .copied()
             });
-            let no_native_snapshotter = pv.is_some_and(|pv| ebs::volume_of(pv).is_none());
+            let by_file = pv
+                .and_then(|pv| pv.pointer("/metadata/name"))
+                .and_then(Value::as_str)
+                .is_some_and(|pv| choices.get(pv) == Some(&Choice::FileSystem));
             let wanted = named.contains(&volume_name)
-                || (!excluded.contains(&volume_name) && (default_fs || no_native_snapshotter));
+                || (!excluded.contains(&volume_name) && (default_fs || by_file));
             if !wanted {
                 continue;
             }
@@ -161,6 +165,7 @@ pub fn pod_volume_records(
             phase: VolumePhase::InProgress,
             message: None,
             snapshot: None,
+            csi_snapshot: None,
             file_system: Some(FileSystemBackup {
                 repository: crate::agents::repository_url(location, &choice.pod_volume.namespace),
                 task_id: format!("{uid}-{n}"),

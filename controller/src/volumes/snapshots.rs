@@ -1,5 +1,6 @@
-//! Native snapshots (EBS): which PersistentVolumes of a backup get one, taking them, following
-//! them to completion, and deleting them with the backup.
+//! The snapshots of a backup's PersistentVolumes: recording what the volume policy chose for each
+//! volume the node agents do not back up, and starting its snapshot; native snapshots (EBS) are
+//! taken, followed and deleted here, CSI snapshots in [`super::csi`].
 //!
 //! Every PersistentVolume in a backup's scope ends up with one [`VolumeRecord`]; a volume that no
 //! native snapshotter covers is recorded for file-level backup with a warning, never left out
@@ -15,6 +16,8 @@ use futures::StreamExt;
 use kube::ResourceExt;
 use serde_json::Value;
 
+use super::csi;
+use super::policy::{self, Choice};
 use crate::context::Context;
 use crate::ebs::{self, Ebs, EbsError, SnapshotProgress, zone_in_region};
 use crate::error::{Error, Result};
@@ -75,13 +78,14 @@ impl Snapshotters {
     }
 }
 
-/// Decides, for every PersistentVolume of the backup, how its data is kept, and starts the
-/// native snapshots.
+/// Records, for every PersistentVolume of the backup that the node agents do not back up, how its
+/// data is kept as `choices` says, and starts its native or CSI snapshot.
 pub async fn snapshot_volumes(
     ctx: &Context,
     backup: &Backup,
     persistent_volumes: &[Value],
     backed_up_by_agents: &BTreeSet<String>,
+    choices: &BTreeMap<String, Choice>,
 ) -> Result<VolumeOutcome> {
     let spec = &backup.spec;
     let mut outcome = VolumeOutcome::default();
@@ -93,7 +97,14 @@ pub async fn snapshot_volumes(
     // left everything at its default gets a warning.
     let snapshots_explicit =
         spec.snapshot_volumes == Some(true) || !spec.volume_snapshot_locations.is_empty();
-    let snapshotters = if snapshots_wanted {
+    let native_wanted = snapshots_wanted
+        && persistent_volumes.iter().any(|pv| {
+            pv.pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .and_then(|name| choices.get(name))
+                == Some(&Choice::NativeSnapshot)
+        });
+    let snapshotters = if native_wanted {
         let locations = ctx
             .locations
             .snapshot_locations(&spec.volume_snapshot_locations)
@@ -104,8 +115,14 @@ pub async fn snapshot_volumes(
             locations: Vec::new(),
         }
     };
+    let csi_timeout = spec
+        .csi_snapshot_timeout
+        .as_deref()
+        .and_then(|text| crate::parse_duration(text).ok())
+        .unwrap_or(csi::DEFAULT_TIMEOUT);
 
-    let mut pending = Vec::new();
+    let mut native = Vec::new();
+    let mut by_csi = Vec::new();
     for pv in persistent_volumes {
         let name = pv
             .pointer("/metadata/name")
@@ -123,63 +140,94 @@ pub async fn snapshot_volumes(
             phase,
             message,
             snapshot: None,
+            csi_snapshot: None,
             pod_volume: None,
             file_system: None,
         };
-        let ebs_volume = ebs::volume_of(pv);
-        let skipped = if spec.default_volumes_to_fs_backup == Some(true) || ebs_volume.is_none() {
-            let why = if ebs_volume.is_none() {
-                format!("no native snapshotter covers {} volumes", volume_source(pv))
-            } else {
-                "defaultVolumesToFsBackup is set".to_owned()
-            };
-            Some(record(
+        let by_file = |why: String| {
+            record(
                 VolumeMethod::FileSystem,
                 VolumePhase::Skipped,
                 Some(format!(
                     "{why}; it needs file-level backup by a node agent, through a running pod that mounts it, and no running pod in this backup does: its data is not in this backup"
                 )),
-            ))
-        } else if !snapshots_wanted {
-            Some(record(
+            )
+        };
+        let choice = choices.get(&name).cloned().unwrap_or(Choice::FileSystem);
+        let ebs_volume = ebs::volume_of(pv);
+        let decided = match choice {
+            _ if spec.default_volumes_to_fs_backup == Some(true) => {
+                by_file("defaultVolumesToFsBackup is set".to_owned())
+            }
+            Choice::Skip(why) => record(VolumeMethod::None, VolumePhase::Skipped, Some(why)),
+            Choice::Fail(why) => record(VolumeMethod::None, VolumePhase::Failed, Some(why)),
+            Choice::FileSystem if ebs_volume.is_some() || policy::csi_driver(pv).is_some() => {
+                by_file("it is to be backed up by file".to_owned())
+            }
+            Choice::FileSystem => by_file(format!(
+                "no native or CSI snapshotter covers {} volumes",
+                volume_source(pv)
+            )),
+            Choice::NativeSnapshot if !snapshots_wanted => record(
                 VolumeMethod::None,
                 VolumePhase::Skipped,
                 Some("snapshotVolumes is false".to_owned()),
-            ))
-        } else if snapshotters.locations.is_empty() {
-            let phase = if snapshots_explicit {
-                VolumePhase::Failed
-            } else {
-                VolumePhase::Skipped
-            };
-            Some(record(
-                VolumeMethod::NativeSnapshot,
-                phase,
-                Some("there is no VolumeSnapshotLocation to snapshot it through; create one for its region (ferry snapshot-location create)".to_owned()),
-            ))
-        } else {
-            None
-        };
-        match skipped {
-            Some(skipped) => {
-                note(&mut outcome, &skipped, snapshots_wanted);
-                outcome.records.push(skipped);
+            ),
+            Choice::NativeSnapshot if snapshotters.locations.is_empty() => {
+                let phase = if snapshots_explicit {
+                    VolumePhase::Failed
+                } else {
+                    VolumePhase::Skipped
+                };
+                record(
+                    VolumeMethod::NativeSnapshot,
+                    phase,
+                    Some("there is no VolumeSnapshotLocation to snapshot it through; create one for its region (ferry snapshot-location create)".to_owned()),
+                )
             }
-            None => pending.push((
-                record(VolumeMethod::NativeSnapshot, VolumePhase::InProgress, None),
-                ebs_volume.expect("only EBS volumes reach here"),
-            )),
-        }
+            Choice::NativeSnapshot => {
+                native.push((
+                    record(VolumeMethod::NativeSnapshot, VolumePhase::InProgress, None),
+                    ebs_volume.expect("the policy chooses native snapshots of EBS volumes only"),
+                ));
+                continue;
+            }
+            Choice::CsiSnapshot { driver, class } => {
+                by_csi.push((
+                    record(VolumeMethod::CsiSnapshot, VolumePhase::InProgress, None),
+                    driver,
+                    class,
+                ));
+                continue;
+            }
+        };
+        note(&mut outcome, &decided, snapshots_wanted);
+        outcome.records.push(decided);
     }
 
     let snapshotters = &snapshotters;
-    let taken: Vec<VolumeRecord> = futures::stream::iter(pending)
+    let mut taken: Vec<VolumeRecord> = futures::stream::iter(native)
         .map(|(record, volume)| async move {
             take_snapshot(backup, snapshotters, record, &volume).await
         })
         .buffered(CONCURRENT_SNAPSHOTS)
         .collect()
         .await;
+    let (uid, backup_name) = (backup.uid().unwrap_or_default(), backup.name_any());
+    for (record, driver, class) in by_csi {
+        taken.push(
+            csi::take(
+                ctx,
+                &uid,
+                &backup_name,
+                record,
+                &driver,
+                &class,
+                csi_timeout,
+            )
+            .await,
+        );
+    }
     for record in taken {
         note(&mut outcome, &record, true);
         outcome.records.push(record);
@@ -329,7 +377,7 @@ pub(super) fn claim_of(pv: &Value) -> Option<ClaimRef> {
 }
 
 /// What kind of volume a PersistentVolume is, for messages: `hostPath`, `csi (driver x)`, ...
-fn volume_source(pv: &Value) -> String {
+pub(super) fn volume_source(pv: &Value) -> String {
     let Some(spec) = pv.get("spec").and_then(Value::as_object) else {
         return "such".to_owned();
     };
@@ -456,8 +504,8 @@ pub async fn delete_snapshots(
 }
 
 /// Deletes the snapshots a backup interrupted by a restart may have started before it recorded
-/// them: every snapshot tagged with its uid, in every snapshot location. Returns how many it
-/// deleted.
+/// them: every EBS snapshot tagged with its uid, in every snapshot location, and its CSI
+/// snapshots. Returns how many it deleted.
 pub async fn delete_unrecorded_snapshots(ctx: &Context, backup: &Backup) -> Result<usize> {
     let uid = backup.uid().unwrap_or_default();
     let mut deleted = 0;
@@ -472,7 +520,7 @@ pub async fn delete_unrecorded_snapshots(ctx: &Context, backup: &Backup) -> Resu
             deleted += 1;
         }
     }
-    Ok(deleted)
+    Ok(deleted + csi::delete_unrecorded(ctx, &uid).await?)
 }
 
 /// The EC2 connection of the VolumeSnapshotLocation `name`.
@@ -509,6 +557,7 @@ mod tests {
             snapshot: None,
             pod_volume: None,
             file_system: None,
+            csi_snapshot: None,
         };
         let mut own: BTreeMap<String, String> = (0..60)
             .map(|i| (format!("k{i:02}"), "v".to_owned()))

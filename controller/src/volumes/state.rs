@@ -166,6 +166,7 @@ mod tests {
                 snapshot: None,
                 pod_volume: None,
                 file_system: None,
+                csi_snapshot: None,
             })
             .collect();
         let records = VolumeRecords::new(volumes);

@@ -93,6 +93,8 @@ pub struct VolumeSources {
     pub persistent_volumes: Vec<Value>,
     /// Every pod written, for the file-level backups of their volumes.
     pub pods: Vec<Value>,
+    /// Every PersistentVolumeClaim written, for the volume policies and CSI snapshots.
+    pub claims: Vec<Value>,
 }
 
 /// What the actions that apply to `resource` note of the namespaced `object`.

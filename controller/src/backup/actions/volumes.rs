@@ -1,5 +1,5 @@
 //! Claims and their volumes: a claim needs the PersistentVolume it is bound to, and every
-//! PersistentVolume written is kept for the native snapshots that follow the listing.
+//! PersistentVolume and claim written is kept for the volume backups that follow the listing.
 
 use ferry_protocol::layout::GroupResource;
 use kube::ResourceExt;
@@ -18,6 +18,16 @@ impl ItemAction for PersistentVolumeClaim {
         if let Some(volume) = text(object, "/spec/volumeName") {
             needed.persistent_volumes.insert(volume.to_owned());
         }
+    }
+
+    /// The volume policies read a claim's annotations.
+    fn written(
+        &self,
+        object: &DynamicObject,
+        sources: &mut VolumeSources,
+    ) -> serde_json::Result<()> {
+        sources.claims.push(serde_json::to_value(object)?);
+        Ok(())
     }
 }
 

@@ -48,6 +48,11 @@ impl ItemAction for PersistentVolume {
                 }
                 Verdict::Restore
             }
+            Some(VolumePlan::FromCsiSnapshot {
+                volume_snapshot, ..
+            }) => Verdict::Skip(format!(
+                "its claim gets a new volume from the backup's CSI snapshot, through VolumeSnapshot {volume_snapshot}"
+            )),
             Some(VolumePlan::Skip(reason)) => Verdict::Skip(reason.clone()),
             Some(VolumePlan::Fail(reason)) => Verdict::Fail(reason.clone()),
             None => Verdict::Restore,

@@ -159,6 +159,7 @@ mod tests {
             phase: VolumePhase::Completed,
             message: None,
             snapshot: None,
+            csi_snapshot: None,
             pod_volume: Some(PodVolumeRef {
                 namespace: "db".to_owned(),
                 pod: pod.to_owned(),

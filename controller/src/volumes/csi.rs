@@ -1,0 +1,560 @@
+//! CSI snapshots: a VolumeSnapshot of a claim, taken by its CSI driver through the cluster's
+//! snapshot controller, kept with the backup, restored by a claim whose `dataSource` it is, and
+//! deleted with the backup.
+//!
+//! A snapshot's life, and why each step is where it is:
+//! - **take**: the backup creates a VolumeSnapshot beside the claim, labelled with its uid, named
+//!   from the backup's uid and the claim (so a restarted controller finds the one it made).
+//! - **ready**: once it is ready to use, its VolumeSnapshotContent is set to `Retain` and labelled
+//!   with the backup's uid, and only then is the VolumeSnapshot deleted: the storage system's
+//!   snapshot now outlives the VolumeSnapshot, the claim and its namespace (`kubectl delete
+//!   namespace` must not take the backup with it). The record keeps the content's name and the
+//!   `snapshotHandle`.
+//! - **not ready in time** (`csiSnapshotTimeout`, default 10 min): the volume fails with the
+//!   snapshot controller's reason, and the VolumeSnapshot is deleted.
+//! - **restore**: a VolumeSnapshotContent pointing at the handle (`Retain`: deleting the restore's
+//!   objects never deletes the backup's snapshot) and a VolumeSnapshot bound to it in the claim's
+//!   target namespace, both labelled with the restore's uid; the claim gets it as its
+//!   `dataSource`, and the driver makes the new volume. They stay until the backup is deleted.
+//! - **delete**: with the backup, each content that carries the backup's uid is set to `Delete`
+//!   and deleted, and the driver deletes the snapshot. A content without the label is left alone,
+//!   as is a snapshot whose content is not in this cluster (its handle means nothing here). The
+//!   objects restores made from those snapshots go too.
+
+use std::time::Duration;
+
+use ferry_protocol::volume::{CsiSnapshot, VolumePhase, VolumeRecord, VolumeRecords};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+};
+use serde_json::{Value, json};
+
+use crate::context::Context;
+use crate::error::Result;
+
+/// The label that ties a VolumeSnapshot or VolumeSnapshotContent to the backup (its uid) that
+/// took it.
+pub const BACKUP_UID_LABEL: &str = "ferry.dev/backup-uid";
+/// The label of the objects a restore made to provision claims from snapshots.
+pub const RESTORE_UID_LABEL: &str = "ferry.dev/restore-uid";
+/// How long a snapshot may take to be ready to use when the backup does not say.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+const GROUP: &str = "snapshot.storage.k8s.io";
+
+fn resource(kind: &str, plural: &str) -> ApiResource {
+    ApiResource {
+        group: GROUP.to_owned(),
+        version: "v1".to_owned(),
+        api_version: format!("{GROUP}/v1"),
+        kind: kind.to_owned(),
+        plural: plural.to_owned(),
+    }
+}
+
+fn snapshots(ctx: &Context, namespace: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(
+        ctx.client.clone(),
+        namespace,
+        &resource("VolumeSnapshot", "volumesnapshots"),
+    )
+}
+
+fn contents(ctx: &Context) -> Api<DynamicObject> {
+    Api::all_with(
+        ctx.client.clone(),
+        &resource("VolumeSnapshotContent", "volumesnapshotcontents"),
+    )
+}
+
+/// Whether `error` says the cluster does not serve the snapshot API (no VolumeSnapshot CRDs).
+fn no_api(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 404)
+}
+
+/// The cluster's VolumeSnapshotClasses as JSON; none when it has no snapshot API.
+pub async fn cluster_classes(ctx: &Context) -> Result<Vec<Value>> {
+    let api: Api<DynamicObject> = Api::all_with(
+        ctx.client.clone(),
+        &resource("VolumeSnapshotClass", "volumesnapshotclasses"),
+    );
+    match api.list(&ListParams::default()).await {
+        Ok(list) => list
+            .items
+            .into_iter()
+            .map(|class| serde_json::to_value(class).map_err(Into::into))
+            .collect(),
+        Err(error) if no_api(&error) => Ok(Vec::new()),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// The name of the VolumeSnapshot a backup takes of a claim: the same on every attempt, unique to
+/// the backup and the claim, within the 253 characters of a name.
+fn snapshot_name(backup_uid: &str, claim: &str) -> String {
+    let digest = blake3::hash(format!("{backup_uid}/{claim}").as_bytes()).to_hex();
+    let claim: String = claim.chars().take(200).collect();
+    format!(
+        "ferry-{}-{}",
+        claim.trim_end_matches(['-', '.']),
+        &digest[..12]
+    )
+}
+
+/// Starts a CSI snapshot of `record`'s claim; the record says how it went.
+pub(super) async fn take(
+    ctx: &Context,
+    backup_uid: &str,
+    backup_name: &str,
+    mut record: VolumeRecord,
+    driver: &str,
+    class: &str,
+    timeout: Duration,
+) -> VolumeRecord {
+    let Some(claim) = record.claim.clone() else {
+        record.phase = VolumePhase::Failed;
+        record.message =
+            Some("a CSI snapshot is taken of a claim, and this volume is bound to none".to_owned());
+        return record;
+    };
+    let name = snapshot_name(backup_uid, &claim.name);
+    let body: DynamicObject = match serde_json::from_value(json!({
+        "apiVersion": format!("{GROUP}/v1"),
+        "kind": "VolumeSnapshot",
+        "metadata": {
+            "name": name,
+            "namespace": claim.namespace,
+            "labels": {BACKUP_UID_LABEL: backup_uid},
+            "annotations": {"ferry.dev/backup-name": backup_name},
+        },
+        "spec": {
+            "volumeSnapshotClassName": class,
+            "source": {"persistentVolumeClaimName": claim.name},
+        },
+    })) {
+        Ok(body) => body,
+        Err(error) => {
+            record.phase = VolumePhase::Failed;
+            record.message = Some(format!("building its VolumeSnapshot failed: {error}"));
+            return record;
+        }
+    };
+    let ready_by = ctx.now().as_second() + i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX);
+    record.csi_snapshot = Some(CsiSnapshot {
+        driver: driver.to_owned(),
+        volume_snapshot_class: class.to_owned(),
+        volume_snapshot: name,
+        ready_by,
+        ..Default::default()
+    });
+    match snapshots(ctx, &claim.namespace)
+        .create(&PostParams::default(), &body)
+        .await
+    {
+        // Made by this backup before a restart: its name holds the backup's uid.
+        Ok(_) => record.phase = VolumePhase::InProgress,
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            record.phase = VolumePhase::InProgress
+        }
+        Err(error) if no_api(&error) => {
+            record.phase = VolumePhase::Failed;
+            record.message = Some(
+                "the cluster has no VolumeSnapshot API (snapshot.storage.k8s.io/v1); install the external-snapshotter's CRDs and snapshot controller".to_owned(),
+            );
+        }
+        Err(error) => {
+            record.phase = VolumePhase::Failed;
+            record.message = Some(format!("creating its VolumeSnapshot failed: {error}"));
+        }
+    }
+    record
+}
+
+/// Asks the cluster how the CSI snapshots in progress are doing: keeps those that are ready (see
+/// the module's text), fails those past their time. Returns whether none is still in progress.
+pub(super) async fn follow(ctx: &Context, records: &mut VolumeRecords) -> Result<bool> {
+    let now = ctx.now().as_second();
+    for record in records
+        .volumes
+        .iter_mut()
+        .filter(|r| r.phase == VolumePhase::InProgress && r.csi_snapshot.is_some())
+    {
+        let Some(claim) = record.claim.clone() else {
+            continue;
+        };
+        let snapshot = record.csi_snapshot.clone().unwrap_or_default();
+        let api = snapshots(ctx, &claim.namespace);
+        let Some(object) = api.get_opt(&snapshot.volume_snapshot).await? else {
+            // Deleted after its content was kept (a restart between the two), or by someone else.
+            match kept_content(ctx, &claim.namespace, &snapshot.volume_snapshot).await? {
+                Some(content) => complete(record, &content),
+                None => {
+                    record.phase = VolumePhase::Failed;
+                    record.message = Some(format!(
+                        "VolumeSnapshot {}/{} was deleted before it was ready to use",
+                        claim.namespace, snapshot.volume_snapshot
+                    ));
+                }
+            }
+            continue;
+        };
+        let status = object.data.get("status").cloned().unwrap_or(Value::Null);
+        let ready = status.get("readyToUse").and_then(Value::as_bool) == Some(true);
+        let bound = status
+            .get("boundVolumeSnapshotContentName")
+            .and_then(Value::as_str);
+        if let (true, Some(content_name)) = (ready, bound) {
+            if contents(ctx).get_opt(content_name).await?.is_none() {
+                continue; // the snapshot controller's caches catch up
+            }
+            let uid = object
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(BACKUP_UID_LABEL))
+                .cloned()
+                .unwrap_or_default();
+            let content = keep(ctx, content_name, &uid).await?;
+            api.delete(&snapshot.volume_snapshot, &DeleteParams::default())
+                .await
+                .map(drop)
+                .or_else(gone)?;
+            complete(record, &content);
+            continue;
+        }
+        if now > snapshot.ready_by {
+            let reason = status
+                .pointer("/error/message")
+                .and_then(Value::as_str)
+                .map(|message| format!("the snapshot controller says: {message}"))
+                .unwrap_or_else(|| "it never became ready to use".to_owned());
+            record.phase = VolumePhase::Failed;
+            record.message = Some(format!(
+                "VolumeSnapshot {}/{} was not ready within csiSnapshotTimeout; {reason}",
+                claim.namespace, snapshot.volume_snapshot
+            ));
+            // Whatever it becomes, it is no part of the backup.
+            api.delete(&snapshot.volume_snapshot, &DeleteParams::default())
+                .await
+                .map(drop)
+                .or_else(gone)?;
+        }
+    }
+    Ok(records.volumes.iter().all(|r| r.phase.is_terminal()))
+}
+
+/// A 404 where something was to be deleted: it is gone already.
+fn gone(error: kube::Error) -> std::result::Result<(), kube::Error> {
+    match error {
+        kube::Error::Api(status) if status.code == 404 => Ok(()),
+        error => Err(error),
+    }
+}
+
+/// Makes a ready snapshot's content the backup's: `Retain`, labelled with its uid.
+async fn keep(ctx: &Context, content: &str, backup_uid: &str) -> Result<DynamicObject> {
+    let patch = json!({
+        "metadata": {"labels": {BACKUP_UID_LABEL: backup_uid}},
+        "spec": {"deletionPolicy": "Retain"},
+    });
+    Ok(contents(ctx)
+        .patch(content, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?)
+}
+
+/// The content a backup kept for its VolumeSnapshot `namespace/name`, if it did before the
+/// VolumeSnapshot went.
+async fn kept_content(ctx: &Context, namespace: &str, name: &str) -> Result<Option<DynamicObject>> {
+    let kept = contents(ctx)
+        .list(&ListParams::default().labels(BACKUP_UID_LABEL))
+        .await?;
+    Ok(kept.items.into_iter().find(|content| {
+        let reference = content.data.pointer("/spec/volumeSnapshotRef");
+        let field = |key: &str| reference.and_then(|r| r.get(key)).and_then(Value::as_str);
+        field("namespace") == Some(namespace)
+            && field("name") == Some(name)
+            && content
+                .data
+                .pointer("/spec/deletionPolicy")
+                .and_then(Value::as_str)
+                == Some("Retain")
+    }))
+}
+
+fn complete(record: &mut VolumeRecord, content: &DynamicObject) {
+    let snapshot = record.csi_snapshot.get_or_insert_with(Default::default);
+    snapshot.content = content.metadata.name.clone();
+    snapshot.snapshot_handle = content
+        .data
+        .pointer("/status/snapshotHandle")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    snapshot.restore_size = content
+        .data
+        .pointer("/status/restoreSize")
+        .and_then(Value::as_i64);
+    if snapshot.snapshot_handle.is_some() {
+        record.phase = VolumePhase::Completed;
+        record.message = None;
+    } else {
+        record.phase = VolumePhase::Failed;
+        record.message = Some(format!(
+            "VolumeSnapshotContent {} is ready but names no snapshotHandle",
+            snapshot.content.as_deref().unwrap_or_default()
+        ));
+    }
+}
+
+/// Deletes the CSI snapshots `records` name that carry `backup_uid`; returns how many.
+pub async fn delete(ctx: &Context, records: &VolumeRecords, backup_uid: &str) -> Result<usize> {
+    let mut deleted = 0;
+    for snapshot in records
+        .volumes
+        .iter()
+        .filter_map(|r| r.csi_snapshot.as_ref())
+    {
+        let Some(name) = &snapshot.content else {
+            continue;
+        };
+        let content = match contents(ctx).get_opt(name).await {
+            Ok(Some(content)) => content,
+            Ok(None) => continue,
+            Err(error) if no_api(&error) => continue,
+            Err(error) => return Err(error.into()),
+        };
+        if !carries(&content, BACKUP_UID_LABEL, backup_uid) {
+            tracing::warn!(
+                message = "a VolumeSnapshotContent the backup's records name does not carry its uid; left alone",
+                content = %name,
+                label = %format!("{BACKUP_UID_LABEL}={backup_uid}"),
+            );
+            continue;
+        }
+        delete_content(ctx, name).await?;
+        deleted += 1;
+    }
+    let handles: Vec<(&str, &str)> = records
+        .volumes
+        .iter()
+        .filter_map(|r| r.csi_snapshot.as_ref())
+        .filter_map(|s| Some((s.driver.as_str(), s.snapshot_handle.as_deref()?)))
+        .collect();
+    delete_restore_sources(ctx, &handles).await?;
+    Ok(deleted)
+}
+
+/// Deletes the VolumeSnapshots (and their contents) that restores made to provision claims from
+/// the snapshots `handles` name, which are about to be gone. Their contents are `Retain`: deleting
+/// them leaves the storage system alone.
+async fn delete_restore_sources(ctx: &Context, handles: &[(&str, &str)]) -> Result<()> {
+    if handles.is_empty() {
+        return Ok(());
+    }
+    let made = match contents(ctx)
+        .list(&ListParams::default().labels(RESTORE_UID_LABEL))
+        .await
+    {
+        Ok(list) => list.items,
+        Err(error) if no_api(&error) => return Ok(()),
+        Err(error) => return Err(error.into()),
+    };
+    for content in made {
+        let text = |pointer: &str| content.data.pointer(pointer).and_then(Value::as_str);
+        let source = (
+            text("/spec/driver").unwrap_or_default(),
+            text("/spec/source/snapshotHandle").unwrap_or_default(),
+        );
+        if !handles.contains(&source) || text("/spec/deletionPolicy") != Some("Retain") {
+            continue;
+        }
+        if let (Some(namespace), Some(name)) = (
+            text("/spec/volumeSnapshotRef/namespace"),
+            text("/spec/volumeSnapshotRef/name"),
+        ) {
+            let api = snapshots(ctx, namespace);
+            if let Some(snapshot) = api.get_opt(name).await?
+                && snapshot
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .is_some_and(|l| l.contains_key(RESTORE_UID_LABEL))
+            {
+                api.delete(name, &DeleteParams::default())
+                    .await
+                    .map(drop)
+                    .or_else(gone)?;
+            }
+        }
+        if let Some(name) = &content.metadata.name {
+            contents(ctx)
+                .delete(name, &DeleteParams::default())
+                .await
+                .map(drop)
+                .or_else(gone)?;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes what an interrupted backup may have taken before it recorded it: its VolumeSnapshots
+/// in every namespace, and the contents it kept. Returns how many.
+pub async fn delete_unrecorded(ctx: &Context, backup_uid: &str) -> Result<usize> {
+    let selector = ListParams::default().labels(&format!("{BACKUP_UID_LABEL}={backup_uid}"));
+    let all: Api<DynamicObject> = Api::all_with(
+        ctx.client.clone(),
+        &resource("VolumeSnapshot", "volumesnapshots"),
+    );
+    let taken = match all.list(&selector).await {
+        Ok(list) => list.items,
+        Err(error) if no_api(&error) => return Ok(0),
+        Err(error) => return Err(error.into()),
+    };
+    let mut deleted = 0;
+    for snapshot in taken {
+        let (Some(namespace), Some(name)) = (&snapshot.metadata.namespace, &snapshot.metadata.name)
+        else {
+            continue;
+        };
+        snapshots(ctx, namespace)
+            .delete(name, &DeleteParams::default())
+            .await
+            .map(drop)
+            .or_else(gone)?;
+        deleted += 1;
+    }
+    for content in contents(ctx).list(&selector).await?.items {
+        if let Some(name) = &content.metadata.name {
+            delete_content(ctx, name).await?;
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}
+
+/// Deletes a content together with the storage system's snapshot.
+async fn delete_content(ctx: &Context, name: &str) -> Result<()> {
+    let patch = json!({"spec": {"deletionPolicy": "Delete"}});
+    contents(ctx)
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(|_| ())
+        .or_else(gone)?;
+    contents(ctx)
+        .delete(name, &DeleteParams::default())
+        .await
+        .map(|_| ())
+        .or_else(gone)?;
+    Ok(())
+}
+
+fn carries(object: &DynamicObject, label: &str, value: &str) -> bool {
+    object
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|labels| labels.get(label))
+        .map(String::as_str)
+        == Some(value)
+}
+
+/// The name of the VolumeSnapshot (and its content) a restore makes for the claim of
+/// PersistentVolume `persistent_volume`.
+pub fn restore_snapshot_name(restore_uid: &str, persistent_volume: &str) -> String {
+    snapshot_name(restore_uid, persistent_volume)
+}
+
+/// Makes the VolumeSnapshot a restored claim in `namespace` is provisioned from: a content that
+/// points at the backup's snapshot, kept (`Retain`) whatever becomes of it, and a VolumeSnapshot
+/// bound to it. Returns the VolumeSnapshot's name. Made again on a retry, it is found as it was.
+pub async fn provision_source(
+    ctx: &Context,
+    snapshot: &CsiSnapshot,
+    namespace: &str,
+    restore_uid: &str,
+    persistent_volume: &str,
+) -> std::result::Result<String, String> {
+    let Some(handle) = &snapshot.snapshot_handle else {
+        return Err("the backup's CSI snapshot has no snapshotHandle".to_owned());
+    };
+    let name = restore_snapshot_name(restore_uid, persistent_volume);
+    let labels = json!({RESTORE_UID_LABEL: restore_uid});
+    let content = json!({
+        "apiVersion": format!("{GROUP}/v1"),
+        "kind": "VolumeSnapshotContent",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "deletionPolicy": "Retain",
+            "driver": snapshot.driver,
+            "source": {"snapshotHandle": handle},
+            "volumeSnapshotRef": {"namespace": namespace, "name": name},
+        },
+    });
+    let volume_snapshot = json!({
+        "apiVersion": format!("{GROUP}/v1"),
+        "kind": "VolumeSnapshot",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {"source": {"volumeSnapshotContentName": name}},
+    });
+    let create = |api: Api<DynamicObject>, body: Value| async move {
+        let body: DynamicObject = serde_json::from_value(body).map_err(|e| e.to_string())?;
+        match api.create(&PostParams::default(), &body).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+            Err(error) if no_api(&error) => Err(
+                "the cluster has no VolumeSnapshot API (snapshot.storage.k8s.io/v1) to restore a CSI snapshot through; install the external-snapshotter's CRDs and snapshot controller".to_owned(),
+            ),
+            Err(error) => Err(format!("creating the VolumeSnapshot to restore from failed: {error}")),
+        }
+    };
+    create(contents(ctx), content).await?;
+    create(snapshots(ctx, namespace), volume_snapshot).await?;
+    Ok(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_names_are_stable_per_backup_and_claim_and_fit_a_name() {
+        let a = snapshot_name("uid-1", "data");
+        assert_eq!(a, snapshot_name("uid-1", "data"));
+        assert_ne!(a, snapshot_name("uid-2", "data"));
+        assert_ne!(a, snapshot_name("uid-1", "logs"));
+        assert!(a.starts_with("ferry-data-"));
+        let long = snapshot_name("uid-1", &"x".repeat(253));
+        assert!(long.len() <= 253, "{}", long.len());
+    }
+
+    #[test]
+    fn a_ready_content_completes_the_record_and_one_without_a_handle_fails_it() {
+        let content: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotContent",
+            "metadata": {"name": "snapcontent-1"},
+            "status": {"snapshotHandle": "snap-7", "restoreSize": 1073741824, "readyToUse": true},
+        }))
+        .unwrap();
+        let mut record = VolumeRecord {
+            persistent_volume: "pv-1".into(),
+            claim: None,
+            method: ferry_protocol::volume::VolumeMethod::CsiSnapshot,
+            phase: VolumePhase::InProgress,
+            message: None,
+            snapshot: None,
+            csi_snapshot: Some(CsiSnapshot::default()),
+            pod_volume: None,
+            file_system: None,
+        };
+        complete(&mut record, &content);
+        assert_eq!(record.phase, VolumePhase::Completed);
+        let kept = record.csi_snapshot.as_ref().unwrap();
+        assert_eq!(kept.content.as_deref(), Some("snapcontent-1"));
+        assert_eq!(kept.snapshot_handle.as_deref(), Some("snap-7"));
+        assert_eq!(kept.restore_size, Some(1 << 30));
+
+        let mut no_handle = content.clone();
+        no_handle.data["status"]["snapshotHandle"] = Value::Null;
+        complete(&mut record, &no_handle);
+        assert_eq!(record.phase, VolumePhase::Failed);
+    }
+}
