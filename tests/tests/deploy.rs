@@ -24,7 +24,8 @@ use serde_json::Value;
 
 const FIELD_MANAGER: &str = "ferry-deploy-test";
 
-/// The verbs that remove objects; the controller may use them on ferry.dev resources only.
+/// The verbs that remove objects; the controller may use them on ferry.dev resources only, and on
+/// the CSI snapshots it took (deploy/csi-snapshots.yaml).
 const DELETING_VERBS: [&str; 3] = ["delete", "deletecollection", "*"];
 
 #[derive(Debug, Deserialize)]
@@ -192,6 +193,24 @@ fn the_rbac_grants_delete_only_on_ferry_resources() {
                 .filter(|verb| DELETING_VERBS.iter().any(|d| *verb == d))
                 .collect();
             if deleting.is_empty() {
+                continue;
+            }
+            // The CSI snapshots Ferry took, behind the admission policy checked below.
+            if rule["apiGroups"] == serde_json::json!(["snapshot.storage.k8s.io"]) {
+                assert_eq!(
+                    (&rule["resources"], &rule["verbs"]),
+                    (
+                        &serde_json::json!(["volumesnapshots", "volumesnapshotcontents"]),
+                        &serde_json::json!(["delete"])
+                    ),
+                    "{} grants more than deleting snapshots in rule {rule}",
+                    role.describe()
+                );
+                find(
+                    &manifests,
+                    "ValidatingAdmissionPolicyBinding",
+                    "ferry-controller-csi-snapshots",
+                );
                 continue;
             }
             assert_eq!(
@@ -664,5 +683,126 @@ async fn an_agent_may_write_only_the_lease_of_its_own_node() {
         .delete(&node_a, &DeleteParams::default())
         .await
         .unwrap();
+    namespace.delete_and_wait().await;
+}
+
+/// deploy/csi-snapshots.yaml, installed for real: the controller's token may delete a
+/// VolumeSnapshot (or a content) that Ferry labelled, and the API server refuses it any other,
+/// though RBAC allows both. Needs the VolumeSnapshot CRDs, which the environment's node installs.
+#[tokio::test]
+async fn the_controller_may_delete_only_the_csi_snapshots_ferry_labelled() {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use kube::api::{ApiResource, DeleteParams, DynamicObject, PostParams};
+
+    let kustomization = kustomization();
+    let manifests = manifests(&kustomization);
+    let client = TestEnv::get().kube_client().await;
+    let resource = ApiResource {
+        group: "snapshot.storage.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "snapshot.storage.k8s.io/v1".into(),
+        kind: "VolumeSnapshot".into(),
+        plural: "volumesnapshots".into(),
+    };
+    let probe: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    if let Err(error) = probe.list(&Default::default()).await {
+        panic!(
+            "the test cluster serves no VolumeSnapshots ({error}); its node installs the CRDs: start it with `tests/env/up`"
+        );
+    }
+    for kind in [
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ] {
+        let manifest = find(&manifests, kind, "ferry-controller-csi-snapshots");
+        apply(&client, &kustomization, manifest, false)
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+    }
+    let namespace = ferry_tests::TestNamespace::create(&client, "csi-policy").await;
+    let ns = namespace.name().to_owned();
+    let objects = [
+        serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "ferry-controller"}}),
+        serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "ferry-controller"},
+            "rules": [{"apiGroups": ["snapshot.storage.k8s.io"], "resources": ["volumesnapshots"], "verbs": ["get", "delete"]}]}),
+        serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "ferry-controller"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "ferry-controller"},
+            "subjects": [{"kind": "ServiceAccount", "name": "ferry-controller", "namespace": ns}]}),
+    ];
+    for object in objects {
+        ferry_tests::create_object(&client, &ns, object).await;
+    }
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: Vec::new(),
+            expiration_seconds: Some(600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let token = Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+        .create_token_request("ferry-controller", &PostParams::default(), &request)
+        .await
+        .unwrap()
+        .status
+        .expect("a token")
+        .token;
+    let as_controller: Api<DynamicObject> =
+        Api::namespaced_with(client_with_token(&token).await, &ns, &resource);
+    let as_admin: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resource);
+    // Snapshots of a claim that does not exist: the snapshot controller leaves them pending.
+    let snapshot = |name: &str, labels: Value| -> DynamicObject {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+            "metadata": {"name": name, "labels": labels},
+            "spec": {"source": {"persistentVolumeClaimName": "none"}},
+        }))
+        .unwrap()
+    };
+
+    // The policy takes effect a moment after it is created; each try uses a new snapshot.
+    let deadline = tokio::time::Instant::now() + CONVERGENCE_TIMEOUT;
+    let refusal = loop {
+        let name = ferry_tests::unique_name("applications");
+        as_admin
+            .create(
+                &PostParams::default(),
+                &snapshot(&name, serde_json::json!({})),
+            )
+            .await
+            .unwrap();
+        match as_controller.delete(&name, &DeleteParams::default()).await {
+            Err(kube::Error::Api(status)) if status.message.contains("only the CSI snapshots") => {
+                break status.message;
+            }
+            Ok(_) => {}
+            Err(error) => panic!("an unexpected refusal: {error}"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the controller's token still deletes an application's VolumeSnapshot"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    assert!(refusal.contains("ferry.dev/backup-uid"), "{refusal}");
+    for label in ["ferry.dev/backup-uid", "ferry.dev/restore-uid"] {
+        let name = ferry_tests::unique_name("ferrys");
+        as_admin
+            .create(
+                &PostParams::default(),
+                &snapshot(&name, serde_json::json!({label: "some-uid"})),
+            )
+            .await
+            .unwrap();
+        as_controller
+            .delete(&name, &DeleteParams::default())
+            .await
+            .unwrap_or_else(|error| {
+                panic!("the controller may not delete its own ({label}): {error}")
+            });
+    }
     namespace.delete_and_wait().await;
 }
