@@ -115,6 +115,12 @@ pub struct BackupSpec {
     /// `velero.io/csi-volumesnapshot-class`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub volume_snapshot_classes: BTreeMap<String, String>,
+    /// After each CSI snapshot is ready, move its data into the namespace's repository through the
+    /// node agents, then delete the snapshot (Velero's `snapshotMoveData`): the backup then
+    /// survives the loss of the cluster's storage. Claims no running pod mounts are backed up this
+    /// way when their driver can snapshot them, whatever this says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_move_data: Option<bool>,
     /// How long a CSI snapshot may take to become ready to use, such as `10m` (the default); one
     /// not ready by then fails its volume, with the reason the snapshot controller gives.
     #[serde(default, skip_serializing_if = "Option::is_none")]

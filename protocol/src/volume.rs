@@ -60,12 +60,14 @@ impl VolumeRecords {
             .and_then(|v| v.snapshot.as_ref())
     }
 
-    /// The CSI snapshot taken of PersistentVolume `name`, when one completed.
+    /// The CSI snapshot taken of PersistentVolume `name`, when one completed and is kept (not
+    /// moved into the repository and deleted).
     pub fn completed_csi_snapshot(&self, persistent_volume: &str) -> Option<&CsiSnapshot> {
         self.volumes
             .iter()
             .find(|v| v.persistent_volume == persistent_volume && v.phase == VolumePhase::Completed)
             .and_then(|v| v.csi_snapshot.as_ref())
+            .filter(|snapshot| !snapshot.moved())
     }
 }
 
@@ -122,6 +124,34 @@ pub struct CsiSnapshot {
     /// The smallest volume the snapshot can be restored into, in bytes, when the driver says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_size: Option<i64>,
+    /// With `snapshotMoveData`: the snapshot's data moved into the namespace's repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_mover: Option<DataMover>,
+}
+
+/// A snapshot's data moving into the repository: a claim made from the snapshot in Ferry's
+/// namespace, mounted by a pod there, read by its node's agent (the record's `podVolume` and
+/// `fileSystem`); then the temporary objects and the snapshot are deleted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DataMover {
+    /// The name of the temporary VolumeSnapshotContent, VolumeSnapshot, claim and pod, once made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The temporary objects are gone.
+    #[serde(default)]
+    pub cleaned_up: bool,
+    /// The snapshot itself was deleted once its data was in the repository: a restore reads the
+    /// repository.
+    #[serde(default)]
+    pub snapshot_deleted: bool,
+}
+
+impl CsiSnapshot {
+    /// Whether the data is in the repository and the snapshot gone.
+    pub fn moved(&self) -> bool {
+        self.data_mover.as_ref().is_some_and(|m| m.snapshot_deleted)
+    }
 }
 
 /// A volume of a pod, on a node.

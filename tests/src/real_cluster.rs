@@ -378,3 +378,75 @@ fn node_up(cluster: &str) {
         }
     }
 }
+
+/// The cloud credentials Secret and the default storage location, at the test's bucket prefix,
+/// through the endpoint pods reach MinIO at: `README.md`'s steps.
+pub fn configure_location(cluster: &Cluster, store: &crate::BucketPrefix) {
+    let env = TestEnv::get();
+    let credentials = env.s3_credentials();
+    let file = tempfile::NamedTempFile::new().expect("a temporary file");
+    std::fs::write(
+        file.path(),
+        format!(
+            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            credentials.access_key_id(),
+            credentials.secret_access_key()
+        ),
+    )
+    .expect("writing the credentials file");
+    cluster.kubectl_ok(&[
+        "-n",
+        FERRY_NAMESPACE,
+        "create",
+        "secret",
+        "generic",
+        "cloud-credentials",
+        &format!("--from-file=cloud={}", file.path().display()),
+    ]);
+    cluster.ferry_ok(&[
+        "location",
+        "create",
+        "default",
+        "--bucket",
+        store.bucket(),
+        "--prefix",
+        store.prefix().trim_end_matches('/'),
+        "--region",
+        env.s3_region(),
+        "--endpoint",
+        env.var("FERRY_TEST_POD_S3_ENDPOINT"),
+        "--force-path-style",
+        "--credential",
+        "cloud-credentials:cloud",
+        "--default",
+    ]);
+}
+
+/// The volume records of backup `backup` in `store`, as the controller wrote them (sealed with the
+/// installation's key).
+pub async fn volume_records(
+    cluster: &Cluster,
+    store: &crate::BucketPrefix,
+    backup: &str,
+) -> ferry_protocol::volume::VolumeRecords {
+    let password = crate::installation_key(&cluster.client, FERRY_NAMESPACE).await;
+    let seal_key = ferry_controller::seal::SealKey::derive(&password);
+    let name = ferry_protocol::layout::BackupKeys::new(None, backup).volumes();
+    let key = store.key(&name);
+    let object = TestEnv::get()
+        .s3_client()
+        .get_object()
+        .bucket(store.bucket())
+        .key(&key)
+        .send()
+        .await
+        .unwrap_or_else(|error| panic!("reading {key}: {error}"));
+    let bytes = object
+        .body
+        .collect()
+        .await
+        .expect("the records")
+        .into_bytes();
+    let opened = ferry_controller::seal::open(&seal_key, &name, &bytes).expect("sealed records");
+    ferry_controller::gunzip_json(&opened).expect("volume records")
+}

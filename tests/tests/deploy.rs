@@ -25,7 +25,7 @@ use serde_json::Value;
 const FIELD_MANAGER: &str = "ferry-deploy-test";
 
 /// The verbs that remove objects; the controller may use them on ferry.dev resources only, and on
-/// the CSI snapshots it took (deploy/csi-snapshots.yaml).
+/// the CSI snapshots it took (deploy/controller-deletes.yaml).
 const DELETING_VERBS: [&str; 3] = ["delete", "deletecollection", "*"];
 
 #[derive(Debug, Deserialize)]
@@ -195,6 +195,25 @@ fn the_rbac_grants_delete_only_on_ferry_resources() {
             if deleting.is_empty() {
                 continue;
             }
+            // The data mover's pods and claims, in Ferry's own namespace only, behind the same
+            // admission policy.
+            if role.kind() == "Role" && rule["apiGroups"] == serde_json::json!([""]) {
+                assert_eq!(
+                    (&rule["resources"], &rule["verbs"]),
+                    (
+                        &serde_json::json!(["pods", "persistentvolumeclaims"]),
+                        &serde_json::json!(["delete"])
+                    ),
+                    "{} grants more than deleting data mover pods and claims in rule {rule}",
+                    role.describe()
+                );
+                find(
+                    &manifests,
+                    "ValidatingAdmissionPolicyBinding",
+                    "ferry-controller-deletes",
+                );
+                continue;
+            }
             // The CSI snapshots Ferry took, behind the admission policy checked below.
             if rule["apiGroups"] == serde_json::json!(["snapshot.storage.k8s.io"]) {
                 assert_eq!(
@@ -209,7 +228,7 @@ fn the_rbac_grants_delete_only_on_ferry_resources() {
                 find(
                     &manifests,
                     "ValidatingAdmissionPolicyBinding",
-                    "ferry-controller-csi-snapshots",
+                    "ferry-controller-deletes",
                 );
                 continue;
             }
@@ -686,11 +705,11 @@ async fn an_agent_may_write_only_the_lease_of_its_own_node() {
     namespace.delete_and_wait().await;
 }
 
-/// deploy/csi-snapshots.yaml, installed for real: the controller's token may delete a
-/// VolumeSnapshot (or a content) that Ferry labelled, and the API server refuses it any other,
-/// though RBAC allows both. Needs the VolumeSnapshot CRDs, which the environment's node installs.
+/// deploy/controller-deletes.yaml, installed for real: the controller's token may delete a
+/// VolumeSnapshot or a pod that Ferry labelled, and the API server refuses it any other, though
+/// RBAC allows both. Needs the VolumeSnapshot CRDs, which the environment's node installs.
 #[tokio::test]
-async fn the_controller_may_delete_only_the_csi_snapshots_ferry_labelled() {
+async fn the_controller_may_delete_only_the_snapshots_and_pods_ferry_labelled() {
     use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
     use k8s_openapi::api::core::v1::ServiceAccount;
     use kube::api::{ApiResource, DeleteParams, DynamicObject, PostParams};
@@ -715,7 +734,7 @@ async fn the_controller_may_delete_only_the_csi_snapshots_ferry_labelled() {
         "ValidatingAdmissionPolicy",
         "ValidatingAdmissionPolicyBinding",
     ] {
-        let manifest = find(&manifests, kind, "ferry-controller-csi-snapshots");
+        let manifest = find(&manifests, kind, "ferry-controller-deletes");
         apply(&client, &kustomization, manifest, false)
             .await
             .unwrap_or_else(|error| panic!("{error}"));
@@ -726,7 +745,8 @@ async fn the_controller_may_delete_only_the_csi_snapshots_ferry_labelled() {
         serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "ferry-controller"}}),
         serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
             "metadata": {"name": "ferry-controller"},
-            "rules": [{"apiGroups": ["snapshot.storage.k8s.io"], "resources": ["volumesnapshots"], "verbs": ["get", "delete"]}]}),
+            "rules": [{"apiGroups": ["snapshot.storage.k8s.io"], "resources": ["volumesnapshots"], "verbs": ["get", "delete"]},
+                      {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "delete"]}]}),
         serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
             "metadata": {"name": "ferry-controller"},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "ferry-controller"},
@@ -775,7 +795,9 @@ async fn the_controller_may_delete_only_the_csi_snapshots_ferry_labelled() {
             .await
             .unwrap();
         match as_controller.delete(&name, &DeleteParams::default()).await {
-            Err(kube::Error::Api(status)) if status.message.contains("only the CSI snapshots") => {
+            Err(kube::Error::Api(status))
+                if status.message.contains("may delete only the CSI snapshots") =>
+            {
                 break status.message;
             }
             Ok(_) => {}
@@ -804,5 +826,42 @@ async fn the_controller_may_delete_only_the_csi_snapshots_ferry_labelled() {
                 panic!("the controller may not delete its own ({label}): {error}")
             });
     }
+    // Pods: only the data mover's, which Ferry labels. (The policy's rule for pods may come into
+    // force after its rule for snapshots did: each try uses a new pod.)
+    let pods: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(client_with_token(&token).await, &ns);
+    let pod = |name: &str, labels: Value| {
+        serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": labels},
+            "spec": {"containers": [{"name": "main", "image": "ferry.invalid/none"}]}})
+    };
+    loop {
+        let name = ferry_tests::unique_name("application");
+        ferry_tests::create_object(&client, &ns, pod(&name, serde_json::json!({}))).await;
+        match pods.delete(&name, &DeleteParams::default()).await {
+            Err(kube::Error::Api(status)) if status.message.contains("may delete only") => break,
+            Ok(_) => {}
+            Err(error) => panic!("an unexpected refusal: {error}"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the controller's token still deletes an application's pod"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    ferry_tests::create_object(
+        &client,
+        &ns,
+        pod(
+            "data-mover",
+            serde_json::json!({"ferry.dev/backup-uid": "some-uid"}),
+        ),
+    )
+    .await;
+    pods.delete("data-mover", &DeleteParams::default())
+        .await
+        .unwrap_or_else(|error| {
+            panic!("the controller may not delete a data mover's pod: {error}")
+        });
     namespace.delete_and_wait().await;
 }

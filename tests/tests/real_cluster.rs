@@ -33,10 +33,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ferry_protocol::layout::BackupKeys;
-use ferry_protocol::volume::{VolumeMethod, VolumePhase, VolumeRecord, VolumeRecords};
+use ferry_protocol::volume::{VolumeMethod, VolumePhase, VolumeRecord};
 use ferry_tests::real_cluster::{
-    Cluster, FERRY_NAMESPACE, NodeTakeover, eventually, is_pod_ready, load_ferry_image, node_name,
+    Cluster, FERRY_NAMESPACE, NodeTakeover, configure_location, eventually, is_pod_ready,
+    load_ferry_image, node_name, volume_records,
 };
 use ferry_tests::{BucketPrefix, TestEnv, unique_name};
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim, Pod, Secret};
@@ -920,49 +920,6 @@ fn remove_old_disks(dir: &Path) {
     }
 }
 
-/// The cloud credentials Secret and the default storage location, at the test's bucket prefix,
-/// through the endpoint pods reach MinIO at: `README.md`'s steps.
-fn configure_location(cluster: &Cluster, store: &BucketPrefix) {
-    let env = TestEnv::get();
-    let credentials = env.s3_credentials();
-    let file = tempfile::NamedTempFile::new().expect("a temporary file");
-    std::fs::write(
-        file.path(),
-        format!(
-            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
-            credentials.access_key_id(),
-            credentials.secret_access_key()
-        ),
-    )
-    .expect("writing the credentials file");
-    cluster.kubectl_ok(&[
-        "-n",
-        FERRY_NAMESPACE,
-        "create",
-        "secret",
-        "generic",
-        "cloud-credentials",
-        &format!("--from-file=cloud={}", file.path().display()),
-    ]);
-    cluster.ferry_ok(&[
-        "location",
-        "create",
-        "default",
-        "--bucket",
-        store.bucket(),
-        "--prefix",
-        store.prefix().trim_end_matches('/'),
-        "--region",
-        env.s3_region(),
-        "--endpoint",
-        env.var("FERRY_TEST_POD_S3_ENDPOINT"),
-        "--force-path-style",
-        "--credential",
-        "cloud-credentials:cloud",
-        "--default",
-    ]);
-}
-
 fn disk(disks: &Path, name: &str) -> PathBuf {
     let dir = disks.join(name);
     std::fs::create_dir_all(&dir)
@@ -1362,33 +1319,14 @@ async fn database_record(
     backup: &str,
     pv: &str,
 ) -> VolumeRecord {
-    let seal_key = ferry_controller::seal::SealKey::derive(&repository_password(cluster).await);
-    let key = store.key(&BackupKeys::new(None, backup).volumes());
-    let object = TestEnv::get()
-        .s3_client()
-        .get_object()
-        .bucket(store.bucket())
-        .key(&key)
-        .send()
+    volume_records(cluster, store, backup)
         .await
-        .unwrap_or_else(|error| panic!("reading {key}: {error}"));
-    let bytes = object
-        .body
-        .collect()
-        .await
-        .expect("the records")
-        .into_bytes();
-    let name = BackupKeys::new(None, backup).volumes();
-    let opened = ferry_controller::seal::open(&seal_key, &name, &bytes).expect("sealed records");
-    let records: VolumeRecords = ferry_controller::gunzip_json(&opened).expect("volume records");
-    records
         .volumes
         .into_iter()
         .find(|r| r.persistent_volume == pv)
         .unwrap_or_else(|| panic!("backup {backup} has no record of {pv}"))
 }
 
-/// The repository password, as the controller keeps it (and the user keeps a copy).
 async fn repository_password(cluster: &Cluster) -> Vec<u8> {
     ferry_tests::installation_key(&cluster.client, FERRY_NAMESPACE).await
 }

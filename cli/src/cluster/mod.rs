@@ -105,6 +105,10 @@ pub struct BackupTemplate {
     /// How long a CSI snapshot may take to be ready to use (e.g. 10m, the default).
     #[arg(long)]
     csi_snapshot_timeout: Option<String>,
+    /// Move each CSI snapshot's data into the repository through the node agents, then delete
+    /// the snapshot: the backup survives the loss of the cluster's storage.
+    #[arg(long)]
+    snapshot_move_data: bool,
     /// Back up every pod volume by file through the node agents, not by snapshots.
     #[arg(long)]
     default_volumes_to_fs_backup: Option<bool>,
@@ -138,6 +142,7 @@ impl BackupTemplate {
             volume_snapshot_locations: self.volume_snapshot_locations,
             volume_snapshot_classes: self.volume_snapshot_classes.into_iter().collect(),
             csi_snapshot_timeout: self.csi_snapshot_timeout,
+            snapshot_move_data: self.snapshot_move_data.then_some(true),
             default_volumes_to_fs_backup: self.default_volumes_to_fs_backup,
             ..Default::default()
         })

@@ -453,9 +453,15 @@ async fn run(backup: &Backup, ctx: &Context) -> Result<Phase> {
         .iter()
         .filter_map(|choice| choice.persistent_volume.clone())
         .collect();
-    let volumes =
-        volumes::snapshot_volumes(ctx, backup, &sources.persistent_volumes, &covered, &choices)
-            .await?;
+    let volumes = volumes::snapshot_volumes(
+        ctx,
+        backup,
+        &sources.persistent_volumes,
+        &covered,
+        &choices,
+        &classes,
+    )
+    .await?;
     run.results.warnings.extend(volumes.warnings);
     run.results.errors.extend(volumes.errors);
     let mut records = VolumeRecords::new(volumes.records);

@@ -511,6 +511,11 @@ async fn run(restore: &Restore, ctx: &Context) -> Result<()> {
         Err(Error::NotFound { .. }) => VolumeRecords::default(),
         Err(error) => return Err(error),
     };
+    let archived_pods: Vec<Value> = archive
+        .items(&GroupResource::new("pods", ""))
+        .filter_map(|item| archive.object(item).ok())
+        .collect();
+    let volumes = moved_data_through_pods(volumes, &archived_pods);
     // The node agents will need the repositories' password: without it (a new cluster whose user
     // has not brought it yet), fail now, before any pod is created to wait for its volumes.
     let by_agents = volumes
@@ -1471,6 +1476,58 @@ fn plan_without_snapshot(name: &str, facts: &VolumeFacts) -> Option<VolumePlan> 
     None
 }
 
+/// A snapshot's data moved into the repository comes back as a pod volume's does: through the
+/// first archived pod (by name) that mounts its claim, whose restore waits until the agent of its
+/// node has filled the new, empty volume. Each such volume gets a record of that pod volume.
+fn moved_data_through_pods(mut records: VolumeRecords, pods: &[Value]) -> VolumeRecords {
+    let mut through_pods = Vec::new();
+    for record in &records.volumes {
+        let moved = record.phase == VolumePhase::Completed
+            && record.csi_snapshot.as_ref().is_some_and(|s| s.moved());
+        let (Some(claim), Some(fs), true) = (&record.claim, &record.file_system, moved) else {
+            continue;
+        };
+        let mounting = pods
+            .iter()
+            .filter(|pod| {
+                pod.pointer("/metadata/namespace").and_then(Value::as_str)
+                    == Some(claim.namespace.as_str())
+            })
+            .filter_map(|pod| {
+                let name = pod.pointer("/metadata/name")?.as_str()?;
+                let volume = pod
+                    .pointer("/spec/volumes")?
+                    .as_array()?
+                    .iter()
+                    .find(|v| {
+                        v.pointer("/persistentVolumeClaim/claimName")
+                            .and_then(Value::as_str)
+                            == Some(claim.name.as_str())
+                    })?
+                    .get("name")?
+                    .as_str()?;
+                Some((name.to_owned(), volume.to_owned()))
+            })
+            .min();
+        if let Some((pod, volume)) = mounting {
+            through_pods.push(VolumeRecord {
+                method: VolumeMethod::FileSystem,
+                csi_snapshot: None,
+                pod_volume: Some(PodVolumeRef {
+                    namespace: claim.namespace.clone(),
+                    pod,
+                    volume,
+                    node: String::new(),
+                }),
+                file_system: Some(fs.clone()),
+                ..record.clone()
+            });
+        }
+    }
+    records.volumes.extend(through_pods);
+    records
+}
+
 /// The name of a PersistentVolume restored beside the one it was backed up from: its name and
 /// the restore's uid, within the 253 characters a name may have.
 fn renamed_pv(name: &str, restore: &Restore) -> String {
@@ -1729,6 +1786,76 @@ mod tests {
 
     fn no_volumes(_: &GroupResource, _: &str) -> bool {
         false
+    }
+
+    #[test]
+    fn moved_data_comes_back_through_the_first_pod_that_mounts_its_claim() {
+        use ferry_protocol::volume::{ClaimRef, CsiSnapshot, DataMover};
+        let moved = |claim: &str, deleted: bool| VolumeRecord {
+            persistent_volume: format!("pv-{claim}"),
+            claim: Some(ClaimRef {
+                namespace: "shop".into(),
+                name: claim.into(),
+            }),
+            method: VolumeMethod::CsiSnapshot,
+            phase: VolumePhase::Completed,
+            message: None,
+            snapshot: None,
+            csi_snapshot: Some(CsiSnapshot {
+                data_mover: Some(DataMover {
+                    name: Some("ferry-move-1".into()),
+                    cleaned_up: true,
+                    snapshot_deleted: deleted,
+                }),
+                ..Default::default()
+            }),
+            pod_volume: Some(PodVolumeRef {
+                namespace: "ferry-system".into(),
+                pod: "ferry-move-1".into(),
+                volume: "data".into(),
+                node: "n1".into(),
+            }),
+            file_system: Some(FileSystemBackup {
+                repository: "s3://b/repositories/shop".into(),
+                snapshot_id: Some("s1".into()),
+                ..Default::default()
+            }),
+        };
+        let pod = |namespace: &str, name: &str, claim: &str| {
+            json!({"metadata": {"namespace": namespace, "name": name},
+                   "spec": {"volumes": [{"name": "scratch", "emptyDir": {}},
+                                        {"name": "db", "persistentVolumeClaim": {"claimName": claim}}]}})
+        };
+        let pods = [
+            pod("shop", "web-1", "data"),
+            pod("shop", "web-0", "data"),
+            pod("other", "a", "data"),
+        ];
+        let records = VolumeRecords::new(vec![
+            moved("data", true),
+            moved("kept", false),
+            moved("lonely", true),
+        ]);
+        let out = moved_data_through_pods(records, &pods);
+        assert_eq!(out.volumes.len(), 4, "{out:?}");
+        let added = &out.volumes[3];
+        assert_eq!(added.method, VolumeMethod::FileSystem);
+        assert_eq!(
+            added.pod_volume,
+            Some(PodVolumeRef {
+                namespace: "shop".into(),
+                pod: "web-0".into(),
+                volume: "db".into(),
+                node: String::new(),
+            })
+        );
+        assert_eq!(
+            added.file_system.as_ref().unwrap().snapshot_id.as_deref(),
+            Some("s1")
+        );
+        // A kept snapshot restores as a CSI snapshot; no pod mounts "lonely".
+        assert!(out.completed_csi_snapshot("pv-kept").is_some());
+        assert!(out.completed_csi_snapshot("pv-data").is_none());
     }
 
     #[test]

@@ -23,7 +23,13 @@
 
 use std::time::Duration;
 
-use ferry_protocol::volume::{CsiSnapshot, VolumePhase, VolumeRecord, VolumeRecords};
+use ferry_protocol::crd::{Backup, BackupStorageLocation};
+use ferry_protocol::volume::{
+    CsiSnapshot, DataMover, FileSystemBackup, PodVolumeRef, VolumePhase, VolumeRecord,
+    VolumeRecords,
+};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use kube::ResourceExt;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
 };
@@ -101,16 +107,25 @@ fn snapshot_name(backup_uid: &str, claim: &str) -> String {
     )
 }
 
+/// What a CSI snapshot of one volume is to be.
+pub(super) struct SnapshotRequest {
+    pub driver: String,
+    pub class: String,
+    /// How long it may take to be ready to use.
+    pub timeout: Duration,
+    /// Whether its data moves into the repository once it is.
+    pub move_data: bool,
+}
+
 /// Starts a CSI snapshot of `record`'s claim; the record says how it went.
 pub(super) async fn take(
     ctx: &Context,
-    backup_uid: &str,
-    backup_name: &str,
+    backup: &Backup,
     mut record: VolumeRecord,
-    driver: &str,
-    class: &str,
-    timeout: Duration,
+    request: &SnapshotRequest,
 ) -> VolumeRecord {
+    let (backup_uid, backup_name) = (backup.uid().unwrap_or_default(), backup.name_any());
+    let (backup_uid, backup_name) = (backup_uid.as_str(), backup_name.as_str());
     let Some(claim) = record.claim.clone() else {
         record.phase = VolumePhase::Failed;
         record.message =
@@ -128,7 +143,7 @@ pub(super) async fn take(
             "annotations": {"ferry.dev/backup-name": backup_name},
         },
         "spec": {
-            "volumeSnapshotClassName": class,
+            "volumeSnapshotClassName": request.class,
             "source": {"persistentVolumeClaimName": claim.name},
         },
     })) {
@@ -139,12 +154,14 @@ pub(super) async fn take(
             return record;
         }
     };
-    let ready_by = ctx.now().as_second() + i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX);
+    let ready_by =
+        ctx.now().as_second() + i64::try_from(request.timeout.as_secs()).unwrap_or(i64::MAX);
     record.csi_snapshot = Some(CsiSnapshot {
-        driver: driver.to_owned(),
-        volume_snapshot_class: class.to_owned(),
+        driver: request.driver.clone(),
+        volume_snapshot_class: request.class.clone(),
         volume_snapshot: name,
         ready_by,
+        data_mover: request.move_data.then(DataMover::default),
         ..Default::default()
     });
     match snapshots(ctx, &claim.namespace)
@@ -172,13 +189,21 @@ pub(super) async fn take(
 
 /// Asks the cluster how the CSI snapshots in progress are doing: keeps those that are ready (see
 /// the module's text), fails those past their time. Returns whether none is still in progress.
-pub(super) async fn follow(ctx: &Context, records: &mut VolumeRecords) -> Result<bool> {
+pub(super) async fn follow(
+    ctx: &Context,
+    location: &BackupStorageLocation,
+    records: &mut VolumeRecords,
+) -> Result<bool> {
     let now = ctx.now().as_second();
-    for record in records
-        .volumes
-        .iter_mut()
-        .filter(|r| r.phase == VolumePhase::InProgress && r.csi_snapshot.is_some())
-    {
+    for (index, record) in records.volumes.iter_mut().enumerate() {
+        let taking = record.phase == VolumePhase::InProgress
+            && record
+                .csi_snapshot
+                .as_ref()
+                .is_some_and(|s| s.snapshot_handle.is_none());
+        if !taking {
+            continue;
+        }
         let Some(claim) = record.claim.clone() else {
             continue;
         };
@@ -187,7 +212,19 @@ pub(super) async fn follow(ctx: &Context, records: &mut VolumeRecords) -> Result
         let Some(object) = api.get_opt(&snapshot.volume_snapshot).await? else {
             // Deleted after its content was kept (a restart between the two), or by someone else.
             match kept_content(ctx, &claim.namespace, &snapshot.volume_snapshot).await? {
-                Some(content) => complete(record, &content),
+                Some(content) => {
+                    complete(record, &content);
+                    if record.phase == VolumePhase::Completed && snapshot.data_mover.is_some() {
+                        let uid = content
+                            .metadata
+                            .labels
+                            .as_ref()
+                            .and_then(|l| l.get(BACKUP_UID_LABEL))
+                            .cloned()
+                            .unwrap_or_default();
+                        start_move(ctx, location, record, &uid, index).await?;
+                    }
+                }
                 None => {
                     record.phase = VolumePhase::Failed;
                     record.message = Some(format!(
@@ -220,6 +257,9 @@ pub(super) async fn follow(ctx: &Context, records: &mut VolumeRecords) -> Result
                 .map(drop)
                 .or_else(gone)?;
             complete(record, &content);
+            if record.phase == VolumePhase::Completed && snapshot.data_mover.is_some() {
+                start_move(ctx, location, record, &uid, index).await?;
+            }
             continue;
         }
         if now > snapshot.ready_by {
@@ -249,6 +289,241 @@ fn gone(error: kube::Error) -> std::result::Result<(), kube::Error> {
         kube::Error::Api(status) if status.code == 404 => Ok(()),
         error => Err(error),
     }
+}
+
+/// The volume the data mover's pod mounts its claim as.
+const MOVER_VOLUME: &str = "data";
+
+/// The name of the temporary objects that move the data of the backup's `persistent_volume`.
+fn mover_name(backup_uid: &str, persistent_volume: &str) -> String {
+    let digest = blake3::hash(format!("{backup_uid}/{persistent_volume}").as_bytes()).to_hex();
+    format!("ferry-move-{}", &digest[..16])
+}
+
+/// Starts moving a ready snapshot's data into the repository: in Ferry's namespace, a content
+/// pointing at the snapshot (`Retain`: deleting it leaves the snapshot alone), a VolumeSnapshot
+/// bound to it, a claim made from that, and a pod that mounts the claim read-only; the record
+/// becomes the pod volume its node's agent backs up. Made again after a restart, each is found.
+async fn start_move(
+    ctx: &Context,
+    location: &BackupStorageLocation,
+    record: &mut VolumeRecord,
+    backup_uid: &str,
+    index: usize,
+) -> Result<()> {
+    let (Some(snapshot), Some(claim)) = (record.csi_snapshot.clone(), record.claim.clone()) else {
+        return Ok(());
+    };
+    let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    let Some(pv) = pvs.get_opt(&record.persistent_volume).await? else {
+        record.phase = VolumePhase::Failed;
+        record.message = Some(format!(
+            "PersistentVolume {} went before its snapshot's data could be moved; the snapshot is kept",
+            record.persistent_volume
+        ));
+        return Ok(());
+    };
+    let spec = pv.spec.unwrap_or_default();
+    if spec.volume_mode.as_deref() == Some("Block") {
+        record.phase = VolumePhase::Failed;
+        record.message = Some(
+            "moving a block volume's data into the repository is not supported yet; its CSI snapshot is kept with the backup".to_owned(),
+        );
+        return Ok(());
+    }
+    let name = mover_name(backup_uid, &record.persistent_volume);
+    let namespace = ctx.namespace.clone();
+    let labels = json!({BACKUP_UID_LABEL: backup_uid, "app.kubernetes.io/component": "data-mover"});
+    let size = snapshot
+        .restore_size
+        .map(|bytes| bytes.to_string())
+        .or_else(|| spec.capacity.as_ref()?.get("storage").map(|q| q.0.clone()))
+        .unwrap_or_else(|| "1Gi".to_owned());
+    let objects: [(Api<DynamicObject>, Value); 2] = [
+        (
+            contents(ctx),
+            json!({
+                "apiVersion": format!("{GROUP}/v1"), "kind": "VolumeSnapshotContent",
+                "metadata": {"name": name, "labels": labels},
+                "spec": {
+                    "deletionPolicy": "Retain",
+                    "driver": snapshot.driver,
+                    "source": {"snapshotHandle": snapshot.snapshot_handle},
+                    "volumeSnapshotRef": {"namespace": namespace, "name": name},
+                },
+            }),
+        ),
+        (
+            snapshots(ctx, &namespace),
+            json!({
+                "apiVersion": format!("{GROUP}/v1"), "kind": "VolumeSnapshot",
+                "metadata": {"name": name, "namespace": namespace, "labels": labels},
+                "spec": {"source": {"volumeSnapshotContentName": name}},
+            }),
+        ),
+    ];
+    for (api, body) in objects {
+        create_once(&api, body).await?;
+    }
+    let claim_body: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "storageClassName": spec.storage_class_name,
+            "resources": {"requests": {"storage": size}},
+            "dataSource": {"apiGroup": GROUP, "kind": "VolumeSnapshot", "name": name},
+        },
+    }))?;
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
+    ignore_exists(claims.create(&PostParams::default(), &claim_body).await)?;
+    let mut pod: Value = json!({
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {
+            "automountServiceAccountToken": false,
+            "terminationGracePeriodSeconds": 0,
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 65534, "runAsGroup": 65534},
+            "containers": [{
+                "name": "mover",
+                "image": crate::image::ferry_image(),
+                "command": ["sleep", "infinity"],
+                "volumeMounts": [{"name": MOVER_VOLUME, "mountPath": "/data", "readOnly": true}],
+                "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                                    "capabilities": {"drop": ["ALL"]}},
+                "resources": {"requests": {"cpu": "10m", "memory": "16Mi"},
+                              "limits": {"cpu": "100m", "memory": "64Mi"}},
+            }],
+            "volumes": [{"name": MOVER_VOLUME,
+                         "persistentVolumeClaim": {"claimName": name, "readOnly": true}}],
+        },
+    });
+    if let Some(policy) = crate::image::pull_policy() {
+        pod["spec"]["containers"][0]["imagePullPolicy"] = Value::String(policy);
+    }
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    ignore_exists(
+        pods.create(&PostParams::default(), &serde_json::from_value(pod)?)
+            .await,
+    )?;
+    record.phase = VolumePhase::InProgress;
+    record.pod_volume = Some(PodVolumeRef {
+        namespace: namespace.clone(),
+        pod: name.clone(),
+        volume: MOVER_VOLUME.to_owned(),
+        node: String::new(),
+    });
+    record.file_system = Some(FileSystemBackup {
+        repository: crate::agents::repository_url(location, &claim.namespace),
+        task_id: format!("{backup_uid}-move-{index}"),
+        ..Default::default()
+    });
+    if let Some(mover) = record
+        .csi_snapshot
+        .as_mut()
+        .and_then(|s| s.data_mover.as_mut())
+    {
+        mover.name = Some(name);
+    }
+    Ok(())
+}
+
+/// Creates `body` unless it exists.
+async fn create_once(api: &Api<DynamicObject>, body: Value) -> Result<()> {
+    let body: DynamicObject = serde_json::from_value(body)?;
+    ignore_exists(api.create(&PostParams::default(), &body).await)
+}
+
+fn ignore_exists<T>(result: std::result::Result<T, kube::Error>) -> Result<()> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Once a move has ended, deletes its temporary objects, and when the data is in the repository,
+/// the snapshot. A failure to delete is retried at the next look. Returns whether no move still
+/// has something to delete.
+pub(super) async fn finish_moves(ctx: &Context, records: &mut VolumeRecords) -> bool {
+    let mut all_clean = true;
+    for record in records.volumes.iter_mut().filter(|r| r.phase.is_terminal()) {
+        let completed = record.phase == VolumePhase::Completed;
+        let Some(snapshot) = record.csi_snapshot.as_mut() else {
+            continue;
+        };
+        let content = snapshot.content.clone();
+        let Some(mover) = snapshot.data_mover.as_mut() else {
+            continue;
+        };
+        let Some(name) = mover.name.clone() else {
+            continue;
+        };
+        if mover.cleaned_up && (mover.snapshot_deleted || !completed) {
+            continue;
+        }
+        let mut cleaned = mover.cleaned_up;
+        if !cleaned {
+            match delete_mover(ctx, &name).await {
+                Ok(()) => cleaned = true,
+                Err(error) => {
+                    tracing::warn!(message = "deleting a data mover's temporary objects failed; trying again", mover = %name, %error);
+                }
+            }
+        }
+        mover.cleaned_up = cleaned;
+        if cleaned && completed && !mover.snapshot_deleted {
+            match content {
+                Some(content) => match delete_content(ctx, &content).await {
+                    Ok(()) => mover.snapshot_deleted = true,
+                    Err(error) => {
+                        tracing::warn!(message = "deleting a moved snapshot failed; trying again", %content, %error);
+                    }
+                },
+                None => mover.snapshot_deleted = true,
+            }
+        }
+        all_clean &= mover.cleaned_up && (mover.snapshot_deleted || !completed);
+    }
+    all_clean
+}
+
+/// Deletes a data mover's pod, claim (and the volume made for it), VolumeSnapshot and content
+/// (`Retain`: the snapshot stays).
+async fn delete_mover(ctx: &Context, name: &str) -> Result<()> {
+    let namespace = &ctx.namespace;
+    let now = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    };
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    pods.delete(name, &now).await.map(drop).or_else(gone)?;
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), namespace);
+    if let Some(claim) = claims.get_opt(name).await? {
+        // Its volume goes with it, whatever the class's reclaim policy says.
+        if let Some(volume) = claim.spec.and_then(|s| s.volume_name) {
+            let patch = json!({"spec": {"persistentVolumeReclaimPolicy": "Delete"}});
+            Api::<PersistentVolume>::all(ctx.client.clone())
+                .patch(&volume, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map(drop)
+                .or_else(gone)?;
+        }
+        claims
+            .delete(name, &DeleteParams::default())
+            .await
+            .map(drop)
+            .or_else(gone)?;
+    }
+    snapshots(ctx, namespace)
+        .delete(name, &DeleteParams::default())
+        .await
+        .map(drop)
+        .or_else(gone)?;
+    contents(ctx)
+        .delete(name, &DeleteParams::default())
+        .await
+        .map(drop)
+        .or_else(gone)?;
+    Ok(())
 }
 
 /// Makes a ready snapshot's content the backup's: `Retain`, labelled with its uid.

@@ -123,12 +123,13 @@ impl<'a> VolumeTracker<'a> {
         let mut records = self.state.load().await?;
         let looked_at = records.clone();
         let native_done = snapshots::follow_snapshots(self.ctx, &mut records).await?;
-        let csi_done = csi::follow(self.ctx, &mut records).await?;
+        let csi_done = csi::follow(self.ctx, self.location, &mut records).await?;
         let snapshots_done = native_done && csi_done;
         let pod_volumes_done =
             pod_volumes::follow_pod_volumes(self.ctx, self.location, &self.transfer, &mut records)
                 .await?;
-        let mut done = snapshots_done && pod_volumes_done;
+        let moves_done = csi::finish_moves(self.ctx, &mut records).await;
+        let mut done = snapshots_done && pod_volumes_done && moves_done;
         if !done && let Some(limit) = wait_limit {
             done = give_up_waiting(&mut records, limit, self.ctx.now());
         }

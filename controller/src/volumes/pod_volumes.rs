@@ -316,16 +316,14 @@ pub(super) async fn follow_pod_volumes(
             }
         }
         fs.attempts += 1;
-        let namespace = match transfer {
-            Transfer::Backup { .. } => pod.namespace.clone(),
-            // A restore reads the repository of the namespace the volume was backed up from.
-            Transfer::Restore { .. } => fs
-                .repository
-                .rsplit('/')
-                .next()
-                .unwrap_or_default()
-                .to_owned(),
-        };
+        // The repository of the volume's namespace: a restore reads the one it was backed up
+        // into, and a snapshot's data moved by a pod in Ferry's namespace goes into its claim's.
+        let namespace = fs
+            .repository
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
         let repository = crate::agents::repository(&ctx.locations, location, &namespace).await?;
         let volume = Some(ferry_protocol::agent::v1::PodVolume {
             namespace: pod.namespace.clone(),

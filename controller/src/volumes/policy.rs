@@ -184,6 +184,14 @@ fn default_choice(spec: &BackupSpec, pv: &Value, classes: &SnapshotClasses) -> C
     }
 }
 
+/// The CSI driver of `pv` and the VolumeSnapshotClass its snapshots use, when it has one.
+pub fn snapshot_class(pv: &Value, classes: &SnapshotClasses) -> Option<(String, String)> {
+    match csi_snapshot(pv, classes)? {
+        Ok(Choice::CsiSnapshot { driver, class }) => Some((driver, class)),
+        _ => None,
+    }
+}
+
 /// A CSI snapshot of `pv`: None when it is no CSI volume, an error when its driver has no class.
 fn csi_snapshot(pv: &Value, classes: &SnapshotClasses) -> Option<Result<Choice, String>> {
     let driver = csi_driver(pv)?;

@@ -86,6 +86,7 @@ pub async fn snapshot_volumes(
     persistent_volumes: &[Value],
     backed_up_by_agents: &BTreeSet<String>,
     choices: &BTreeMap<String, Choice>,
+    classes: &policy::SnapshotClasses,
 ) -> Result<VolumeOutcome> {
     let spec = &backup.spec;
     let mut outcome = VolumeOutcome::default();
@@ -153,9 +154,30 @@ pub async fn snapshot_volumes(
                 )),
             )
         };
-        let choice = choices.get(&name).cloned().unwrap_or(Choice::FileSystem);
+        let mut choice = choices.get(&name).cloned().unwrap_or(Choice::FileSystem);
+        let by_file_wanted =
+            choice == Choice::FileSystem || spec.default_volumes_to_fs_backup == Some(true);
+        // No running pod mounts it: a CSI snapshot whose data moves into the repository reads it
+        // all the same, when its driver can take one (a block volume's snapshot stays as it is).
+        let mut move_data = spec.snapshot_move_data == Some(true);
+        if by_file_wanted
+            && snapshots_wanted
+            && let Some((driver, class)) = policy::snapshot_class(pv, classes)
+        {
+            move_data = pv.pointer("/spec/volumeMode").and_then(Value::as_str) != Some("Block");
+            choice = Choice::CsiSnapshot { driver, class };
+        }
         let ebs_volume = ebs::volume_of(pv);
         let decided = match choice {
+            Choice::CsiSnapshot { driver, class } => {
+                by_csi.push((
+                    record(VolumeMethod::CsiSnapshot, VolumePhase::InProgress, None),
+                    driver,
+                    class,
+                    move_data,
+                ));
+                continue;
+            }
             _ if spec.default_volumes_to_fs_backup == Some(true) => {
                 by_file("defaultVolumesToFsBackup is set".to_owned())
             }
@@ -192,14 +214,6 @@ pub async fn snapshot_volumes(
                 ));
                 continue;
             }
-            Choice::CsiSnapshot { driver, class } => {
-                by_csi.push((
-                    record(VolumeMethod::CsiSnapshot, VolumePhase::InProgress, None),
-                    driver,
-                    class,
-                ));
-                continue;
-            }
         };
         note(&mut outcome, &decided, snapshots_wanted);
         outcome.records.push(decided);
@@ -213,20 +227,14 @@ pub async fn snapshot_volumes(
         .buffered(CONCURRENT_SNAPSHOTS)
         .collect()
         .await;
-    let (uid, backup_name) = (backup.uid().unwrap_or_default(), backup.name_any());
-    for (record, driver, class) in by_csi {
-        taken.push(
-            csi::take(
-                ctx,
-                &uid,
-                &backup_name,
-                record,
-                &driver,
-                &class,
-                csi_timeout,
-            )
-            .await,
-        );
+    for (record, driver, class, move_data) in by_csi {
+        let request = csi::SnapshotRequest {
+            driver,
+            class,
+            timeout: csi_timeout,
+            move_data,
+        };
+        taken.push(csi::take(ctx, backup, record, &request).await);
     }
     for record in taken {
         note(&mut outcome, &record, true);
