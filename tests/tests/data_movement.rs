@@ -4,7 +4,8 @@
 //! mounts, moves their data into the namespace's repository through a temporary claim and pod in
 //! ferry-system read by the node's agent, and deletes the temporaries and the snapshots. After the
 //! namespace, its volumes and every snapshot are gone, a restore fills the new claim of the pod
-//! from the repository before the pod starts.
+//! from the repository before the pod starts, and names the claim no restored pod mounts (its data
+//! stays in the repository).
 
 use std::time::Duration;
 
@@ -189,7 +190,7 @@ async fn moved_snapshot_data_survives_the_loss_of_every_snapshot() {
     }
 
     let restore = unique_name("moved");
-    let output = main.ferry_ok(&[
+    let restored = main.ferry(&[
         "restore",
         "create",
         &restore,
@@ -197,7 +198,24 @@ async fn moved_snapshot_data_survives_the_loss_of_every_snapshot() {
         &backup,
         "--wait",
     ]);
-    assert!(output.contains("Completed"), "{output}");
+    // Exits 1: not everything came back.
+    assert_eq!(restored.status.code(), Some(1), "{restored:?}");
+    let output = String::from_utf8_lossy(&restored.stdout);
+    // The claim no restored pod mounts gets a new volume, and the restore says its data is not in
+    // it (and where it is), rather than call the restore Completed.
+    assert!(output.contains("PartiallyFailed"), "{output}");
+    let details = main.ferry_ok(&["restore", "describe", &restore, "--details"]);
+    let idle_pv = &records
+        .volumes
+        .iter()
+        .find(|r| r.claim.as_ref().is_some_and(|c| c.name == "idle"))
+        .expect("a record of the idle claim")
+        .persistent_volume;
+    assert!(
+        details.lines().any(|line| line.contains(idle_pv.as_str())
+            && line.contains("no restored pod mounts its claim")),
+        "{details}"
+    );
     wait_bound(&main.client, NAMESPACE, "data").await;
     wait_running(&main, "writer");
     assert_eq!(exec(NAMESPACE, "writer", &["cat", "/data/d/file"]), content);

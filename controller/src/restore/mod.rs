@@ -1199,6 +1199,10 @@ impl Run<'_> {
                     ));
                     continue;
                 }
+                None if self.moved_without_pod(&item.name) => VolumePlan::Fail(
+                    "its data was moved into the repository, and no restored pod mounts its claim to fill it through: the claim gets a new, empty volume. Restore a pod that mounts the claim (the data stays in the repository)"
+                        .to_owned(),
+                ),
                 None => {
                     let recorded = self
                         .volumes
@@ -1244,6 +1248,19 @@ impl Run<'_> {
             disks.push((item.name.clone(), DiskPlan::Decided(plan)));
         }
         Ok(disks)
+    }
+
+    /// Whether PersistentVolume `name`'s data was moved into the repository and no archived pod
+    /// mounts its claim ([`moved_data_through_pods`] found none).
+    fn moved_without_pod(&self, name: &str) -> bool {
+        let of_it = || {
+            self.volumes
+                .volumes
+                .iter()
+                .filter(move |r| r.persistent_volume == name)
+        };
+        of_it().any(|r| r.csi_snapshot.as_ref().is_some_and(|s| s.moved()))
+            && !of_it().any(|r| r.method == VolumeMethod::FileSystem && r.pod_volume.is_some())
     }
 
     /// The provisioner of StorageClass `class` in this cluster, if it has that class.
