@@ -212,19 +212,7 @@ pub(super) async fn follow(
         let Some(object) = api.get_opt(&snapshot.volume_snapshot).await? else {
             // Deleted after its content was kept (a restart between the two), or by someone else.
             match kept_content(ctx, &claim.namespace, &snapshot.volume_snapshot).await? {
-                Some(content) => {
-                    complete(record, &content);
-                    if record.phase == VolumePhase::Completed && snapshot.data_mover.is_some() {
-                        let uid = content
-                            .metadata
-                            .labels
-                            .as_ref()
-                            .and_then(|l| l.get(BACKUP_UID_LABEL))
-                            .cloned()
-                            .unwrap_or_default();
-                        start_move(ctx, location, record, &uid, index).await?;
-                    }
-                }
+                Some(content) => kept(ctx, location, record, &content, index).await?,
                 None => {
                     record.phase = VolumePhase::Failed;
                     record.message = Some(format!(
@@ -244,22 +232,13 @@ pub(super) async fn follow(
             if contents(ctx).get_opt(content_name).await?.is_none() {
                 continue; // the snapshot controller's caches catch up
             }
-            let uid = object
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(BACKUP_UID_LABEL))
-                .cloned()
-                .unwrap_or_default();
+            let uid = label_of(&object, BACKUP_UID_LABEL).unwrap_or_default();
             let content = keep(ctx, content_name, &uid).await?;
             api.delete(&snapshot.volume_snapshot, &DeleteParams::default())
                 .await
                 .map(drop)
                 .or_else(gone)?;
-            complete(record, &content);
-            if record.phase == VolumePhase::Completed && snapshot.data_mover.is_some() {
-                start_move(ctx, location, record, &uid, index).await?;
-            }
+            kept(ctx, location, record, &content, index).await?;
             continue;
         }
         if now > snapshot.ready_by {
@@ -556,6 +535,31 @@ async fn kept_content(ctx: &Context, namespace: &str, name: &str) -> Result<Opti
     }))
 }
 
+/// Records `content`, which the backup kept, as `record`'s snapshot, and starts moving its data
+/// when the backup asked for that.
+async fn kept(
+    ctx: &Context,
+    location: &BackupStorageLocation,
+    record: &mut VolumeRecord,
+    content: &DynamicObject,
+    index: usize,
+) -> Result<()> {
+    complete(record, content);
+    let moving = record
+        .csi_snapshot
+        .as_ref()
+        .is_some_and(|s| s.data_mover.is_some());
+    if record.phase == VolumePhase::Completed && moving {
+        let uid = label_of(content, BACKUP_UID_LABEL).unwrap_or_default();
+        start_move(ctx, location, record, &uid, index).await?;
+    }
+    Ok(())
+}
+
+fn label_of(object: &DynamicObject, label: &str) -> Option<String> {
+    object.metadata.labels.as_ref()?.get(label).cloned()
+}
+
 fn complete(record: &mut VolumeRecord, content: &DynamicObject) {
     let snapshot = record.csi_snapshot.get_or_insert_with(Default::default);
     snapshot.content = content.metadata.name.clone();
@@ -723,13 +727,7 @@ async fn delete_content(ctx: &Context, name: &str) -> Result<()> {
 }
 
 fn carries(object: &DynamicObject, label: &str, value: &str) -> bool {
-    object
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|labels| labels.get(label))
-        .map(String::as_str)
-        == Some(value)
+    label_of(object, label).as_deref() == Some(value)
 }
 
 /// The name of the VolumeSnapshot (and its content) a restore makes for the claim of
