@@ -179,10 +179,41 @@ pub fn backup_root(
             .join()
             .map_err(|_| Error::Other("the walk panicked".into()))?
     });
-    let mut summary = std::mem::take(&mut walker.summary);
+    let summary = std::mem::take(&mut walker.summary);
     let pipeline_result = pipeline.stop();
     let root_tree = walked?;
     pipeline_result?;
+    let parent = parent.map(|(id, _)| id);
+    let source = SnapshotSource {
+        source: source_text,
+        hostname,
+        parent,
+    };
+    save_snapshot(repo, &lock, packer, &pipeline, &tracker, ticker, root_tree, source, summary, options)
+}
+
+/// What a snapshot records of where its data came from.
+struct SnapshotSource {
+    source: String,
+    hostname: String,
+    parent: Option<Id>,
+}
+
+/// Ends a backup whose pipeline has stopped: every pack uploaded and indexed, then the snapshot
+/// of `root_tree`, written while the lock is still held.
+#[allow(clippy::too_many_arguments)]
+fn save_snapshot(
+    repo: &Arc<Repository>,
+    lock: &RepoLock,
+    packer: Arc<Packer>,
+    pipeline: &Pipeline,
+    tracker: &Arc<Tracker>,
+    ticker: Option<std::thread::JoinHandle<()>>,
+    root_tree: Id,
+    source: SnapshotSource,
+    mut summary: BackupSummary,
+    options: &BackupOptions,
+) -> Result<BackupOutcome> {
     let packer = Arc::into_inner(packer).expect("the pipeline released the packer");
     let stats = (
         packer.stats().bytes_added.load(Ordering::Relaxed),
@@ -201,11 +232,11 @@ pub fn backup_root(
         version: 1,
         time: jiff::Timestamp::now(),
         tree: root_tree,
-        source: source_text,
-        hostname,
+        source: source.source,
+        hostname: source.hostname,
         username: crate::util::username(),
         tags: options.tags.clone(),
-        parent: parent.map(|(id, _)| id),
+        parent: source.parent,
         summary,
     };
     // The snapshot makes its blobs live; under a lock others may have judged abandoned, a prune
@@ -216,6 +247,99 @@ pub fn backup_root(
         snapshot_id,
         snapshot,
     })
+}
+
+/// The size of an image to back up or restore into: a block device's capacity (its `st_size` is
+/// 0), or a regular file's length.
+pub fn image_size(image: &File) -> Result<u64> {
+    let end = rustix::fs::seek(image, rustix::fs::SeekFrom::End(0))
+        .map_err(|errno| Error::Other(format!("finding the image's size: {errno}")))?;
+    Ok(end)
+}
+
+/// Backs up `image` (a block device, or any file read whole) as one file named `name`: the
+/// snapshot's tree holds that single regular file, its content the image's bytes from first to
+/// last, runs of zeros stored as holes. The caller opened and checked the image; `source` is
+/// what the snapshot records as its path. Every chunk is read (a device has no mtime that could
+/// tell what changed), and only chunks the repository lacks are stored.
+pub fn backup_image(
+    repo: &Arc<Repository>,
+    image: File,
+    name: &str,
+    source: &str,
+    options: &BackupOptions,
+) -> Result<BackupOutcome> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(Error::InvalidArgument(format!(
+            "{name:?} cannot name the image's file: a single path component is needed"
+        )));
+    }
+    let lock = RepoLock::acquire(repo, false, options.lock_wait)?;
+    repo.refresh_index()?;
+    let size = image_size(&image)?;
+    let stat = rustix::fs::fstat(&image)
+        .map_err(|errno| Error::Other(format!("reading the image's status: {errno}")))?;
+    let tracker = Tracker::new(options.progress.clone());
+    tracker.total_files.store(1, Ordering::Relaxed);
+    tracker.total_bytes.store(size, Ordering::Relaxed);
+    tracker.emit(ProgressEvent::Totals {
+        files: 1,
+        bytes: size,
+    });
+    let ticker = tracker.start_ticker(Duration::from_millis(250));
+    let workers = options.workers.unwrap_or_else(available_cores).max(1);
+    let packer = Arc::new(Packer::new(repo.clone())?);
+    let mut pipeline = Pipeline::start(repo, &packer, workers, &tracker, options.cancel.clone());
+    let read = pipeline
+        .submit(image, size, PathBuf::from(source))
+        .and_then(|outcome| {
+            outcome
+                .recv()
+                .unwrap_or_else(|_| Err(Error::Other("a reader thread stopped".into())))
+        });
+    let pipeline_result = pipeline.stop();
+    let (content, covered) = read?;
+    pipeline_result?;
+    if covered != size {
+        return Err(Error::Other(format!(
+            "{source}: {covered} of its {size} bytes could be read; the image shrank while being backed up"
+        )));
+    }
+    let now = jiff::Timestamp::now();
+    let node = Node {
+        name: name.as_bytes().to_vec(),
+        kind: NodeKind::File,
+        mode: 0o600,
+        uid: 0,
+        gid: 0,
+        mtime: now.as_second(),
+        mtime_nsec: now.subsec_nanosecond().max(0) as u32,
+        ctime: stat.st_ctime,
+        ctime_nsec: stat.st_ctime_nsec as u32,
+        inode: stat.st_ino,
+        device: stat.st_dev,
+        links: 1,
+        size,
+        content,
+        subtree: None,
+        link_target: Vec::new(),
+        rdev: 0,
+        xattrs: Vec::new(),
+    };
+    let mut tree = Tree { nodes: vec![node] };
+    let root_tree = save_tree(repo, &packer, &mut tree)?;
+    let summary = BackupSummary {
+        files_new: 1,
+        total_files: 1,
+        total_bytes: size,
+        ..Default::default()
+    };
+    let source = SnapshotSource {
+        source: source.to_owned(),
+        hostname: options.host.clone().unwrap_or_else(crate::util::hostname),
+        parent: None,
+    };
+    save_snapshot(repo, &lock, packer, &pipeline, &tracker, ticker, root_tree, source, summary, options)
 }
 
 /// Counts files and bytes ahead of the backup so that progress can show an ETA; only when
@@ -891,28 +1015,33 @@ impl Walker<'_> {
     }
 
     fn save_tree(&self, tree: &mut Tree) -> Result<Id> {
-        let bytes = tree.encode();
-        if bytes.len() > blob::MAX_BLOB_LENGTH as usize {
-            return Err(Error::Other(format!(
-                "a directory of {} entries lists {} bytes, more than a blob may hold ({} bytes)",
-                tree.nodes.len(),
-                bytes.len(),
-                blob::MAX_BLOB_LENGTH
-            )));
-        }
-        let key = self.repo.key();
-        let id = key.blob_id(&bytes);
-        if self.packer.claim(&id) {
-            self.packer.add(blob::seal(
-                key,
-                BlobKind::Tree,
-                id,
-                &bytes,
-                self.repo.config().zstd_level,
-            ))?;
-        }
-        Ok(id)
+        save_tree(self.repo, self.packer, tree)
     }
+}
+
+/// Stores a directory's tree (unless the repository has it) and returns its id.
+fn save_tree(repo: &Repository, packer: &Packer, tree: &mut Tree) -> Result<Id> {
+    let bytes = tree.encode();
+    if bytes.len() > blob::MAX_BLOB_LENGTH as usize {
+        return Err(Error::Other(format!(
+            "a directory of {} entries lists {} bytes, more than a blob may hold ({} bytes)",
+            tree.nodes.len(),
+            bytes.len(),
+            blob::MAX_BLOB_LENGTH
+        )));
+    }
+    let key = repo.key();
+    let id = key.blob_id(&bytes);
+    if packer.claim(&id) {
+        packer.add(blob::seal(
+            key,
+            BlobKind::Tree,
+            id,
+            &bytes,
+            repo.config().zstd_level,
+        ))?;
+    }
+    Ok(id)
 }
 
 fn kind_of(stat: &Stat) -> NodeKind {

@@ -22,6 +22,7 @@
 //! `security.*` and `trusted.*` attributes) are restored only when asked for.
 
 mod finish;
+mod image;
 mod plan;
 mod scan;
 mod write;
@@ -41,6 +42,8 @@ use crate::repository::Repository;
 use crate::root_dir::RootDir;
 use crate::tree::NodeKind;
 use crate::util::available_cores;
+
+pub use image::restore_image;
 
 #[derive(Clone, Default)]
 pub struct RestoreOptions {

@@ -117,8 +117,10 @@ pub(super) fn write_data(
     let counters = Counters::default();
     let damaged = Mutex::new(std::mem::take(&mut plan.damaged));
     let writer = Writer {
-        root,
-        paths: plan.files.iter().map(|f| f.write_rel.clone()).collect(),
+        target: Target::Files {
+            root,
+            paths: plan.files.iter().map(|f| f.write_rel.clone()).collect(),
+        },
         counters: &counters,
         damaged: &damaged,
         tracker,
@@ -197,11 +199,42 @@ fn read_local(
     Ok(data)
 }
 
+/// Writes every blob of `blobs` into `image` (their destinations name file 0) with `workers`
+/// threads; returns the counters and whether any blob could not be read or written.
+pub(super) fn write_image(
+    repo: &Repository,
+    image: &File,
+    blobs: HashMap<Id, BlobPlan>,
+    workers: usize,
+    tracker: &Tracker,
+) -> (Counters, bool) {
+    let counters = Counters::default();
+    let damaged = Mutex::new(HashSet::new());
+    let writer = Writer {
+        target: Target::Image(image),
+        counters: &counters,
+        damaged: &damaged,
+        tracker,
+    };
+    let reads = plan_reads(repo, blobs);
+    run_parallel(workers, &reads, |read| fetch_and_write(repo, read, &writer));
+    let damaged = !damaged.into_inner().expect("lock").is_empty();
+    (counters, damaged)
+}
+
+/// Where a [`Writer`] writes: the plan's files below the target directory, by position, or one
+/// open image (a block device), file 0.
+enum Target<'a> {
+    Files {
+        root: &'a RootDir,
+        paths: Vec<PathBuf>,
+    },
+    Image(&'a File),
+}
+
 /// Writes blobs into the files being restored.
 struct Writer<'a> {
-    root: &'a RootDir,
-    /// Where each file of the plan is written, by position.
-    paths: Vec<PathBuf>,
+    target: Target<'a>,
     counters: &'a Counters,
     damaged: &'a Mutex<HashSet<u32>>,
     tracker: &'a Tracker,
@@ -211,24 +244,29 @@ impl Writer<'_> {
     fn write(&self, data: &[u8], destinations: &[Destination]) {
         let mut open: Option<(u32, File)> = None;
         for destination in destinations {
-            if open
-                .as_ref()
-                .is_none_or(|(file, _)| *file != destination.file)
-            {
-                let rel = &self.paths[destination.file as usize];
-                match self.open(rel) {
-                    Ok(file) => open = Some((destination.file, file)),
-                    Err(error) => {
-                        warn!(message = "cannot open a file to restore", path = %self.root.display(rel).display(), %error);
-                        self.mark_damaged(destination.file);
-                        open = None;
-                        continue;
+            let file = match &self.target {
+                Target::Image(image) => *image,
+                Target::Files { root, paths } => {
+                    if open
+                        .as_ref()
+                        .is_none_or(|(file, _)| *file != destination.file)
+                    {
+                        let rel = &paths[destination.file as usize];
+                        match root.open_regular_for_write(rel, false, false) {
+                            Ok(file) => open = Some((destination.file, file)),
+                            Err(error) => {
+                                warn!(message = "cannot open a file to restore", path = %root.display(rel).display(), %error);
+                                self.mark_damaged(destination.file);
+                                open = None;
+                                continue;
+                            }
+                        }
                     }
+                    &open.as_ref().expect("opened").1
                 }
-            }
-            let (_, file) = open.as_ref().expect("opened");
+            };
             if let Err(error) = file.write_all_at(data, destination.offset) {
-                warn!(message = "cannot write a restored file", path = %self.root.display(&self.paths[destination.file as usize]).display(), %error);
+                warn!(message = "cannot write a restored file", path = %self.shown(destination.file), %error);
                 self.mark_damaged(destination.file);
                 continue;
             }
@@ -241,8 +279,12 @@ impl Writer<'_> {
         }
     }
 
-    fn open(&self, rel: &Path) -> std::io::Result<File> {
-        self.root.open_regular_for_write(rel, false, false)
+    /// The file at position `file`, for messages.
+    fn shown(&self, file: u32) -> String {
+        match &self.target {
+            Target::Files { root, paths } => root.display(&paths[file as usize]).display().to_string(),
+            Target::Image(_) => "the image".to_owned(),
+        }
     }
 
     fn mark_damaged(&self, file: u32) {
