@@ -3,6 +3,7 @@
 //! the pod volumes of its node with the data mover, and a Lease that tells the controller where it
 //! is, that it is alive, and which key it holds.
 
+pub mod device_lending;
 pub mod identity;
 pub mod metrics;
 pub mod service;

@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::metrics::{AgentMetrics, TaskKind};
-use crate::volume_path;
+use crate::volume_path::{self, VolumeData};
 use ferry_mover::root_dir::RootDir;
 use ferry_mover::{
     BackupOptions, Error, InitOptions, ParentChoice, ProgressEvent, Repository, RestoreOptions,
@@ -112,16 +112,22 @@ impl AgentService {
         self
     }
 
-    async fn resolve(&self, volume: Option<PodVolume>) -> Result<(PodVolume, RootDir), Status> {
+    /// The pod volume a request names, opened: writable too when `writable` (a restore).
+    async fn resolve(
+        &self,
+        volume: Option<PodVolume>,
+        writable: bool,
+    ) -> Result<(PodVolume, VolumeData), Status> {
         let volume = volume.ok_or_else(|| Status::invalid_argument("no volume named"))?;
-        let dir = volume_path::resolve(
+        let data = volume_path::resolve(
             &self.client,
             &self.settings.pods_dir,
             &self.settings.node_name,
             &volume,
+            writable,
         )
         .await?;
-        Ok((volume, dir.root))
+        Ok((volume, data))
     }
 
     /// Refuses a repository that is not in one of the cluster's storage locations: the agent
@@ -257,7 +263,7 @@ impl Agent for AgentService {
         request: Request<BackupVolumeRequest>,
     ) -> Result<Response<Self::BackupVolumeStream>, Status> {
         let request = request.into_inner();
-        let (volume, dir) = self.resolve(request.volume).await?;
+        let (volume, data) = self.resolve(request.volume, false).await?;
         let spec = request
             .repository
             .ok_or_else(|| Status::invalid_argument("no repository named"))?;
@@ -298,8 +304,18 @@ impl Agent for AgentService {
                 lock_wait: LOCK_WAIT,
                 ..Default::default()
             };
-            let outcome =
-                ferry_mover::backup::backup_root(&repo, &dir, &options).map_err(status)?;
+            let outcome = match data {
+                VolumeData::Dir(dir) => ferry_mover::backup::backup_root(&repo, &dir, &options),
+                // A block volume: its device, read whole as one file named after the volume.
+                VolumeData::Device(device) => ferry_mover::backup::backup_image(
+                    &repo,
+                    device,
+                    &volume.volume,
+                    &format!("{}/{}/{}", volume.namespace, volume.pod, volume.volume),
+                    &options,
+                ),
+            }
+            .map_err(status)?;
             let summary = &outcome.snapshot.summary;
             Ok(TaskResult {
                 snapshot_id: outcome.snapshot_id.to_hex(),
@@ -319,7 +335,7 @@ impl Agent for AgentService {
         request: Request<RestoreVolumeRequest>,
     ) -> Result<Response<Self::RestoreVolumeStream>, Status> {
         let request = request.into_inner();
-        let (volume, dir) = self.resolve(request.volume).await?;
+        let (volume, data) = self.resolve(request.volume, true).await?;
         let spec = request
             .repository
             .ok_or_else(|| Status::invalid_argument("no repository named"))?;
@@ -342,15 +358,21 @@ impl Agent for AgentService {
         let stream = self.spawn_task(request.task_id, kind, what, move |cancel, updates| {
             let repo = open_repository(&spec, false)?;
             let errors = Arc::new(Mutex::new(Vec::new()));
-            let summary = restore_volume(
-                &repo,
-                &request.snapshot_id,
-                &dir,
-                &request.marker,
-                request.in_place,
-                Some(progress_sink(updates, errors.clone())),
-                cancel,
-            )
+            let progress = Some(progress_sink(updates, errors.clone()));
+            let summary = match data {
+                VolumeData::Dir(dir) => restore_volume(
+                    &repo,
+                    &request.snapshot_id,
+                    &dir,
+                    &request.marker,
+                    request.in_place,
+                    progress,
+                    cancel,
+                ),
+                VolumeData::Device(device) => {
+                    restore_device(&repo, &request.snapshot_id, &device, progress, cancel)
+                }
+            }
             .map_err(status)?;
             let mut errors = errors.lock().expect("errors").clone();
             errors.extend(
@@ -476,6 +498,26 @@ pub fn restore_volume(
             .map_err(|error| error.context("writing the completion marker"))?;
     }
     Ok(summary)
+}
+
+/// A block volume's restore: the image snapshot written into its device and flushed. No marker:
+/// the pods that use the device wait on the restore itself (a scheduling gate), not on its data.
+pub fn restore_device(
+    repo: &Arc<Repository>,
+    snapshot: &str,
+    device: &std::fs::File,
+    progress: Option<Arc<dyn ferry_mover::ProgressSink>>,
+    cancel: Arc<AtomicBool>,
+) -> ferry_mover::Result<ferry_mover::RestoreSummary> {
+    let options = RestoreOptions {
+        progress,
+        cancel: Some(cancel),
+        sync: true,
+        lock_wait: LOCK_WAIT,
+        ..Default::default()
+    };
+    let (_, snapshot) = repo.find_snapshot(snapshot)?;
+    ferry_mover::restore::restore_image(repo, &snapshot.tree, device, &options)
 }
 
 /// Writes `.ferry/<marker>` into the restored volume, durably: temp file, fsync, rename, fsync of

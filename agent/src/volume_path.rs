@@ -15,21 +15,24 @@ use tonic::Status;
 
 use ferry_mover::root_dir::RootDir;
 
-/// A resolved pod volume: its directory, opened, and the pod's UID.
+/// A resolved pod volume: its directory, opened, or for a block volume its device, borrowed from
+/// the pod ([`crate::device_lending`]).
 #[derive(Debug)]
-pub struct VolumeDir {
-    pub root: RootDir,
-    pub pod_uid: String,
+pub enum VolumeData {
+    Dir(RootDir),
+    Device(std::fs::File),
 }
 
 /// Finds the directory of `volume` of a pod that runs on `node_name`, under `pods_dir` (the
-/// kubelet's `pods` directory).
+/// kubelet's `pods` directory), or the device of a block volume, open for writing too when
+/// `writable`.
 pub async fn resolve(
     client: &Client,
     pods_dir: &Path,
     node_name: &str,
     volume: &PodVolume,
-) -> Result<VolumeDir, Status> {
+    writable: bool,
+) -> Result<VolumeData, Status> {
     for (what, name) in [
         ("namespace", &volume.namespace),
         ("pod", &volume.pod),
@@ -76,6 +79,10 @@ pub async fn resolve(
         let pv = bound_volume(client, &volume.namespace, &claim.claim_name).await?;
         let pv_name = pv.metadata.name.clone().unwrap_or_default();
         let pv_spec = pv.spec.unwrap_or_default();
+        if pv_spec.volume_mode.as_deref() == Some("Block") {
+            return borrow_device(pods_dir, &pod_uid, &volume.volume, writable)
+                .map(VolumeData::Device);
+        }
         if pv_spec.csi.is_some() {
             ("kubernetes.io~csi", pv_name, true)
         } else if pv_spec.local.is_some() {
@@ -121,7 +128,34 @@ pub async fn resolve(
             pods_dir.join(&rel).display()
         )));
     }
-    Ok(VolumeDir { root, pod_uid })
+    Ok(VolumeData::Dir(root))
+}
+
+/// Borrows the device of block volume `volume` from the pod `pod_uid` that lends it in its
+/// device exchange emptyDir.
+fn borrow_device(
+    pods_dir: &Path,
+    pod_uid: &str,
+    volume: &str,
+    writable: bool,
+) -> Result<std::fs::File, Status> {
+    let rel = PathBuf::from(pod_uid)
+        .join("volumes")
+        .join("kubernetes.io~empty-dir")
+        .join(ferry_protocol::agent::DEVICE_EXCHANGE_VOLUME);
+    let exchange = open_volume(pods_dir, &rel).map_err(|status| {
+        Status::failed_precondition(format!(
+            "volume {volume} is a block volume, which the agent reads through the pod's {} volume: {}",
+            ferry_protocol::agent::DEVICE_EXCHANGE_VOLUME,
+            status.message()
+        ))
+    })?;
+    let dir = exchange
+        .dir(Path::new(""))
+        .map_err(|error| Status::failed_precondition(format!("{}: {error}", rel.display())))?;
+    use std::os::fd::AsFd;
+    crate::device_lending::borrow(dir.as_fd(), volume, writable)
+        .map_err(|error| Status::failed_precondition(error.to_string()))
 }
 
 /// Whether the opened directory is the root of a mount (a bind mount included); `None` when

@@ -155,6 +155,25 @@ pub fn restore_wait(args: RestoreWaitArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `ferry lend-device`: a pod that holds a block device lends it, open, to its node's agent,
+/// which cannot open it itself (see `ferry_agent::device_lending`). Runs until the pod is deleted.
+#[derive(Debug, Args)]
+pub struct LendDeviceArgs {
+    /// The device, as the pod has it (`volumeDevices[].devicePath`).
+    #[arg(long)]
+    device: PathBuf,
+    /// The socket to make, in the pod's device exchange volume.
+    #[arg(long)]
+    socket: PathBuf,
+    /// Lend it for writing too (a restore fills it).
+    #[arg(long)]
+    writable: bool,
+}
+
+pub fn lend_device(args: LendDeviceArgs) -> anyhow::Result<ExitCode> {
+    match ferry_agent::device_lending::lend(&args.device, &args.socket, args.writable)? {}
+}
+
 /// A duration such as `24h`, `90m` or `1h 30m`.
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let duration: jiff::SignedDuration = text

@@ -235,6 +235,10 @@ enum Command {
     /// Wait until a restore's node agent has filled this pod's volumes (a restored pod's init
     /// container).
     RestoreWait(agent_cmd::RestoreWaitArgs),
+    /// Lend a block device to this node's agent over a Unix socket (the container of a data
+    /// mover's or a restore's fill pod).
+    #[command(hide = true)]
+    LendDevice(agent_cmd::LendDeviceArgs),
 }
 
 #[derive(Debug, Args)]
@@ -290,6 +294,7 @@ fn main() -> ExitCode {
         Command::Controller(args) => controller_cmd::run(args, &cli.cluster),
         Command::Agent(args) => agent_cmd::run(args, &cli.cluster),
         Command::RestoreWait(args) => agent_cmd::restore_wait(args),
+        Command::LendDevice(args) => agent_cmd::lend_device(args),
     };
     match result {
         Ok(code) => code,

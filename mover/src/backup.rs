@@ -189,7 +189,9 @@ pub fn backup_root(
         hostname,
         parent,
     };
-    save_snapshot(repo, &lock, packer, &pipeline, &tracker, ticker, root_tree, source, summary, options)
+    save_snapshot(
+        repo, &lock, packer, &pipeline, &tracker, ticker, root_tree, source, summary, options,
+    )
 }
 
 /// What a snapshot records of where its data came from.
@@ -339,7 +341,9 @@ pub fn backup_image(
         hostname: options.host.clone().unwrap_or_else(crate::util::hostname),
         parent: None,
     };
-    save_snapshot(repo, &lock, packer, &pipeline, &tracker, ticker, root_tree, source, summary, options)
+    save_snapshot(
+        repo, &lock, packer, &pipeline, &tracker, ticker, root_tree, source, summary, options,
+    )
 }
 
 /// Counts files and bytes ahead of the backup so that progress can show an ETA; only when

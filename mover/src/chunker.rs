@@ -190,8 +190,8 @@ impl ChunkerParams {
 }
 
 /// `SEEK_DATA` (`data`) or `SEEK_HOLE` from `from`: `None` when `from` is at or past the end of
-/// the data (for `SEEK_HOLE`, of the file). Filesystems that cannot tell report everything as
-/// data.
+/// the data (for `SEEK_HOLE`, of the file). Files that cannot tell (block devices, some
+/// filesystems) are data from `from` on.
 fn seek_data(file: &File, from: u64, data: bool) -> std::io::Result<Option<u64>> {
     use rustix::fs::SeekFrom;
     let whence = if data {
@@ -202,8 +202,10 @@ fn seek_data(file: &File, from: u64, data: bool) -> std::io::Result<Option<u64>>
     match rustix::fs::seek(file, whence) {
         Ok(offset) => Ok(Some(offset)),
         Err(rustix::io::Errno::NXIO) => Ok(None),
+        // Everything is data, to the end: the callers bound the hole's offset by the size.
+        // (Block devices answer EINVAL.)
         Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOTSUP) => {
-            Ok(if data { Some(from) } else { None })
+            Ok(Some(if data { from } else { u64::MAX }))
         }
         Err(errno) => Err(errno.into()),
     }

@@ -38,7 +38,8 @@ fn an_image_round_trips_into_a_larger_dirty_target_and_its_zeros_are_holes() {
     let repo = init(backend);
     let source = image_bytes();
     let image = file_with(&dir.path().join("source.img"), &source);
-    let outcome = backup_image(&repo, image, "raw", "volume raw", &BackupOptions::default()).unwrap();
+    let outcome =
+        backup_image(&repo, image, "raw", "volume raw", &BackupOptions::default()).unwrap();
     let tree = repo.load_tree(&outcome.snapshot.tree).unwrap();
     assert_eq!(tree.nodes.len(), 1);
     assert_eq!(tree.nodes[0].name, b"raw");
@@ -63,8 +64,14 @@ fn an_image_round_trips_into_a_larger_dirty_target_and_its_zeros_are_holes() {
     assert_eq!(summary.files_restored, 1);
     let mut restored = vec![0u8; dirty.len()];
     target.read_exact_at(&mut restored, 0).unwrap();
-    assert!(restored[..source.len()] == source[..], "the image differs after its restore");
-    assert!(restored[source.len()..].iter().all(|&b| b == 0x5a), "bytes past the image were written");
+    assert!(
+        restored[..source.len()] == source[..],
+        "the image differs after its restore"
+    );
+    assert!(
+        restored[source.len()..].iter().all(|&b| b == 0x5a),
+        "bytes past the image were written"
+    );
 
     // Backed up again unchanged, it adds no data.
     let again = backup_image(
@@ -84,15 +91,27 @@ fn an_image_is_refused_by_a_smaller_target_and_a_directory_snapshot_by_an_image_
     let (backend, _store) = local_backend();
     let repo = init(backend);
     let image = file_with(&dir.path().join("source.img"), &image_bytes());
-    let outcome = backup_image(&repo, image, "raw", "volume raw", &BackupOptions::default()).unwrap();
+    let outcome =
+        backup_image(&repo, image, "raw", "volume raw", &BackupOptions::default()).unwrap();
     let small = file_with(&dir.path().join("small.img"), &vec![7u8; 1 << 20]);
-    let error = restore_image(&repo, &outcome.snapshot.tree, &small, &RestoreOptions::default())
-        .unwrap_err();
+    let error = restore_image(
+        &repo,
+        &outcome.snapshot.tree,
+        &small,
+        &RestoreOptions::default(),
+    )
+    .unwrap_err();
     assert!(matches!(error, Error::InvalidArgument(_)), "{error}");
-    assert!(error.to_string().contains("fewer than the image's"), "{error}");
+    assert!(
+        error.to_string().contains("fewer than the image's"),
+        "{error}"
+    );
     let mut untouched = vec![0u8; 1 << 20];
     small.read_exact_at(&mut untouched, 0).unwrap();
-    assert!(untouched.iter().all(|&b| b == 7), "a refused restore wrote into the target");
+    assert!(
+        untouched.iter().all(|&b| b == 7),
+        "a refused restore wrote into the target"
+    );
 
     let tree_dir = dir.path().join("tree");
     std::fs::create_dir_all(tree_dir.join("a")).unwrap();
@@ -100,8 +119,13 @@ fn an_image_is_refused_by_a_smaller_target_and_a_directory_snapshot_by_an_image_
     std::fs::write(tree_dir.join("g"), b"y").unwrap();
     let directory = ferry_mover::backup(&repo, &tree_dir, &BackupOptions::default()).unwrap();
     let target = file_with(&dir.path().join("target.img"), &vec![7u8; 16 << 20]);
-    let error = restore_image(&repo, &directory.snapshot.tree, &target, &RestoreOptions::default())
-        .unwrap_err();
+    let error = restore_image(
+        &repo,
+        &directory.snapshot.tree,
+        &target,
+        &RestoreOptions::default(),
+    )
+    .unwrap_err();
     assert!(error.to_string().contains("is not an image"), "{error}");
 
     let error = backup_image(

@@ -106,6 +106,20 @@ pub fn s3_options(spec: &v1::Repository) -> Result<S3Options, String> {
     })
 }
 
+/// The emptyDir volume through which a pod lends its block devices to its node's agent: the agent
+/// cannot open a device the kubelet gave a pod (the container runtime's device cgroup refuses
+/// it), so a pod that holds it (`ferry lend-device`) passes an open descriptor over a Unix socket
+/// in this volume, one socket a device, named by [`device_socket`].
+pub const DEVICE_EXCHANGE_VOLUME: &str = "ferry-devices";
+
+/// Where pods mount [`DEVICE_EXCHANGE_VOLUME`].
+pub const DEVICE_EXCHANGE_DIR: &str = "/ferry-devices";
+
+/// The socket in [`DEVICE_EXCHANGE_VOLUME`] that lends the device of pod volume `volume`.
+pub fn device_socket(volume: &str) -> String {
+    format!("{volume}.sock")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

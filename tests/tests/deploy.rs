@@ -197,7 +197,8 @@ fn the_rbac_grants_delete_only_on_ferry_resources() {
             }
             // Deleting outside ferry.dev, each behind the admission policy of
             // controller-deletes.yaml (checked against the API server below): the CSI snapshots
-            // Ferry took, and the data mover's pods and claims in Ferry's own namespace.
+            // Ferry took, its data mover's and fill pods, and the data mover's claims in Ferry's
+            // own namespace.
             let exceptions = [
                 (
                     "ClusterRole",
@@ -205,9 +206,14 @@ fn the_rbac_grants_delete_only_on_ferry_resources() {
                     serde_json::json!(["volumesnapshots", "volumesnapshotcontents"]),
                 ),
                 (
+                    "ClusterRole",
+                    serde_json::json!([""]),
+                    serde_json::json!(["pods"]),
+                ),
+                (
                     "Role",
                     serde_json::json!([""]),
-                    serde_json::json!(["pods", "persistentvolumeclaims"]),
+                    serde_json::json!(["persistentvolumeclaims"]),
                 ),
             ];
             if let Some((_, _, resources)) = exceptions

@@ -46,6 +46,7 @@ use crate::storage::ObjectStore;
 use crate::volumes;
 
 pub(crate) mod actions;
+pub(crate) mod fill;
 mod hooks;
 
 #[cfg(test)]
@@ -208,6 +209,8 @@ async fn follow_volumes(restore: &Restore, ctx: &Context) -> Result<Action> {
         ctx.apply_status(restore, &status).await?;
         return Ok(Action::requeue(volumes::POLL_INTERVAL));
     }
+    let mut records = records;
+    fill::finish(ctx, &mut records.volumes).await?;
     let failed = volumes::failures(&records.volumes);
     status.errors += u32::try_from(failed.len()).unwrap_or(u32::MAX);
     status.failure_reason =
@@ -518,10 +521,12 @@ async fn run(restore: &Restore, ctx: &Context) -> Result<()> {
     let volumes = moved_data_through_pods(volumes, &archived_pods);
     // The node agents will need the repositories' password: without it (a new cluster whose user
     // has not brought it yet), fail now, before any pod is created to wait for its volumes.
-    let by_agents = volumes
-        .volumes
-        .iter()
-        .any(|r| r.method == VolumeMethod::FileSystem && r.phase == VolumePhase::Completed);
+    let filled_claims = fill::filled_claims(&volumes.volumes);
+    let by_agents = !filled_claims.is_empty()
+        || volumes
+            .volumes
+            .iter()
+            .any(|r| r.method == VolumeMethod::FileSystem && r.phase == VolumePhase::Completed);
     if plan.restore_volumes && by_agents {
         crate::agents::repository_password(&ctx.locations, &plan.location).await?;
     }
@@ -533,6 +538,7 @@ async fn run(restore: &Restore, ctx: &Context) -> Result<()> {
         status: status.clone(),
         results: Vec::new(),
         volumes: &volumes,
+        filled_claims: &filled_claims,
         volume_plans: BTreeMap::new(),
         pod_volumes: Vec::new(),
         running_pods: BTreeSet::new(),
@@ -550,6 +556,7 @@ async fn run(restore: &Restore, ctx: &Context) -> Result<()> {
     run.status = status.clone();
     run.find_running_pods().await?;
     run.restore_tiers(selected).await?;
+    run.create_fill_pods().await?;
 
     let results = std::mem::take(&mut run.results);
     let count = |f: fn(&Outcome) -> bool| results.iter().filter(|r| f(&r.outcome)).count() as u64;
@@ -619,6 +626,8 @@ struct Run<'a> {
     status: RestoreStatus,
     results: Vec<ItemResult>,
     volumes: &'a VolumeRecords,
+    /// The claims (namespace in the backup, name) a fill pod holds for their agent to fill.
+    filled_claims: &'a BTreeSet<(String, String)>,
     /// By PersistentVolume name, for the PVs (and then PVCs) this restore creates.
     volume_plans: BTreeMap<String, VolumePlan>,
     /// Volumes of restored pods that the node agents fill from the repository.
@@ -923,6 +932,7 @@ impl Run<'_> {
             in_archive: &in_archive,
             volume_plans: &self.volume_plans,
             backup_volumes: &self.volumes.volumes,
+            filled_claims: self.filled_claims,
             restore_volumes: self.plan.restore_volumes,
             running_pods: self.plan.in_place_volumes.then_some(&self.running_pods),
             marker: &marker,
@@ -1106,6 +1116,49 @@ impl Run<'_> {
         });
     }
 
+    /// Makes a fill pod, and a task for its agent, for every claim whose moved data no restored
+    /// pod brings back (fill.rs), once the claim itself was created.
+    async fn create_fill_pods(&mut self) -> Result<()> {
+        if !self.plan.restore_volumes || self.plan.dry_run {
+            return Ok(());
+        }
+        let uid = self.restore.uid().unwrap_or_default();
+        let claims = GroupResource::new("persistentvolumeclaims", "").to_string();
+        for record in &self.volumes.volumes {
+            let Some(claim) = &record.claim else { continue };
+            if !self
+                .filled_claims
+                .contains(&(claim.namespace.clone(), claim.name.clone()))
+                || record.method == VolumeMethod::FileSystem
+            {
+                continue;
+            }
+            let namespace = self.target_namespace(&claim.namespace);
+            let created = self.results.iter().any(|r| {
+                r.resource == claims
+                    && r.namespace.as_deref() == Some(namespace.as_str())
+                    && r.name == claim.name
+                    && r.outcome == Outcome::Created
+            });
+            let (true, Some(archived)) = (created, fill::archived_claim(self.archive, record))
+            else {
+                continue;
+            };
+            let Some(mut task) = fill::fill_task(record, &uid, &namespace) else {
+                continue;
+            };
+            task.file_system = record.file_system.as_ref().map(|backup| FileSystemBackup {
+                repository: backup.repository.clone(),
+                snapshot_id: backup.snapshot_id.clone(),
+                task_id: format!("{uid}-{}", self.pod_volumes.len()),
+                ..Default::default()
+            });
+            fill::create_fill_pod(self.ctx, &task, &archived, &uid).await?;
+            self.pod_volumes.push(task);
+        }
+        Ok(())
+    }
+
     /// With inPlaceVolumes, notes which archived pods with agent-backed volumes run now.
     async fn find_running_pods(&mut self) -> Result<()> {
         if !self.plan.in_place_volumes {
@@ -1199,9 +1252,13 @@ impl Run<'_> {
                     ));
                     continue;
                 }
-                None if self.moved_without_pod(&item.name) => VolumePlan::Fail(
-                    "its data was moved into the repository, and no restored pod mounts its claim to fill it through: the claim gets a new, empty volume. Restore a pod that mounts the claim (the data stays in the repository)"
-                        .to_owned(),
+                None if self.moved_without_pod(&item.name) => VolumePlan::Skip(
+                    if self.plan.restore_volumes {
+                        "its data was moved into the repository: its claim gets a new volume from its StorageClass, which a fill pod holds while the node agent fills it"
+                    } else {
+                        "restorePVs is false; its claim gets a new, empty volume from its StorageClass"
+                    }
+                    .to_owned(),
                 ),
                 None => {
                     let recorded = self
@@ -1523,7 +1580,9 @@ fn moved_data_through_pods(mut records: VolumeRecords, pods: &[Value]) -> Volume
                     })?
                     .get("name")?
                     .as_str()?;
-                Some((name.to_owned(), volume.to_owned()))
+                // A block device cannot be held by the restore-wait init container: such a
+                // claim is filled through a fill pod (fill.rs).
+                (!uses_as_device(pod, volume)).then(|| (name.to_owned(), volume.to_owned()))
             })
             .min();
         if let Some((pod, volume)) = mounting {
@@ -1543,6 +1602,17 @@ fn moved_data_through_pods(mut records: VolumeRecords, pods: &[Value]) -> Volume
     }
     records.volumes.extend(through_pods);
     records
+}
+
+/// Whether a container of the pod has its volume `volume` as a block device.
+fn uses_as_device(pod: &Value, volume: &str) -> bool {
+    ["/spec/containers", "/spec/initContainers"]
+        .iter()
+        .filter_map(|path| pod.pointer(path)?.as_array())
+        .flatten()
+        .filter_map(|container| container.get("volumeDevices")?.as_array())
+        .flatten()
+        .any(|device| device.get("name").and_then(Value::as_str) == Some(volume))
 }
 
 /// The name of a PersistentVolume restored beside the one it was backed up from: its name and

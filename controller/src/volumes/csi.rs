@@ -303,13 +303,7 @@ async fn start_move(
         return Ok(());
     };
     let spec = pv.spec.unwrap_or_default();
-    if spec.volume_mode.as_deref() == Some("Block") {
-        record.phase = VolumePhase::Failed;
-        record.message = Some(
-            "moving a block volume's data into the repository is not supported yet; its CSI snapshot is kept with the backup".to_owned(),
-        );
-        return Ok(());
-    }
+    let block = spec.volume_mode.as_deref() == Some("Block");
     let name = mover_name(backup_uid, &record.persistent_volume);
     let namespace = ctx.namespace.clone();
     let labels = json!({BACKUP_UID_LABEL: backup_uid, "app.kubernetes.io/component": "data-mover"});
@@ -349,35 +343,17 @@ async fn start_move(
         "spec": {
             "accessModes": ["ReadWriteOnce"],
             "storageClassName": spec.storage_class_name,
+            "volumeMode": if block { "Block" } else { "Filesystem" },
             "resources": {"requests": {"storage": size}},
             "dataSource": {"apiGroup": GROUP, "kind": "VolumeSnapshot", "name": name},
         },
     }))?;
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
     ignore_exists(claims.create(&PostParams::default(), &claim_body).await)?;
-    let mut pod: Value = json!({
-        "metadata": {"name": name, "namespace": namespace, "labels": labels},
-        "spec": {
-            "automountServiceAccountToken": false,
-            "terminationGracePeriodSeconds": 0,
-            "securityContext": {"runAsNonRoot": true, "runAsUser": 65534, "runAsGroup": 65534},
-            "containers": [{
-                "name": "mover",
-                "image": crate::image::ferry_image(),
-                "command": ["sleep", "infinity"],
-                "volumeMounts": [{"name": MOVER_VOLUME, "mountPath": "/data", "readOnly": true}],
-                "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
-                                    "capabilities": {"drop": ["ALL"]}},
-                "resources": {"requests": {"cpu": "10m", "memory": "16Mi"},
-                              "limits": {"cpu": "100m", "memory": "64Mi"}},
-            }],
-            "volumes": [{"name": MOVER_VOLUME,
-                         "persistentVolumeClaim": {"claimName": name, "readOnly": true}}],
-        },
-    });
-    if let Some(policy) = crate::image::pull_policy() {
-        pod["spec"]["containers"][0]["imagePullPolicy"] = Value::String(policy);
-    }
+    let mut pod = volume_pod(&name, MOVER_VOLUME, block, false);
+    pod["metadata"] = json!({"name": name, "namespace": namespace, "labels": labels});
+    pod["spec"]["volumes"][0]["persistentVolumeClaim"] =
+        json!({"claimName": name, "readOnly": !block});
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     ignore_exists(
         pods.create(&PostParams::default(), &serde_json::from_value(pod)?)
@@ -403,6 +379,73 @@ async fn start_move(
         mover.name = Some(name);
     }
     Ok(())
+}
+
+/// The spec of a short-lived pod of Ferry's image that holds claim volume `volume` (its claim
+/// filled in by the caller) for its node's agent: a filesystem volume mounted (read-only unless
+/// `writable`), or a block volume as a device, lent to the agent open (`ferry lend-device`; the
+/// agent cannot open it itself). Lending needs root, to open the device node, and nothing else:
+/// every capability is dropped.
+pub fn volume_pod(name: &str, volume: &str, block: bool, writable: bool) -> Value {
+    use ferry_protocol::agent::{DEVICE_EXCHANGE_DIR, DEVICE_EXCHANGE_VOLUME, device_socket};
+    let device = format!("/dev/ferry-{volume}");
+    let (command, user, data): (Vec<String>, i64, Value) = if block {
+        let mut command: Vec<String> = [
+            "ferry",
+            "lend-device",
+            "--device",
+            &device,
+            "--socket",
+            &format!("{DEVICE_EXCHANGE_DIR}/{}", device_socket(volume)),
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        if writable {
+            command.push("--writable".to_owned());
+        }
+        (
+            command,
+            0,
+            json!({"volumeDevices": [{"name": volume, "devicePath": device}]}),
+        )
+    } else {
+        (
+            vec!["sleep".to_owned(), "infinity".to_owned()],
+            65534,
+            json!({"volumeMounts": [{"name": volume, "mountPath": "/data", "readOnly": !writable}]}),
+        )
+    };
+    let mut container = json!({
+        "name": "ferry",
+        "image": crate::image::ferry_image(),
+        "command": command,
+        "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                            "capabilities": {"drop": ["ALL"]}},
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"},
+                      "limits": {"cpu": "100m", "memory": "64Mi"}},
+    });
+    if let (Some(container), Some(data)) = (container.as_object_mut(), data.as_object()) {
+        container.extend(data.clone());
+    }
+    if let Some(policy) = crate::image::pull_policy() {
+        container["imagePullPolicy"] = Value::String(policy);
+    }
+    let mut volumes = vec![json!({"name": volume, "persistentVolumeClaim": {"claimName": name}})];
+    if block {
+        container["volumeMounts"] =
+            json!([{"name": DEVICE_EXCHANGE_VOLUME, "mountPath": DEVICE_EXCHANGE_DIR}]);
+        volumes.push(json!({"name": DEVICE_EXCHANGE_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}));
+    }
+    json!({
+        "metadata": {"name": name},
+        "spec": {
+            "automountServiceAccountToken": false,
+            "terminationGracePeriodSeconds": 0,
+            "securityContext": {"runAsNonRoot": user != 0, "runAsUser": user, "runAsGroup": user},
+            "containers": [container],
+            "volumes": volumes,
+        },
+    })
 }
 
 /// Creates `body` unless it exists.

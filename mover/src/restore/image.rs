@@ -91,7 +91,10 @@ pub fn restore_image(
     if offset != node.size {
         return Err(Error::corrupt(
             "the image snapshot",
-            format!("its content covers {offset} bytes, its size says {}", node.size),
+            format!(
+                "its content covers {offset} bytes, its size says {}",
+                node.size
+            ),
         ));
     }
     let mut zeroed = 0u64;

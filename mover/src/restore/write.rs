@@ -282,7 +282,9 @@ impl Writer<'_> {
     /// The file at position `file`, for messages.
     fn shown(&self, file: u32) -> String {
         match &self.target {
-            Target::Files { root, paths } => root.display(&paths[file as usize]).display().to_string(),
+            Target::Files { root, paths } => {
+                root.display(&paths[file as usize]).display().to_string()
+            }
             Target::Image(_) => "the image".to_owned(),
         }
     }

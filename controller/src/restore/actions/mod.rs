@@ -90,6 +90,9 @@ pub struct Scope<'a> {
     pub volume_plans: &'a BTreeMap<String, VolumePlan>,
     /// Every volume record of the backup.
     pub backup_volumes: &'a [VolumeRecord],
+    /// The claims (namespace in the backup, name) a fill pod fills: pods that use one are
+    /// created held by a scheduling gate until it is filled (`restore/fill.rs`).
+    pub filled_claims: &'a BTreeSet<(String, String)>,
     /// Whether pod volumes are restored (`restorePVs`).
     pub restore_volumes: bool,
     /// With `inPlaceVolumes`: the archived pods (namespace in the backup, name) running now.
@@ -224,12 +227,14 @@ pub(crate) mod testing {
         let hooks = crate::hooks::RestoreHookRules::default();
         let modifiers = crate::modifiers::ResourceModifiers::default();
         let storage_class_mapping = BTreeMap::new();
+        let filled_claims = BTreeSet::new();
         run(&Scope {
             namespace_mapping,
             keep_status,
             in_archive,
             volume_plans: &volume_plans,
             backup_volumes: &[],
+            filled_claims: &filled_claims,
             restore_volumes: true,
             running_pods: None,
             marker: "uid.done",

@@ -51,6 +51,9 @@ impl ItemAction for Pod {
                 }));
         } else if scope.restore_volumes {
             wait_for_volumes(object, backed_up, scope.marker, &mut planning.effects);
+            if crate::restore::fill::uses_filled_claim(object, &key.0, scope.filled_claims) {
+                crate::restore::fill::gate(object);
+            }
         }
         Verdict::Restore
     }
