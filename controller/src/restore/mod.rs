@@ -1913,19 +1913,25 @@ mod tests {
                    "spec": {"volumes": [{"name": "scratch", "emptyDir": {}},
                                         {"name": "db", "persistentVolumeClaim": {"claimName": claim}}]}})
         };
+        // A pod that has its claim as a block device cannot be filled through.
+        let mut device_pod = pod("shop", "a-blocks", "raw");
+        device_pod["spec"]["containers"] =
+            json!([{"name": "db", "volumeDevices": [{"name": "db", "devicePath": "/dev/db"}]}]);
         let pods = [
             pod("shop", "web-1", "data"),
             pod("shop", "web-0", "data"),
             pod("other", "a", "data"),
+            device_pod.clone(),
         ];
         let records = VolumeRecords::new(vec![
             moved("data", true),
             moved("kept", false),
             moved("lonely", true),
+            moved("raw", true),
         ]);
         let out = moved_data_through_pods(records, &pods);
-        assert_eq!(out.volumes.len(), 4, "{out:?}");
-        let added = &out.volumes[3];
+        assert_eq!(out.volumes.len(), 5, "{out:?}");
+        let added = &out.volumes[4];
         assert_eq!(added.method, VolumeMethod::FileSystem);
         assert_eq!(
             added.pod_volume,
@@ -1943,6 +1949,24 @@ mod tests {
         // A kept snapshot restores as a CSI snapshot; no pod mounts "lonely".
         assert!(out.completed_csi_snapshot("pv-kept").is_some());
         assert!(out.completed_csi_snapshot("pv-data").is_none());
+        // "lonely" and the block claim come back through fill pods, and the pod that uses the
+        // block claim waits for it; the one filled through its pod does not.
+        let filled = fill::filled_claims(&out.volumes);
+        let claims = |names: &[&str]| -> BTreeSet<(String, String)> {
+            names
+                .iter()
+                .map(|n| ("shop".to_owned(), (*n).to_owned()))
+                .collect()
+        };
+        assert_eq!(filled, claims(&["lonely", "raw"]));
+        assert!(fill::uses_filled_claim(&device_pod, "shop", &filled));
+        assert!(!fill::uses_filled_claim(&pods[1], "shop", &filled));
+        let mut gated = device_pod.clone();
+        fill::gate(&mut gated);
+        assert_eq!(
+            gated["spec"]["schedulingGates"],
+            json!([{"name": fill::FILL_GATE}])
+        );
     }
 
     #[test]

@@ -832,6 +832,51 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_block_volume_is_lent_by_a_root_pod_without_capabilities_and_a_filesystem_mounted() {
+        let block = volume_pod("claim-1", "data", true, true);
+        let container = &block["spec"]["containers"][0];
+        let command: Vec<&str> = container["command"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(
+            command,
+            [
+                "ferry",
+                "lend-device",
+                "--device",
+                "/dev/ferry-data",
+                "--socket",
+                "/ferry-devices/data.sock",
+                "--writable"
+            ]
+        );
+        assert_eq!(
+            container["volumeDevices"],
+            json!([{"name": "data", "devicePath": "/dev/ferry-data"}])
+        );
+        assert_eq!(block["spec"]["securityContext"]["runAsUser"], 0);
+        assert_eq!(
+            container["securityContext"]["capabilities"]["drop"],
+            json!(["ALL"])
+        );
+        assert_eq!(block["spec"]["volumes"][1]["name"], "ferry-devices");
+        assert_eq!(
+            block["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"],
+            "claim-1"
+        );
+
+        let files = volume_pod("claim-1", "data", false, false);
+        let container = &files["spec"]["containers"][0];
+        assert_eq!(container["volumeMounts"][0]["readOnly"], true);
+        assert!(container.get("volumeDevices").is_none());
+        assert_eq!(files["spec"]["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(files["spec"]["volumes"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
     fn snapshot_names_are_stable_per_backup_and_claim_and_fit_a_name() {
         let a = snapshot_name("uid-1", "data");
         assert_eq!(a, snapshot_name("uid-1", "data"));
