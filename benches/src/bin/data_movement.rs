@@ -114,7 +114,7 @@ async fn main() -> anyhow::Result<()> {
         .filter(|line| line.contains("\"task ended\"") && line.contains("-move-"))
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter_map(|line| line["duration_seconds"].as_f64())
-        .last()
+        .next_back()
         .context("the agent's move task in its log")?;
 
     eprintln!("standalone: repo init, volume backup");

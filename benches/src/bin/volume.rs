@@ -30,8 +30,8 @@ use ferry_benches::measure::{self, Measured};
 use ferry_benches::units::{MIB, fmt_bytes, parse_size};
 use ferry_protocol::crd::{BackupStorageLocation, LocationPhase, Phase};
 use ferry_tests::{
-    BucketPrefix, HasPhase, RunningAgent, RunningController, TestEnv, TestNamespace, create_object,
-    delete_namespace_and_wait, ferry_binary, issue_agent_credentials, summary, unique_name,
+    BucketPrefix, HasPhase, RunningAgent, RunningController, TestEnv, TestNamespace, agent_ca,
+    create_object, delete_namespace_and_wait, ferry_binary, summary, unique_name,
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client, Resource};
@@ -137,8 +137,8 @@ async fn run(args: &Args, run_dir: &Path) -> anyhow::Result<()> {
     let controller = RunningController::start_with_location("bench-volume").await;
     let client = controller.client.clone();
     wait_until_location_available(&controller).await?;
-    let tls = issue_agent_credentials(&controller).await;
-    let agent = RunningAgent::start(&client, controller.namespace.name(), &tls).await;
+    let ca = agent_ca(&controller).await;
+    let agent = RunningAgent::start(&client, controller.namespace.name(), &ca).await;
     let agent_pid = agent.pid().context("the agent is not running")?;
 
     let app = TestNamespace::create(&client, "bench-volume").await;
