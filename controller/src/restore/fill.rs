@@ -115,14 +115,15 @@ pub fn fill_task(
 
 /// Creates the fill pod of a fill task (found, if it exists already). `archived_claim` is the
 /// claim as the backup holds it: its volume mode decides whether the pod mounts the volume or
-/// lends its device.
+/// lends its device. The API server's refusal (a namespace's Pod Security level that forbids a
+/// root container, a quota) fails the task with its reason; the restore goes on.
 pub async fn create_fill_pod(
     ctx: &Context,
-    task: &VolumeRecord,
+    task: &mut VolumeRecord,
     archived_claim: &Value,
     restore_uid: &str,
 ) -> Result<()> {
-    let (Some(pod_volume), Some(claim)) = (&task.pod_volume, &task.claim) else {
+    let (Some(pod_volume), Some(claim)) = (task.pod_volume.clone(), task.claim.clone()) else {
         return Ok(());
     };
     let mut pod =
@@ -139,6 +140,14 @@ pub async fn create_fill_pod(
     {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(kube::Error::Api(status)) if (400..500).contains(&status.code) => {
+            task.phase = VolumePhase::Failed;
+            task.message = Some(format!(
+                "the fill pod {}/{} that would hold claim {} for its node agent was refused: {}",
+                pod_volume.namespace, pod_volume.pod, claim.name, status.message
+            ));
+            Ok(())
+        }
         Err(error) => Err(error.into()),
     }
 }

@@ -521,8 +521,12 @@ async fn run(restore: &Restore, ctx: &Context) -> Result<()> {
     let volumes = moved_data_through_pods(volumes, &archived_pods);
     // The node agents will need the repositories' password: without it (a new cluster whose user
     // has not brought it yet), fail now, before any pod is created to wait for its volumes.
-    let filled_claims = fill::filled_claims(&volumes.volumes);
-    let by_agents = !filled_claims.is_empty()
+    let fill_candidates = if plan.restore_volumes {
+        fill::filled_claims(&volumes.volumes)
+    } else {
+        BTreeSet::new()
+    };
+    let by_agents = !fill_candidates.is_empty()
         || volumes
             .volumes
             .iter()
@@ -538,7 +542,8 @@ async fn run(restore: &Restore, ctx: &Context) -> Result<()> {
         status: status.clone(),
         results: Vec::new(),
         volumes: &volumes,
-        filled_claims: &filled_claims,
+        fill_candidates: &fill_candidates,
+        filled_claims: BTreeSet::new(),
         volume_plans: BTreeMap::new(),
         pod_volumes: Vec::new(),
         running_pods: BTreeSet::new(),
@@ -626,8 +631,12 @@ struct Run<'a> {
     status: RestoreStatus,
     results: Vec<ItemResult>,
     volumes: &'a VolumeRecords,
-    /// The claims (namespace in the backup, name) a fill pod holds for their agent to fill.
-    filled_claims: &'a BTreeSet<(String, String)>,
+    /// The claims (namespace in the backup, name) whose moved data comes back through a fill
+    /// pod, if this restore creates them ([`fill::filled_claims`]).
+    fill_candidates: &'a BTreeSet<(String, String)>,
+    /// Those of them this restore created (claims come before pods): a fill pod holds each for
+    /// its agent to fill, and the pods that use one wait for it.
+    filled_claims: BTreeSet<(String, String)>,
     /// By PersistentVolume name, for the PVs (and then PVCs) this restore creates.
     volume_plans: BTreeMap<String, VolumePlan>,
     /// Volumes of restored pods that the node agents fill from the repository.
@@ -810,6 +819,17 @@ impl Run<'_> {
         if let Outcome::Failed(reason) = &outcome {
             tracing::warn!(message = "restoring an object failed", item = %item.path(), %reason);
         }
+        if outcome == Outcome::Created
+            && item.resource == GroupResource::new("persistentvolumeclaims", "")
+        {
+            let claim = (
+                item.namespace.clone().unwrap_or_default(),
+                item.name.clone(),
+            );
+            if self.fill_candidates.contains(&claim) {
+                self.filled_claims.insert(claim);
+            }
+        }
         // A Namespace is reported under the name it is restored as, like every namespaced object.
         let name = if item.resource == GroupResource::new("namespaces", "") {
             self.target_namespace(&item.name)
@@ -932,7 +952,7 @@ impl Run<'_> {
             in_archive: &in_archive,
             volume_plans: &self.volume_plans,
             backup_volumes: &self.volumes.volumes,
-            filled_claims: self.filled_claims,
+            filled_claims: &self.filled_claims,
             restore_volumes: self.plan.restore_volumes,
             running_pods: self.plan.in_place_volumes.then_some(&self.running_pods),
             marker: &marker,
@@ -1123,7 +1143,6 @@ impl Run<'_> {
             return Ok(());
         }
         let uid = self.restore.uid().unwrap_or_default();
-        let claims = GroupResource::new("persistentvolumeclaims", "").to_string();
         for record in &self.volumes.volumes {
             let Some(claim) = &record.claim else { continue };
             if !self
@@ -1134,14 +1153,7 @@ impl Run<'_> {
                 continue;
             }
             let namespace = self.target_namespace(&claim.namespace);
-            let created = self.results.iter().any(|r| {
-                r.resource == claims
-                    && r.namespace.as_deref() == Some(namespace.as_str())
-                    && r.name == claim.name
-                    && r.outcome == Outcome::Created
-            });
-            let (true, Some(archived)) = (created, fill::archived_claim(self.archive, record))
-            else {
+            let Some(archived) = fill::archived_claim(self.archive, record) else {
                 continue;
             };
             let Some(mut task) = fill::fill_task(record, &uid, &namespace) else {
@@ -1153,7 +1165,7 @@ impl Run<'_> {
                 task_id: format!("{uid}-{}", self.pod_volumes.len()),
                 ..Default::default()
             });
-            fill::create_fill_pod(self.ctx, &task, &archived, &uid).await?;
+            fill::create_fill_pod(self.ctx, &mut task, &archived, &uid).await?;
             self.pod_volumes.push(task);
         }
         Ok(())
