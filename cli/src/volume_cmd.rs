@@ -46,6 +46,10 @@ pub enum VolumeCommand {
         /// Remove what TARGET holds that the snapshot does not.
         #[arg(long)]
         delete: bool,
+        /// With --incremental: read back and hash every file of TARGET, even those whose size
+        /// and modification time match the snapshot (trusted unread otherwise).
+        #[arg(long, requires = "incremental")]
+        verify: bool,
         /// Create the snapshot's device nodes (skipped by default).
         #[arg(long)]
         devices: bool,
@@ -128,6 +132,7 @@ pub fn run(global: &GlobalArgs, command: VolumeCommand) -> anyhow::Result<ExitCo
             target,
             incremental,
             delete,
+            verify,
             devices,
             privileges,
             no_sync,
@@ -137,6 +142,7 @@ pub fn run(global: &GlobalArgs, command: VolumeCommand) -> anyhow::Result<ExitCo
             let options = RestoreOptions {
                 incremental,
                 delete,
+                verify,
                 devices,
                 privileges,
                 sync: !no_sync,

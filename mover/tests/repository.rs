@@ -845,3 +845,46 @@ fn a_large_file_spanning_many_packs_restores_exactly_with_its_zeros_as_a_hole(
         "{blocks} bytes allocated"
     );
 }
+
+/// A file changed behind the snapshot's back with its size and mtime put back passes the quick
+/// check of an incremental restore, which trusts it as rsync does; `verify` reads it back and
+/// repairs it.
+#[test]
+fn verify_reads_back_what_the_quick_check_trusts() {
+    let (backend, _store) = local_backend();
+    let repo = init(backend);
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("source");
+    write(&source.join("data.bin"), &noise(21, 300_000));
+    write(&source.join("other.bin"), &noise(22, 40_000));
+    let snapshot = backup(&repo, &source).snapshot_id.to_hex();
+    let target = work.path().join("target");
+    restore(&repo, &snapshot, &target);
+
+    let meta = std::fs::metadata(target.join("data.bin")).unwrap();
+    let (mtime, mtime_nsec) = (meta.mtime(), meta.mtime_nsec() as u32);
+    let mut tampered = std::fs::read(target.join("data.bin")).unwrap();
+    tampered[1000..1010].copy_from_slice(b"tampered!!");
+    std::fs::write(target.join("data.bin"), &tampered).unwrap();
+    set_mtime(&target.join("data.bin"), mtime, mtime_nsec);
+
+    let quick = RestoreOptions {
+        incremental: true,
+        ..Default::default()
+    };
+    let summary = ferry_mover::restore(&repo, &snapshot, &target, &quick).unwrap();
+    assert_eq!(summary.bytes_written, 0, "the quick check read the file");
+    assert_eq!(std::fs::read(target.join("data.bin")).unwrap(), tampered);
+
+    let verify = RestoreOptions {
+        verify: true,
+        ..quick
+    };
+    let summary = ferry_mover::restore(&repo, &snapshot, &target, &verify).unwrap();
+    assert!(summary.bytes_written > 0, "{summary:?}");
+    assert_same_tree(&source, &target);
+    assert_eq!(
+        summary.files_unchanged, 1,
+        "other.bin was read back and found exact"
+    );
+}

@@ -51,6 +51,11 @@ pub struct RestoreOptions {
     pub incremental: bool,
     /// Remove what the target holds that the snapshot does not.
     pub delete: bool,
+    /// With `incremental`: read back and hash every file of the target, even one whose size and
+    /// mtime match the snapshot's (which is otherwise trusted to hold the snapshot's content, as
+    /// rsync trusts it). For a target whose files may have been changed with their mtime put
+    /// back.
+    pub verify: bool,
     pub workers: Option<usize>,
     pub progress: Option<Arc<dyn ProgressSink>>,
     /// Set to stop the restore: it ends with [`Error::Cancelled`] between its steps or at the
@@ -150,7 +155,7 @@ pub fn restore_into(
         Ordering::Relaxed,
     );
     let scan = if options.incremental {
-        scan::scan_target(repo, root, &entries, workers, &cancelled)?
+        scan::scan_target(repo, root, &entries, workers, options.verify, &cancelled)?
     } else {
         scan::TargetScan::default()
     };

@@ -62,6 +62,7 @@ pub(super) fn scan_target(
     root: &RootDir,
     entries: &[(PathBuf, Node)],
     workers: usize,
+    verify: bool,
     stop: &(dyn Fn() -> Result<()> + Sync),
 ) -> Result<TargetScan> {
     let snapshot_nodes: HashMap<&Path, &Node> = entries
@@ -87,7 +88,11 @@ pub(super) fn scan_target(
                 loop {
                     let n = next.fetch_add(1, Ordering::Relaxed);
                     let Some(rel) = paths.get(n) else { return };
-                    let node = snapshot_nodes.get(rel.as_path()).copied();
+                    // Verifying: no file is taken on its size and mtime.
+                    let node = snapshot_nodes
+                        .get(rel.as_path())
+                        .copied()
+                        .filter(|_| !verify);
                     match examine(repo, root, rel, node, stop) {
                         Ok(Some(existing)) => {
                             results.lock().expect("scan lock").push((n, existing))
