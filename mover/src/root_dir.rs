@@ -317,6 +317,14 @@ impl RootDir {
         reopen(&pinned, flags)
     }
 
+    /// Opens the existing regular file `rel` for reading and writing (a file patched in place
+    /// whose content moves within it), checked as [`RootDir::open_regular_for_write`] does.
+    pub fn open_regular_for_update(&self, rel: &Path) -> std::io::Result<File> {
+        let pinned = self.open_at(rel, OFlags::PATH, Mode::empty())?;
+        regular_on(&pinned, self.device)?;
+        reopen(&pinned, OFlags::RDWR)
+    }
+
     /// A second handle on the same directory (its own descriptor), for another thread.
     pub fn try_clone(&self) -> Result<RootDir> {
         let fd = self

@@ -71,17 +71,40 @@ pub(super) struct FilePlan {
     pub layout: Vec<PlannedExtent>,
     /// The target holds it exactly: nothing to write, metadata only.
     pub unchanged: bool,
+    /// For a file patched in place whose content moved within it (bytes inserted or removed
+    /// before it): the blobs copied from one place of the file to another, in the order that
+    /// reads each before any write covers it ([`FilePlan::order_moves`]). Done before every other
+    /// write into the file; its holes are punched and its size set only after them.
+    pub moves: Vec<Move>,
+}
+
+/// A blob copied within a file patched in place.
+pub(super) struct Move {
+    pub id: Id,
+    pub source: u64,
+    pub length: u64,
+    pub destinations: Vec<u64>,
 }
 
 impl FilePlan {
-    /// The blobs this file still needs written, with their lengths.
-    fn blobs_to_write(&self) -> impl Iterator<Item = (Id, u64)> + '_ {
-        self.layout
-            .iter()
-            .filter_map(|(_, length, blob)| match blob {
-                Some((id, here)) if !(self.in_place && *here) => Some((*id, *length)),
-                _ => None,
-            })
+    /// Orders the moves so that none writes over the source of one still to come: all of them
+    /// towards the end of the file (content shifted by an insertion before it), done from the
+    /// last source to the first, or all towards the start, first to last. Sources are distinct
+    /// chunks of the old file and never overlap, so a move can only cover sources on the side it
+    /// moves to, and those were read already. Moves both ways cannot always be ordered: `false`,
+    /// and the file is written to a temp file instead.
+    fn order_moves(&mut self) -> bool {
+        let later = |m: &Move| m.destinations.iter().all(|&d| d > m.source);
+        let earlier = |m: &Move| m.destinations.iter().all(|&d| d < m.source);
+        if self.moves.iter().all(later) {
+            self.moves.sort_by_key(|m| std::cmp::Reverse(m.source));
+            true
+        } else if self.moves.iter().all(earlier) {
+            self.moves.sort_by_key(|m| m.source);
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -187,6 +210,7 @@ impl RestorePlan {
                         holes: Vec::new(),
                         layout: Vec::new(),
                         unchanged: false,
+                        moves: Vec::new(),
                     });
                 }
                 _ => plan.specials.push((rel, node)),
@@ -267,9 +291,12 @@ impl RestorePlan {
         }
     }
 
-    /// A file patched in place must not overwrite bytes that some blob is copied from. Such a
-    /// file is written to a temp file instead, which then needs all of its chunks, and those may
-    /// come from yet another file patched in place: repeat until nothing changes.
+    /// A file patched in place must not overwrite bytes that some blob is copied from before
+    /// that blob is copied. Copies into other files run in parallel with every write, so a file
+    /// some other file copies from where it is written goes to a temp file instead, which then
+    /// needs all of its chunks, and those may come from yet another file patched in place: repeat
+    /// until nothing changes. Copies within the file itself (its content shifted) become moves,
+    /// done first and in an order that keeps their sources intact, when such an order exists.
     fn avoid_clobbering_sources(&mut self, scan: &TargetScan) {
         let path_to_plan: HashMap<PathBuf, usize> = self
             .files
@@ -279,20 +306,52 @@ impl RestorePlan {
             .collect();
         loop {
             let mut clobbered = Vec::new();
-            for plan in &self.files {
-                for (id, length) in plan.blobs_to_write() {
-                    let Some(source) = scan.sources.get(&id) else {
+            for plan in &mut self.files {
+                plan.moves.clear();
+            }
+            for position in 0..self.files.len() {
+                let plan = &self.files[position];
+                let mut moves: HashMap<Id, Move> = HashMap::new();
+                for (offset, length, blob) in &plan.layout {
+                    let Some((id, here)) = blob else { continue };
+                    if plan.in_place && *here {
+                        continue;
+                    }
+                    let Some(source) = scan.sources.get(id) else {
                         continue;
                     };
                     let source_rel = scan.paths[source.file as usize].as_path();
-                    if let Some(&other) = path_to_plan.get(source_rel)
-                        && self.files[other].in_place
+                    let Some(&other) = path_to_plan.get(source_rel) else {
+                        continue;
+                    };
+                    let covered = self.files[other].in_place
                         && self.files[other]
                             .written
                             .iter()
-                            .any(|(o, l)| *o < source.offset + length && source.offset < o + l)
-                    {
+                            .any(|(o, l)| *o < source.offset + length && source.offset < o + l);
+                    if !covered {
+                        continue;
+                    }
+                    if other == position {
+                        moves
+                            .entry(*id)
+                            .or_insert_with(|| Move {
+                                id: *id,
+                                source: source.offset,
+                                length: *length,
+                                destinations: Vec::new(),
+                            })
+                            .destinations
+                            .push(*offset);
+                    } else {
                         clobbered.push(other);
+                    }
+                }
+                if !moves.is_empty() {
+                    let plan = &mut self.files[position];
+                    plan.moves = moves.into_values().collect();
+                    if !plan.order_moves() {
+                        clobbered.push(position);
                     }
                 }
             }
@@ -322,6 +381,9 @@ impl RestorePlan {
                 let Some((id, here)) = blob else { continue };
                 if plan.in_place && *here {
                     continue;
+                }
+                if plan.moves.iter().any(|m| m.id == *id) {
+                    continue; // moved within the file, first (write.rs)
                 }
                 blobs
                     .entry(*id)

@@ -53,6 +53,14 @@ pub(super) fn prepare(root: &RootDir, plan: &mut RestorePlan) -> Result<()> {
         }
         let result = (|| -> std::io::Result<()> {
             let fd = root.open_regular_for_write(&file.write_rel, true, !file.in_place)?;
+            if !file.moves.is_empty() {
+                // Its moves read what a shrink or a hole would take: both wait for them
+                // (`finish_moves`); growing first gives the moves their room.
+                if fd.metadata()?.len() < file.node.size {
+                    fd.set_len(file.node.size)?;
+                }
+                return Ok(());
+            }
             fd.set_len(file.node.size)?;
             if file.in_place {
                 for &(offset, length) in &file.holes {
@@ -126,6 +134,23 @@ pub(super) fn write_data(
         tracker,
     };
     let failed_local: Mutex<Vec<(Id, BlobPlan)>> = Mutex::new(Vec::new());
+    // Moves within files first, before any other write can cover what they read.
+    let moving: Vec<u32> = (0..plan.files.len() as u32)
+        .filter(|&position| {
+            !plan.files[position as usize].moves.is_empty() && !writer.is_damaged(position)
+        })
+        .collect();
+    run_parallel(workers, &moving, |&position| {
+        let file = &plan.files[position as usize];
+        match move_within(repo, root, file, &writer, position) {
+            Ok(unread) => failed_local.lock().expect("lock").extend(unread),
+            Err(error) => {
+                warn!(message = "cannot restore a file in place", path = %root.display(&file.write_rel).display(), %error);
+                writer.mark_damaged(position);
+            }
+        }
+    });
+    stop()?;
     let local = std::mem::take(&mut plan.local);
     run_parallel(workers, &local, |(id, source, blob)| {
         let source_rel = &plan.source_paths[source.file as usize];
@@ -161,6 +186,59 @@ pub(super) fn write_data(
     run_parallel(workers, &reads, |read| fetch_and_write(repo, read, &writer));
     plan.damaged = damaged.into_inner().expect("lock");
     Ok(counters)
+}
+
+/// Carries out a file's moves in their order ([`super::plan::FilePlan::order_moves`]): each
+/// blob read from its old place, checked against its id, and written to its new places; then the
+/// file's holes punched and its size set. A blob whose old place no longer holds it is returned,
+/// to be fetched like the others once the moves are done (what it would have written is then
+/// written by the fetch; nothing it was to read has been covered by then).
+fn move_within(
+    repo: &Repository,
+    root: &RootDir,
+    file: &super::plan::FilePlan,
+    writer: &Writer<'_>,
+    position: u32,
+) -> std::io::Result<Vec<(Id, BlobPlan)>> {
+    let fd = root.open_regular_for_update(&file.write_rel)?;
+    let mut unread = Vec::new();
+    let mut data = Vec::new();
+    for moved in &file.moves {
+        data.resize(moved.length as usize, 0);
+        let read = fd.read_exact_at(&mut data, moved.source);
+        if read.is_err() || repo.key().blob_id(&data) != moved.id {
+            unread.push((
+                moved.id,
+                BlobPlan {
+                    length: moved.length,
+                    destinations: moved
+                        .destinations
+                        .iter()
+                        .map(|&offset| Destination {
+                            file: position,
+                            offset,
+                        })
+                        .collect(),
+                },
+            ));
+            continue;
+        }
+        for &offset in &moved.destinations {
+            fd.write_all_at(&data, offset)?;
+            for counter in [&writer.counters.written, &writer.counters.reused] {
+                counter.fetch_add(moved.length, Ordering::Relaxed);
+            }
+            writer
+                .tracker
+                .bytes_done
+                .fetch_add(moved.length, Ordering::Relaxed);
+        }
+    }
+    fd.set_len(file.node.size)?;
+    for &(offset, length) in &file.holes {
+        punch_hole(&fd, offset, length);
+    }
+    Ok(unread)
 }
 
 /// Runs `work` on every item, `workers` threads taking the next one as they go.
@@ -291,6 +369,10 @@ impl Writer<'_> {
 
     fn mark_damaged(&self, file: u32) {
         self.damaged.lock().expect("lock").insert(file);
+    }
+
+    fn is_damaged(&self, file: u32) -> bool {
+        self.damaged.lock().expect("lock").contains(&file)
     }
 }
 
