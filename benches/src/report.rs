@@ -1,4 +1,5 @@
-//! Results of a comparison run: the per-phase table, the Ferry/peer ratios and the targets.
+//! Results of a comparison run: the per-phase table, the Ferry/peer ratios (a column per peer) and
+//! the targets.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -162,48 +163,51 @@ impl Report {
         t
     }
 
-    /// Ferry's figure divided by the peer's, per phase: below 1 means Ferry is faster, smaller or
-    /// leaner.
+    /// Ferry's figure divided by each peer's, a row per phase and figure and a column per peer:
+    /// below 1 means Ferry is faster, smaller or leaner. A row with no ratio at all (a figure
+    /// that is zero for every peer, such as the repository's growth during a restore) is left
+    /// out.
     pub fn ratio_table(&self) -> Option<Table> {
-        let peers: Vec<Kind> = self
-            .tools()
-            .into_iter()
+        let tools = self.tools();
+        let peers: Vec<Kind> = tools
+            .iter()
+            .copied()
             .filter(|&k| k != Kind::Ferry)
             .collect();
-        if !self.tools().contains(&Kind::Ferry) || peers.is_empty() {
+        if !tools.contains(&Kind::Ferry) || peers.is_empty() {
             return None;
         }
-        let mut header = vec!["phase".to_string()];
-        for metric in ["wall", "CPU", "peak RSS", "repo size", "Δ repo"] {
-            for p in &peers {
-                header.push(format!("{metric} ferry/{}", p.name()));
-            }
-        }
+        let mut header = vec!["phase".to_string(), "figure".to_string()];
+        header.extend(peers.iter().map(|p| format!("ferry/{}", p.name())));
         let mut t = Table::new();
         t.load_style(presets::ASCII_MARKDOWN).set_header(header);
+        type Metric = fn(&Row) -> f64;
+        let metrics: [(&str, Metric); 5] = [
+            ("wall", |r| secs(r.measured.wall)),
+            ("CPU", |r| secs(r.measured.cpu())),
+            ("peak RSS", |r| r.measured.max_rss as f64),
+            ("repo size", |r| r.repo_after as f64),
+            ("Δ repo", |r| r.repo_delta as f64),
+        ];
         for phase in Phase::ALL {
             let Some(f) = self.get(phase, Kind::Ferry) else {
                 continue;
             };
-            let mut row = vec![phase.name().to_string()];
-            let ratio = |a: f64, b: f64| if b > 0.0 { f2(a / b) } else { "-".into() };
-            type Metric = fn(&Row) -> f64;
-            let metrics: [Metric; 5] = [
-                |r| secs(r.measured.wall),
-                |r| secs(r.measured.cpu()),
-                |r| r.measured.max_rss as f64,
-                |r| r.repo_after as f64,
-                |r| r.repo_delta as f64,
-            ];
-            for metric in metrics {
-                for &p in &peers {
-                    row.push(match self.get(phase, p) {
-                        Some(pr) => ratio(metric(f), metric(pr)),
-                        None => "-".into(),
-                    });
+            for (name, metric) in metrics {
+                let cells: Vec<String> = peers
+                    .iter()
+                    .map(|&p| match self.get(phase, p) {
+                        Some(pr) if metric(pr) > 0.0 => f2(metric(f) / metric(pr)),
+                        _ => "-".into(),
+                    })
+                    .collect();
+                if cells.iter().all(|c| c == "-") {
+                    continue;
                 }
+                let mut row = vec![phase.name().to_string(), name.to_string()];
+                row.extend(cells);
+                t.add_row(row);
             }
-            t.add_row(row);
         }
         Some(t)
     }
@@ -259,44 +263,76 @@ impl Report {
                 "not measured".into(),
             ),
         }
-        if let Some(fb) = f(Phase::FullBackup) {
-            let peers: Vec<&Row> = [r(Phase::FullBackup), k(Phase::FullBackup)]
-                .into_iter()
-                .flatten()
-                .collect();
-            if peers.is_empty() {
-                line(
-                    None,
-                    "repository no larger than the peers'",
-                    "no peer measured".into(),
-                );
-                line(
-                    None,
-                    "peak RSS at most half of either peer's",
-                    "no peer measured".into(),
-                );
-            } else {
-                let detail = |get: fn(&Row) -> u64| {
-                    let mut s = format!("ferry {}", fmt_bytes(get(fb)));
-                    for p in &peers {
-                        let _ = write!(s, ", {} {}", p.tool.name(), fmt_bytes(get(p)));
+        let full = |k| self.get(Phase::FullBackup, k);
+        let slower = [Kind::Restic018, Kind::Rustic];
+        let what = "full backup faster than restic-0.18 and rustic";
+        match f(Phase::FullBackup) {
+            Some(fb) => {
+                let mut detail = format!("ferry {:.1} MiB/s", fb.throughput_mib_s());
+                let mut ok = Some(true);
+                for k in slower {
+                    match full(k) {
+                        Some(p) => {
+                            let _ = write!(
+                                detail,
+                                ", {} {:.1} MiB/s: {:.2}x",
+                                k.name(),
+                                p.throughput_mib_s(),
+                                wall(p) / wall(fb)
+                            );
+                            if wall(fb) >= wall(p) {
+                                ok = Some(false);
+                            }
+                        }
+                        None => {
+                            let _ = write!(detail, ", {} not measured", k.name());
+                            if ok == Some(true) {
+                                ok = None;
+                            }
+                        }
                     }
-                    s
-                };
-                line(
-                    Some(peers.iter().all(|p| fb.repo_after <= p.repo_after)),
-                    "full backup repository no larger than the peers'",
-                    detail(|r| r.repo_after),
-                );
-                line(
-                    Some(
-                        peers
-                            .iter()
-                            .all(|p| fb.measured.max_rss * 2 <= p.measured.max_rss),
-                    ),
-                    "full backup peak RSS at most half of either peer's",
-                    detail(|r| r.measured.max_rss),
-                );
+                }
+                line(ok, what, detail);
+            }
+            None => line(None, what, "not measured".into()),
+        }
+        if let Some(fb) = f(Phase::FullBackup) {
+            // Every peer's figure is shown; the repository is judged against restic's (both
+            // versions, whichever ran), as the target says, and the peak RSS against
+            // every peer's.
+            let peers: Vec<&Row> = Kind::ALL.into_iter().skip(1).filter_map(full).collect();
+            let restics: Vec<&Row> = [Kind::Restic, Kind::Restic018]
+                .into_iter()
+                .filter_map(full)
+                .collect();
+            let detail = |get: fn(&Row) -> u64, judged: &[&Row], ok: fn(u64, u64) -> bool| {
+                let mut s = format!("ferry {}", fmt_bytes(get(fb)));
+                for p in &peers {
+                    let _ = write!(s, ", {} {}", p.tool.name(), fmt_bytes(get(p)));
+                }
+                let missed: Vec<&str> = judged
+                    .iter()
+                    .filter(|p| !ok(get(fb), get(p)))
+                    .map(|p| p.tool.name())
+                    .collect();
+                if !missed.is_empty() {
+                    let _ = write!(s, "; missed against {}", missed.join(", "));
+                }
+                (judged.iter().all(|p| ok(get(fb), get(p))), s)
+            };
+            let what = "full backup repository no larger than restic's";
+            if restics.is_empty() {
+                line(None, what, "restic not measured".into());
+            } else {
+                let (pass, s) = detail(|r| r.repo_after, &restics, |f, p| f <= p);
+                line(Some(pass), what, s);
+            }
+            let what = "full backup peak RSS at most half of every peer's";
+            if peers.is_empty() {
+                line(None, what, "no peer measured".into());
+            } else {
+                let (pass, s) = detail(|r| r.measured.max_rss, &peers, |f, p| f * 2 <= p);
+                line(Some(pass), what, s);
             }
         }
         // No-op backup.
@@ -461,4 +497,101 @@ impl Report {
 
 pub fn dur(d: Duration) -> String {
     format!("{:.2} s", secs(d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(phase: Phase, tool: Kind, wall_s: f64, rss_mib: u64, repo_mib: u64) -> Row {
+        Row {
+            phase,
+            tool,
+            measured: Measured {
+                wall: Duration::from_secs_f64(wall_s),
+                user: Duration::from_secs_f64(wall_s),
+                max_rss: rss_mib << 20,
+                ..Measured::default()
+            },
+            data_bytes: 1 << 30,
+            repo_after: repo_mib << 20,
+            repo_delta: (repo_mib << 20) as i64,
+            downloaded: None,
+            reused: None,
+            reported_added: None,
+            verify: None,
+        }
+    }
+
+    fn full_backups(ferry_wall: f64, peers: &[Kind]) -> Report {
+        let mut report = Report::default();
+        report
+            .rows
+            .push(row(Phase::FullBackup, Kind::Ferry, ferry_wall, 40, 1000));
+        for &k in peers {
+            report.rows.push(row(Phase::FullBackup, k, 10.0, 100, 990));
+        }
+        report
+    }
+
+    fn target<'a>(targets: &'a [String], what: &str) -> &'a str {
+        targets
+            .iter()
+            .find(|t| t.contains(what))
+            .unwrap_or_else(|| panic!("no target {what:?} in {targets:#?}"))
+    }
+
+    #[test]
+    fn ratio_table_has_a_column_per_peer() {
+        let peers = [Kind::Restic, Kind::Restic018, Kind::Kopia, Kind::Rustic];
+        let report = full_backups(5.0, &peers);
+        let table = report.ratio_table().unwrap().to_string();
+        let header = table.lines().next().unwrap();
+        for p in peers {
+            assert!(header.contains(&format!("ferry/{} ", p.name())), "{header}");
+        }
+        // Wall time: 5 s against every peer's 10 s.
+        let wall = table
+            .lines()
+            .find(|l| l.contains("full backup") && l.contains("wall"))
+            .unwrap();
+        assert_eq!(wall.matches("0.50").count(), 4, "{wall}");
+        assert!(full_backups(5.0, &[]).ratio_table().is_none());
+    }
+
+    #[test]
+    fn full_backup_must_beat_restic_0_18_and_rustic() {
+        let what = "full backup faster than restic-0.18 and rustic";
+        let all = [Kind::Restic, Kind::Restic018, Kind::Kopia, Kind::Rustic];
+        let targets = full_backups(5.0, &all).targets();
+        assert!(target(&targets, what).starts_with("PASS"), "{targets:#?}");
+        let targets = full_backups(12.0, &all).targets();
+        assert!(target(&targets, what).starts_with("MISS"), "{targets:#?}");
+        // One of the two not measured: not a pass, but a known miss stays a miss.
+        let targets = full_backups(5.0, &[Kind::Restic018]).targets();
+        assert!(target(&targets, what).starts_with("N/A"), "{targets:#?}");
+        assert!(target(&targets, what).contains("rustic not measured"));
+        let targets = full_backups(12.0, &[Kind::Rustic]).targets();
+        assert!(target(&targets, what).starts_with("MISS"), "{targets:#?}");
+    }
+
+    #[test]
+    fn repository_is_judged_against_restic_and_rss_against_every_peer() {
+        let all = [Kind::Restic, Kind::Restic018, Kind::Kopia, Kind::Rustic];
+        // Ferry's repository is 1000 MiB, every peer's 990 MiB; its RSS 40 MiB against 100.
+        let targets = full_backups(5.0, &all).targets();
+        let repo = target(&targets, "repository no larger than restic's");
+        assert!(repo.starts_with("MISS"), "{repo}");
+        assert!(
+            repo.ends_with("missed against restic, restic-0.18"),
+            "{repo}"
+        );
+        let rss = target(&targets, "peak RSS at most half of every peer's");
+        assert!(rss.starts_with("PASS"), "{rss}");
+        assert!(rss.contains("rustic 100.0 MiB"), "{rss}");
+        // Without restic the repository is not judged.
+        let targets = full_backups(5.0, &[Kind::Kopia, Kind::Rustic]).targets();
+        let repo = target(&targets, "repository no larger than restic's");
+        assert!(repo.starts_with("N/A"), "{repo}");
+    }
 }

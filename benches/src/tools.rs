@@ -1,6 +1,7 @@
-//! The three tools under test, each driven through its command line with its default settings,
-//! its own private home, cache and config directories under the work directory (so no tool sees
-//! a cache another run left behind), and its repository on the local file system.
+//! The tools under test (Ferry and its peers: restic 0.14, the current restic 0.18, kopia and
+//! rustic), each driven through its command line with its default settings, its own private home,
+//! cache and config directories under the work directory (so no tool sees a cache another run
+//! left behind), and its repository on the local file system.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,17 +16,38 @@ pub const PASSWORD: &str = "ferry-bench-password";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Ferry,
+    /// restic as Debian packages it (0.14 on bookworm): the baseline of Ferry's older targets.
     Restic,
+    /// The current restic (0.18), built from its Go module.
+    Restic018,
     Kopia,
+    /// rustic, restic's repository format reimplemented in Rust, from crates.io.
+    Rustic,
 }
 
 impl Kind {
+    /// Every tool, in the order of the harness's tables.
+    pub const ALL: [Kind; 5] = [
+        Kind::Ferry,
+        Kind::Restic,
+        Kind::Restic018,
+        Kind::Kopia,
+        Kind::Rustic,
+    ];
+
+    /// The name on the command line (`compare --tools`, `benches/tools/install`) and in tables.
     pub fn name(self) -> &'static str {
         match self {
             Kind::Ferry => "ferry",
             Kind::Restic => "restic",
+            Kind::Restic018 => "restic-0.18",
             Kind::Kopia => "kopia",
+            Kind::Rustic => "rustic",
         }
+    }
+
+    pub fn from_name(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == name)
     }
 }
 
@@ -63,9 +85,8 @@ impl Tool {
     pub fn new(kind: Kind, bin: PathBuf, work: &Path) -> anyhow::Result<Self> {
         let dir = work.join("tools").join(kind.name());
         let version = match kind {
-            Kind::Restic => out(Command::new(&bin).arg("version"))?,
-            Kind::Kopia => out(Command::new(&bin).arg("--version"))?,
-            Kind::Ferry => out(Command::new(&bin).arg("--version"))?,
+            Kind::Restic | Kind::Restic018 => out(Command::new(&bin).arg("version"))?,
+            Kind::Ferry | Kind::Kopia | Kind::Rustic => out(Command::new(&bin).arg("--version"))?,
         };
         let version = version.lines().next().unwrap_or("").trim().to_string();
         Ok(Tool {
@@ -97,9 +118,13 @@ impl Tool {
                     c.env("RUST_LOG", v);
                 }
             }
-            Kind::Restic => {
+            Kind::Restic | Kind::Restic018 => {
                 c.env("RESTIC_PASSWORD", PASSWORD)
                     .env("RESTIC_REPOSITORY", self.repo());
+            }
+            Kind::Rustic => {
+                c.env("RUSTIC_PASSWORD", PASSWORD)
+                    .env("RUSTIC_REPOSITORY", self.repo());
             }
             Kind::Kopia => {
                 c.env("KOPIA_PASSWORD", PASSWORD)
@@ -124,7 +149,7 @@ impl Tool {
                 .args(["repo", "init", "--repo"])
                 .arg(&repo)
                 .args(&self.init_args),
-            Kind::Restic => c.arg("init"),
+            Kind::Restic | Kind::Restic018 | Kind::Rustic => c.arg("init"),
             Kind::Kopia => c
                 .args(["repository", "create", "filesystem", "--path"])
                 .arg(&repo),
@@ -144,7 +169,10 @@ impl Tool {
             }
             // From inside the source, so that the snapshot's root is the source's content and a
             // restore writes it at the target's top level, like the others.
-            Kind::Restic => {
+            Kind::Restic | Kind::Restic018 => {
+                c.current_dir(source).args(["backup", "--json", "."]);
+            }
+            Kind::Rustic => {
                 c.current_dir(source).args(["backup", "--json", "."]);
             }
             Kind::Kopia => {
@@ -152,37 +180,7 @@ impl Tool {
             }
         }
         let measured = measure::run(&mut c)?;
-        let (snapshot, reported_added) = match self.kind {
-            Kind::Ferry => {
-                let v = last_json(&measured.stdout)?;
-                let id = v["snapshot_id"]
-                    .as_str()
-                    .context("ferry printed no snapshot_id")?
-                    .to_string();
-                (id, v["summary"]["bytes_added"].as_u64())
-            }
-            Kind::Restic => {
-                let v = measured
-                    .stdout
-                    .lines()
-                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                    .find(|v| v["message_type"] == "summary")
-                    .context("restic printed no summary")?;
-                let id = v["snapshot_id"]
-                    .as_str()
-                    .context("restic summary has no snapshot_id")?
-                    .to_string();
-                (id, v["data_added"].as_u64())
-            }
-            Kind::Kopia => {
-                let v = last_json(&measured.stdout)?;
-                let id = v["id"]
-                    .as_str()
-                    .context("kopia printed no snapshot id")?
-                    .to_string();
-                (id, None)
-            }
-        };
+        let (snapshot, reported_added) = parse_backup(self.kind, &measured.stdout)?;
         Ok(Backup {
             measured,
             snapshot,
@@ -190,9 +188,14 @@ impl Tool {
         })
     }
 
-    /// Restores `snapshot` into `target`. `into_existing` is the restore into a drifted copy:
-    /// Ferry is asked for its incremental restore (reuse what the target has, delete what the
-    /// snapshot lacks); restic 0.14 and kopia have no such mode and restore as they always do.
+    /// Restores `snapshot` into `target`. `into_existing` is the restore into a drifted copy, for
+    /// which each tool is asked for its best incremental mode: Ferry for `--incremental --delete`
+    /// (reuse what the target has, delete what the snapshot lacks); restic 0.18 for `--overwrite
+    /// if-changed --delete` (a file whose size and mtime match is taken as it is, any other is
+    /// read and only its differing parts restored; files the snapshot lacks are deleted); rustic
+    /// for `--delete` (its restore always works that way: size and mtime trusted, other files
+    /// read and patched). restic 0.14 and kopia have no such mode and restore as they always do
+    /// (rewriting every file, deleting nothing).
     pub fn restore(
         &self,
         snapshot: &str,
@@ -214,24 +217,25 @@ impl Tool {
             Kind::Restic => {
                 c.args(["restore", snapshot, "--target"]).arg(target);
             }
+            Kind::Restic018 => {
+                c.args(["restore", snapshot, "--target"]).arg(target);
+                if into_existing {
+                    c.args(["--overwrite", "if-changed", "--delete"]);
+                }
+            }
+            Kind::Rustic => {
+                c.args(["restore", snapshot]).arg(target);
+                if into_existing {
+                    c.arg("--delete");
+                }
+            }
             Kind::Kopia => {
                 c.args(["snapshot", "restore", snapshot]).arg(target);
             }
         }
         let measured = measure::run(&mut c)?;
         let (downloaded, reused) = match self.kind {
-            Kind::Ferry => {
-                let v = last_json(&measured.stdout)?;
-                if let Some(errors) = v.get("errors")
-                    && errors
-                        .as_u64()
-                        .map(|n| n > 0)
-                        .unwrap_or(errors.as_array().map(|a| !a.is_empty()).unwrap_or(false))
-                {
-                    bail!("ferry restore reported errors: {errors}");
-                }
-                (v["bytes_downloaded"].as_u64(), v["bytes_reused"].as_u64())
-            }
+            Kind::Ferry => parse_ferry_restore(&measured.stdout)?,
             _ => (None, None),
         };
         Ok(Restore {
@@ -240,6 +244,54 @@ impl Tool {
             reused,
         })
     }
+}
+
+/// The snapshot id and the bytes added (if the tool says) from what a backup printed with its JSON
+/// option: Ferry's one object; restic's JSON lines, of which the `summary` counts (`data_added`,
+/// the bytes of new blobs before compression, in both 0.14 and 0.18); kopia's snapshot manifest
+/// (no count of bytes added); rustic's snapshot, pretty-printed, whose `summary` has the same
+/// `data_added` as restic's.
+pub fn parse_backup(kind: Kind, stdout: &str) -> anyhow::Result<(String, Option<u64>)> {
+    let name = kind.name();
+    let v = match kind {
+        Kind::Restic | Kind::Restic018 => stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["message_type"] == "summary")
+            .with_context(|| format!("{name} printed no summary"))?,
+        Kind::Ferry | Kind::Kopia | Kind::Rustic => last_json(stdout)?,
+    };
+    let id_field = match kind {
+        Kind::Ferry | Kind::Restic | Kind::Restic018 => "snapshot_id",
+        Kind::Kopia | Kind::Rustic => "id",
+    };
+    let id = v[id_field]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .with_context(|| format!("{name} printed no snapshot id ({id_field})"))?
+        .to_string();
+    let added = match kind {
+        Kind::Ferry => v["summary"]["bytes_added"].as_u64(),
+        Kind::Restic | Kind::Restic018 => v["data_added"].as_u64(),
+        Kind::Rustic => v["summary"]["data_added"].as_u64(),
+        Kind::Kopia => None,
+    };
+    Ok((id, added))
+}
+
+/// Ferry's `bytes_downloaded` and `bytes_reused` from `ferry volume restore -o json`; an error if
+/// it reported errors.
+fn parse_ferry_restore(stdout: &str) -> anyhow::Result<(Option<u64>, Option<u64>)> {
+    let v = last_json(stdout)?;
+    if let Some(errors) = v.get("errors")
+        && errors
+            .as_u64()
+            .map(|n| n > 0)
+            .unwrap_or(errors.as_array().map(|a| !a.is_empty()).unwrap_or(false))
+    {
+        bail!("ferry restore reported errors: {errors}");
+    }
+    Ok((v["bytes_downloaded"].as_u64(), v["bytes_reused"].as_u64()))
 }
 
 /// The last JSON object a command printed (tools may print other lines before it, or pretty-print
@@ -315,5 +367,54 @@ mod tests {
         let v = last_json("{\n  \"snapshot_id\": \"x\",\n  \"summary\": {\"bytes_added\": 5}\n}\n")
             .unwrap();
         assert_eq!(v["summary"]["bytes_added"], 5);
+    }
+
+    // The fixtures are what the peers printed for a backup of the same two files (6 B and
+    // 100,000 random bytes) into a fresh repository: benches/fixtures/, captured from the binaries
+    // that benches/tools/install built.
+
+    #[test]
+    fn parses_restic_0_14_backup() {
+        let out = include_str!("../fixtures/restic-0.14.0-backup.jsonl");
+        let (id, added) = parse_backup(Kind::Restic, out).unwrap();
+        assert_eq!(id, "ef489f4f");
+        assert_eq!(added, Some(101_059));
+    }
+
+    #[test]
+    fn parses_restic_0_18_backup() {
+        let out = include_str!("../fixtures/restic-0.18.1-backup.jsonl");
+        let (id, added) = parse_backup(Kind::Restic018, out).unwrap();
+        assert_eq!(
+            id,
+            "c9790c392ccdaa67f86d6bb6a1e5292151ad7f9268062df6c475e8e93044e97c"
+        );
+        assert_eq!(added, Some(101_059));
+    }
+
+    #[test]
+    fn parses_kopia_snapshot_create() {
+        let out = include_str!("../fixtures/kopia-0.23.1-snapshot-create.json");
+        let (id, added) = parse_backup(Kind::Kopia, out).unwrap();
+        assert_eq!(id, "60987c4b93d27cfd1822ac298033df2b");
+        assert_eq!(added, None);
+    }
+
+    #[test]
+    fn a_backup_without_summary_or_id_is_an_error() {
+        // restic's progress lines alone (a backup cut short), and an object without an id.
+        let progress = "{\"message_type\":\"status\",\"percent_done\":0}\n";
+        assert!(parse_backup(Kind::Restic018, progress).is_err());
+        assert!(parse_backup(Kind::Rustic, "{\"summary\": {\"data_added\": 1}}").is_err());
+        assert!(parse_backup(Kind::Kopia, "{\"id\": \"\"}").is_err());
+    }
+
+    #[test]
+    fn tool_names_round_trip() {
+        for k in Kind::ALL {
+            assert_eq!(Kind::from_name(k.name()), Some(k));
+        }
+        assert_eq!(Kind::from_name("restic-0.18"), Some(Kind::Restic018));
+        assert_eq!(Kind::from_name("restic018"), None);
     }
 }

@@ -1,7 +1,8 @@
-//! The comparison harness: generates the deterministic mixed data set once, then runs Ferry,
-//! restic and kopia on it phase by phase (each phase for every tool before the next phase), and
-//! prints wall time, CPU time, peak RSS, repository size, bytes uploaded and downloaded, the
-//! Ferry/peer ratios and a pass/miss line per target.
+//! The comparison harness: generates the deterministic mixed data set once, then runs Ferry and
+//! its peers (restic 0.14 as Debian packages it, the current restic 0.18, kopia and rustic) on it
+//! phase by phase (each phase for every tool before the next phase), and prints wall time, CPU
+//! time, peak RSS, repository size, bytes uploaded and downloaded, Ferry's ratio to each peer and a
+//! pass/miss line per target.
 //!
 //!     cargo build --release -p ferry
 //!     cargo run -p ferry-benches --release --bin compare -- --size 2GiB --work-dir /var/tmp/ferry-bench
@@ -21,7 +22,9 @@ use ferry_benches::tree;
 use ferry_benches::units::{fmt_bytes, parse_size};
 
 #[derive(Debug, Parser)]
-#[command(about = "Compare Ferry's data mover with restic and kopia on one deterministic data set")]
+#[command(
+    about = "Compare Ferry's data mover with restic 0.14, restic 0.18, kopia and rustic on one deterministic data set"
+)]
 struct Args {
     /// Total size of the data set (e.g. 2GiB; 200MiB for a quick smoke run).
     #[arg(long, default_value = "2GiB", value_parser = parse_size)]
@@ -32,8 +35,13 @@ struct Args {
     /// Where the data set, the repositories, the caches and the restores go (needs ~6x --size).
     #[arg(long, default_value = "/var/tmp/ferry-bench")]
     work_dir: PathBuf,
-    /// Tools to run, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "ferry,restic,kopia")]
+    /// Tools to run, comma-separated: any of ferry, restic (Debian's, 0.14), restic-0.18, kopia,
+    /// rustic.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "ferry,restic,restic-0.18,kopia,rustic"
+    )]
     tools: Vec<String>,
     /// The ferry binary (default: $CARGO_TARGET_DIR/release/ferry, else target/release/ferry).
     #[arg(long)]
@@ -63,11 +71,11 @@ fn main() -> anyhow::Result<()> {
     let kinds: Vec<Kind> = args
         .tools
         .iter()
-        .map(|t| match t.as_str() {
-            "ferry" => Ok(Kind::Ferry),
-            "restic" => Ok(Kind::Restic),
-            "kopia" => Ok(Kind::Kopia),
-            other => anyhow::bail!("unknown tool {other:?}"),
+        .map(|t| {
+            Kind::from_name(t).with_context(|| {
+                let names: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
+                format!("unknown tool {t:?} (known: {})", names.join(", "))
+            })
         })
         .collect::<anyhow::Result<_>>()?;
 
@@ -412,7 +420,9 @@ fn main() -> anyhow::Result<()> {
     println!("{}", report.metrics_table());
     if let Some(t) = report.ratio_table() {
         println!();
-        println!("Ferry/peer ratios (below 1: Ferry is faster, smaller or leaner)");
+        println!(
+            "Ferry/peer ratios, a column per peer (below 1: Ferry is faster, smaller or leaner)"
+        );
         println!();
         println!("{t}");
     }

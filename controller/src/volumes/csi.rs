@@ -381,11 +381,11 @@ async fn start_move(
     Ok(())
 }
 
-/// The spec of a short-lived pod of Ferry's image that holds claim volume `volume` (its claim
-/// filled in by the caller) for its node's agent: a filesystem volume mounted (read-only unless
-/// `writable`), or a block volume as a device, lent to the agent open (`ferry lend-device`; the
-/// agent cannot open it itself). Lending needs root, to open the device node, and nothing else:
-/// every capability is dropped.
+/// A short-lived pod of Ferry's image (named `name`, metadata to be completed by the caller)
+/// that holds claim `name` as its volume `volume` for its node's agent: a filesystem volume
+/// mounted (read-only unless `writable`), or a block volume as a device, lent to the agent open
+/// (`ferry lend-device`; the agent cannot open it itself). Lending needs root, to open the device
+/// node, and nothing else: every capability is dropped.
 pub fn volume_pod(name: &str, volume: &str, block: bool, writable: bool) -> Value {
     use ferry_protocol::agent::{DEVICE_EXCHANGE_DIR, DEVICE_EXCHANGE_VOLUME, device_socket};
     let device = format!("/dev/ferry-{volume}");
