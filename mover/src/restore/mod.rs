@@ -95,6 +95,38 @@ pub struct RestoreSummary {
     pub damaged_files: Vec<String>,
 }
 
+/// How long each step of a restore took, logged at debug level at its end (`RUST_LOG=debug`):
+/// where a restore's time goes, for the benchmarks.
+struct Phases {
+    last: std::time::Instant,
+    took: Vec<(&'static str, f64)>,
+}
+
+impl Phases {
+    fn start() -> Phases {
+        Phases {
+            last: std::time::Instant::now(),
+            took: Vec::new(),
+        }
+    }
+
+    fn end(&mut self, phase: &'static str) {
+        let now = std::time::Instant::now();
+        self.took
+            .push((phase, now.duration_since(self.last).as_secs_f64()));
+        self.last = now;
+    }
+
+    fn log(&self) {
+        let phases: Vec<String> = self
+            .took
+            .iter()
+            .map(|(phase, seconds)| format!("{phase}={seconds:.3}s"))
+            .collect();
+        tracing::debug!(message = "restore phases", phases = %phases.join(" "));
+    }
+}
+
 pub fn restore(
     repo: &Arc<Repository>,
     snapshot: &str,
@@ -142,7 +174,9 @@ pub fn restore_into(
         }
     };
 
+    let mut phases = Phases::start();
     let entries = plan::collect(repo, tree)?;
+    phases.end("read_trees");
     tracker
         .total_files
         .store(entries.len() as u64, Ordering::Relaxed);
@@ -159,8 +193,10 @@ pub fn restore_into(
     } else {
         scan::TargetScan::default()
     };
+    phases.end("scan");
     let mut plan = plan::RestorePlan::new(entries, scan, &repo.index(), options.incremental);
     cancelled()?;
+    phases.end("plan");
 
     let mut summary = RestoreSummary {
         dirs: plan.dirs.len() as u64,
@@ -169,12 +205,16 @@ pub fn restore_into(
         ..Default::default()
     };
     write::prepare(root, &mut plan)?;
+    phases.end("prepare");
     // Downloads run with twice as many workers as cores: they mostly wait for the store.
     let io_workers = options
         .workers
         .unwrap_or_else(|| (2 * available_cores()).max(4));
     let counters = write::write_data(repo, root, &mut plan, io_workers, &tracker, &cancelled)?;
+    phases.end("write");
     finish::finish(root, &plan, options, &mut summary, &tracker)?;
+    phases.end("finish");
+    phases.log();
     summary.bytes_written = counters.written.load(Ordering::Relaxed);
     summary.bytes_downloaded = counters.downloaded.load(Ordering::Relaxed);
     summary.bytes_reused += counters.reused.load(Ordering::Relaxed);
