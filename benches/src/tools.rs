@@ -123,8 +123,11 @@ impl Tool {
                     .env("RESTIC_REPOSITORY", self.repo());
             }
             Kind::Rustic => {
+                // rustic also reads ./rustic.toml: run it where there is none (a backup runs in
+                // its source instead).
                 c.env("RUSTIC_PASSWORD", PASSWORD)
-                    .env("RUSTIC_REPOSITORY", self.repo());
+                    .env("RUSTIC_REPOSITORY", self.repo())
+                    .current_dir(&self.dir);
             }
             Kind::Kopia => {
                 c.env("KOPIA_PASSWORD", PASSWORD)
@@ -169,10 +172,7 @@ impl Tool {
             }
             // From inside the source, so that the snapshot's root is the source's content and a
             // restore writes it at the target's top level, like the others.
-            Kind::Restic | Kind::Restic018 => {
-                c.current_dir(source).args(["backup", "--json", "."]);
-            }
-            Kind::Rustic => {
+            Kind::Restic | Kind::Restic018 | Kind::Rustic => {
                 c.current_dir(source).args(["backup", "--json", "."]);
             }
             Kind::Kopia => {
@@ -398,6 +398,17 @@ mod tests {
         let (id, added) = parse_backup(Kind::Kopia, out).unwrap();
         assert_eq!(id, "60987c4b93d27cfd1822ac298033df2b");
         assert_eq!(added, None);
+    }
+
+    #[test]
+    fn parses_rustic_backup() {
+        let out = include_str!("../fixtures/rustic-0.11.4-backup.json");
+        let (id, added) = parse_backup(Kind::Rustic, out).unwrap();
+        assert_eq!(
+            id,
+            "4405ceec6b59eaf3f1d1b1d35ef0b66459eeca40abffe1f088efbff0c347a67e"
+        );
+        assert_eq!(added, Some(101_050));
     }
 
     #[test]
