@@ -1,5 +1,5 @@
-//! Ferry's benchmarks: the comparison harness against restic and kopia (`compare` binary) and
-//! its building blocks; the criterion micro-benchmarks are in `benches/`.
+//! Ferry's benchmarks: the comparison harness against restic (0.14 and 0.18), kopia and rustic
+//! (`compare` binary) and its building blocks; the criterion micro-benchmarks are in `benches/`.
 
 pub mod chunkdiff;
 pub mod dataset;
