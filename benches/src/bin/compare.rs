@@ -32,7 +32,8 @@ struct Args {
     /// Seed of the data set and of its mutation.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Where the data set, the repositories, the caches and the restores go (needs ~6x --size).
+    /// Where the data set, the repositories, the caches and the restores go (needs ~12x --size
+    /// with all five tools, ~3x with Ferry alone).
     #[arg(long, default_value = "/var/tmp/ferry-bench")]
     work_dir: PathBuf,
     /// Tools to run, comma-separated: any of ferry, restic (Debian's, 0.14), restic-0.18, kopia,
