@@ -70,20 +70,21 @@ impl ChunkerParams {
         }
     }
 
-    /// Chunks of a stream, each with its offset, cut exactly as in memory ([`Chunks`]).
-    pub fn chunks<R: Read>(&self, source: R) -> Chunks<R> {
-        let max = self.max_size as usize;
-        Chunks {
+    /// Chunks of a stream, each with its offset; reads at most `max_size` bytes ahead.
+    pub fn chunks<R: Read>(&self, source: R) -> impl Iterator<Item = std::io::Result<Chunk>> {
+        fastcdc::v2020::StreamCDC::new(
             source,
-            params: *self,
-            buffer: vec![0; (4 * max).max(1 << 20)],
-            start: 0,
-            end: 0,
-            offset: 0,
-            cuts: std::collections::VecDeque::new(),
-            eof: false,
-            failed: false,
-        }
+            self.min_size as usize,
+            self.avg_size as usize,
+            self.max_size as usize,
+        )
+        .map(|chunk| match chunk {
+            Ok(chunk) => Ok(Chunk {
+                offset: chunk.offset,
+                data: chunk.data,
+            }),
+            Err(error) => Err(std::io::Error::from(error)),
+        })
     }
 
     /// Cut points (chunk lengths) of an in-memory buffer.
@@ -102,99 +103,6 @@ impl ChunkerParams {
 pub struct Chunk {
     pub offset: u64,
     pub data: Vec<u8>,
-}
-
-/// The chunks of a stream: read into a buffer of at least four maximum chunk lengths, cut there
-/// by FastCDC over the buffered bytes, and copied out once each. A cut is only made where at
-/// least a maximum chunk length of data follows the chunk's start (or the stream has ended), so
-/// every cut is the one FastCDC makes over the whole stream in memory. The bytes left over are
-/// moved to the front once a buffer, not once a chunk (fastcdc's `StreamCDC` moved its whole
-/// buffer down after each chunk, which halved its speed).
-pub struct Chunks<R> {
-    source: R,
-    params: ChunkerParams,
-    buffer: Vec<u8>,
-    /// The buffered bytes not yet handed out: `buffer[start..end]`.
-    start: usize,
-    end: usize,
-    /// The stream offset of `buffer[start]`.
-    offset: u64,
-    /// Lengths of the chunks already cut from `start` on.
-    cuts: std::collections::VecDeque<usize>,
-    eof: bool,
-    failed: bool,
-}
-
-impl<R: Read> Chunks<R> {
-    /// Moves what is left to the front and reads until the buffer is full or the stream ends.
-    fn fill(&mut self) -> std::io::Result<()> {
-        if self.start > 0 {
-            self.buffer.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        }
-        while self.end < self.buffer.len() {
-            match self.source.read(&mut self.buffer[self.end..]) {
-                Ok(0) => {
-                    self.eof = true;
-                    break;
-                }
-                Ok(read) => self.end += read,
-                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(error) => return Err(error),
-            }
-        }
-        Ok(())
-    }
-
-    /// Cuts what the buffer holds into chunks whose cut points cannot depend on what follows.
-    fn cut(&mut self) {
-        let max = self.params.max_size as usize;
-        let data = &self.buffer[self.start..self.end];
-        let chunker = fastcdc::v2020::FastCDC::new(
-            data,
-            self.params.min_size as usize,
-            self.params.avg_size as usize,
-            max,
-        );
-        for chunk in chunker {
-            if !self.eof && data.len() - chunk.offset < max {
-                break;
-            }
-            self.cuts.push_back(chunk.length);
-        }
-    }
-}
-
-impl<R: Read> Iterator for Chunks<R> {
-    type Item = std::io::Result<Chunk>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            if self.failed {
-                return None;
-            }
-            if let Some(length) = self.cuts.pop_front() {
-                let data = self.buffer[self.start..self.start + length].to_vec();
-                let chunk = Chunk {
-                    offset: self.offset,
-                    data,
-                };
-                self.start += length;
-                self.offset += length as u64;
-                return Some(Ok(chunk));
-            }
-            if self.eof {
-                // Everything buffered was cut once the stream had ended.
-                return None;
-            }
-            if let Err(error) = self.fill() {
-                self.failed = true;
-                return Some(Err(error));
-            }
-            self.cut();
-        }
-    }
 }
 
 /// A piece of a file's content, in file order.
@@ -264,7 +172,7 @@ impl ChunkerParams {
                 short: false,
             };
             let mut covered = position;
-            for chunk in self.chunks(&mut range) {
+            for chunk in self.chunks(std::io::BufReader::with_capacity(256 * 1024, &mut range)) {
                 stop()?;
                 let mut chunk = chunk.map_err(io)?;
                 chunk.offset += position;
@@ -387,7 +295,7 @@ mod tests {
     }
 
     /// A stream many buffers long, read a few odd-sized bytes at a time, is cut exactly as the
-    /// same bytes in memory: no cut depends on where a buffer or a read ended.
+    /// same bytes in memory: no cut depends on where the stream chunker's buffer or a read ended.
     #[test]
     fn buffer_and_read_boundaries_move_no_cut() {
         struct Trickle<'a> {
