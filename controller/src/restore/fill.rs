@@ -90,27 +90,15 @@ fn fill_pod_name(restore_uid: &str, namespace: &str, claim: &str) -> String {
     format!("{FILL_PREFIX}{}", &digest[..16])
 }
 
-/// The task record that fills a claim through its fill pod (the caller gives it a task id).
-pub fn fill_task(
-    record: &VolumeRecord,
-    restore_uid: &str,
-    target_namespace: &str,
-) -> Option<VolumeRecord> {
-    let claim = record.claim.as_ref()?;
-    Some(VolumeRecord {
-        method: VolumeMethod::FileSystem,
-        phase: VolumePhase::InProgress,
-        message: None,
-        snapshot: None,
-        csi_snapshot: None,
-        pod_volume: Some(PodVolumeRef {
-            namespace: target_namespace.to_owned(),
-            pod: fill_pod_name(restore_uid, target_namespace, &claim.name),
-            volume: FILL_VOLUME.to_owned(),
-            node: String::new(),
-        }),
-        ..record.clone()
-    })
+/// Where the fill pod of `claim` (in `target_namespace`, for the restore `restore_uid`) holds
+/// it for its agent.
+pub fn fill_pod_volume(restore_uid: &str, target_namespace: &str, claim: &str) -> PodVolumeRef {
+    PodVolumeRef {
+        namespace: target_namespace.to_owned(),
+        pod: fill_pod_name(restore_uid, target_namespace, claim),
+        volume: FILL_VOLUME.to_owned(),
+        node: String::new(),
+    }
 }
 
 /// Creates the fill pod of a fill task (found, if it exists already). `archived_claim` is the

@@ -1096,7 +1096,8 @@ impl Run<'_> {
 
     /// Records a task for the agent of the pod's node: fill one of its volumes from the backup.
     fn add_pod_volume_task(&mut self, item: &ArchiveItem, backed_up: VolumeRecord, in_place: bool) {
-        let (Some(pod_volume), Some(backup)) = (backed_up.pod_volume, backed_up.file_system) else {
+        let (Some(pod_volume), Some(backup)) = (&backed_up.pod_volume, &backed_up.file_system)
+        else {
             return;
         };
         let task = self.pod_volumes.len();
@@ -1112,28 +1113,16 @@ impl Run<'_> {
             backup.snapshot_id.as_deref().unwrap_or("(none)"),
             backup.repository
         ));
-        self.pod_volumes.push(VolumeRecord {
-            persistent_volume: backed_up.persistent_volume,
-            claim: backed_up.claim,
-            method: VolumeMethod::FileSystem,
-            phase: VolumePhase::InProgress,
-            message: None,
-            snapshot: None,
-            csi_snapshot: None,
-            pod_volume: Some(PodVolumeRef {
-                namespace: self.target_namespace(namespace),
-                pod: item.name.clone(),
-                volume: pod_volume.volume,
-                node: String::new(),
-            }),
-            file_system: Some(FileSystemBackup {
-                repository: backup.repository,
-                snapshot_id: backup.snapshot_id,
-                task_id: format!("{}-{task}", self.restore.uid().unwrap_or_default()),
-                in_place,
-                ..Default::default()
-            }),
-        });
+        let task_id = format!("{}-{task}", self.restore.uid().unwrap_or_default());
+        let pod_volume = PodVolumeRef {
+            namespace: self.target_namespace(namespace),
+            pod: item.name.clone(),
+            volume: pod_volume.volume.clone(),
+            node: String::new(),
+        };
+        if let Some(task) = restore_task(&backed_up, pod_volume, task_id, in_place) {
+            self.pod_volumes.push(task);
+        }
     }
 
     /// Makes a fill pod, and a task for its agent, for every claim whose moved data no restored
@@ -1156,15 +1145,11 @@ impl Run<'_> {
             let Some(archived) = fill::archived_claim(self.archive, record) else {
                 continue;
             };
-            let Some(mut task) = fill::fill_task(record, &uid, &namespace) else {
+            let task_id = format!("{uid}-{}", self.pod_volumes.len());
+            let pod_volume = fill::fill_pod_volume(&uid, &namespace, &claim.name);
+            let Some(mut task) = restore_task(record, pod_volume, task_id, false) else {
                 continue;
             };
-            task.file_system = record.file_system.as_ref().map(|backup| FileSystemBackup {
-                repository: backup.repository.clone(),
-                snapshot_id: backup.snapshot_id.clone(),
-                task_id: format!("{uid}-{}", self.pod_volumes.len()),
-                ..Default::default()
-            });
             fill::create_fill_pod(self.ctx, &mut task, &archived, &uid).await?;
             self.pod_volumes.push(task);
         }
@@ -1614,6 +1599,34 @@ fn moved_data_through_pods(mut records: VolumeRecords, pods: &[Value]) -> Volume
     }
     records.volumes.extend(through_pods);
     records
+}
+
+/// The task that fills `pod_volume` from what `backed_up` holds in the repository (its
+/// `fileSystem` record), for the agent of the pod's node; `None` when it holds nothing there.
+fn restore_task(
+    backed_up: &VolumeRecord,
+    pod_volume: PodVolumeRef,
+    task_id: String,
+    in_place: bool,
+) -> Option<VolumeRecord> {
+    let backup = backed_up.file_system.as_ref()?;
+    Some(VolumeRecord {
+        persistent_volume: backed_up.persistent_volume.clone(),
+        claim: backed_up.claim.clone(),
+        method: VolumeMethod::FileSystem,
+        phase: VolumePhase::InProgress,
+        message: None,
+        snapshot: None,
+        csi_snapshot: None,
+        pod_volume: Some(pod_volume),
+        file_system: Some(FileSystemBackup {
+            repository: backup.repository.clone(),
+            snapshot_id: backup.snapshot_id.clone(),
+            task_id,
+            in_place,
+            ..Default::default()
+        }),
+    })
 }
 
 /// Whether a container of the pod has its volume `volume` as a block device.
