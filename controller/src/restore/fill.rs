@@ -151,26 +151,42 @@ pub fn archived_claim(archive: &crate::archive::Archive, record: &VolumeRecord) 
     archive.object(&item).ok()
 }
 
-/// Once every task has ended: deletes the fill pods, and lets the pods that use a claim filled
-/// in full be scheduled. A failed fill's record says which pods stay gated. Returns an error
-/// only when the API server could not be asked; the next look tries again.
+/// Once every task has ended: deletes the fill pods, and lets the gated pods whose filled claims
+/// were all filled in full be scheduled. A pod that uses a claim whose fill failed stays gated,
+/// and that fill's record says so. Returns an error only when the API server could not be asked;
+/// the next look tries again, and finds what was done already done.
 pub async fn finish(ctx: &Context, records: &mut [VolumeRecord]) -> Result<()> {
-    for record in records.iter_mut() {
-        let (Some(pod_volume), Some(claim)) = (record.pod_volume.clone(), record.claim.clone())
-        else {
+    let fills: Vec<usize> = (0..records.len())
+        .filter(|&n| {
+            records[n].phase.is_terminal()
+                && records[n].claim.is_some()
+                && records[n]
+                    .pod_volume
+                    .as_ref()
+                    .is_some_and(|p| p.pod.starts_with(FILL_PREFIX))
+        })
+        .collect();
+    let mut failed = BTreeSet::new();
+    let mut namespaces = BTreeSet::new();
+    for &n in &fills {
+        let (Some(pod_volume), Some(claim)) = (&records[n].pod_volume, &records[n].claim) else {
             continue;
         };
-        if !pod_volume.pod.starts_with(FILL_PREFIX) || !record.phase.is_terminal() {
-            continue;
-        }
         let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod_volume.namespace);
         match pods.delete(&pod_volume.pod, &DeleteParams::default()).await {
             Ok(_) => {}
             Err(kube::Error::Api(status)) if status.code == 404 => {}
             Err(error) => return Err(error.into()),
         }
-        let claims = BTreeSet::from([(pod_volume.namespace.clone(), claim.name.clone())]);
-        let mut held = Vec::new();
+        namespaces.insert(pod_volume.namespace.clone());
+        if records[n].phase != VolumePhase::Completed {
+            failed.insert((pod_volume.namespace.clone(), claim.name.clone()));
+        }
+    }
+    // (namespace, pod) held, and the claims whose failed fill holds it.
+    let mut held: Vec<(String, String, Value)> = Vec::new();
+    for namespace in namespaces {
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
         for pod in pods.list(&ListParams::default()).await?.items {
             let name = pod.metadata.name.clone().unwrap_or_default();
             let gates = pod
@@ -178,13 +194,12 @@ pub async fn finish(ctx: &Context, records: &mut [VolumeRecord]) -> Result<()> {
                 .as_ref()
                 .and_then(|s| s.scheduling_gates.clone())
                 .unwrap_or_default();
-            if !gates.iter().any(|g| g.name == FILL_GATE)
-                || !uses_filled_claim(&serde_json::to_value(&pod)?, &pod_volume.namespace, &claims)
-            {
+            if !gates.iter().any(|g| g.name == FILL_GATE) {
                 continue;
             }
-            if record.phase != VolumePhase::Completed {
-                held.push(name);
+            let object = serde_json::to_value(&pod)?;
+            if uses_filled_claim(&object, &namespace, &failed) {
+                held.push((namespace.clone(), name, object));
                 continue;
             }
             let others: Vec<Value> = gates
@@ -196,15 +211,31 @@ pub async fn finish(ctx: &Context, records: &mut [VolumeRecord]) -> Result<()> {
             pods.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await?;
         }
-        if !held.is_empty() {
-            let note = format!(
-                "; pods {} stay held by scheduling gate {FILL_GATE} rather than start on an empty volume: restore again, or remove the gate to start them as they are",
-                held.join(", ")
-            );
-            let message = record.message.get_or_insert_with(String::new);
-            if !message.contains(FILL_GATE) {
-                message.push_str(&note);
-            }
+    }
+    for &n in &fills {
+        let (Some(pod_volume), Some(claim)) = (&records[n].pod_volume, &records[n].claim) else {
+            continue;
+        };
+        let claim = BTreeSet::from([(pod_volume.namespace.clone(), claim.name.clone())]);
+        let names: Vec<&str> = held
+            .iter()
+            .filter(|(namespace, _, pod)| {
+                *namespace == pod_volume.namespace
+                    && failed.is_superset(&claim)
+                    && uses_filled_claim(pod, namespace, &claim)
+            })
+            .map(|(_, name, _)| name.as_str())
+            .collect();
+        if names.is_empty() {
+            continue;
+        }
+        let note = format!(
+            "; pods {} stay held by scheduling gate {FILL_GATE} rather than start on an empty volume: restore again, or remove the gate to start them as they are",
+            names.join(", ")
+        );
+        let message = records[n].message.get_or_insert_with(String::new);
+        if !message.contains(FILL_GATE) {
+            message.push_str(&note);
         }
     }
     Ok(())
