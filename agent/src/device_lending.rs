@@ -87,17 +87,16 @@ pub fn lend(
 /// into it.
 pub fn borrow(dir: BorrowedFd<'_>, volume: &str, writable: bool) -> std::io::Result<File> {
     let socket = ferry_protocol::agent::device_socket(volume);
-    // Through the directory's descriptor: nothing on the pod's side of the path is resolved.
-    let path = format!("/proc/self/fd/{}/{socket}", dir.as_raw_fd());
-    let kind = rustix::fs::statat(dir, socket.as_str(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
-        .map(|stat| FileType::from_raw_mode(stat.st_mode));
-    match kind {
-        Ok(FileType::Socket) => {}
-        Ok(_) => {
-            return Err(std::io::Error::other(format!(
-                "{socket} in the pod's device exchange is not a socket"
-            )));
-        }
+    // The socket is pinned without following a symlink, and connected to through that pin: a
+    // name swapped for a symlink (to another pod's lender, say) between a check and the connect
+    // cannot aim the agent elsewhere.
+    let pinned = match rustix::fs::openat(
+        dir,
+        socket.as_str(),
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) {
+        Ok(pinned) => pinned,
         Err(errno) => {
             return Err(std::io::Error::new(
                 std::io::Error::from(errno).kind(),
@@ -106,7 +105,13 @@ pub fn borrow(dir: BorrowedFd<'_>, volume: &str, writable: bool) -> std::io::Res
                 ),
             ));
         }
+    };
+    if FileType::from_raw_mode(rustix::fs::fstat(&pinned)?.st_mode) != FileType::Socket {
+        return Err(std::io::Error::other(format!(
+            "{socket} in the pod's device exchange is not a socket"
+        )));
     }
+    let path = format!("/proc/self/fd/{}", pinned.as_raw_fd());
     let stream = UnixStream::connect(&path)?;
     stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
     let mut byte = [0u8; 1];
