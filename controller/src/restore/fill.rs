@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 
 use crate::context::Context;
 use crate::error::Result;
+use crate::volumes::csi::{RESTORE_UID_LABEL, gone};
 
 /// The scheduling gate that holds a restored pod until its claim is filled.
 pub const FILL_GATE: &str = "ferry.dev/volume-fill";
@@ -31,13 +32,10 @@ const FILL_PREFIX: &str = "ferry-fill-";
 /// The volume a fill pod holds its claim as.
 const FILL_VOLUME: &str = "data";
 
-/// The label that marks what a restore made for itself (the controller may delete only those).
-pub const RESTORE_UID_LABEL: &str = "ferry.dev/restore-uid";
-
-/// The claims (namespace in the backup, name) whose moved data comes back through a fill pod:
-/// those with a moved snapshot and no record of a pod volume that fills them
-/// (`moved_data_through_pods` made one for every claim a restored pod mounts).
-pub fn filled_claims(records: &[VolumeRecord]) -> BTreeSet<(String, String)> {
+/// The records of moved snapshots whose data comes back through a fill pod: those with no
+/// record of a pod volume that fills them (`moved_data_through_pods` made one for every claim a
+/// restored pod mounts).
+pub fn moved_without_pod(records: &[VolumeRecord]) -> impl Iterator<Item = &VolumeRecord> {
     let through_pods: BTreeSet<&str> = records
         .iter()
         .filter(|r| r.method == VolumeMethod::FileSystem && r.pod_volume.is_some())
@@ -47,7 +45,12 @@ pub fn filled_claims(records: &[VolumeRecord]) -> BTreeSet<(String, String)> {
         .iter()
         .filter(|r| r.phase == VolumePhase::Completed && r.file_system.is_some())
         .filter(|r| r.csi_snapshot.as_ref().is_some_and(|s| s.moved()))
-        .filter(|r| !through_pods.contains(r.persistent_volume.as_str()))
+        .filter(move |r| !through_pods.contains(r.persistent_volume.as_str()))
+}
+
+/// The claims (namespace in the backup, name) of [`moved_without_pod`].
+pub fn filled_claims(records: &[VolumeRecord]) -> BTreeSet<(String, String)> {
+    moved_without_pod(records)
         .filter_map(|r| r.claim.as_ref())
         .map(|claim| (claim.namespace.clone(), claim.name.clone()))
         .collect()
@@ -173,11 +176,10 @@ pub async fn finish(ctx: &Context, records: &mut [VolumeRecord]) -> Result<()> {
             continue;
         };
         let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod_volume.namespace);
-        match pods.delete(&pod_volume.pod, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
-            Err(error) => return Err(error.into()),
-        }
+        pods.delete(&pod_volume.pod, &DeleteParams::default())
+            .await
+            .map(drop)
+            .or_else(gone)?;
         namespaces.insert(pod_volume.namespace.clone());
         if records[n].phase != VolumePhase::Completed {
             failed.insert((pod_volume.namespace.clone(), claim.name.clone()));

@@ -1305,16 +1305,9 @@ impl Run<'_> {
     }
 
     /// Whether PersistentVolume `name`'s data was moved into the repository and no archived pod
-    /// mounts its claim ([`moved_data_through_pods`] found none).
+    /// mounts its claim ([`fill::moved_without_pod`]).
     fn moved_without_pod(&self, name: &str) -> bool {
-        let of_it = || {
-            self.volumes
-                .volumes
-                .iter()
-                .filter(move |r| r.persistent_volume == name)
-        };
-        of_it().any(|r| r.csi_snapshot.as_ref().is_some_and(|s| s.moved()))
-            && !of_it().any(|r| r.method == VolumeMethod::FileSystem && r.pod_volume.is_some())
+        fill::moved_without_pod(&self.volumes.volumes).any(|r| r.persistent_volume == name)
     }
 
     /// The provisioner of StorageClass `class` in this cluster, if it has that class.

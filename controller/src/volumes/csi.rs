@@ -263,7 +263,7 @@ pub(super) async fn follow(
 }
 
 /// A 404 where something was to be deleted: it is gone already.
-fn gone(error: kube::Error) -> std::result::Result<(), kube::Error> {
+pub(crate) fn gone(error: kube::Error) -> std::result::Result<(), kube::Error> {
     match error {
         kube::Error::Api(status) if status.code == 404 => Ok(()),
         error => Err(error),
