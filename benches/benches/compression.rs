@@ -1,14 +1,29 @@
-//! zstd at the repository's default level on 256 KiB chunks (Ferry's average chunk size) of text,
-//! mixed and random content, and decompression; plus `blob::seal` (compress, or not when it does
-//! not shrink, then encrypt), which is what a backup does per chunk.
+//! zstd at the repository's default level on 64 KiB chunks (Ferry's average chunk size) of text,
+//! mixed and random content, alone and with a dictionary trained on other chunks of the same
+//! kind (format version 3); `blob::seal` (compress, or not when it does not shrink, then encrypt),
+//! which is what a backup does per chunk, and `blob::open` (decrypt, inflate within the blob's
+//! bound, verify the id), which is what a restore does.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ferry_benches::dataset::{Content, sample};
 use ferry_mover::InitOptions;
-use ferry_mover::blob::{BlobKind, seal};
+use ferry_mover::blob::{BlobKind, open, seal};
 use ferry_mover::crypto::MasterKey;
+use ferry_mover::dictionary::{Compressor, DictionarySource, MAX_DICTIONARY_SIZE};
+use zstd::dict::{DecoderDictionary, EncoderDictionary};
 
-const CHUNK: usize = 256 << 10;
+const CHUNK: usize = 64 << 10;
+
+struct Trained(Arc<DecoderDictionary<'static>>);
+
+impl DictionarySource for Trained {
+    fn dictionary(&self, _: NonZeroU32) -> ferry_mover::Result<Arc<DecoderDictionary<'static>>> {
+        Ok(self.0.clone())
+    }
+}
 
 fn compression(c: &mut Criterion) {
     let level = InitOptions::default().zstd_level;
@@ -17,26 +32,52 @@ fn compression(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(CHUNK as u64));
     for content in [Content::Text, Content::Mixed, Content::Random] {
         let data = sample(content, CHUNK, 1);
-        let compressed = zstd::bulk::compress(&data, level).expect("zstd");
-        eprintln!(
-            "{}: zstd level {level} ratio {:.2}",
-            content.name(),
-            data.len() as f64 / compressed.len() as f64
-        );
-        g.bench_function(format!("zstd-{level}/compress/{}", content.name()), |b| {
-            b.iter(|| zstd::bulk::compress(&data, level).expect("zstd").len())
-        });
-        g.bench_function(format!("zstd-{level}/decompress/{}", content.name()), |b| {
-            b.iter(|| {
-                zstd::bulk::decompress(&compressed, CHUNK)
-                    .expect("zstd")
-                    .len()
-            })
-        });
+        // 8 MiB of other chunks of the same kind, as a repository trains on its first ones.
+        let samples: Vec<Vec<u8>> = (0..128).map(|n| sample(content, CHUNK, 100 + n)).collect();
+        let trained = zstd::dict::from_samples(&samples, MAX_DICTIONARY_SIZE).ok();
+        let encoder = trained
+            .as_ref()
+            .map(|trained| EncoderDictionary::copy(trained, level));
+        let decoder = Trained(Arc::new(DecoderDictionary::copy(
+            trained.as_deref().unwrap_or_default(),
+        )));
+        let mut compressors = vec![("alone", Compressor::Zstd(level))];
+        if let Some(encoder) = &encoder {
+            compressors.push(("dictionary", Compressor::Dictionary(encoder)));
+        }
         let id = key.blob_id(&data);
-        g.bench_function(format!("seal/{}", content.name()), |b| {
-            b.iter(|| seal(&key, BlobKind::Data, id, &data, level).bytes.len())
-        });
+        for (how, compressor) in &compressors {
+            let sealed = seal(&key, BlobKind::Data, id, &data, compressor);
+            eprintln!(
+                "{} {how}: stored {} of {} bytes (ratio {:.3})",
+                content.name(),
+                sealed.bytes.len(),
+                data.len(),
+                data.len() as f64 / sealed.bytes.len() as f64
+            );
+            g.bench_function(format!("seal/{how}/{}", content.name()), |b| {
+                b.iter(|| {
+                    seal(&key, BlobKind::Data, id, &data, compressor)
+                        .bytes
+                        .len()
+                })
+            });
+            g.bench_function(format!("open/{how}/{}", content.name()), |b| {
+                b.iter(|| {
+                    open(
+                        &key,
+                        &decoder,
+                        &id,
+                        sealed.compression,
+                        sealed.raw_length,
+                        &sealed.bytes,
+                        "blob",
+                    )
+                    .expect("opens")
+                    .len()
+                })
+            });
+        }
     }
     g.finish();
 }

@@ -7,6 +7,7 @@ use ferry_benches::dataset::{Content, sample};
 use ferry_mover::InitOptions;
 use ferry_mover::blob::{BlobKind, SealedBlob, seal};
 use ferry_mover::crypto::MasterKey;
+use ferry_mover::dictionary::Compressor;
 use ferry_mover::pack::PackWriter;
 
 const CHUNK: usize = 256 << 10;
@@ -18,7 +19,15 @@ fn packing(c: &mut Criterion) {
     let chunks: Vec<&[u8]> = data.chunks(CHUNK).collect();
     let sealed: Vec<SealedBlob> = chunks
         .iter()
-        .map(|c| seal(&key, BlobKind::Data, key.blob_id(c), c, opts.zstd_level))
+        .map(|c| {
+            seal(
+                &key,
+                BlobKind::Data,
+                key.blob_id(c),
+                c,
+                &Compressor::Zstd(opts.zstd_level),
+            )
+        })
         .collect();
     let dir = tempfile::tempdir().expect("temp dir");
 
@@ -49,7 +58,7 @@ fn packing(c: &mut Criterion) {
                         BlobKind::Data,
                         key.blob_id(c),
                         c,
-                        opts.zstd_level,
+                        &Compressor::Zstd(opts.zstd_level),
                     ))
                     .expect("add");
                 }

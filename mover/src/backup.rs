@@ -496,7 +496,6 @@ impl Pipeline {
             let packer = packer.clone();
             let budget = budget.clone();
             let failure = failure.clone();
-            let level = repo.config().zstd_level;
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("ferry-seal-{n}"))
@@ -505,13 +504,7 @@ impl Pipeline {
                             let job = receiver.lock().expect("seal queue lock").recv();
                             let Ok(job) = job else { return };
                             let length = job.data.len() as u64;
-                            let sealed = blob::seal(
-                                packer.repo().key(),
-                                BlobKind::Data,
-                                job.id,
-                                &job.data,
-                                level,
-                            );
+                            let sealed = packer.repo().seal_blob(BlobKind::Data, job.id, &job.data);
                             drop(job);
                             let result = packer.add(sealed);
                             budget.release(length);
@@ -1037,13 +1030,7 @@ fn save_tree(repo: &Repository, packer: &Packer, tree: &mut Tree) -> Result<Id> 
     let key = repo.key();
     let id = key.blob_id(&bytes);
     if packer.claim(&id) {
-        packer.add(blob::seal(
-            key,
-            BlobKind::Tree,
-            id,
-            &bytes,
-            repo.config().zstd_level,
-        ))?;
+        packer.add(repo.seal_blob(BlobKind::Tree, id, &bytes))?;
     }
     Ok(id)
 }

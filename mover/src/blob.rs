@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::MasterKey;
+use crate::dictionary::{Compressor, DictionarySource};
 use crate::error::{Error, Result};
 use crate::id::Id;
 
@@ -33,6 +34,8 @@ impl BlobKind {
 
 pub const COMPRESSION_NONE: u8 = 0;
 pub const COMPRESSION_ZSTD: u8 = 1;
+/// zstd with one of the repository's dictionaries, the one its frame names (format version 3).
+pub const COMPRESSION_ZSTD_DICTIONARY: u8 = 2;
 
 /// A blob ready for a pack: its id and its encrypted bytes.
 pub struct SealedBlob {
@@ -43,21 +46,18 @@ pub struct SealedBlob {
     pub bytes: Vec<u8>,
 }
 
-/// Compresses (when that helps) and encrypts a blob whose id is already known.
+/// Compresses (when that helps) and encrypts a blob whose id is already known. A repository's
+/// writers go through [`crate::Repository::seal_blob`], which picks the compressor.
 pub fn seal(
     key: &MasterKey,
     kind: BlobKind,
     id: Id,
     plaintext: &[u8],
-    zstd_level: i32,
+    compressor: &Compressor,
 ) -> SealedBlob {
-    let compressed = if zstd_level > 0 {
-        zstd::bulk::compress(plaintext, zstd_level).ok()
-    } else {
-        None
-    };
+    let compressed = compressor.compress(plaintext);
     let (compression, stored) = match &compressed {
-        Some(smaller) if smaller.len() < plaintext.len() => (COMPRESSION_ZSTD, smaller.as_slice()),
+        Some((code, smaller)) if smaller.len() < plaintext.len() => (*code, smaller.as_slice()),
         _ => (COMPRESSION_NONE, plaintext),
     };
     SealedBlob {
@@ -74,9 +74,12 @@ pub fn seal(
 /// header or index entry from making a reader allocate or inflate without limit.
 pub const MAX_BLOB_LENGTH: u32 = 512 << 20;
 
-/// Decrypts, decompresses and verifies a blob read from a pack. `what` names it in errors.
+/// Decrypts, decompresses and verifies a blob read from a pack. `what` names it in errors. A
+/// repository's readers go through [`crate::Repository::open_blob`], which finds dictionaries.
+#[allow(clippy::too_many_arguments)]
 pub fn open(
     key: &MasterKey,
+    dictionaries: &dyn DictionarySource,
     id: &Id,
     compression: u8,
     raw_length: u32,
@@ -93,8 +96,15 @@ pub fn open(
     let plaintext = match compression {
         COMPRESSION_NONE => stored,
         // Streamed: memory grows with what the data really expands to, up to raw_length.
-        COMPRESSION_ZSTD => crate::util::decompress_bounded(&stored, raw_length as usize)
+        COMPRESSION_ZSTD => crate::util::decompress_bounded(&stored, raw_length as usize, None)
             .map_err(|error| Error::corrupt(what, format!("zstd: {error}")))?,
+        COMPRESSION_ZSTD_DICTIONARY => {
+            let dictionary_id = zstd::zstd_safe::get_dict_id_from_frame(&stored)
+                .ok_or_else(|| Error::corrupt(what, "its zstd frame names no dictionary"))?;
+            let dictionary = dictionaries.dictionary(dictionary_id)?;
+            crate::util::decompress_bounded(&stored, raw_length as usize, Some(&dictionary))
+                .map_err(|error| Error::corrupt(what, format!("zstd: {error}")))?
+        }
         other => {
             return Err(Error::Format(format!(
                 "{what}: unknown compression {other}"
@@ -115,17 +125,27 @@ pub fn open(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::dictionary::NoDictionaries;
 
     #[test]
     fn compressible_blobs_shrink_and_random_ones_are_stored_raw() {
         let key = MasterKey::generate();
         let text = vec![b'a'; 100_000];
-        let sealed = seal(&key, BlobKind::Data, key.blob_id(&text), &text, 3);
+        let sealed = seal(
+            &key,
+            BlobKind::Data,
+            key.blob_id(&text),
+            &text,
+            &Compressor::Zstd(3),
+        );
         assert_eq!(sealed.compression, COMPRESSION_ZSTD);
         assert!(sealed.bytes.len() < 1000);
         let back = open(
             &key,
+            &NoDictionaries,
             &sealed.id,
             sealed.compression,
             sealed.raw_length,
@@ -137,7 +157,13 @@ mod tests {
 
         let mut noise = vec![0u8; 10_000];
         crate::crypto::fill_random(&mut noise);
-        let sealed = seal(&key, BlobKind::Data, key.blob_id(&noise), &noise, 3);
+        let sealed = seal(
+            &key,
+            BlobKind::Data,
+            key.blob_id(&noise),
+            &noise,
+            &Compressor::Zstd(3),
+        );
         assert_eq!(sealed.compression, COMPRESSION_NONE);
         assert_eq!(sealed.bytes.len(), noise.len() + crate::crypto::OVERHEAD);
     }
@@ -145,9 +171,16 @@ mod tests {
     #[test]
     fn a_blob_under_the_wrong_id_is_refused() {
         let key = MasterKey::generate();
-        let sealed = seal(&key, BlobKind::Data, key.blob_id(b"one"), b"one", 3);
+        let sealed = seal(
+            &key,
+            BlobKind::Data,
+            key.blob_id(b"one"),
+            b"one",
+            &Compressor::Zstd(3),
+        );
         let error = open(
             &key,
+            &NoDictionaries,
             &key.blob_id(b"two"),
             sealed.compression,
             3,
@@ -159,5 +192,109 @@ mod tests {
             error.to_string().contains("does not match its id"),
             "{error}"
         );
+    }
+
+    /// Text like a database's or a log's: rows of a number and words from a vocabulary of a few
+    /// hundred, in no fixed order.
+    fn words(seed: u64, length: usize) -> Vec<u8> {
+        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut text = Vec::with_capacity(length + 64);
+        while text.len() < length {
+            text.extend_from_slice(format!("{:06}|", next() % 1_000_000).as_bytes());
+            for _ in 0..5 {
+                let word = next() % 300;
+                let letters = 3 + (word % 7) as usize;
+                text.extend((0..letters).map(|i| b'a' + ((word * 31 + i as u64 * 17) % 26) as u8));
+                text.push(b' ');
+            }
+            text.push(b'\n');
+        }
+        text.truncate(length);
+        text
+    }
+
+    struct OneDictionary(
+        std::num::NonZeroU32,
+        Arc<zstd::dict::DecoderDictionary<'static>>,
+    );
+
+    impl DictionarySource for OneDictionary {
+        fn dictionary(
+            &self,
+            id: std::num::NonZeroU32,
+        ) -> Result<Arc<zstd::dict::DecoderDictionary<'static>>> {
+            assert_eq!(
+                id, self.0,
+                "the frame names the dictionary it was made with"
+            );
+            Ok(self.1.clone())
+        }
+    }
+
+    #[test]
+    fn a_dictionary_shrinks_small_chunks_and_is_needed_to_open_them() {
+        let key = MasterKey::generate();
+        let samples: Vec<Vec<u8>> = (0..200).map(|n| words(n, 4096)).collect();
+        let trained = zstd::dict::from_samples(&samples, 16 << 10).unwrap();
+        let id = zstd::zstd_safe::get_dict_id(&trained).unwrap();
+        let encoder = zstd::dict::EncoderDictionary::copy(&trained, 3);
+        let source = OneDictionary(id, Arc::new(zstd::dict::DecoderDictionary::copy(&trained)));
+
+        let chunk = words(1000, 8192);
+        let alone = seal(
+            &key,
+            BlobKind::Data,
+            key.blob_id(&chunk),
+            &chunk,
+            &Compressor::Zstd(3),
+        );
+        let with = seal(
+            &key,
+            BlobKind::Data,
+            key.blob_id(&chunk),
+            &chunk,
+            &Compressor::Dictionary(&encoder),
+        );
+        assert_eq!(with.compression, COMPRESSION_ZSTD_DICTIONARY);
+        assert!(
+            with.bytes.len() < alone.bytes.len() * 9 / 10,
+            "{} bytes with the dictionary, {} without",
+            with.bytes.len(),
+            alone.bytes.len()
+        );
+        let open_with = |source: &dyn DictionarySource, compression| {
+            open(
+                &key,
+                source,
+                &with.id,
+                compression,
+                with.raw_length,
+                &with.bytes,
+                "blob d",
+            )
+        };
+        assert_eq!(open_with(&source, with.compression).unwrap(), chunk);
+        let error = open_with(&NoDictionaries, with.compression).unwrap_err();
+        assert!(error.to_string().contains("needs a dictionary"), "{error}");
+        // Labelled as plain zstd, the frame cannot be inflated without its dictionary.
+        assert!(open_with(&source, COMPRESSION_ZSTD).is_err());
+        // A plain frame labelled as needing a dictionary names none, and is refused as such.
+        let error = open(
+            &key,
+            &source,
+            &alone.id,
+            COMPRESSION_ZSTD_DICTIONARY,
+            alone.raw_length,
+            &alone.bytes,
+            "blob p",
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("names no dictionary"), "{error}");
     }
 }

@@ -9,6 +9,7 @@ pub mod backup;
 pub mod blob;
 pub mod chunker;
 pub mod crypto;
+pub mod dictionary;
 mod error;
 pub mod id;
 pub mod index;

@@ -169,8 +169,7 @@ fn verify_pack(repo: &Repository, pack: &Id) -> Result<(), String> {
     for entry in &entries {
         let end = entry.offset as usize + entry.length as usize;
         let what = format!("blob {} in pack {name}", entry.id);
-        if let Err(error) = crate::blob::open(
-            repo.key(),
+        if let Err(error) = repo.open_blob(
             &entry.id,
             entry.compression,
             entry.raw_length,

@@ -289,7 +289,7 @@ mod tests {
                     BlobKind::Data,
                     key.blob_id(data),
                     data,
-                    3,
+                    &crate::dictionary::Compressor::Zstd(3),
                 ))
                 .unwrap();
         }
@@ -302,6 +302,7 @@ mod tests {
             let stored = &bytes[entry.offset as usize..(entry.offset + entry.length) as usize];
             let plain = crate::blob::open(
                 &key,
+                &crate::dictionary::NoDictionaries,
                 &entry.id,
                 entry.compression,
                 entry.raw_length,

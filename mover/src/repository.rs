@@ -10,6 +10,7 @@ use crate::backend::{Backend, Kind};
 use crate::blob::BlobKind;
 use crate::chunker::ChunkerParams;
 use crate::crypto::{KdfParams, KeySlot, MasterKey};
+use crate::dictionary::{Dictionaries, DictionarySource};
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::{IndexFile, MasterIndex};
@@ -18,9 +19,10 @@ use crate::snapshot::Snapshot;
 use crate::tree::Tree;
 
 /// The format this ferry writes. Version 2 binds each encrypted object to its name (the AEAD's
-/// associated data), so that a snapshot, index or lock copied over another is refused; version 1
-/// repositories (written before) are still read and written as they are.
-pub const FORMAT_VERSION: u32 = 2;
+/// associated data), so that a snapshot, index or lock copied over another is refused. Version 3
+/// compresses data blobs with a dictionary the repository trains ([`crate::dictionary`]).
+/// Repositories of versions 1 and 2 (written before) are still read and written as they are.
+pub const FORMAT_VERSION: u32 = 3;
 /// The oldest format this ferry opens.
 pub const OLDEST_FORMAT_VERSION: u32 = 1;
 
@@ -91,6 +93,7 @@ pub struct Repository {
     /// The names of the index objects [`Repository::index`] holds.
     index_files: RwLock<HashSet<String>>,
     lock_timing: LockTiming,
+    dictionaries: Dictionaries,
 }
 
 impl std::fmt::Debug for Repository {
@@ -150,6 +153,7 @@ impl Repository {
             index: RwLock::default(),
             index_files: RwLock::default(),
             lock_timing: LockTiming::default(),
+            dictionaries: Dictionaries::default(),
         };
         match repo.create_config() {
             Ok(()) => Ok(repo),
@@ -263,6 +267,7 @@ impl Repository {
             index: RwLock::default(),
             index_files: RwLock::default(),
             lock_timing: LockTiming::default(),
+            dictionaries: Dictionaries::default(),
         })
     }
 
@@ -378,6 +383,12 @@ impl Repository {
             .encrypt_bound(&framed, &object_binding(self.config.version, kind, name))
     }
 
+    /// Stores an object only if none of that name exists; `false` if one does (left as it is).
+    pub(crate) fn put_object_new(&self, kind: Kind, name: &str, plaintext: &[u8]) -> Result<bool> {
+        self.backend
+            .put_new(kind, name, &self.encode_object(kind, name, plaintext))
+    }
+
     pub(crate) fn get_object(&self, kind: Kind, name: &str) -> Result<Vec<u8>> {
         let bytes = self.backend.get(kind, name)?;
         decode_object(&self.key, &bytes, self.config.version, kind, name)
@@ -464,6 +475,24 @@ impl Repository {
 
     // Blobs.
 
+    /// Compresses and encrypts a blob for this repository's packs: data blobs with its dictionary
+    /// (trained on the first ones, from format version 3 on), tree blobs alone.
+    pub fn seal_blob(&self, kind: BlobKind, id: Id, plaintext: &[u8]) -> crate::blob::SealedBlob {
+        self.dictionaries.seal(self, kind, id, plaintext)
+    }
+
+    /// Decrypts, decompresses and verifies a blob read from one of this repository's packs.
+    pub fn open_blob(
+        &self,
+        id: &Id,
+        compression: u8,
+        raw_length: u32,
+        bytes: &[u8],
+        what: &str,
+    ) -> Result<Vec<u8>> {
+        crate::blob::open(&self.key, self, id, compression, raw_length, bytes, what)
+    }
+
     pub fn read_blob(&self, id: &Id) -> Result<Vec<u8>> {
         let (pack, location) = {
             let index = self.index();
@@ -478,8 +507,7 @@ impl Repository {
             location.offset as u64,
             location.length as u64,
         )?;
-        crate::blob::open(
-            &self.key,
+        self.open_blob(
             id,
             location.compression,
             location.raw_length,
@@ -596,7 +624,7 @@ pub fn decode_object(
     name: &str,
 ) -> Result<Vec<u8>> {
     let limit = match kind {
-        Kind::Config | Kind::Lock => 1 << 20,
+        Kind::Config | Kind::Lock | Kind::Dictionary => 1 << 20,
         Kind::Snapshot => 64 << 20,
         _ => MAX_OBJECT_PLAINTEXT,
     };
@@ -660,7 +688,7 @@ fn decode_object_within(
 ) -> Result<Vec<u8>> {
     let framed = key.decrypt_bound(bytes, binding, what)?;
     match framed.split_first() {
-        Some((&OBJECT_JSON_ZSTD, body)) => crate::util::decompress_bounded(body, limit)
+        Some((&OBJECT_JSON_ZSTD, body)) => crate::util::decompress_bounded(body, limit, None)
             .map_err(|error| Error::corrupt(what, format!("zstd: {error}"))),
         _ => Err(Error::Format(format!("{what}: unknown object encoding"))),
     }
@@ -669,6 +697,15 @@ fn decode_object_within(
 fn config_sealed_with(key: &MasterKey, bytes: &[u8], binding: &[u8]) -> Result<RepoConfig> {
     let plain = decode_object_within(key, bytes, binding, "config", 1 << 20)?;
     serde_json::from_slice(&plain).map_err(|error| Error::Format(format!("config: {error}")))
+}
+
+impl DictionarySource for Repository {
+    fn dictionary(
+        &self,
+        id: std::num::NonZeroU32,
+    ) -> Result<Arc<zstd::dict::DecoderDictionary<'static>>> {
+        self.dictionaries.for_reading(self, id)
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use common::*;
 use ferry_mover::backend::Kind;
+use ferry_mover::dictionary::Compressor;
 use ferry_mover::{BackupOptions, Error, ParentChoice, Repository, RestoreOptions};
 
 macro_rules! on_both_backends {
@@ -37,21 +38,34 @@ on_both_backends!(
     a_large_file_spanning_many_packs_restores_exactly_with_its_zeros_as_a_hole,
 );
 
-/// A repository written by ferry before format version 2 (`tests/fixtures/repository-v1`, made
-/// with `ferry repo init` and `ferry volume backup --host fixture` of a directory holding
-/// `a.txt`, `dir/numbers.txt` and the symlink `link -> a.txt`) still opens, restores, takes new
-/// backups and passes check; it stays version 1.
+/// Repositories written by earlier ferries (`tests/fixtures/repository-v1`, before format
+/// version 2, and `repository-v2`, before version 3; each made with `ferry repo init` and `ferry
+/// volume backup --host fixture` of a directory holding `a.txt`, `dir/numbers.txt` and the
+/// symlink `link -> a.txt`) still open, restore, take new backups and pass check, and keep their
+/// version: a version 2 repository gets no dictionary, however much it is given (a ferry that
+/// reads version 2 would not know how to open its blobs).
 #[test]
 fn a_version_1_repository_is_still_read_and_written() {
+    an_older_repository_is_still_read_and_written("repository-v1", b"version-one-fixture", 1);
+}
+
+#[test]
+fn a_version_2_repository_is_still_read_and_written_without_a_dictionary() {
+    an_older_repository_is_still_read_and_written("repository-v2", b"version-two-fixture", 2);
+}
+
+fn an_older_repository_is_still_read_and_written(fixture: &str, password: &[u8], version: u32) {
     let work = tempfile::tempdir().unwrap();
     let copy = work.path().join("repo");
     copy_dir(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/repository-v1"),
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(fixture),
         &copy,
     );
     let backend: Arc<dyn ferry_mover::Backend> = Arc::new(ferry_mover::LocalBackend::new(&copy));
-    let repo = Arc::new(Repository::open(backend.clone(), b"version-one-fixture").unwrap());
-    assert_eq!(repo.config().version, 1);
+    let repo = Arc::new(Repository::open(backend.clone(), password).unwrap());
+    assert_eq!(repo.config().version, version);
 
     let numbers: String = (1..=2000).map(|n| format!("{n}\n")).collect();
     let restored = work.path().join("restored");
@@ -59,7 +73,7 @@ fn a_version_1_repository_is_still_read_and_written() {
     assert_eq!(summary.errors, 0, "{summary:?}");
     assert_eq!(
         std::fs::read_to_string(restored.join("a.txt")).unwrap(),
-        "hello from format version 1\n"
+        format!("hello from format version {version}\n")
     );
     assert_eq!(
         std::fs::read_to_string(restored.join("dir/numbers.txt")).unwrap(),
@@ -70,10 +84,22 @@ fn a_version_1_repository_is_still_read_and_written() {
         Path::new("a.txt")
     );
 
+    // Enough compressible data that a version 3 repository would train a dictionary on it.
+    let lines: String = (0..400_000u64)
+        .map(|n| format!("{n:08} row {} of table {}\n", n * 7919 % 100_003, n % 97))
+        .collect();
     std::fs::write(restored.join("added.txt"), b"written by a later ferry").unwrap();
+    std::fs::write(restored.join("table.csv"), &lines).unwrap();
     backup(&repo, &restored);
-    let repo = Arc::new(Repository::open(backend, b"version-one-fixture").unwrap());
-    assert_eq!(repo.config().version, 1);
+    let repo = Arc::new(Repository::open(backend.clone(), password).unwrap());
+    assert_eq!(repo.config().version, version);
+    assert!(backend.list(Kind::Dictionary).unwrap().is_empty());
+    repo.load_index().unwrap();
+    assert!(
+        repo.index()
+            .blobs()
+            .all(|(_, location)| location.compression <= 1)
+    );
     assert_eq!(repo.snapshots().unwrap().len(), 2);
     let again = work.path().join("again");
     restore(&repo, "latest", &again);
@@ -510,10 +536,22 @@ fn a_crafted_tree_with_path_traversal_is_refused(backend_kind: &str, name: &str)
         let temp = tempfile::tempdir().unwrap();
         let mut writer = ferry_mover::pack::PackWriter::new(temp.path(), BlobKind::Data).unwrap();
         writer
-            .add(&seal(key, BlobKind::Data, blob_id, &content, 3))
+            .add(&seal(
+                key,
+                BlobKind::Data,
+                blob_id,
+                &content,
+                &Compressor::Zstd(3),
+            ))
             .unwrap();
         writer
-            .add(&seal(key, BlobKind::Tree, tree_id, &tree_bytes, 3))
+            .add(&seal(
+                key,
+                BlobKind::Tree,
+                tree_id,
+                &tree_bytes,
+                &Compressor::Zstd(3),
+            ))
             .unwrap();
         let pack = writer.finish(key).unwrap();
         backend

@@ -40,6 +40,7 @@ fn open_blobs(entries: &[PackEntry], pack: &[u8]) {
         let stored = &pack[start..start + entry.length as usize];
         let _ = ferry_mover::blob::open(
             test_key(),
+            &ferry_mover::dictionary::NoDictionaries,
             &entry.id,
             entry.compression,
             entry.raw_length,

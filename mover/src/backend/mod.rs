@@ -28,6 +28,7 @@ pub enum Kind {
     Index,
     Snapshot,
     Lock,
+    Dictionary,
 }
 
 impl Kind {
@@ -39,6 +40,7 @@ impl Kind {
             Kind::Index => "index",
             Kind::Snapshot => "snapshots",
             Kind::Lock => "locks",
+            Kind::Dictionary => "dictionaries",
         }
     }
 

@@ -527,6 +527,7 @@ impl S3Backend {
                     Kind::Index,
                     Kind::Snapshot,
                     Kind::Lock,
+                    Kind::Dictionary,
                 ]
                 .iter()
                 .any(|kind| {

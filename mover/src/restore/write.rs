@@ -455,14 +455,7 @@ fn fetch_and_write(repo: &Repository, read: &PackRead, writer: &Writer<'_>) {
         let start = (location.offset as u64 - read.offset) as usize;
         let stored = &bytes[start..start + location.length as usize];
         let what = format!("blob {} in pack {}", id.short(), read.pack.short());
-        match crate::blob::open(
-            repo.key(),
-            id,
-            location.compression,
-            location.raw_length,
-            stored,
-            &what,
-        ) {
+        match repo.open_blob(id, location.compression, location.raw_length, stored, &what) {
             Ok(data) => writer.write(&data, &plan.destinations),
             Err(error) => {
                 warn!(message = "damaged blob", %error);

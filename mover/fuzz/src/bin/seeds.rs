@@ -233,8 +233,10 @@ fn add_pack(seeds: &mut Seeds, key: &MasterKey, pack: &[u8]) {
     let mut new_entries = Vec::new();
     for entry in &entries {
         let bytes = &pack[entry.offset as usize..(entry.offset + entry.length) as usize];
+        // The seed repository is too small to train a dictionary.
         let plaintext = ferry_mover::blob::open(
             key,
+            &ferry_mover::dictionary::NoDictionaries,
             &entry.id,
             entry.compression,
             entry.raw_length,
