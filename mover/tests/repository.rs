@@ -638,11 +638,36 @@ fn incremental_restore_downloads_only_what_the_target_lacks(backend_kind: &str, 
     // `junk`, and `moved-later`, which the new version has under another name.
     assert_eq!(summary.files_deleted, 2);
 
-    // Restoring the same snapshot again changes nothing and downloads nothing.
+    // Restoring the same snapshot again changes nothing and downloads nothing: not even the
+    // metadata of what is already right (its ctime stays), but a mode changed meanwhile is put
+    // back.
+    std::fs::set_permissions(
+        target.join("docs/b.txt"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let ctimes = |root: &Path| -> Vec<(String, i64, i64)> {
+        ["db", "db/data.bin", "docs", "docs/a.txt", "docs/b.txt", "docs/new.txt"]
+            .iter()
+            .map(|rel| {
+                let meta = std::fs::symlink_metadata(root.join(rel)).unwrap();
+                (rel.to_string(), meta.ctime(), meta.ctime_nsec())
+            })
+            .collect()
+    };
+    let before = ctimes(&target);
+    std::thread::sleep(std::time::Duration::from_millis(20));
     let again = ferry_mover::restore(&repo, "latest", &target, &options).unwrap();
     assert_eq!(again.bytes_downloaded, 0);
     assert_eq!(again.bytes_written, 0);
     assert_same_tree(&source, &target);
+    let changed: Vec<String> = before
+        .iter()
+        .zip(ctimes(&target))
+        .filter(|(before, after)| **before != *after)
+        .map(|(before, _)| before.0.clone())
+        .collect();
+    assert_eq!(changed, ["docs/b.txt"], "only the file whose mode was changed is touched");
 }
 
 /// Content that moved within one file (an insert shifts everything after it) is copied from its

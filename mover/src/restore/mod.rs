@@ -10,8 +10,8 @@
 //!    pack by pack, nearby blobs of one pack coalesced into one ranged read, by several workers
 //!    at once; each blob is verified against its id and written with positioned writes.
 //! 3. [`finish`] moves temp files into place, makes hard links and special files, restores
-//!    metadata (directories deepest first), removes what the snapshot lacks (`delete`), and makes
-//!    it all durable (`syncfs`) before returning.
+//!    metadata (directories deepest first) and removes what the snapshot lacks (`delete`); then
+//!    it is all made durable (`syncfs`) before returning.
 //!
 //! Nothing is written outside the target, and nothing outside it is read: the target is opened
 //! once ([`RootDir`]) and every path below it is resolved by the kernel with no symlink, no `..`
@@ -214,6 +214,10 @@ pub fn restore_into(
     phases.end("write");
     finish::finish(root, &plan, options, &mut summary, &tracker)?;
     phases.end("finish");
+    if options.sync {
+        root.sync_filesystem()?;
+    }
+    phases.end("sync");
     phases.log();
     summary.bytes_written = counters.written.load(Ordering::Relaxed);
     summary.bytes_downloaded = counters.downloaded.load(Ordering::Relaxed);
