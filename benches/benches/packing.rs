@@ -6,8 +6,8 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use ferry_benches::dataset::{Content, sample};
 use ferry_mover::InitOptions;
 use ferry_mover::blob::{BlobKind, SealedBlob, seal};
+use ferry_mover::compression::Compressor;
 use ferry_mover::crypto::MasterKey;
-use ferry_mover::dictionary::Compressor;
 use ferry_mover::pack::PackWriter;
 
 const CHUNK: usize = 256 << 10;

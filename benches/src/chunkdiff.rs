@@ -13,8 +13,8 @@ use std::path::Path;
 
 use anyhow::Context;
 use ferry_mover::blob::{BlobKind, seal};
+use ferry_mover::compression::Compressor;
 use ferry_mover::crypto::MasterKey;
-use ferry_mover::dictionary::Compressor;
 use ferry_mover::{ChunkerParams, Id, InitOptions};
 
 /// The distinct chunks of a tree, by content.

@@ -3,8 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::compression::Compressor;
 use crate::crypto::MasterKey;
-use crate::dictionary::{Compressor, DictionarySource};
+use crate::dictionary::DictionarySource;
 use crate::error::{Error, Result};
 use crate::id::Id;
 
@@ -96,13 +97,13 @@ pub fn open(
     let plaintext = match compression {
         COMPRESSION_NONE => stored,
         // Streamed: memory grows with what the data really expands to, up to raw_length.
-        COMPRESSION_ZSTD => crate::util::decompress_bounded(&stored, raw_length as usize, None)
+        COMPRESSION_ZSTD => crate::compression::decompress(&stored, raw_length as usize, None)
             .map_err(|error| Error::corrupt(what, format!("zstd: {error}")))?,
         COMPRESSION_ZSTD_DICTIONARY => {
             let dictionary_id = zstd::zstd_safe::get_dict_id_from_frame(&stored)
                 .ok_or_else(|| Error::corrupt(what, "its zstd frame names no dictionary"))?;
             let dictionary = dictionaries.dictionary(dictionary_id)?;
-            crate::util::decompress_bounded(&stored, raw_length as usize, Some(&dictionary))
+            crate::compression::decompress(&stored, raw_length as usize, Some(&dictionary))
                 .map_err(|error| Error::corrupt(what, format!("zstd: {error}")))?
         }
         other => {

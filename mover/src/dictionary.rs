@@ -23,7 +23,8 @@ use tracing::{info, warn};
 use zstd::dict::{DecoderDictionary, EncoderDictionary};
 
 use crate::backend::Kind;
-use crate::blob::{BlobKind, COMPRESSION_NONE, COMPRESSION_ZSTD, COMPRESSION_ZSTD_DICTIONARY};
+use crate::blob::{BlobKind, COMPRESSION_NONE};
+use crate::compression::Compressor;
 use crate::error::{Error, Result};
 use crate::repository::Repository;
 
@@ -41,34 +42,6 @@ const MIN_SAMPLES: usize = 64;
 /// A chunk is a sample only if zstd shrinks it below this share of its size: random data teaches
 /// a dictionary nothing.
 const COMPRESSIBLE: f64 = 0.9;
-
-/// How a blob is compressed before it is encrypted.
-pub enum Compressor<'a> {
-    /// Stored as it is.
-    None,
-    /// zstd at this level, alone.
-    Zstd(i32),
-    /// zstd with a trained dictionary (its level was fixed when it was prepared).
-    Dictionary(&'a EncoderDictionary<'static>),
-}
-
-impl Compressor<'_> {
-    /// The compression code and the compressed bytes, or `None` when compressing fails.
-    pub fn compress(&self, plaintext: &[u8]) -> Option<(u8, Vec<u8>)> {
-        match self {
-            Compressor::None => None,
-            Compressor::Zstd(level) => zstd::bulk::compress(plaintext, *level)
-                .ok()
-                .map(|bytes| (COMPRESSION_ZSTD, bytes)),
-            Compressor::Dictionary(dictionary) => {
-                zstd::bulk::Compressor::with_prepared_dictionary(dictionary)
-                    .and_then(|mut compressor| compressor.compress(plaintext))
-                    .ok()
-                    .map(|bytes| (COMPRESSION_ZSTD_DICTIONARY, bytes))
-            }
-        }
-    }
-}
 
 /// Where a reader finds the dictionary a blob's frame names.
 pub trait DictionarySource {
@@ -135,6 +108,9 @@ impl Dictionaries {
         }
         if kind == BlobKind::Tree {
             return crate::blob::seal(repo.key(), kind, id, plaintext, &Compressor::Zstd(level));
+        }
+        if crate::compression::looks_incompressible(plaintext) {
+            return crate::blob::seal(repo.key(), kind, id, plaintext, &Compressor::None);
         }
         if let Some(dictionary) = self.for_writing(repo) {
             return crate::blob::seal(

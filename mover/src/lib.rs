@@ -8,6 +8,7 @@ pub mod backend;
 pub mod backup;
 pub mod blob;
 pub mod chunker;
+pub mod compression;
 pub mod crypto;
 pub mod dictionary;
 mod error;

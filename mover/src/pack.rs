@@ -289,7 +289,7 @@ mod tests {
                     BlobKind::Data,
                     key.blob_id(data),
                     data,
-                    &crate::dictionary::Compressor::Zstd(3),
+                    &crate::compression::Compressor::Zstd(3),
                 ))
                 .unwrap();
         }

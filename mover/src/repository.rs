@@ -688,7 +688,7 @@ fn decode_object_within(
 ) -> Result<Vec<u8>> {
     let framed = key.decrypt_bound(bytes, binding, what)?;
     match framed.split_first() {
-        Some((&OBJECT_JSON_ZSTD, body)) => crate::util::decompress_bounded(body, limit, None)
+        Some((&OBJECT_JSON_ZSTD, body)) => crate::util::decompress_bounded(body, limit)
             .map_err(|error| Error::corrupt(what, format!("zstd: {error}"))),
         _ => Err(Error::Format(format!("{what}: unknown object encoding"))),
     }

@@ -81,25 +81,15 @@ pub fn available_cores() -> usize {
         .unwrap_or(2)
 }
 
-/// zstd-decompresses `compressed` (with `dictionary`, if given), refusing output beyond `limit`
-/// bytes: memory grows with what the data really expands to, never with what a header claims.
-pub fn decompress_bounded(
-    compressed: &[u8],
-    limit: usize,
-    dictionary: Option<&zstd::dict::DecoderDictionary<'static>>,
-) -> std::io::Result<Vec<u8>> {
+/// zstd-decompresses `compressed`, refusing output beyond `limit` bytes: memory grows with what
+/// the data really expands to, never with what a header claims. For objects, whose length nothing
+/// authenticated gives beforehand (blobs: [`crate::compression::decompress`]).
+pub fn decompress_bounded(compressed: &[u8], limit: usize) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let mut out = Vec::new();
-    match dictionary {
-        None => zstd::stream::read::Decoder::new(compressed)?
-            .take(limit as u64 + 1)
-            .read_to_end(&mut out)?,
-        Some(dictionary) => {
-            zstd::stream::read::Decoder::with_prepared_dictionary(compressed, dictionary)?
-                .take(limit as u64 + 1)
-                .read_to_end(&mut out)?
-        }
-    };
+    zstd::stream::read::Decoder::new(compressed)?
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)?;
     if out.len() > limit {
         return Err(std::io::Error::other(format!(
             "expands beyond {limit} bytes"

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use common::*;
 use ferry_mover::backend::Kind;
 use ferry_mover::blob::{BlobKind, seal};
-use ferry_mover::dictionary::Compressor;
+use ferry_mover::compression::Compressor;
 use ferry_mover::{BackupOptions, CheckOptions, ParentChoice, Repository, RestoreOptions};
 
 /// Text as a database dump or a log holds it: rows of words from a vocabulary of a few hundred,

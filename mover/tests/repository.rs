@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use common::*;
 use ferry_mover::backend::Kind;
-use ferry_mover::dictionary::Compressor;
+use ferry_mover::compression::Compressor;
 use ferry_mover::{BackupOptions, Error, ParentChoice, Repository, RestoreOptions};
 
 macro_rules! on_both_backends {
@@ -647,13 +647,20 @@ fn incremental_restore_downloads_only_what_the_target_lacks(backend_kind: &str, 
     )
     .unwrap();
     let ctimes = |root: &Path| -> Vec<(String, i64, i64)> {
-        ["db", "db/data.bin", "docs", "docs/a.txt", "docs/b.txt", "docs/new.txt"]
-            .iter()
-            .map(|rel| {
-                let meta = std::fs::symlink_metadata(root.join(rel)).unwrap();
-                (rel.to_string(), meta.ctime(), meta.ctime_nsec())
-            })
-            .collect()
+        [
+            "db",
+            "db/data.bin",
+            "docs",
+            "docs/a.txt",
+            "docs/b.txt",
+            "docs/new.txt",
+        ]
+        .iter()
+        .map(|rel| {
+            let meta = std::fs::symlink_metadata(root.join(rel)).unwrap();
+            (rel.to_string(), meta.ctime(), meta.ctime_nsec())
+        })
+        .collect()
     };
     let before = ctimes(&target);
     std::thread::sleep(std::time::Duration::from_millis(20));
@@ -667,7 +674,11 @@ fn incremental_restore_downloads_only_what_the_target_lacks(backend_kind: &str, 
         .filter(|(before, after)| **before != *after)
         .map(|(before, _)| before.0.clone())
         .collect();
-    assert_eq!(changed, ["docs/b.txt"], "only the file whose mode was changed is touched");
+    assert_eq!(
+        changed,
+        ["docs/b.txt"],
+        "only the file whose mode was changed is touched"
+    );
 }
 
 /// Content that moved within one file (an insert shifts everything after it) is copied from its
