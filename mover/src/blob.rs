@@ -195,31 +195,6 @@ mod tests {
         );
     }
 
-    /// Text like a database's or a log's: rows of a number and words from a vocabulary of a few
-    /// hundred, in no fixed order.
-    fn words(seed: u64, length: usize) -> Vec<u8> {
-        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        let mut text = Vec::with_capacity(length + 64);
-        while text.len() < length {
-            text.extend_from_slice(format!("{:06}|", next() % 1_000_000).as_bytes());
-            for _ in 0..5 {
-                let word = next() % 300;
-                let letters = 3 + (word % 7) as usize;
-                text.extend((0..letters).map(|i| b'a' + ((word * 31 + i as u64 * 17) % 26) as u8));
-                text.push(b' ');
-            }
-            text.push(b'\n');
-        }
-        text.truncate(length);
-        text
-    }
-
     struct OneDictionary(
         std::num::NonZeroU32,
         Arc<zstd::dict::DecoderDictionary<'static>>,
@@ -241,13 +216,13 @@ mod tests {
     #[test]
     fn a_dictionary_shrinks_small_chunks_and_is_needed_to_open_them() {
         let key = MasterKey::generate();
-        let samples: Vec<Vec<u8>> = (0..200).map(|n| words(n, 4096)).collect();
+        let samples: Vec<Vec<u8>> = (0..200).map(|n| ferry_tests::text(n, 4096)).collect();
         let trained = zstd::dict::from_samples(&samples, 16 << 10).unwrap();
         let id = zstd::zstd_safe::get_dict_id(&trained).unwrap();
         let encoder = zstd::dict::EncoderDictionary::copy(&trained, 3);
         let source = OneDictionary(id, Arc::new(zstd::dict::DecoderDictionary::copy(&trained)));
 
-        let chunk = words(1000, 8192);
+        let chunk = ferry_tests::text(1000, 8192);
         let alone = seal(
             &key,
             BlobKind::Data,

@@ -13,45 +13,11 @@ use ferry_mover::blob::{BlobKind, seal};
 use ferry_mover::compression::Compressor;
 use ferry_mover::{BackupOptions, CheckOptions, ParentChoice, Repository, RestoreOptions};
 
-/// Text as a database dump or a log holds it: rows of words from a vocabulary of a few hundred,
-/// with numbers; every file different, every chunk compressible.
-fn text(seed: u64, length: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
-    let vocabulary: Vec<String> = (0..400u64)
-        .map(|n| {
-            let letters = 3 + (n * 7 % 8) as usize;
-            (0..letters)
-                .map(|i| (b'a' + ((n * 31 + i as u64 * 17) % 26) as u8) as char)
-                .collect()
-        })
-        .collect();
-    let mut out = Vec::with_capacity(length + 64);
-    while out.len() < length {
-        let row = next();
-        out.extend_from_slice(format!("{:08}|", row % 100_000_000).as_bytes());
-        for _ in 0..(4 + row % 6) {
-            // Skewed: low words far more often than high ones.
-            let n = (next() % 400) * (next() % 400) / 400;
-            out.extend_from_slice(vocabulary[n as usize].as_bytes());
-            out.push(b' ');
-        }
-        out.push(b'\n');
-    }
-    out.truncate(length);
-    out
-}
-
 fn make_source(dir: &Path, seed: u64, files: u64) {
     for n in 0..files {
         write(
             &dir.join(format!("table-{n}.csv")),
-            &text(seed * 1000 + n, 1 << 20),
+            &ferry_tests::text(seed * 1000 + n, 1 << 20),
         );
     }
 }
