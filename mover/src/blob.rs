@@ -96,7 +96,7 @@ pub fn open(
     let stored = key.decrypt(bytes, what)?;
     let plaintext = match compression {
         COMPRESSION_NONE => stored,
-        // Streamed: memory grows with what the data really expands to, up to raw_length.
+        // Into raw_length bytes at most: a frame that expands further is refused.
         COMPRESSION_ZSTD => crate::compression::decompress(&stored, raw_length as usize, None)
             .map_err(|error| Error::corrupt(what, format!("zstd: {error}")))?,
         COMPRESSION_ZSTD_DICTIONARY => {
