@@ -171,10 +171,7 @@ impl Dictionaries {
                 sizes: Vec::new(),
             },
             Some(id) => match self.load(repo, id) {
-                Ok((bytes, _)) => Writer::Ready(Arc::new(EncoderDictionary::copy(
-                    &bytes,
-                    repo.config().zstd_level,
-                ))),
+                Ok((bytes, _)) => Writer::Ready(encoder(repo, &bytes)),
                 Err(error) => {
                     warn!(message = "cannot read the repository's dictionary; compressing without one", dictionary = %name_of(id), %error);
                     Writer::Off
@@ -236,10 +233,7 @@ impl Dictionaries {
             // so it is the one to use.
             self.load(repo, id)?.0
         };
-        Ok(Arc::new(EncoderDictionary::copy(
-            &bytes,
-            repo.config().zstd_level,
-        )))
+        Ok(encoder(repo, &bytes))
     }
 
     /// Reads dictionary `id`, checks that it is the one its name says, and keeps it for readers.
@@ -282,6 +276,14 @@ impl Dictionaries {
         })?;
         Ok(decoder)
     }
+}
+
+/// A dictionary prepared for compressing at the repository's level.
+fn encoder(repo: &Repository, dictionary: &[u8]) -> Arc<EncoderDictionary<'static>> {
+    Arc::new(EncoderDictionary::copy(
+        dictionary,
+        repo.config().zstd_level,
+    ))
 }
 
 /// Ends the training state: sets what comes next (no dictionary, unless told otherwise) and wakes
